@@ -1,0 +1,7 @@
+"""locald-admin: a polkit-gated root mechanism that removes root-owned
+leftovers below a user's ``.locald`` directory.
+
+``locald_admin.interface`` is the contract both halves share;
+``locald_admin.mechanism`` is the root service; ``locald_admin.client`` is the
+library and CLI that locald uses.
+"""

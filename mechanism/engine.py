@@ -1,0 +1,100 @@
+"""One cleanup request, start to end, without a bus: lexical rules, scope
+resolution, mount check, deletion.  Pure file-system logic, testable alone.
+"""
+
+import errno
+import os
+import stat
+
+from .. import pathrules
+from . import fsops, mounts, scope, walk
+from .errors import Failed, InvalidPath, MountPoint, OutsideScope
+
+MAX_NAMED_FAILURES = 5
+MAX_TYPE_RETRIES = 3  # the target flips between file and directory under us
+
+
+def parse(path):
+    """Lexical rules -> ParsedPath, or InvalidPath/OutsideScope."""
+    try:
+        return pathrules.parse(path)
+    except pathrules.PathRuleError as e:
+        raise (InvalidPath if e.kind == "invalid" else OutsideScope)(str(e)) from None
+
+
+def cleanup(path, caller_uid, check_owner=True):
+    """Remove ``path`` on behalf of ``caller_uid``; return entries removed.
+
+    A target that does not exist is success with 0 removed.
+    """
+    parsed = parse(path)
+    target = scope.resolve(parsed, caller_uid, check_owner=check_owner)
+    if target is None:
+        return 0
+    try:
+        for _ in range(MAX_TYPE_RETRIES):
+            done = _remove_entry(target)
+            if done is not None:
+                return done
+        raise Failed(f"{target.display}: kept changing type while being removed")
+    finally:
+        target.close()
+
+
+def _remove_entry(t):
+    """Remove the entry; None means 'it changed type, try again'."""
+    try:
+        st = os.stat(t.name, dir_fd=t.parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return 0
+    except OSError as e:
+        raise Failed(f"{t.display}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        # A file, symlink (the link itself, never its target), fifo, socket
+        # or device node.
+        try:
+            os.unlink(t.name, dir_fd=t.parent_fd)
+            return 1
+        except FileNotFoundError:
+            return 0
+        except IsADirectoryError:
+            return None
+        except OSError as e:
+            raise Failed(f"could not remove {t.display}: {e.strerror}") from None
+    try:
+        dir_fd = fsops.open_beneath(t.parent_fd, t.name)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return 0
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            return None
+        if e.errno == errno.EXDEV:
+            raise MountPoint(f"{t.display} is a mount point; nothing was removed") from None
+        raise Failed(f"{t.display}: {e.strerror}") from None
+    try:
+        # A mount at or below the target: refuse before deleting anything,
+        # and without looking into it (mountinfo, not stat).
+        found = mounts.mounts_at_or_below(dir_fd)
+        if found:
+            names = ", ".join(pathrules.display(m) for m in found[:MAX_NAMED_FAILURES])
+            raise MountPoint(f"{t.display}: mount point at or below the target: {names}; nothing was removed")
+        res = walk.remove_tree(t.parent_fd, t.name, dir_fd)
+    finally:
+        os.close(dir_fd)
+    _raise_for(t.display, res)
+    return res.removed
+
+
+def _raise_for(shown, res):
+    def full(rel):
+        return pathrules.display(shown.encode("utf-8", "surrogateescape") + (b"/" + rel if rel else b""))
+
+    if res.mounts:
+        names = ", ".join(full(m) for m in res.mounts[:MAX_NAMED_FAILURES])
+        raise MountPoint(f"a mount point appeared during removal and was left in place: {names}; "
+                         f"{res.removed} entries removed")
+    if res.failures:
+        items = list(res.failures.items())
+        named = "; ".join(f"{full(rel)}: {why}" for rel, why in items[:MAX_NAMED_FAILURES])
+        more = f" (and {len(items) - MAX_NAMED_FAILURES} more)" if len(items) > MAX_NAMED_FAILURES else ""
+        raise Failed(f"could not remove {len(items)} entries: {named}{more}; {res.removed} entries removed")

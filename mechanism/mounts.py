@@ -1,0 +1,43 @@
+"""Find mounts at or below a directory that the mechanism holds open.
+
+The directory is identified by its fd, not by the string the caller sent:
+its location is what the kernel reports for the fd (``/proc/self/fd/N``),
+compared with the mount points in ``/proc/self/mountinfo`` (both relative to
+this process' root, both from the kernel).  Nothing is stat'ed, so a hung
+FUSE mount below the target cannot stall this check.
+"""
+
+import os
+import re
+
+_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def _unescape(field):
+    # mountinfo escapes space, tab, newline and backslash as \ooo.
+    return _ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), field)
+
+
+def mount_points(mountinfo=b"/proc/self/mountinfo"):
+    """Yield (mount_id, mount_point) for every mount in this namespace."""
+    with open(mountinfo, "rb") as f:
+        for line in f:
+            fields = line.split(b" ")
+            yield int(fields[0]), _unescape(fields[4])
+
+
+def fd_location(fd):
+    """Where the kernel says ``fd`` is, or None when it was deleted."""
+    loc = os.readlink(f"/proc/self/fd/{fd}".encode())
+    if not loc.startswith(b"/") or loc.endswith(b" (deleted)"):
+        return None
+    return loc
+
+
+def mounts_at_or_below(dirfd):
+    """Mount points at or below the directory held by ``dirfd`` (sorted)."""
+    top = fd_location(dirfd)
+    if top is None:
+        return []
+    prefix = top.rstrip(b"/") + b"/"
+    return sorted({mp for _, mp in mount_points() if mp == top or mp.startswith(prefix)})
