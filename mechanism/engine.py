@@ -92,9 +92,10 @@ def _raise_for(shown, res):
     if res.mounts:
         names = ", ".join(full(m) for m in res.mounts[:MAX_NAMED_FAILURES])
         raise MountPoint(f"a mount point appeared during removal and was left in place: {names}; "
-                         f"{res.removed} entries removed")
+                         f"{res.removed} entries removed", removed=res.removed)
     if res.failures:
         items = list(res.failures.items())
         named = "; ".join(f"{full(rel)}: {why}" for rel, why in items[:MAX_NAMED_FAILURES])
         more = f" (and {len(items) - MAX_NAMED_FAILURES} more)" if len(items) > MAX_NAMED_FAILURES else ""
-        raise Failed(f"could not remove {len(items)} entries: {named}{more}; {res.removed} entries removed")
+        raise Failed(f"could not remove {len(items)} entries: {named}{more}; {res.removed} entries removed",
+                     removed=res.removed)

@@ -9,10 +9,11 @@ from .. import interface as i
 class MechanismError(Exception):
     dbus_name = i.ERROR_FAILED
 
-    def __init__(self, message):
+    def __init__(self, message, removed=0):
         # One line, always: a message must never smuggle in a second line
         # (the audit log and the caller both print it).
-        super().__init__(" ".join(str(message).split("\n")))
+        super().__init__(" ".join(str(message).splitlines()))
+        self.removed = removed  # entries removed before the error
 
     @property
     def message(self):

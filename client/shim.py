@@ -1,0 +1,96 @@
+"""``locald-shim admin cleanup <absolute-path>``: ask the mechanism directly.
+
+Exit codes (locald_admin.interface): 0 done or nothing there; 1 failed;
+2 usage; 3 not authorized; 4 invalid path (a relative path included: the
+shim never resolves one against its working directory); 5 outside scope;
+6 mount point; 7 no mechanism to ask.  On failure one plain line on stderr.
+"""
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+
+from .. import interface as i
+from .cleanup import absolute_path, request_cleanup
+from .errors import CleanupError, InvalidPathError, MechanismUnavailable
+
+PROG = "locald-shim"
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog=PROG, description="locald's privileged helper commands.")
+    sub = p.add_subparsers(dest="group", required=True, metavar="admin")
+    admin = sub.add_parser("admin", help="privileged operations through locald-admin")
+    asub = admin.add_subparsers(dest="command", required=True, metavar="cleanup")
+    c = asub.add_parser("cleanup", help="remove root-owned leftovers below a .locald directory",
+                        description="Ask the locald-admin mechanism to remove PATH.")
+    c.add_argument("path", metavar="ABSOLUTE-PATH")
+    inter = c.add_mutually_exclusive_group()
+    inter.add_argument("--interactive", dest="interactive", action="store_true", default=None,
+                       help="allow polkit to ask for a password (default: when stdin is a terminal)")
+    inter.add_argument("--no-interactive", dest="interactive", action="store_false",
+                       help="never ask for a password")
+    c.add_argument("--timeout", type=float, default=i.DEFAULT_CALL_TIMEOUT, metavar="SECONDS",
+                   help=f"give up after this long (default {i.DEFAULT_CALL_TIMEOUT:g})")
+    return p
+
+
+def _fail(code, message):
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return code
+
+
+def _start_agent():
+    """Start pkttyagent for this process, as systemctl does, so that polkit
+    can ask for a password on this terminal.  Returns the process or None."""
+    agent = shutil.which("pkttyagent")
+    if agent is None:
+        return None
+    r, w = os.pipe()
+    try:
+        proc = subprocess.Popen([agent, "--process", str(os.getpid()), "--notify-fd", str(w), "--fallback"],
+                                pass_fds=(w,), stdout=subprocess.DEVNULL)
+    except OSError:
+        os.close(r)
+        os.close(w)
+        return None
+    os.close(w)
+    try:
+        os.read(r, 1)  # EOF once the agent has registered (or died)
+    finally:
+        os.close(r)
+    return proc
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.timeout <= 0:
+        return _fail(i.EXIT_USAGE, "--timeout must be positive")
+    if not args.path.startswith("/"):
+        return _fail(i.EXIT_INVALID_PATH, f"path must be absolute: {args.path}")
+    try:
+        absolute_path(args.path)  # the lexical rules, checked before the bus
+    except InvalidPathError as e:
+        return _fail(i.EXIT_INVALID_PATH, str(e))
+    interactive = sys.stdin.isatty() if args.interactive is None else args.interactive
+    agent = _start_agent() if interactive else None
+    try:
+        asyncio.run(request_cleanup(args.path, interactive=interactive, timeout=args.timeout))
+    except CleanupError as e:
+        return _fail(e.exit_code, str(e))
+    except MechanismUnavailable as e:
+        return _fail(i.EXIT_NO_SERVICE, f"locald-admin is not available: {e}")
+    except KeyboardInterrupt:
+        return _fail(130, "interrupted")
+    finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait()
+    return i.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

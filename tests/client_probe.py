@@ -1,0 +1,59 @@
+"""Runs one client API call (as whatever user the test chose) and prints a
+JSON report of the outcome.  Usage: client_probe.py OP PATH OPTIONS_JSON
+
+OP: force (force_remove_dir_all), force_async, request (request_cleanup on
+a connection of its own, whose unique name is reported).
+"""
+
+import asyncio
+import json
+import sys
+
+from locald_admin import client
+from locald_admin.busio import connect_system_bus
+
+
+def describe(exc):
+    return {
+        "ok": False,
+        "type": type(exc).__name__,
+        "mro": [c.__name__ for c in type(exc).__mro__],
+        "message": str(exc),
+        "cause": type(exc.__cause__).__name__ if exc.__cause__ else None,
+        "notes": list(getattr(exc, "__notes__", [])),
+        "hint": getattr(exc, "locald_admin_hint", None),
+    }
+
+
+async def request(path, options):
+    bus = await connect_system_bus()
+    report = {"sender": bus.unique_name}
+    try:
+        await client.request_cleanup(path, bus=bus, **options)
+        report["ok"] = True
+    except Exception as exc:
+        report.update(describe(exc))
+    bus.disconnect()
+    return report
+
+
+def main():
+    op, path, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    try:
+        if op == "force":
+            client.force_remove_dir_all(path, **options)
+            report = {"ok": True}
+        elif op == "force_async":
+            asyncio.run(client.force_remove_dir_all_async(path, **options))
+            report = {"ok": True}
+        elif op == "request":
+            report = asyncio.run(request(path, options))
+        else:
+            raise SystemExit(f"unknown op {op}")
+    except Exception as exc:
+        report = describe(exc)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

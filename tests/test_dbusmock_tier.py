@@ -1,0 +1,380 @@
+"""The dbusmock tier: the real mechanism on a private system bus with
+python-dbusmock's polkitd mock.  Clients run as an unprivileged user when the
+suite runs as root (uid 0 would bypass polkit and prove nothing), as the
+current user otherwise.  Runs anywhere, as any user.
+"""
+
+import os
+import re
+import stat
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import dbus
+import pytest
+
+from locald_admin import interface as i
+from support import IS_ROOT, Mechanism, PolkitMock, PrivateBus, rm_rf, world_tmpdir
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+@pytest.fixture(scope="module")
+def bus():
+    b = PrivateBus()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def polkit(bus):
+    p = PolkitMock(bus)
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def mechanism(bus, polkit):
+    m = Mechanism(bus, "--polkit-timeout", "2")
+    yield m
+    m.stop()
+
+
+@pytest.fixture
+def allowed(polkit, mechanism):
+    polkit.allow(True)
+    polkit.clear()
+    yield polkit
+    polkit.allow(False)
+
+
+@pytest.fixture
+def project(clients):
+    """<tmp>/proj/.locald owned by the client user, with leftovers and a
+    canary directory beside the project that must survive every test."""
+    top = world_tmpdir()
+    anchor = top / "proj" / ".locald"
+    (anchor / "run" / "shm").mkdir(parents=True)
+    (anchor / "run" / "shm" / "data").write_text("leftover")
+    (anchor / "keep").mkdir()
+    canary = top / "canary"
+    canary.mkdir()
+    (canary / "precious").write_text("canary")
+    subprocess.run(["chown", "-R", f"{clients.uid}:{clients.gid}", str(top / "proj")], check=True)
+    yield anchor
+    assert (canary / "precious").read_text() == "canary"
+    rm_rf(top)
+
+
+def raw_call(bus, path, signature="s", interactive=False):
+    """Call Cleanup as the test process itself; returns (error_name, message)."""
+    con = bus.connect()
+    try:
+        obj = con.get_object(i.BUS_NAME, i.OBJECT_PATH)
+        method = obj.get_dbus_method(i.METHOD_CLEANUP, i.INTERFACE)
+        try:
+            method(path, signature=signature)
+            return None, None
+        except dbus.exceptions.DBusException as e:
+            return e.get_dbus_name(), e.get_dbus_message()
+    finally:
+        con.close()
+
+
+def test_introspection_names_cleanup_with_a_path_argument(bus, mechanism):
+    con = bus.connect()
+    xml = con.get_object(i.BUS_NAME, i.OBJECT_PATH).Introspect(
+        dbus_interface="org.freedesktop.DBus.Introspectable")
+    con.close()
+    iface = ET.fromstring(xml).find(f"interface[@name='{i.INTERFACE}']")
+    args = iface.find("method[@name='Cleanup']").findall("arg")
+    assert [(a.get("name"), a.get("type"), a.get("direction", "in")) for a in args] == [("path", "s", "in")]
+
+
+def test_busctl_call_works(bus, mechanism, project, allowed):
+    if not IS_ROOT:
+        pytest.skip("busctl runs as this user; covered by the client tests when not root")
+    target = project / "run"
+    cp = subprocess.run(["busctl", f"--address={bus.address}", "call", i.BUS_NAME, i.OBJECT_PATH,
+                         i.INTERFACE, i.METHOD_CLEANUP, "s", str(target)], capture_output=True, text=True)
+    assert cp.returncode == 0, cp.stderr
+    assert not target.exists()
+
+
+def test_authorized_caller_removes_the_tree(bus, mechanism, project, allowed, clients):
+    cp = clients.shim("admin", "cleanup", str(project / "run"), bus_address=bus.address)
+    assert (cp.returncode, cp.stderr) == (0, "")
+    assert not (project / "run").exists()
+    assert (project / "keep").is_dir()  # a sibling of the target stays
+
+
+def test_denied_caller_gets_not_authorized_and_nothing_is_deleted(bus, mechanism, project, polkit, clients):
+    polkit.allow(False)
+    cp = clients.shim("admin", "cleanup", str(project / "run"), bus_address=bus.address)
+    assert cp.returncode == i.EXIT_NOT_AUTHORIZED
+    assert "polkit denied" in cp.stderr and cp.stderr.count("\n") == 1
+    assert (project / "run" / "shm" / "data").read_text() == "leftover"
+    r = clients.api("request", str(project / "run"), bus.address)
+    assert r["type"] == "NotAuthorizedError" and "PermissionError" in r["mro"]
+
+
+def test_unauthorized_caller_learns_nothing_about_paths(bus, mechanism, polkit, clients):
+    """Authorization comes before the file system: a denied caller gets
+    NotAuthorized for an invalid, an out-of-scope and a missing path alike."""
+    polkit.allow(False)
+    for path in ("/nonexistent/.locald/x", "/etc", "/a/../b/.locald", "relative"):
+        r = clients.api("request", path, bus.address)  # request_cleanup sends as is
+        assert r["type"] == "NotAuthorizedError", (path, r)
+
+
+def test_polkit_gets_the_callers_bus_name_as_subject_and_no_interaction_flag(bus, mechanism, project,
+                                                                              allowed, clients):
+    r = clients.api("request", str(project / "run"), bus.address)
+    assert r["ok"], r
+    checks = allowed.checks()
+    assert len(checks) == 1
+    subject, action, details, flags, _cancel = checks[0]
+    assert subject[0] == "system-bus-name"
+    assert dict(subject[1]) == {"name": r["sender"]}
+    assert (action, dict(details), int(flags)) == (i.POLKIT_ACTION, {}, 0)
+
+
+def test_interactive_call_sets_allow_user_interaction(bus, mechanism, project, allowed, clients):
+    r = clients.api("request", str(project / "run"), bus.address, interactive=True)
+    assert r["ok"], r
+    assert [int(c[3]) for c in allowed.checks()] == [i.POLKIT_ALLOW_USER_INTERACTION]
+
+
+def test_each_call_asks_polkit_again(bus, mechanism, project, allowed, clients):
+    for _ in range(3):
+        assert clients.api("request", str(project / "nothing-here"), bus.address)["ok"]
+    assert len(allowed.checks()) == 3
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs a root caller next to an unprivileged one")
+def test_root_caller_skips_polkit(bus, mechanism, project, polkit):
+    polkit.allow(False)
+    polkit.clear()
+    assert raw_call(bus, str(project / "run")) == (None, None)
+    assert not (project / "run").exists()
+    assert polkit.checks() == []
+
+
+@pytest.mark.parametrize("path,error", [
+    ("", i.ERROR_INVALID_PATH),
+    ("relative/.locald/x", i.ERROR_INVALID_PATH),
+    ("/", i.ERROR_INVALID_PATH),
+    ("/tmp/.locald/../etc", i.ERROR_INVALID_PATH),
+    ("/tmp/./.locald/x", i.ERROR_INVALID_PATH),
+    ("/tmp/.locald/" + "x" * 4097, i.ERROR_INVALID_PATH),
+    ("/etc/passwd", i.ERROR_OUTSIDE_SCOPE),
+    ("/tmp/x.locald/y", i.ERROR_OUTSIDE_SCOPE),
+    ("/tmp/.localdx/y", i.ERROR_OUTSIDE_SCOPE),
+])
+def test_bad_paths_get_named_errors_over_the_bus(bus, mechanism, allowed, clients, path, error):
+    """The client checks too, so the raw bus surface is exercised with a
+    direct call (as root it would skip polkit; lexical rules apply anyway)."""
+    name, message = raw_call(bus, path)
+    assert name == error
+    assert "\n" not in message and "Traceback" not in message
+
+
+def test_wrong_signature_is_invalid_args(bus, mechanism):
+    con = bus.connect()
+    try:
+        obj = con.get_object(i.BUS_NAME, i.OBJECT_PATH)
+        with pytest.raises(dbus.exceptions.DBusException) as ei:
+            obj.get_dbus_method(i.METHOD_CLEANUP, i.INTERFACE)(42, signature="i")
+    finally:
+        con.close()
+    assert ei.value.get_dbus_name() == "org.freedesktop.DBus.Error.InvalidArgs"
+    assert "Traceback" not in ei.value.get_dbus_message()
+
+
+def test_missing_targets_are_success(bus, mechanism, project, allowed, clients):
+    for p in (project / "no" / "such" / "dir", project.parent / "nope" / ".locald" / "x",
+              project / "run" / "shm" / "data" / "below-a-file"):
+        cp = clients.shim("admin", "cleanup", str(p), bus_address=bus.address)
+        assert cp.returncode == 0, (p, cp.stderr)
+    assert (project / "run" / "shm" / "data").read_text() == "leftover"
+
+
+def test_symlink_below_the_anchor_is_outside_scope(bus, mechanism, project, allowed, clients):
+    canary = project.parent.parent / "canary"
+    os.symlink(canary, project / "link")
+    os.lchown(project / "link", clients.uid, clients.gid)
+    cp = clients.shim("admin", "cleanup", str(project / "link" / "precious"), bus_address=bus.address)
+    assert cp.returncode == i.EXIT_OUTSIDE_SCOPE, cp.stderr
+    assert (canary / "precious").read_text() == "canary"
+
+
+def test_anchor_symlink_is_outside_scope(bus, mechanism, project, allowed, clients):
+    other = project.parent / "elsewhere"
+    other.mkdir()
+    (other / "x").write_text("keep")
+    subprocess.run(["chown", "-R", f"{clients.uid}:{clients.gid}", str(other)], check=True)
+    alias = project.parent / "alias"
+    alias.mkdir()
+    os.symlink(other, alias / ".locald")
+    cp = clients.shim("admin", "cleanup", str(alias / ".locald" / "x"), bus_address=bus.address)
+    assert cp.returncode == i.EXIT_OUTSIDE_SCOPE, cp.stderr
+    assert (other / "x").read_text() == "keep"
+
+
+def test_file_fifo_and_socket_targets(bus, mechanism, project, allowed, clients):
+    import socket
+    f = project / "file"
+    f.write_text("x")
+    fifo = project / "fifo"
+    os.mkfifo(fifo)
+    sock_path = project / "sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(sock_path))
+    s.close()
+    for p in (f, fifo, sock_path):
+        os.lchown(p, clients.uid, clients.gid)
+        cp = clients.shim("admin", "cleanup", str(p), bus_address=bus.address)
+        assert cp.returncode == 0, cp.stderr
+        assert not os.path.lexists(p)
+
+
+def test_the_anchor_itself_can_be_removed(bus, mechanism, project, allowed, clients):
+    cp = clients.shim("admin", "cleanup", str(project) + "//", bus_address=bus.address)
+    assert cp.returncode == 0, cp.stderr
+    assert not project.exists() and project.parent.is_dir()
+
+
+def test_failed_names_the_entry(bus, mechanism, project, allowed, clients):
+    """An entry the mechanism cannot remove: Failed, naming it; the rest goes."""
+    stuck = project / "run" / "stuck"
+    stuck.mkdir()
+    (stuck / "f").write_text("x")
+    (project / "run" / "other").write_text("x")
+    os.chown(stuck, clients.uid, clients.gid)
+    if IS_ROOT:
+        if subprocess.run(["chattr", "+i", str(stuck / "f")], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not supported on this file system")
+    else:
+        os.chmod(stuck, stat.S_IRUSR | stat.S_IXUSR)  # the mechanism runs as us
+    try:
+        cp = clients.shim("admin", "cleanup", str(project / "run"), bus_address=bus.address)
+    finally:
+        if IS_ROOT:
+            subprocess.run(["chattr", "-i", str(stuck / "f")])
+        os.chmod(stuck, 0o755)
+    assert cp.returncode == i.EXIT_FAILED
+    assert str(stuck / "f") in cp.stderr and cp.stderr.count("\n") == 1
+    assert not (project / "run" / "other").exists()
+    assert not (project / "run" / "shm").exists()
+
+
+def test_audit_line_per_request(bus, mechanism, project, allowed, clients):
+    before = len(mechanism.audit_lines())
+    r = clients.api("request", str(project / "run"), bus.address)
+    assert r["ok"]
+    lines = mechanism.audit_lines()[before:]
+    assert len(lines) == 1
+    fields = dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', lines[0]))
+    assert fields["sender"] == r["sender"] and fields["uid"] == str(clients.uid)
+    assert fields["result"] == "ok" and int(fields["removed"]) == 3
+    assert fields["path"].strip('"') == str(project / "run")
+    assert int(fields["pid"]) > 0 and float(fields["duration_ms"]) >= 0
+
+
+def test_audit_line_cannot_be_forged_by_a_newline_in_the_path(bus, mechanism, allowed, clients):
+    before = len(mechanism.audit_lines())
+    r = clients.api("request", "/tmp/x/.locald/a\naudit sender=forged result=ok", bus.address)
+    assert r["ok"]
+    lines = mechanism.audit_lines()[before:]
+    assert len(lines) == 1 and "sender=forged" not in lines[0].split('path=')[0]
+    assert not any(ln.startswith("audit sender=forged") for ln in mechanism.log().splitlines())
+
+
+# -- the client's delegate and fallback paths -----------------------------------
+
+def test_client_refuses_dotdot_before_touching_anything(bus, clients, project):
+    r = clients.api("force", str(project / "run" / ".." / "keep"), bus.address)
+    assert r["type"] == "InvalidPathError" and "ValueError" in r["mro"]
+    assert (project / "keep").is_dir() and (project / "run").is_dir()
+
+
+def test_client_relative_path_is_joined_to_the_working_directory(bus, clients, project):
+    r = clients.api("force", ".locald/run", bus.address, cwd=str(project.parent))
+    assert r["ok"], r
+    assert not (project / "run").exists() and (project / "keep").is_dir()
+
+
+def test_shim_refuses_a_relative_path_itself(bus, clients, project):
+    cp = clients.shim("admin", "cleanup", ".locald/run", bus_address=bus.address, cwd=str(project.parent))
+    assert cp.returncode == i.EXIT_INVALID_PATH
+    assert (project / "run").is_dir()
+
+
+def test_shim_usage_error_is_exit_2(bus, clients):
+    assert clients.shim("admin", bus_address=bus.address).returncode == i.EXIT_USAGE
+    assert clients.shim("admin", "cleanup", bus_address=bus.address).returncode == i.EXIT_USAGE
+
+
+def test_no_service_keeps_the_original_permission_error_with_a_hint(clients, project):
+    """No bus at all: the caller's own PermissionError comes back, with a
+    hint; the shim exits 7."""
+    blocked = project / "run" / "blocked"
+    blocked.mkdir()
+    (blocked / "f").write_text("x")
+    os.chmod(blocked, 0o555)
+    if IS_ROOT:
+        os.chown(blocked, 0, 0)  # root-owned, as runc leaves it
+    try:
+        r = clients.api("force", str(project / "run"), "unix:path=/nonexistent/socket")
+        cp = clients.shim("admin", "cleanup", str(project / "run"), bus_address="unix:path=/nonexistent/socket")
+    finally:
+        os.chmod(blocked, 0o755)
+    assert r["type"] == "PermissionError", r
+    assert "locald-admin" in r["hint"] and any("locald-admin" in n for n in r["notes"])
+    assert cp.returncode == i.EXIT_NO_SERVICE and cp.stderr.count("\n") == 1
+    assert (blocked / "f").exists()
+
+
+def test_bus_without_the_mechanism_is_no_service(clients, project):
+    empty = PrivateBus()
+    try:
+        cp = clients.shim("admin", "cleanup", str(project / "run"), bus_address=empty.address)
+    finally:
+        empty.stop()
+    assert cp.returncode == i.EXIT_NO_SERVICE, cp.stderr
+    assert "ServiceUnknown" in cp.stderr or "not available" in cp.stderr
+
+
+@pytest.fixture(scope="class")
+def challenge_bus():
+    """A bus of its own whose polkit answers every check with a challenge."""
+    b = PrivateBus()
+    p = PolkitMock(b, template=str(TEMPLATES / "polkitd_challenge.py"))
+    m = Mechanism(b)
+    yield b
+    m.stop()
+    p.stop()
+    b.stop()
+
+
+class TestInteractiveChallenge:
+    """polkit answers with a challenge: without the interactive flag the
+    caller gets InteractiveAuthorizationRequired (exit 3)."""
+
+    @pytest.fixture
+    def stack(self, challenge_bus):
+        return challenge_bus
+
+    def test_challenge_without_interaction(self, stack, project, clients):
+        r = clients.api("request", str(project / "run"), stack.address)
+        assert r["type"] == "InteractiveAuthorizationRequiredError", r
+        assert "NotAuthorizedError" in r["mro"] and "PermissionError" in r["mro"]
+        cp = clients.shim("admin", "cleanup", "--no-interactive", str(project / "run"), bus_address=stack.address)
+        assert cp.returncode == i.EXIT_NOT_AUTHORIZED
+        assert (project / "run" / "shm" / "data").exists()
+
+    def test_challenge_with_interaction(self, stack, project, clients):
+        r = clients.api("request", str(project / "run"), stack.address, interactive=True)
+        assert r["ok"], r
+        assert not (project / "run").exists()
