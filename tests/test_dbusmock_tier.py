@@ -378,3 +378,51 @@ class TestInteractiveChallenge:
         r = clients.api("request", str(project / "run"), stack.address, interactive=True)
         assert r["ok"], r
         assert not (project / "run").exists()
+
+
+# -- staying on the bus ----------------------------------------------------------
+
+def test_a_burst_of_pipelined_calls_on_one_connection_is_all_answered(bus, mechanism, allowed):
+    """Hundreds of calls pipelined on one connection fill the socket buffers;
+    dbus-next 0.2.3 drops the connection on EAGAIN unless busio.harden() is
+    in place (client and service both use it)."""
+    import asyncio
+    from dbus_next import Message, MessageType
+    from locald_admin.busio import connect_system_bus
+
+    async def burst(n):
+        b = await connect_system_bus(bus.address)
+        # The system bus allows 128 pending replies per connection.
+        window = asyncio.Semaphore(120)
+
+        async def one(k):
+            async with window:
+                return await b.call(Message(
+                    destination=i.BUS_NAME, path=i.OBJECT_PATH, interface=i.INTERFACE,
+                    member=i.METHOD_CLEANUP, signature="s",
+                    body=[f"/nonexistent/{k}/.locald/" + "x" * 4000]))
+
+        replies = await asyncio.wait_for(asyncio.gather(*(one(k) for k in range(n))), 120)
+        b.disconnect()
+        return replies
+
+    replies = asyncio.run(burst(1000))
+    assert len(replies) == 1000
+    assert all(r.message_type == MessageType.METHOD_RETURN for r in replies)
+    assert mechanism.proc.poll() is None
+
+
+def test_mechanism_exits_nonzero_when_the_bus_goes_away(clients):
+    b = PrivateBus()
+    p = PolkitMock(b)
+    m = Mechanism(b)
+    try:
+        b.proc.kill()
+        b.proc.wait()
+        assert m.proc.wait(10) != 0
+        assert "lost the bus connection" in m.log()
+    finally:
+        m.stop()
+        p.proc.kill()
+        p.proc.wait()
+        b.stop()
