@@ -89,8 +89,9 @@ class PrivateBus:
   {extra_xml}
 </busconfig>
 """)
-        self.proc = subprocess.Popen(["dbus-daemon", f"--config-file={self.config}", "--nofork",
-                                      "--print-address=1"], stdout=subprocess.PIPE)
+        with open(self.dir / "dbus-daemon.log", "wb") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(["dbus-daemon", f"--config-file={self.config}", "--nofork",
+                                          "--print-address=1"], stdout=subprocess.PIPE, stderr=log)
         line = self.proc.stdout.readline().decode().strip()
         if not line:
             raise RuntimeError("dbus-daemon did not start")
@@ -133,8 +134,9 @@ class PolkitMock:
         self.bus = bus
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus.address)
         self.log = bus.dir / "polkit-mock.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "dbusmock", "--system", "--template", template],
-                                     env=env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "dbusmock", "--system", "--template", template],
+                                         env=env, stdout=log, stderr=subprocess.STDOUT)
         wait_for_name(bus.address, POLKIT_NAME, proc=self.proc)
         self.con = bus.connect()
         self.mock = dbus.Interface(self.con.get_object(POLKIT_NAME, POLKIT_PATH), MOCK_IFACE)
@@ -163,9 +165,9 @@ class Mechanism:
         self.bus = bus
         self.stderr_path = bus.dir / f"mechanism-{time.monotonic_ns()}.log"
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus.address)
-        self.proc = subprocess.Popen([sys.executable, "-m", "locald_admin.mechanism", *args],
-                                     env=env, stdin=subprocess.DEVNULL,
-                                     stderr=open(self.stderr_path, "wb"))
+        with open(self.stderr_path, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "locald_admin.mechanism", *args],
+                                         env=env, stdin=subprocess.DEVNULL, stderr=log)
         wait_for_name(bus.address, "org.locald.Admin1", proc=self.proc)
 
     def log(self):
@@ -190,10 +192,10 @@ class ClientRunner:
     """Runs client code as the unprivileged test user (root) or as the
     current user (otherwise)."""
 
-    def __init__(self):
+    def __init__(self, user=TEST_USER):
         self.stage = None
         if IS_ROOT:
-            self.user = ensure_user(TEST_USER)
+            self.user = ensure_user(user)
             self.stage = world_tmpdir("locald-admin-client-")
             pkg = self.stage / "locald_admin"
             ignore = shutil.ignore_patterns("__pycache__")
@@ -231,6 +233,10 @@ class ClientRunner:
             kw = dict(user=self.uid, group=self.gid, extra_groups=[])
         return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, timeout=timeout,
                               stdin=subprocess.DEVNULL if input is None else None, input=input, **kw)
+
+    def python_code(self, code, *args, bus_address, **kw):
+        """Run ``python -c code args...`` as the client user."""
+        return self._run([self.python, "-c", code, *args], bus_address, **kw)
 
     def shim(self, *args, bus_address, **kw):
         """Run locald-shim; returns CompletedProcess (text)."""
