@@ -1,0 +1,70 @@
+# Install locald-admin onto a real system (see README, "Installing on a real
+# system").  Honours DESTDIR (staging for packagers) and PREFIX.
+#
+#   make install [DESTDIR=/stage] [PREFIX=/usr]
+#   make uninstall [DESTDIR=/stage] [PREFIX=/usr]
+#
+# Layout: the package and its one dependency (dbus-next) go into a private
+# directory $(LIBDIR)/site, never into the system's dist-packages (Debian
+# marks it externally managed); two small launchers run them with Debian's
+# python3 in isolated mode.  The activation file and the unit are rewritten to
+# name the mechanism's real path.
+
+PREFIX     ?= /usr
+PYTHON     ?= /usr/bin/python3
+LIBDIR     ?= $(PREFIX)/lib/locald-admin
+BINDIR     ?= $(PREFIX)/bin
+DATADIR    ?= $(PREFIX)/share
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
+
+MECHANISM  := $(LIBDIR)/locald-admin-mechanism
+BUSCONF    := $(DATADIR)/dbus-1/system.d/org.locald.Admin1.conf
+ACTIVATION := $(DATADIR)/dbus-1/system-services/org.locald.Admin1.service
+POLICY     := $(DATADIR)/polkit-1/actions/org.locald.admin1.policy
+UNIT       := $(UNITDIR)/locald-admin.service
+SHIM       := $(BINDIR)/locald-shim
+INSTALLED  := $(BUSCONF) $(ACTIVATION) $(POLICY) $(UNIT) $(SHIM)
+
+.PHONY: all install uninstall demo test
+
+all:
+	@echo "targets: install, uninstall (DESTDIR=, PREFIX=), demo, test"
+
+demo:
+	scripts/demo
+
+test:
+	scripts/test
+
+install:
+	rm -rf '$(DESTDIR)$(LIBDIR)'
+	install -d '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(dir $(BUSCONF))' \
+		'$(DESTDIR)$(dir $(ACTIVATION))' '$(DESTDIR)$(dir $(POLICY))' '$(DESTDIR)$(UNITDIR)'
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+		--target '$(DESTDIR)$(LIBDIR)/site' .
+	rm -rf '$(DESTDIR)$(LIBDIR)/site/bin'
+	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@MODULE@|locald_admin.mechanism.main|' \
+		data/launcher/launcher.in > '$(DESTDIR)$(MECHANISM)'
+	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@MODULE@|locald_admin.client.shim|' \
+		data/launcher/launcher.in > '$(DESTDIR)$(LIBDIR)/locald-shim'
+	chmod 755 '$(DESTDIR)$(MECHANISM)' '$(DESTDIR)$(LIBDIR)/locald-shim'
+	ln -sfr '$(DESTDIR)$(LIBDIR)/locald-shim' '$(DESTDIR)$(SHIM)'
+	install -m 644 data/dbus-1/system.d/org.locald.Admin1.conf '$(DESTDIR)$(BUSCONF)'
+	install -m 644 data/polkit-1/actions/org.locald.admin1.policy '$(DESTDIR)$(POLICY)'
+	sed -e 's|^Exec=/usr/bin/locald-admin-mechanism|Exec=$(MECHANISM)|' \
+		data/dbus-1/system-services/org.locald.Admin1.service > '$(DESTDIR)$(ACTIVATION)'
+	sed -e 's|^ExecStart=/usr/bin/locald-admin-mechanism|ExecStart=$(MECHANISM)|' \
+		data/systemd/locald-admin.service > '$(DESTDIR)$(UNIT)'
+	chmod 644 '$(DESTDIR)$(ACTIVATION)' '$(DESTDIR)$(UNIT)'
+ifneq ($(PREFIX),/usr)
+	@echo "note: the system bus and polkitd read only /usr/share and /etc. Link:"
+	@echo "  $(BUSCONF) -> /etc/dbus-1/system.d/"
+	@echo "  $(ACTIVATION) -> /usr/share/dbus-1/system-services/"
+	@echo "  $(POLICY) -> /usr/share/polkit-1/actions/"
+	@echo "  $(UNIT) -> /etc/systemd/system/"
+endif
+
+uninstall:
+	rm -f $(foreach f,$(INSTALLED),'$(DESTDIR)$(f)')
+	rm -rf '$(DESTDIR)$(LIBDIR)'

@@ -1,0 +1,107 @@
+"""`make install` into a staging tree (DESTDIR), as a packager does: every
+file lands where the system bus, polkitd and systemd read it, the Exec= and
+ExecStart= lines name the mechanism's real installed path, the staged
+launchers run, and `make uninstall` removes exactly what install laid."""
+
+import configparser
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def _make(target, destdir, prefix="/usr"):
+    return subprocess.run(["make", "-C", str(ROOT), target, f"DESTDIR={destdir}", f"PREFIX={prefix}"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _files(top):
+    return sorted(str(p.relative_to(top)) for p in Path(top).rglob("*") if p.is_file() or p.is_symlink())
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("stage")
+    cp = _make("install", dest)
+    if cp.returncode != 0 and "No module named pip" in cp.stderr:
+        pytest.skip("Debian's python3-pip is not installed (scripts/bootstrap installs it as root)")
+    assert cp.returncode == 0, cp.stderr
+    return dest
+
+
+def test_files_land_where_the_system_reads_them(staged):
+    for rel in ("usr/share/dbus-1/system.d/org.locald.Admin1.conf",
+                "usr/share/dbus-1/system-services/org.locald.Admin1.service",
+                "usr/share/polkit-1/actions/org.locald.admin1.policy",
+                "usr/lib/systemd/system/locald-admin.service",
+                "usr/lib/locald-admin/locald-admin-mechanism",
+                "usr/bin/locald-shim"):
+        assert (staged / rel).exists(), rel
+        assert (ROOT / "data").as_posix() not in (staged / rel).read_text(errors="replace")
+
+
+def test_exec_paths_name_the_installed_mechanism(staged):
+    act = configparser.ConfigParser(interpolation=None)
+    act.read(staged / "usr/share/dbus-1/system-services/org.locald.Admin1.service")
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
+    unit.read(staged / "usr/lib/systemd/system/locald-admin.service")
+    exec_line = act["D-BUS Service"]["Exec"].split()
+    start_line = unit["Service"]["ExecStart"].split()
+    assert exec_line == start_line == ["/usr/lib/locald-admin/locald-admin-mechanism", "--idle-timeout", "30"]
+    installed = staged / exec_line[0].lstrip("/")
+    assert installed.is_file() and os.access(installed, os.X_OK)
+
+
+def test_staged_launchers_run_with_the_private_site_dir(staged):
+    mech = staged / "usr/lib/locald-admin/locald-admin-mechanism"
+    cp = subprocess.run([str(mech), "--help"], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert cp.returncode == 0 and "--idle-timeout" in cp.stdout, cp.stderr
+    shim = staged / "usr/bin/locald-shim"
+    assert shim.is_symlink() and not os.readlink(shim).startswith("/")  # relative: survives staging
+    cp = subprocess.run([str(shim), "admin", "cleanup", "relative"], capture_output=True, text=True,
+                        env={"PATH": "/usr/bin:/bin"})
+    assert cp.returncode == 4 and "absolute" in cp.stderr
+
+
+def test_launchers_ignore_pythonpath(staged, tmp_path):
+    """The mechanism runs as root: PYTHONPATH must not choose its code."""
+    evil = tmp_path / "locald_admin"
+    evil.mkdir()
+    (evil / "__init__.py").write_text("raise SystemExit('hijacked')\n")
+    mech = staged / "usr/lib/locald-admin/locald-admin-mechanism"
+    cp = subprocess.run([str(mech), "--help"], capture_output=True, text=True,
+                        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)})
+    assert cp.returncode == 0 and "hijacked" not in cp.stderr
+
+
+def test_uninstall_removes_exactly_what_install_laid(tmp_path):
+    dest = tmp_path / "stage"
+    foreign = dest / "usr/share/dbus-1/system.d/other.conf"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text("<busconfig/>")
+    before = _files(dest)
+    cp = _make("install", dest)
+    if cp.returncode != 0 and "No module named pip" in cp.stderr:
+        pytest.skip("Debian's python3-pip is not installed")
+    assert cp.returncode == 0, cp.stderr
+    assert len(_files(dest)) > len(before)
+    cp = _make("uninstall", dest)
+    assert cp.returncode == 0, cp.stderr
+    assert _files(dest) == before
+    assert foreign.read_text() == "<busconfig/>"
+
+
+def test_other_prefix_says_what_to_link(tmp_path):
+    cp = _make("install", tmp_path / "stage", prefix="/opt/locald")
+    if cp.returncode != 0 and "No module named pip" in cp.stderr:
+        pytest.skip("Debian's python3-pip is not installed")
+    assert cp.returncode == 0, cp.stderr
+    assert "/etc/dbus-1/system.d/" in cp.stdout and "/usr/share/polkit-1/actions/" in cp.stdout
+    act = (tmp_path / "stage/opt/locald/share/dbus-1/system-services/org.locald.Admin1.service").read_text()
+    assert "Exec=/opt/locald/lib/locald-admin/locald-admin-mechanism --idle-timeout 30" in act
