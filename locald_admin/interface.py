@@ -16,6 +16,10 @@ POLKIT_ACTION = "org.locald.admin1.cleanup"
 # The anchor directory name: only paths below the first component that is
 # exactly this name are in scope.
 ANCHOR_NAME = ".locald"
+# The second anchor kind: locald's per-user data directory, below the
+# caller's home directory (from the password database, never the caller's
+# environment).
+DATA_DIR_NAME = ".local/share/locald"
 
 # Longest path accepted, in bytes of UTF-8 (PATH_MAX on Linux).
 MAX_PATH_BYTES = 4096

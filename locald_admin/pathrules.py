@@ -9,9 +9,15 @@ boundary: it only rejects what is malformed and finds the anchor to start from.
 from dataclasses import dataclass
 from typing import Tuple
 
-from .interface import ANCHOR_NAME, MAX_PATH_BYTES
+from .interface import ANCHOR_NAME, DATA_DIR_NAME, MAX_PATH_BYTES
 
 ANCHOR = ANCHOR_NAME.encode()
+# The second anchor kind: <home>/.local/share/locald (the last component is
+# the anchor; the home part is checked by identity on the file system).
+DATA_DIR = tuple(p.encode() for p in DATA_DIR_NAME.split("/"))
+
+KIND_PROJECT = "project"  # <project>/.locald
+KIND_DATA = "data"  # ~/.local/share/locald
 
 
 class PathRuleError(Exception):
@@ -26,16 +32,26 @@ class PathRuleError(Exception):
 class ParsedPath:
     """An absolute path split at its anchor.
 
-    ``prefix``: components before the first ``.locald``; ``below``: components
+    ``prefix``: components above the anchor directory; ``anchor``: its name
+    (``.locald``, or ``locald`` for a data directory); ``below``: components
     after it (empty when the anchor itself is the target).  All bytes.
+    For kind "data", ``prefix`` ends with ``.local``, ``share`` and
+    ``prefix[:-2]`` must be the caller's home directory.
     """
 
     prefix: Tuple[bytes, ...]
     below: Tuple[bytes, ...]
+    anchor: bytes = ANCHOR
+    kind: str = KIND_PROJECT
 
     @property
     def normalized(self) -> bytes:
-        return b"/" + b"/".join(self.prefix + (ANCHOR,) + self.below)
+        return b"/" + b"/".join(self.prefix + (self.anchor,) + self.below)
+
+    @property
+    def home(self) -> Tuple[bytes, ...]:
+        """For a data-directory anchor: the components of the home directory."""
+        return self.prefix[:-2]
 
     def display(self) -> str:
         return display(self.normalized)
@@ -80,17 +96,29 @@ def split_components(path) -> Tuple[bytes, ...]:
     return parts
 
 
+def _data_dir_index(parts):
+    """Index of the 'locald' of the first '.local/share/locald', or None."""
+    n = len(DATA_DIR)
+    for k in range(n - 1, len(parts)):
+        if parts[k - n + 1:k + 1] == DATA_DIR:
+            return k
+    return None
+
+
 def parse(path) -> ParsedPath:
     """Apply the lexical rules and split the path at its first anchor.
 
-    The anchor is the first component that is exactly '.locald' ('.localdx'
-    and 'x.locald' are not).  No anchor: 'outside'.
+    Anchors: a component that is exactly '.locald' ('.localdx' and 'x.locald'
+    are not), or the 'locald' of '.local/share/locald'.  Whichever comes first
+    is the anchor.  No anchor: 'outside'.
     """
     parts = split_components(path)
-    try:
-        i = parts.index(ANCHOR)
-    except ValueError:
+    i = parts.index(ANCHOR) if ANCHOR in parts else None
+    k = _data_dir_index(parts)
+    if k is not None and (i is None or k < i):
+        return ParsedPath(prefix=parts[:k], below=parts[k + 1:], anchor=DATA_DIR[-1], kind=KIND_DATA)
+    if i is None:
         raise PathRuleError(
-            "outside", f"path has no '{ANCHOR_NAME}' component: {display(b'/' + b'/'.join(parts))[:300]}"
-        ) from None
+            "outside", f"path has no '{ANCHOR_NAME}' component and is not below "
+                       f"{DATA_DIR_NAME}: {display(b'/' + b'/'.join(parts))[:300]}") from None
     return ParsedPath(prefix=parts[:i], below=parts[i + 1:])

@@ -8,6 +8,7 @@ import stat
 
 from .. import pathrules
 from . import fsops, mounts, scope, walk
+from .config import Config
 from .errors import Failed, InvalidPath, MountPoint, OutsideScope
 
 MAX_NAMED_FAILURES = 5
@@ -22,13 +23,14 @@ def parse(path):
         raise (InvalidPath if e.kind == "invalid" else OutsideScope)(str(e)) from None
 
 
-def cleanup(path, caller_uid, check_owner=True):
+def cleanup(path, caller_uid, config=Config()):
     """Remove ``path`` on behalf of ``caller_uid``; return entries removed.
 
+    ``config``: the administrator's configuration (roots, owner rule).
     A target that does not exist is success with 0 removed.
     """
     parsed = parse(path)
-    target = scope.resolve(parsed, caller_uid, check_owner=check_owner)
+    target = scope.resolve(parsed, caller_uid, config)
     if target is None:
         return 0
     try:
@@ -43,6 +45,8 @@ def cleanup(path, caller_uid, check_owner=True):
 
 def _remove_entry(t):
     """Remove the entry; None means 'it changed type, try again'."""
+    if t.anchor_fd is not None:  # the anchor itself, by its held fd
+        return _remove_dir(t, t.anchor_fd)
     try:
         st = os.stat(t.name, dir_fd=t.parent_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -72,15 +76,23 @@ def _remove_entry(t):
             raise MountPoint(f"{t.display} is a mount point; nothing was removed") from None
         raise Failed(f"{t.display}: {e.strerror}") from None
     try:
-        # A mount at or below the target: refuse before deleting anything,
-        # and without looking into it (mountinfo, not stat).
-        found = mounts.mounts_at_or_below(dir_fd)
-        if found:
-            names = ", ".join(pathrules.display(m) for m in found[:MAX_NAMED_FAILURES])
-            raise MountPoint(f"{t.display}: mount point at or below the target: {names}; nothing was removed")
-        res = walk.remove_tree(t.parent_fd, t.name, dir_fd)
+        return _remove_dir(t, dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _remove_dir(t, dir_fd):
+    # A mount at or below the target: refuse before deleting anything, and
+    # without looking into it (mountinfo, not stat).
+    try:
+        found = mounts.mounts_at_or_below(dir_fd)
+    except mounts.LocationUnknown as e:
+        raise Failed(f"{t.display}: {e.strerror}, so mounts below it cannot be ruled out; "
+                     "nothing was removed") from None
+    if found:
+        names = ", ".join(pathrules.display(m) for m in found[:MAX_NAMED_FAILURES])
+        raise MountPoint(f"{t.display}: mount point at or below the target: {names}; nothing was removed")
+    res = walk.remove_tree(t.parent_fd, t.name, dir_fd)
     _raise_for(t.display, res)
     return res.removed
 

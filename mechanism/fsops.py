@@ -89,6 +89,15 @@ def open_prefix(components):
     return os.open(path, PATH_FLAGS)
 
 
+def open_path_at(dirfd, relpath):
+    """Open the directory ``relpath`` below ``dirfd`` as an O_PATH fd,
+    following ordinary symlinks but (with openat2) no magic links.  For the
+    fixed part of a prefix such as ``.local/share``."""
+    if openat2_available():
+        return _raw_openat2(dirfd, relpath, PATH_FLAGS, RESOLVE_NO_MAGICLINKS)
+    return os.open(relpath, PATH_FLAGS, dir_fd=dirfd)
+
+
 def open_beneath(dirfd, name, flags=DIR_FLAGS, parent_mnt=None):
     """Open the single component ``name`` relative to ``dirfd``.
 

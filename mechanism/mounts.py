@@ -26,16 +26,33 @@ def mount_points(mountinfo=b"/proc/self/mountinfo"):
             yield int(fields[0]), _unescape(fields[4])
 
 
+class LocationUnknown(OSError):
+    """The kernel cannot name where a held directory is (longer than
+    PATH_MAX, or outside this process' root): mounts below it cannot be
+    ruled out, so callers must refuse rather than guess."""
+
+
 def fd_location(fd):
-    """Where the kernel says ``fd`` is, or None when it was deleted."""
-    loc = os.readlink(f"/proc/self/fd/{fd}".encode())
-    if not loc.startswith(b"/") or loc.endswith(b" (deleted)"):
+    """Where the kernel says the directory ``fd`` is, or None when it has
+    been removed (st_nlink 0: nothing can be mounted below it any more).
+
+    Deletion is read from the inode, not from a " (deleted)" suffix, which a
+    directory can simply be named.
+    """
+    if os.fstat(fd).st_nlink == 0:
         return None
+    try:
+        loc = os.readlink(f"/proc/self/fd/{fd}".encode())
+    except OSError as e:
+        raise LocationUnknown(e.errno, f"cannot name the location of the target: {e.strerror}") from None
+    if not loc.startswith(b"/"):
+        raise LocationUnknown(0, "the target is outside this process' root directory")
     return loc
 
 
 def mounts_at_or_below(dirfd):
-    """Mount points at or below the directory held by ``dirfd`` (sorted)."""
+    """Mount points at or below the directory held by ``dirfd`` (sorted).
+    Raises LocationUnknown when that cannot be known."""
     top = fd_location(dirfd)
     if top is None:
         return []

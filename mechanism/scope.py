@@ -11,13 +11,17 @@ swaps or bind mounts after this point cannot redirect the deletion.
 
 import errno
 import os
+import pwd
 import stat
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from .. import pathrules
 from . import fsops
+from .config import Config
 from .errors import Failed, MountPoint, OutsideScope
+
+MAX_CLIMB = 4096  # ancestors examined for the configured roots
 
 
 @dataclass
@@ -29,6 +33,10 @@ class Target:
     name: bytes
     display: str  # the normalized request path, for messages
     fds: List[int] = field(default_factory=list)  # every fd to close
+    # When the target is the anchor itself: its held, owner-checked fd.  The
+    # entry is never looked up by name again (that lookup could find another
+    # directory swapped in after the check).
+    anchor_fd: Optional[int] = None
 
     def close(self):
         for fd in reversed(self.fds):
@@ -43,7 +51,67 @@ def _is_symlink(dirfd, name):
         return False
 
 
-def resolve(parsed: pathrules.ParsedPath, caller_uid: int, check_owner=True) -> Optional[Target]:
+def _open_data_dir_prefix(parsed, caller_uid, shown):
+    """For a ~/.local/share/locald anchor: open <home>/.local/share after
+    checking, by identity, that <home> is the caller's home directory (from
+    the password database, never from the caller's environment).  Returns
+    the fd, None when something is missing; raises OutsideScope."""
+    try:
+        home = pwd.getpwuid(caller_uid).pw_dir
+        want = os.stat(home)
+    except (KeyError, OSError):
+        raise OutsideScope(f"{shown}: uid {caller_uid} has no home directory, "
+                           f"so no ~/{pathrules.DATA_DIR_NAME}") from None
+    try:
+        home_fd = fsops.open_prefix(parsed.home)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None
+        raise OutsideScope(f"{shown}: cannot resolve the home directory part: {e.strerror}") from None
+    try:
+        st = os.fstat(home_fd)
+        if (st.st_dev, st.st_ino) != (want.st_dev, want.st_ino):
+            raise OutsideScope(f"{shown}: not below the caller's own home directory ({home}); "
+                               "another user's data directory is out of scope")
+        try:
+            return fsops.open_path_at(home_fd, b".local/share")
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise OutsideScope(f"{shown}: cannot open .local/share: {e.strerror}") from None
+    finally:
+        os.close(home_fd)
+
+
+def _config_excludes(anchor_fd, config):
+    """Why the administrator's roots exclude the anchor, or None.
+
+    Climbs from the anchor through '..' and compares each ancestor's
+    (st_dev, st_ino) with the configured roots: the nearest listed one
+    decides.  Identity, not strings: symlinks in the request change nothing.
+    """
+    roots = config.identities()
+    cur = os.dup(anchor_fd)
+    try:
+        st = os.fstat(cur)
+        for _ in range(MAX_CLIMB):
+            hit = roots.get((st.st_dev, st.st_ino))
+            if hit is not None:
+                allowed, root = hit
+                return None if allowed else f"it is below {root}, where cleanup is denied"
+            parent = os.open(b"..", fsops.PATH_FLAGS, dir_fd=cur)
+            os.close(cur)
+            cur = parent
+            pst = os.fstat(cur)
+            if (pst.st_dev, pst.st_ino) == (st.st_dev, st.st_ino):
+                break  # reached /
+            st = pst
+        return "it is not below any allowed root"
+    finally:
+        os.close(cur)
+
+
+def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Config()) -> Optional[Target]:
     """Open the parent of the target and return it as a Target.
 
     Returns None when the target does not exist (a missing component, or a
@@ -51,46 +119,59 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, check_owner=True) -> 
     Raises OutsideScope, MountPoint or Failed.
     """
     shown = parsed.display()
+    anchor = parsed.anchor
+    aname = anchor.decode()
     t = Target(parent_fd=-1, name=b"", display=shown)
     try:
         # 1. The prefix, from /.  Magic links (/proc/<pid>/root, .../cwd)
         #    would reach into other processes' views of the file system.
-        try:
-            t.fds.append(fsops.open_prefix(parsed.prefix))
-        except OSError as e:
-            if e.errno in (errno.ENOENT, errno.ENOTDIR):
-                t.close()
+        if parsed.kind == pathrules.KIND_DATA:
+            prefix_fd = _open_data_dir_prefix(parsed, caller_uid, shown)
+            if prefix_fd is None:
                 return None
-            if e.errno in (errno.ELOOP, errno.EXDEV):
-                raise OutsideScope(f"{shown}: the path above {pathrules.ANCHOR.decode()} "
-                                   "goes through a magic link or a symlink loop") from None
-            raise Failed(f"{shown}: cannot open the directory above the anchor: {e.strerror}") from None
+            t.fds.append(prefix_fd)
+        else:
+            try:
+                t.fds.append(fsops.open_prefix(parsed.prefix))
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                    t.close()
+                    return None
+                if e.errno in (errno.ELOOP, errno.EXDEV):
+                    raise OutsideScope(f"{shown}: the path above {aname} "
+                                       "goes through a magic link or a symlink loop") from None
+                raise Failed(f"{shown}: cannot open the directory above the anchor: {e.strerror}") from None
 
         # 2. The anchor: a real directory (not a symlink to one, not a mount
         #    point), owned by the caller.  The owner is read from the fd we
         #    hold, so a swap after the check changes nothing.
         prefix_fd = t.fds[-1]
         try:
-            anchor_fd = fsops.open_beneath(prefix_fd, pathrules.ANCHOR)
+            anchor_fd = fsops.open_beneath(prefix_fd, anchor)
         except OSError as e:
             if e.errno == errno.ENOENT:
                 t.close()
                 return None
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                what = "a symlink" if _is_symlink(prefix_fd, pathrules.ANCHOR) else "not a directory"
-                raise OutsideScope(f"{shown}: the anchor {pathrules.ANCHOR.decode()} is {what}") from None
+                what = "a symlink" if _is_symlink(prefix_fd, anchor) else "not a directory"
+                raise OutsideScope(f"{shown}: the anchor {aname} is {what}") from None
             if e.errno == errno.EXDEV:
-                raise MountPoint(f"{shown}: the anchor {pathrules.ANCHOR.decode()} is a mount point") from None
+                raise MountPoint(f"{shown}: the anchor {aname} is a mount point") from None
             raise Failed(f"{shown}: cannot open the anchor: {e.strerror}") from None
         t.fds.append(anchor_fd)
         st = os.fstat(anchor_fd)
-        if check_owner and caller_uid != 0 and st.st_uid != caller_uid:
+        owner_exempt = caller_uid == 0 and config.root_skips_owner_check
+        if not owner_exempt and st.st_uid != caller_uid:
             raise OutsideScope(f"{shown}: the anchor is owned by uid {st.st_uid}, not by the caller (uid {caller_uid})")
+        why = _config_excludes(anchor_fd, config)
+        if why is not None:
+            raise OutsideScope(f"{shown}: the administrator's configuration ({config.source}) excludes "
+                               f"this anchor: {why}")
 
         # 3. Below the anchor: one component at a time, relative to the fd of
         #    the one before; never a symlink, never across a mount.
         if not parsed.below:
-            t.parent_fd, t.name = prefix_fd, pathrules.ANCHOR
+            t.parent_fd, t.name, t.anchor_fd = prefix_fd, anchor, anchor_fd
             return t
         dirfd = anchor_fd
         for comp in parsed.below[:-1]:

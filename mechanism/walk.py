@@ -137,6 +137,10 @@ def remove_tree(parent_fd, name, dir_fd, result=None, mnt=None):
                 first_open = len(stack) - 2
             if f.incomplete:
                 parent.incomplete = True
+            elif len(stack) == 2 and not _same_entry(parent.fd, f):
+                # The target's name in its parent now names another
+                # directory (swapped after we opened it): leave that alone.
+                result.fail(b"", "was replaced by another directory during removal")
             else:
                 try:
                     os.rmdir(f.name, dir_fd=parent.fd)
@@ -187,6 +191,15 @@ def _enter(f, child, stack, result, mnt):
             result.fail(_rel(stack, child), e.strerror)
         f.incomplete = True
         return None
+
+
+def _same_entry(dirfd, frame):
+    """Whether ``frame.name`` in ``dirfd`` is still the directory we hold."""
+    try:
+        st = os.stat(frame.name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return True  # gone already: rmdir will say so
+    return (st.st_dev, st.st_ino) == (frame.dev, frame.ino)
 
 
 def _climb(f, parent):
