@@ -11,6 +11,7 @@ from dbus_next.errors import DBusError
 
 from .. import interface as i
 from ..busio import connect_system_bus
+from . import config as configuration
 from . import fsops
 from .service import CleanupService
 
@@ -38,12 +39,35 @@ def parse_args(argv=None):
                    help="give up on polkit after this long for non-interactive calls (default 15)")
     p.add_argument("--polkit-interactive-timeout", type=_nonneg, default=300.0, metavar="SECONDS",
                    help="the same for calls that allow interactive authorization (default 300)")
+    p.add_argument("--config", default=configuration.DEFAULT_PATH, metavar="FILE",
+                   help=f"administrator's configuration (default {configuration.DEFAULT_PATH}; "
+                        "missing: built-in defaults; re-read on SIGHUP)")
     p.add_argument("--no-openat2", action="store_true",
                    help="use the O_NOFOLLOW + mount-id fallback even where openat2 exists (testing)")
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error("--workers must be at least 1")
     return args
+
+
+def load_config(path):
+    """The configuration, or the ConfigError to fail closed with."""
+    try:
+        cfg = configuration.load(path)
+        log.info("configuration: %s", cfg.source)
+        return cfg
+    except configuration.ConfigError as e:
+        log.error("configuration is malformed, every call will fail until it is fixed: %s", e)
+        return e
+
+
+def reload_config(service, path):
+    """SIGHUP: take a good new configuration; keep the old one otherwise."""
+    try:
+        service.config = configuration.load(path)
+        log.info("configuration reloaded: %s", service.config.source)
+    except configuration.ConfigError as e:
+        log.error("configuration not reloaded, the previous one stays in force: %s", e)
 
 
 async def serve(args):
@@ -53,7 +77,8 @@ async def serve(args):
         log.error("cannot connect to the bus: %s", e)
         return 1
     service = CleanupService(bus, workers=args.workers, polkit_timeout=args.polkit_timeout,
-                             polkit_interactive_timeout=args.polkit_interactive_timeout)
+                             polkit_interactive_timeout=args.polkit_interactive_timeout,
+                             config=load_config(args.config))
     service.install()
     try:
         reply = await bus.request_name(i.BUS_NAME, NameFlag.DO_NOT_QUEUE)
@@ -69,6 +94,7 @@ async def serve(args):
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_config, service, args.config)
     waiters = {
         loop.create_task(bus.wait_for_disconnect()): "disconnected",
         loop.create_task(stop.wait()): "signal",

@@ -23,7 +23,8 @@ from dbus_next.service import ServiceInterface, method
 
 from .. import interface as i
 from . import engine, polkit
-from .errors import MechanismError, NotAuthorized
+from .config import Config, ConfigError
+from .errors import Failed, MechanismError, NotAuthorized
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,14 @@ def audit(**fields):
 
 class CleanupService:
     def __init__(self, bus, *, workers=4, polkit_timeout=15.0, polkit_interactive_timeout=300.0,
-                 check_owner=True):
+                 config=Config()):
         self.bus = bus
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cleanup")
         self.polkit_timeout = polkit_timeout
         self.polkit_interactive_timeout = polkit_interactive_timeout
-        self.check_owner = check_owner
+        # A Config, or the ConfigError that made the configuration unusable:
+        # then every call fails closed, naming the problem.
+        self.config = config
         self.in_flight = 0
         self.last_done = time.monotonic()
         self._tasks = set()
@@ -104,8 +107,11 @@ class CleanupService:
                 await polkit.authorize(
                     self.bus, msg.sender, uid, interactive,
                     self.polkit_interactive_timeout if interactive else self.polkit_timeout)
+                config = self.config
+                if isinstance(config, ConfigError):
+                    raise Failed(f"locald-admin is not configured correctly: {config}")
                 removed = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, engine.cleanup, path, uid, self.check_owner)
+                    self.executor, engine.cleanup, path, uid, config)
                 reply = Message.new_method_return(msg)
             except MechanismError as e:
                 result, removed = e.dbus_name, e.removed
