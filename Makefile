@@ -24,6 +24,7 @@ ACTIVATION := $(DATADIR)/dbus-1/system-services/org.locald.Admin1.service
 POLICY     := $(DATADIR)/polkit-1/actions/org.locald.admin1.policy
 UNIT       := $(UNITDIR)/locald-admin.service
 SHIM       := $(BINDIR)/locald-shim
+ADMINCONF  := $(SYSCONFDIR)/locald/admin.conf
 INSTALLED  := $(BUSCONF) $(ACTIVATION) $(POLICY) $(UNIT) $(SHIM)
 
 .PHONY: all install uninstall demo test
@@ -57,6 +58,9 @@ install:
 	sed -e 's|^ExecStart=/usr/bin/locald-admin-mechanism|ExecStart=$(MECHANISM)|' \
 		data/systemd/locald-admin.service > '$(DESTDIR)$(UNIT)'
 	chmod 644 '$(DESTDIR)$(ACTIVATION)' '$(DESTDIR)$(UNIT)'
+	@# The commented defaults; an admin's own file is never overwritten.
+	if [ ! -e '$(DESTDIR)$(ADMINCONF)' ]; then \
+		install -D -m 644 data/locald/admin.conf '$(DESTDIR)$(ADMINCONF)'; fi
 ifneq ($(PREFIX),/usr)
 	@echo "note: the system bus and polkitd read only /usr/share and /etc. Link:"
 	@echo "  $(BUSCONF) -> /etc/dbus-1/system.d/"
@@ -68,3 +72,6 @@ endif
 uninstall:
 	rm -f $(foreach f,$(INSTALLED),'$(DESTDIR)$(f)')
 	rm -rf '$(DESTDIR)$(LIBDIR)'
+	@# The configuration goes only if the admin never changed it.
+	if cmp -s data/locald/admin.conf '$(DESTDIR)$(ADMINCONF)'; then \
+		rm -f '$(DESTDIR)$(ADMINCONF)'; rmdir '$(DESTDIR)$(dir $(ADMINCONF))' 2>/dev/null || true; fi

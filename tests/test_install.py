@@ -41,7 +41,8 @@ def test_files_land_where_the_system_reads_them(staged):
                 "usr/share/polkit-1/actions/org.locald.admin1.policy",
                 "usr/lib/systemd/system/locald-admin.service",
                 "usr/lib/locald-admin/locald-admin-mechanism",
-                "usr/bin/locald-shim"):
+                "usr/bin/locald-shim",
+                "etc/locald/admin.conf"):
         assert (staged / rel).exists(), rel
         assert (ROOT / "data").as_posix() not in (staged / rel).read_text(errors="replace")
 
@@ -95,6 +96,20 @@ def test_uninstall_removes_exactly_what_install_laid(tmp_path):
     assert cp.returncode == 0, cp.stderr
     assert _files(dest) == before
     assert foreign.read_text() == "<busconfig/>"
+
+
+def test_an_admins_configuration_is_kept(tmp_path):
+    dest = tmp_path / "stage"
+    conf = dest / "etc/locald/admin.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("[scope]\nallow = /srv\n")
+    cp = _make("install", dest)
+    if cp.returncode != 0 and "No module named pip" in cp.stderr:
+        pytest.skip("Debian's python3-pip is not installed")
+    assert cp.returncode == 0, cp.stderr
+    assert conf.read_text() == "[scope]\nallow = /srv\n"
+    assert _make("uninstall", dest).returncode == 0
+    assert conf.read_text() == "[scope]\nallow = /srv\n"
 
 
 def test_other_prefix_says_what_to_link(tmp_path):

@@ -1,0 +1,317 @@
+"""The second anchor kind (~/.local/share/locald) and the administrator's
+configuration (allowed/denied roots, the root owner rule).
+
+Config parsing runs as any user; everything that needs other users, homes or
+root-owned roots is in the root tier.
+"""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from locald_admin import interface as i
+from locald_admin.mechanism import config as cfgmod
+from locald_admin.mechanism import engine
+from locald_admin.mechanism.errors import OutsideScope
+from support import IS_ROOT, OTHER_USER, TEST_USER, Mechanism, PolkitMock, PrivateBus, ensure_user, rm_rf, world_tmpdir
+
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="root tier: needs other users' homes and "
+                                "root-owned roots; run the suite as root")
+
+
+# -- parsing (any user) ------------------------------------------------------------
+
+def test_no_file_means_the_defaults(tmp_path):
+    c = cfgmod.load(str(tmp_path / "missing.conf"))
+    assert c.allow == ("/", "/dev/shm")
+    assert c.deny == ("/proc", "/sys", "/dev", "/run", "/boot", "/etc", "/usr")
+    assert c.root_skips_owner_check is True
+
+
+def test_file_overrides(tmp_path):
+    p = tmp_path / "admin.conf"
+    p.write_text("[scope]\nallow = /home /srv/projects\n[owner]\nroot_skips_owner_check = no\n")
+    c = cfgmod.load(str(p))
+    assert c.allow == ("/home", "/srv/projects") and c.deny == cfgmod.DEFAULT_DENY
+    assert c.root_skips_owner_check is False and c.source == str(p)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("[scope\n", "section"),
+    ("allow = /\n", "section"),
+    ("[scope]\nallow = home\n", "not an absolute path"),
+    ("[scope]\nallow = /a/../b\n", "'..'"),
+    ("[owner]\nroot_skips_owner_check = maybe\n", "root_skips_owner_check"),
+    ("[scopes]\n", "unknown section"),
+    ("[scope]\nalow = /\n", "unknown key 'alow'"),
+])
+def test_malformed_files_name_the_problem(tmp_path, text, needle):
+    p = tmp_path / "admin.conf"
+    p.write_text(text)
+    with pytest.raises(cfgmod.ConfigError) as ei:
+        cfgmod.load(str(p))
+    assert needle in str(ei.value) and str(p) in str(ei.value)
+
+
+def test_shipped_example_is_the_defaults():
+    """data/locald/admin.conf (installed by make install) is all comments."""
+    shipped = Path(__file__).resolve().parent.parent / "data" / "locald" / "admin.conf"
+    c = cfgmod.parse(shipped.read_text(), str(shipped))
+    assert (c.allow, c.deny, c.root_skips_owner_check) == (cfgmod.DEFAULT_ALLOW, cfgmod.DEFAULT_DENY, True)
+    text = shipped.read_text()
+    for root in cfgmod.DEFAULT_DENY + cfgmod.DEFAULT_ALLOW:
+        assert root in text  # the defaults are spelled out for the admin
+
+
+# -- the data-directory anchor (root) -----------------------------------------------
+
+@pytest.fixture
+def homes():
+    """Two users with homes in a temp dir: (user, home), (other, home2)."""
+    top = world_tmpdir()
+    out = []
+    for name in (TEST_USER, OTHER_USER):
+        pw = ensure_user(name)
+        home = top / name
+        home.mkdir()
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+        subprocess.run(["usermod", "-d", str(home), name], check=True, capture_output=True)
+        out.append((pw, home))
+    yield out
+    for name in (TEST_USER, OTHER_USER):
+        subprocess.run(["usermod", "-d", "/nonexistent", name], capture_output=True)
+    rm_rf(top)
+
+
+def make_data_dir(pw, home):
+    """<home>/.local/share/locald owned by the user, with a root-owned
+    0700 image directory inside, as runc leaves it."""
+    d = home / ".local" / "share" / "locald"
+    (d / "images" / "rootfs").mkdir(parents=True)
+    for p in (home / ".local", home / ".local" / "share", d, d / "images"):
+        os.chown(p, pw.pw_uid, pw.pw_gid)
+    os.chmod(d / "images" / "rootfs", 0o700)
+    (d / "images" / "rootfs" / "f").write_text("x")
+    return d
+
+
+@needs_root
+def test_own_data_dir_is_an_anchor(homes):
+    (pw, home), _ = homes
+    d = make_data_dir(pw, home)
+    assert engine.cleanup(str(d / "images"), pw.pw_uid) == 3
+    assert not (d / "images").exists() and d.is_dir()
+
+
+@needs_root
+def test_another_users_data_dir_is_outside_scope(homes):
+    (pw, _), (other, home2) = homes
+    d2 = make_data_dir(other, home2)
+    with pytest.raises(OutsideScope, match="another user's data directory"):
+        engine.cleanup(str(d2 / "images"), pw.pw_uid)
+    assert (d2 / "images" / "rootfs" / "f").exists()
+
+
+@needs_root
+def test_home_reached_through_a_symlink_is_compared_by_identity(homes):
+    (pw, home), _ = homes
+    d = make_data_dir(pw, home)
+    alias = home.parent / "alias-home"
+    os.symlink(home, alias)  # like /home -> /var/home
+    assert engine.cleanup(str(alias / ".local/share/locald/images"), pw.pw_uid) == 3
+    assert not (d / "images").exists()
+
+
+@needs_root
+def test_data_dir_replaced_by_a_symlink_is_refused(homes):
+    (pw, home), (other, home2) = homes
+    victim = make_data_dir(other, home2)
+    share = home / ".local" / "share"
+    share.mkdir(parents=True)
+    os.symlink(victim, share / "locald")
+    os.lchown(share / "locald", pw.pw_uid, pw.pw_gid)
+    with pytest.raises(OutsideScope, match="symlink"):
+        engine.cleanup(str(share / "locald" / "images"), pw.pw_uid)
+    assert (victim / "images" / "rootfs" / "f").exists()
+
+
+@needs_root
+def test_symlink_below_the_data_dir_is_refused(homes):
+    (pw, home), (other, home2) = homes
+    d = make_data_dir(pw, home)
+    victim = make_data_dir(other, home2)
+    os.symlink(victim / "images", d / "link")
+    os.lchown(d / "link", pw.pw_uid, pw.pw_gid)
+    with pytest.raises(OutsideScope, match="symlink below the anchor"):
+        engine.cleanup(str(d / "link" / "rootfs"), pw.pw_uid)
+    assert (victim / "images" / "rootfs" / "f").exists()
+
+
+@needs_root
+def test_the_first_anchor_on_the_path_is_used(homes):
+    """A project inside the data dir: the data dir (first) is the anchor,
+    so its .locald need not be the caller's own."""
+    (pw, home), _ = homes
+    d = make_data_dir(pw, home)
+    inner = d / "proj" / ".locald" / "x"
+    inner.mkdir(parents=True)
+    os.chown(d / "proj", pw.pw_uid, pw.pw_gid)  # .locald below stays root's
+    assert engine.cleanup(str(inner), pw.pw_uid) == 1
+    assert not inner.exists()
+
+
+# -- configured roots (root) --------------------------------------------------------
+
+@pytest.fixture
+def roots():
+    top = world_tmpdir()
+    for name in ("ok", "ok/no", "other"):
+        (top / name).mkdir()
+    yield top
+    rm_rf(top)
+
+
+def anchor_in(base, uid):
+    a = base / "proj" / ".locald"
+    (a / "x").mkdir(parents=True)
+    os.chown(a, uid, uid)
+    return a
+
+
+@needs_root
+def test_anchor_outside_the_allowed_roots_is_refused(roots):
+    c = cfgmod.Config(allow=(str(roots / "ok"),), source="test.conf")
+    assert engine.cleanup(str(anchor_in(roots / "ok", 0) / "x"), 0, c) == 1
+    a = anchor_in(roots / "other", 0)
+    with pytest.raises(OutsideScope, match=r"administrator's configuration \(test.conf\).*not below any allowed"):
+        engine.cleanup(str(a / "x"), 0, c)
+    assert (a / "x").is_dir()
+
+
+@needs_root
+def test_nearest_root_decides(roots):
+    c = cfgmod.Config(allow=(str(roots / "ok"),), deny=(str(roots / "ok" / "no"),))
+    a = anchor_in(roots / "ok" / "no", 0)
+    with pytest.raises(OutsideScope, match="where cleanup is denied"):
+        engine.cleanup(str(a / "x"), 0, c)
+    assert (a / "x").is_dir()
+
+
+@needs_root
+def test_symlinked_prefix_cannot_move_a_path_into_an_allowed_root(roots):
+    c = cfgmod.Config(allow=(str(roots / "ok"),), deny=(str(roots / "other"),))
+    a = anchor_in(roots / "other", 0)
+    os.symlink(roots / "other" / "proj", roots / "ok" / "door")
+    with pytest.raises(OutsideScope, match="denied"):
+        engine.cleanup(str(roots / "ok" / "door" / ".locald" / "x"), 0, c)
+    assert (a / "x").is_dir()
+
+
+@needs_root
+def test_symlinked_prefix_into_an_allowed_root_is_allowed(roots):
+    c = cfgmod.Config(allow=(str(roots / "ok"),), deny=(str(roots / "other"),))
+    a = anchor_in(roots / "ok", 0)
+    os.symlink(roots / "ok" / "proj", roots / "other" / "door")
+    assert engine.cleanup(str(roots / "other" / "door" / ".locald" / "x"), 0, c) == 1
+    assert not (a / "x").exists()
+
+
+@needs_root
+def test_default_roots_deny_run_but_allow_dev_shm():
+    made = []
+    try:
+        for base in ("/run", "/dev/shm"):
+            d = Path(base) / f"locald-admin-test-{os.getpid()}"
+            (d / ".locald" / "x").mkdir(parents=True)
+            made.append(d)
+        with pytest.raises(OutsideScope, match="/run, where cleanup is denied"):
+            engine.cleanup(str(made[0] / ".locald" / "x"), 0)
+        assert (made[0] / ".locald" / "x").is_dir()
+        assert engine.cleanup(str(made[1] / ".locald" / "x"), 0) == 1
+    finally:
+        for d in made:
+            rm_rf(d)
+
+
+@needs_root
+def test_root_owner_rule_can_be_turned_off(roots):
+    other = ensure_user(OTHER_USER)
+    a = anchor_in(roots / "ok", other.pw_uid)
+    strict = cfgmod.Config(root_skips_owner_check=False)
+    with pytest.raises(OutsideScope, match="owned by uid"):
+        engine.cleanup(str(a / "x"), 0, strict)
+    assert (a / "x").is_dir()
+    assert engine.cleanup(str(a / "x"), 0) == 1  # the default lets root through
+
+
+# -- through the bus: fail closed, SIGHUP (root) -------------------------------------
+
+@pytest.fixture
+def conf_stack():
+    b = PrivateBus()
+    p = PolkitMock(b)
+    p.allow(True)
+    conf = b.dir / "admin.conf"
+    yield b, conf
+    p.stop()
+    b.stop()
+
+
+def call_as_root(bus, path):
+    import dbus
+    con = bus.connect()
+    try:
+        con.get_object(i.BUS_NAME, i.OBJECT_PATH).get_dbus_method(i.METHOD_CLEANUP, i.INTERFACE)(path)
+        return None, None
+    except dbus.exceptions.DBusException as e:
+        return e.get_dbus_name(), e.get_dbus_message()
+    finally:
+        con.close()
+
+
+def wait_log(mech, needle, timeout=10):
+    deadline = time.monotonic() + timeout
+    while needle not in mech.log():
+        assert time.monotonic() < deadline, f"{needle!r} not in the mechanism log: {mech.log()}"
+        time.sleep(0.05)
+
+
+@needs_root
+def test_malformed_config_fails_closed_and_sighup_recovers(conf_stack, roots):
+    bus, conf = conf_stack
+    conf.write_text("[scope]\nallow = relative/path\n")
+    m = Mechanism(bus, "--config", str(conf))
+    try:
+        a = anchor_in(roots / "ok", 0)
+        name, msg = call_as_root(bus, str(a / "x"))
+        assert name == i.ERROR_FAILED and "not an absolute path" in msg and "\n" not in msg
+        assert (a / "x").is_dir()
+        conf.write_text(f"[scope]\nallow = {roots / 'ok'}\n")
+        m.proc.send_signal(signal.SIGHUP)
+        wait_log(m, "configuration reloaded")
+        assert call_as_root(bus, str(a / "x")) == (None, None)
+        b = anchor_in(roots / "other", 0)
+        name, msg = call_as_root(bus, str(b / "x"))
+        assert name == i.ERROR_OUTSIDE_SCOPE and "administrator's configuration" in msg
+    finally:
+        m.stop()
+
+
+@needs_root
+def test_malformed_config_at_sighup_keeps_the_old_one(conf_stack, roots):
+    bus, conf = conf_stack
+    conf.write_text(f"[scope]\nallow = {roots / 'ok'}\n")
+    m = Mechanism(bus, "--config", str(conf))
+    try:
+        conf.write_text("[scope\n")
+        m.proc.send_signal(signal.SIGHUP)
+        wait_log(m, "previous one stays in force")
+        assert call_as_root(bus, str(anchor_in(roots / "ok", 0) / "x")) == (None, None)
+        name, _ = call_as_root(bus, str(anchor_in(roots / "other", 0) / "x"))
+        assert name == i.ERROR_OUTSIDE_SCOPE  # the old roots still apply
+    finally:
+        m.stop()
