@@ -15,7 +15,7 @@ What it proves:
   CI runner or over ssh without logind) an unprivileged caller gets
   InteractiveAuthorizationRequired (exit 3) and nothing is deleted; root is
   allowed; the .policy validates against polkit's DTD;
-* the headless rule (tests/data/50-locald-admin.rules): members of the group
+* the headless rule (data/polkit-1/rules.d/50-locald-admin.rules.example): members of the group
   "locald" are allowed without a session, non-members are not, and polkit
   takes membership from the user database, not from the caller's process;
 * polkit outage: polkitd gone -> NotAuthorized (exit 3), nothing deleted;
@@ -53,7 +53,6 @@ from support import (IS_ROOT, OTHER_USER, POLKIT_NAME, TEST_USER, Mechanism, Pri
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
-TEST_DATA = Path(__file__).resolve().parent / "data"
 ACTION_SRC = DATA / "polkit-1" / "actions" / "org.locald.admin1.policy"
 BUS_CONF_DIR = DATA / "dbus-1" / "system.d"
 
@@ -63,7 +62,7 @@ SYSTEM_D = Path("/usr/share/dbus-1/system.d")
 ACTIONS_DIR = Path("/usr/share/polkit-1/actions")
 ACTION_DEST = ACTIONS_DIR / "org.locald.admin1.policy"
 RULES_DIR = Path("/etc/polkit-1/rules.d")
-RULE_SRC = TEST_DATA / "50-locald-admin.rules"
+RULE_SRC = ROOT / "data" / "polkit-1" / "rules.d" / "50-locald-admin.rules.example"
 RULE_DEST = RULES_DIR / "50-locald-admin-test.rules"
 POLKIT_DTD = Path("/usr/share/polkit-1/policyconfig-1.dtd")
 LAUNCH_HELPER = Path("/usr/lib/dbus-1.0/dbus-daemon-launch-helper")
