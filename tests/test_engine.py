@@ -1,0 +1,787 @@
+"""The deletion engine without D-Bus: ``engine.cleanup(path, caller_uid)``.
+
+Runs as any user (the caller is ``os.getuid()`` unless a test says otherwise).
+Every test that exercises a defence keeps a canary *outside* the target and
+checks it by content afterwards, so it fails if that defence is removed.
+Tests that touch the file system run twice: with openat2 and with the forced
+fallback (O_NOFOLLOW + mount ids), see the ``mode`` fixture.
+"""
+
+import errno
+import os
+import stat
+import subprocess
+
+import pytest
+
+from locald_admin.mechanism import engine, fsops, walk
+from locald_admin.mechanism.errors import Failed, InvalidPath, MechanismError, OutsideScope
+
+ME = os.getuid()
+IS_ROOT = os.geteuid() == 0
+
+
+# -- fixtures and helpers ------------------------------------------------------
+
+@pytest.fixture(params=["openat2", "fallback"])
+def mode(request):
+    """Run the test with openat2, then with the forced fallback.
+
+    In fallback mode openat2 is made unusable (any call fails the test), so
+    the fallback code path is provably the one exercised; in openat2 mode the
+    calls are counted, so openat2 is provably used.
+    """
+    real = fsops._raw_openat2
+    calls = []
+    if request.param == "openat2":
+        fsops.set_openat2(True)
+        if not fsops.openat2_available():
+            pytest.skip("this kernel has no openat2 (ENOSYS)")
+
+        def counting(*a):
+            calls.append(a)
+            return real(*a)
+        fsops._raw_openat2 = counting
+    else:
+        fsops.set_openat2(False)
+
+        def forbidden(*a):
+            raise AssertionError("openat2 was called in forced-fallback mode")
+        fsops._raw_openat2 = forbidden
+    try:
+        yield request.param
+    finally:
+        fsops._raw_openat2 = real
+        fsops.set_openat2(True)
+    if request.param == "openat2":
+        assert calls, "openat2 mode, but openat2 was never called"
+
+
+def snapshot(root):
+    """Everything below ``root``: relpath (bytes) -> kind and content.
+    Never follows symlinks."""
+    root = os.fsencode(root)
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(d, n)
+            rel = os.path.relpath(p, root)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(p))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir",)
+            elif stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    out[rel] = ("file", f.read())
+            else:
+                out[rel] = ("other", stat.S_IFMT(st.st_mode))
+    return out
+
+
+def write(path, data=b"x"):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+class Canary:
+    """A directory outside every target, checked by content."""
+
+    def __init__(self, path):
+        self.path = path
+        path.mkdir()
+        write(path / "data", b"precious data\n")
+        write(path / "passwd", b"root:x:0:0::/root:/bin/sh\n")
+        (path / "sub" / "deep").mkdir(parents=True)
+        write(path / "sub" / "deep" / "file", b"deep precious\n")
+        write(path / "sub" / "data", b"sub precious\n")
+        self.before = snapshot(path)
+        assert len(self.before) == 6
+
+    def check(self):
+        assert snapshot(self.path) == self.before, "the canary outside the target was modified"
+
+
+@pytest.fixture
+def canary(tmp_path):
+    c = Canary(tmp_path / "canary")
+    yield c
+    c.check()
+
+
+@pytest.fixture
+def anchor(tmp_path):
+    """<tmp>/proj/.locald, owned by the current user."""
+    a = tmp_path / "proj" / ".locald"
+    a.mkdir(parents=True)
+    return a
+
+
+@pytest.fixture
+def rmrf():
+    """Register trees to be removed with rm -rf (deep trees defeat shutil.rmtree)."""
+    paths = []
+    yield paths.append
+    for p in paths:
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", os.fsdecode(p)], check=False)
+
+
+def make_tree(root):
+    """A small mixed tree; returns the number of entries below ``root``."""
+    root.mkdir()
+    write(root / "file", b"a file")
+    write(root / "empty")
+    (root / "dir" / "sub" / "subsub").mkdir(parents=True)
+    write(root / "dir" / "f1")
+    write(root / "dir" / "sub" / "f2")
+    write(root / "dir" / "sub" / "subsub" / "f3")
+    (root / "emptydir").mkdir()
+    os.mkfifo(root / "dir" / "fifo")
+    os.mknod(root / "dir" / "sock", stat.S_IFSOCK | 0o600)
+    (root / "dangling").symlink_to("/nonexistent/nowhere")
+    return len(snapshot(root))
+
+
+def make_chain(base, depth, name=b"d", leaf=b"leaf"):
+    """``depth`` nested directories below ``base``, built fd-relative (the
+    path is far longer than PATH_MAX), with a file at the bottom."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        if leaf:
+            wfd = os.open(leaf, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd)
+            os.write(wfd, b"leaf")
+            os.close(wfd)
+    finally:
+        os.close(fd)
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+# -- ordinary removal ------------------------------------------------------------
+
+def test_dir_tree_removed_with_count(mode, anchor, canary):
+    t = anchor / "t"
+    n = make_tree(t)
+    # Links to the canary inside the tree: unlinked, never followed.
+    (t / "to_canary_dir").symlink_to(canary.path)
+    (t / "dir" / "to_canary_file").symlink_to(canary.path / "data")
+    (t / "dir" / "rel_to_canary").symlink_to(os.path.relpath(canary.path, t / "dir"))
+    os.link(canary.path / "passwd", t / "hardlink_to_canary")
+    n += 4
+    write(anchor / "sibling", b"keep")
+
+    assert engine.cleanup(str(t), ME) == n + 1  # every entry, plus t itself
+
+    assert not os.path.lexists(t)
+    assert snapshot(anchor) == {b"sibling": ("file", b"keep")}
+    canary.check()
+    assert os.stat(canary.path / "passwd").st_nlink == 1
+
+
+def test_bytes_path_accepted(mode, anchor):
+    t = anchor / "t"
+    n = make_tree(t)
+    assert engine.cleanup(os.fsencode(t), ME) == n + 1
+    assert not os.path.lexists(t)
+
+
+def test_sloppy_slashes_in_request_are_fine(mode, anchor):
+    t = anchor / "t"
+    make_tree(t)
+    assert engine.cleanup("/" + str(t).replace("/", "//") + "///", ME) > 0
+    assert not os.path.lexists(t)
+
+
+def _make_kind(kind, path, canary):
+    if kind == "file":
+        write(path, b"leftover")
+    elif kind == "empty_dir":
+        path.mkdir()
+    elif kind == "symlink_to_canary_dir":
+        path.symlink_to(canary.path)
+    elif kind == "symlink_to_canary_file":
+        path.symlink_to(canary.path / "data")
+    elif kind == "relative_symlink_to_canary":
+        path.symlink_to(os.path.relpath(canary.path, path.parent))
+    elif kind == "dangling_symlink":
+        path.symlink_to("/nonexistent")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        os.mknod(path, stat.S_IFSOCK | 0o600)
+    else:
+        raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", [
+    "file", "empty_dir", "symlink_to_canary_dir", "symlink_to_canary_file",
+    "relative_symlink_to_canary", "dangling_symlink", "fifo", "socket",
+])
+def test_single_entry_targets(mode, anchor, canary, kind):
+    t = anchor / "x"
+    _make_kind(kind, t, canary)
+    assert engine.cleanup(str(t), ME) == 1
+    assert not os.path.lexists(t)
+    assert os.listdir(anchor) == []
+    canary.check()
+
+
+def test_target_symlink_with_trailing_slash_is_not_followed(mode, anchor, canary):
+    # '/x/.locald/link/' is normalised to '.../link': the link goes, not the canary.
+    (anchor / "link").symlink_to(canary.path)
+    assert engine.cleanup(str(anchor / "link") + "/", ME) == 1
+    assert not os.path.lexists(anchor / "link")
+    canary.check()
+
+
+def test_anchor_itself_removed(mode, anchor, canary):
+    proj = anchor.parent
+    n = make_tree(anchor / "t")
+    write(anchor / "top")
+    (anchor / "to_canary").symlink_to(canary.path)
+    write(proj / "keep", b"project file")
+    (proj / "src").mkdir()
+    write(proj / "src" / "main.c", b"int main;")
+
+    assert engine.cleanup(str(anchor), ME) == n + 3 + 1
+
+    assert not os.path.lexists(anchor)
+    assert snapshot(proj) == {b"keep": ("file", b"project file"), b"src": ("dir",),
+                              b"src/main.c": ("file", b"int main;")}
+    canary.check()
+
+
+def test_nested_locald_below_the_anchor_is_just_a_name(mode, anchor):
+    t = anchor / "a" / ".locald" / "b"
+    t.mkdir(parents=True)
+    write(t / "f")
+    assert engine.cleanup(str(t), ME) == 2
+    assert os.listdir(anchor / "a" / ".locald") == []
+
+
+# -- nothing to do -----------------------------------------------------------------
+
+def test_missing_things_are_success_with_zero(mode, tmp_path, anchor):
+    proj = anchor.parent
+    write(anchor / "file", b"a file")
+    (anchor / "dir").mkdir()
+    write(proj / "pfile", b"prefix file")
+    (tmp_path / "noanchor").mkdir()
+    before = snapshot(tmp_path)
+    for p in [
+        anchor / "missing",                    # missing target
+        anchor / "missing" / "deeper" / "x",   # missing intermediate
+        anchor / "dir" / "missing",
+        tmp_path / "noanchor" / ".locald" / "x",  # missing anchor
+        tmp_path / "noanchor" / ".locald",     # missing anchor as the target
+        tmp_path / "nonexistent" / "p" / ".locald" / "x",  # missing prefix
+        anchor / "file" / "x",                 # a file where a directory is needed
+        anchor / "file" / "x" / "y",
+        proj / "pfile" / ".locald" / "x",      # ... in the prefix
+    ]:
+        assert engine.cleanup(str(p), ME) == 0, p
+    assert snapshot(tmp_path) == before
+
+
+def test_anchor_that_is_a_file_deletes_nothing(mode, tmp_path):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    write(proj / ".locald", b"not a directory")
+    for p in (proj / ".locald" / "x", proj / ".locald"):
+        try:
+            assert engine.cleanup(str(p), ME) == 0
+        except OutsideScope as e:
+            assert "not a directory" in e.message
+    assert (proj / ".locald").read_bytes() == b"not a directory"
+
+
+# -- scope: symlinks and owners ----------------------------------------------------
+
+@pytest.mark.parametrize("below", ["", "data", "sub", "sub/deep/file"])
+def test_symlink_anchor_is_outside_scope(mode, tmp_path, canary, below):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / ".locald").symlink_to(canary.path)
+    path = str(proj / ".locald") + ("/" + below if below else "")
+    with pytest.raises(OutsideScope) as ei:
+        engine.cleanup(path, ME)
+    assert "symlink" in ei.value.message
+    canary.check()
+    assert os.path.islink(proj / ".locald")
+
+
+@pytest.mark.parametrize("link_at,path_below,absolute", [
+    ("link", "link/data", True),                 # THE attack: .locald/link -> /elsewhere
+    ("link", "link/data", False),
+    ("link", "link/sub/deep", True),
+    ("link", "link/sub", True),
+    ("a/b/link", "a/b/link/sub/deep/file", True),
+    ("a/link", "a/link/sub/data", False),
+])
+def test_symlink_in_intermediate_component_is_outside_scope(mode, anchor, canary, link_at, path_below, absolute):
+    link = anchor / link_at
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(canary.path if absolute else os.path.relpath(canary.path, link.parent))
+    with pytest.raises(OutsideScope) as ei:
+        engine.cleanup(str(anchor / path_below), ME)
+    assert "symlink" in ei.value.message
+    canary.check()
+    assert os.path.islink(link)
+
+
+def test_symlink_to_a_file_in_intermediate_component_is_outside_scope(mode, anchor, canary):
+    (anchor / "link").symlink_to(canary.path / "data")
+    with pytest.raises(OutsideScope):
+        engine.cleanup(str(anchor / "link" / "x"), ME)
+    canary.check()
+
+
+def test_ordinary_symlink_above_the_anchor_is_allowed(mode, tmp_path, anchor, canary):
+    # /home -> /var/home style: the prefix may go through symlinks.
+    alias = tmp_path / "alias"
+    alias.symlink_to(anchor.parent)
+    make_tree(anchor / "t")
+    assert engine.cleanup(str(alias / ".locald" / "t"), ME) > 0
+    assert not os.path.lexists(anchor / "t")
+    assert os.path.islink(alias)
+    canary.check()
+
+
+def test_magic_link_above_the_anchor_is_refused_with_openat2(anchor):
+    fsops.set_openat2(True)
+    if not fsops.openat2_available():
+        pytest.skip("this kernel has no openat2; the fallback cannot refuse magic links")
+    try:
+        t = anchor / "t"
+        make_tree(t)
+        before = snapshot(t)
+        for magic in ("/proc/self/root", f"/proc/{os.getpid()}/root"):
+            with pytest.raises(OutsideScope) as ei:
+                engine.cleanup(magic + str(t), ME)
+            assert "magic link" in ei.value.message
+        assert snapshot(t) == before
+    finally:
+        fsops.set_openat2(True)
+
+
+def _foreign_uid(owner):
+    """A uid that is neither ``owner`` nor root."""
+    return 65534 if owner != 65534 else 65533
+
+
+def test_anchor_owned_by_someone_else_than_the_caller_is_outside_scope(mode, anchor, canary):
+    # Works as any user: the anchor is ours, the *caller* is someone else.
+    t = anchor / "t"
+    make_tree(t)
+    (t / "to_canary").symlink_to(canary.path)
+    before = snapshot(anchor)
+    owner = os.stat(anchor).st_uid
+    caller = _foreign_uid(owner)
+    for p in (t, anchor, t / "file", t / "dir"):
+        with pytest.raises(OutsideScope) as ei:
+            engine.cleanup(str(p), caller)
+        assert f"owned by uid {owner}" in ei.value.message
+        assert f"uid {caller}" in ei.value.message
+    assert snapshot(anchor) == before
+    canary.check()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root: chown of the anchor to another uid")
+def test_anchor_chowned_to_another_uid_is_outside_scope(mode, anchor):
+    t = anchor / "t"
+    make_tree(t)
+    os.chown(anchor, 65534, 65534)
+    before = snapshot(anchor)
+    with pytest.raises(OutsideScope):
+        engine.cleanup(str(t), 4242)
+    assert snapshot(anchor) == before
+    # ... while its owner may.
+    assert engine.cleanup(str(t), 65534) > 0
+    assert not os.path.lexists(t)
+
+
+# -- bad requests delete nothing ---------------------------------------------------
+
+@pytest.mark.parametrize("bad", [
+    "{anchor}/../../canary", "{anchor}/t/..", "{anchor}/./t", "relative/.locald/t", "", "/",
+    "{anchor}/t\0", "{canary}",
+])
+def test_bad_requests_delete_nothing(tmp_path, anchor, canary, bad):
+    make_tree(anchor / "t")
+    before = snapshot(tmp_path)
+    with pytest.raises((InvalidPath, OutsideScope)):
+        engine.cleanup(bad.format(anchor=anchor, canary=canary.path), ME)
+    assert snapshot(tmp_path) == before
+
+
+# -- big and strange trees ---------------------------------------------------------
+
+def test_10000_deep_chain_is_removed_without_recursion_error(mode, anchor, rmrf):
+    rmrf(anchor.parent)
+    t = anchor / "deep"
+    t.mkdir()
+    make_chain(t, 10_000)
+    assert engine.cleanup(str(t), ME) == 10_000 + 1 + 1  # dirs, the leaf, deep itself
+    assert os.listdir(anchor) == []
+
+
+@pytest.mark.parametrize("max_fds", [None, 4])
+def test_fds_stay_bounded_during_a_deep_walk(mode, anchor, rmrf, monkeypatch, max_fds):
+    if max_fds is not None:
+        monkeypatch.setattr(walk, "MAX_HELD_FDS", max_fds)
+    limit = walk.MAX_HELD_FDS
+    depth = 3000
+    assert depth > 10 * limit
+    rmrf(anchor.parent)
+    t = anchor / "deep"
+    t.mkdir()
+    make_chain(t, depth)
+
+    seen = []
+    real_list = walk._list
+
+    def counting_list(fd):
+        seen.append(open_fds())
+        return real_list(fd)
+
+    monkeypatch.setattr(walk, "_list", counting_list)
+    baseline = open_fds()
+    assert engine.cleanup(str(t), ME) == depth + 2
+    assert len(seen) == depth + 1  # every directory was listed once
+    # The resolver's fds (prefix, anchor, target) + at most MAX_HELD_FDS
+    # directories + a little slack; without the bound this would be ~depth.
+    assert max(seen) - baseline <= limit + 6, (max(seen), baseline, limit)
+    assert max(seen) - baseline >= limit  # the bound was actually reached
+    assert open_fds() == baseline  # and nothing leaked
+
+
+def test_bushy_tree_with_few_fds_is_removed_completely(mode, anchor, monkeypatch):
+    # Many re-climbs through '..' with identity checks, all legitimate.
+    monkeypatch.setattr(walk, "MAX_HELD_FDS", 2)
+    t = anchor / "t"
+    d = t
+    for i in range(30):
+        d = d / f"level{i}"
+        (d / "side" / "sideside").mkdir(parents=True)
+        write(d / "side" / "sideside" / "f")
+        write(d / "f")
+    n = len(snapshot(t))
+    baseline = open_fds()
+    assert engine.cleanup(str(t), ME) == n + 1
+    assert not os.path.lexists(t)
+    assert open_fds() == baseline
+
+
+def test_names_that_are_not_utf8_are_removed(mode, anchor, canary):
+    a = os.fsencode(anchor)
+    t = a + b"/t\xff\xfe"
+    os.mkdir(t)
+    os.mkdir(t + b"/\x80dir\xc3")
+    write(t + b"/\x80dir\xc3/\xff", b"1")
+    write(t + b"/\xfe\xfd", b"2")
+    write(t + b"/ok-\xe9t\xe9", b"3")
+    os.symlink(os.fsencode(canary.path), t + b"/\xc0link")
+    os.mkdir(t + b"/sub")
+    write(t + b"/sub/new\nline", b"4")
+    write(t + b"/sub/\x01\x1b[31m", b"5")
+    assert engine.cleanup(t, ME) == 8 + 1
+    assert os.listdir(a) == []
+    canary.check()
+
+
+def test_non_utf8_target_given_as_surrogateescaped_str(mode, anchor):
+    a = os.fsencode(anchor)
+    os.mkdir(a + b"/\xff")
+    write(a + b"/\xff/\xfe")
+    assert engine.cleanup(os.fsdecode(a + b"/\xff"), ME) == 2
+    assert os.listdir(a) == []
+
+
+def test_5000_files(mode, anchor):
+    t = anchor / "many"
+    t.mkdir()
+    for i in range(5000):
+        write(t / f"f{i:05d}", b"")
+    assert engine.cleanup(str(t), ME) == 5001
+    assert not os.path.lexists(t)
+
+
+# -- races during the walk -----------------------------------------------------------
+
+def _dirs_last(entries):
+    # walk pops from the end: this makes it enter subdirectories before it
+    # unlinks the files next to them.
+    return sorted(entries, key=lambda e: e[1])
+
+
+@pytest.mark.parametrize("moved", ["d", "b"])
+def test_tree_moved_during_walk_climb_identity_check(mode, tmp_path, anchor, monkeypatch, moved):
+    """A directory above the walk's open fds is renamed out of the target.
+
+    With only 2 held fds, a, b, c are closed while the walk is in e.  Renaming
+    ``moved`` to <outside>/ makes '..' of it lead to <outside>.  Without the
+    (st_dev, st_ino) check the walk would take <outside> for the closed parent
+    and unlink that parent's remaining names (f1, f2) in <outside>.
+    """
+    monkeypatch.setattr(walk, "MAX_HELD_FDS", 2)
+    t = anchor / "t"
+    chain = ["a", "b", "c", "d", "e"]
+    d = t
+    for name in chain:
+        d = d / name
+        d.mkdir(parents=True)
+        write(d / "f1", b"ours")
+        write(d / "f2", b"ours")
+    write(t / "f1", b"ours")
+    e_ino = os.stat(t / "a/b/c/d/e").st_ino
+    src = t / "/".join(chain[:chain.index(moved) + 1])
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for n in ("f1", "f2", "keep"):
+        write(outside / n, b"canary " + n.encode())
+    (outside / "sub").mkdir()
+    write(outside / "sub" / "f1", b"canary sub")
+    canary_before = snapshot(outside)
+
+    real_list = walk._list
+    done = []
+
+    def racing_list(fd):
+        if not done and os.fstat(fd).st_ino == e_ino:
+            os.rename(src, outside / moved)  # the attacker moves the tree
+            done.append(True)
+        return _dirs_last(real_list(fd))
+
+    monkeypatch.setattr(walk, "_list", racing_list)
+    with pytest.raises(Failed) as ei:
+        engine.cleanup(str(t), ME)
+    assert done, "the rename never happened: the test did not test anything"
+    msg = ei.value.message
+    assert "moved" in msg
+    parent_of_moved = "/".join(chain[:chain.index(moved)])
+    assert f"{t}/{parent_of_moved}: directory was moved during removal" in msg
+
+    # Nothing that was outside the target at the start was deleted.
+    after = snapshot(outside)
+    for rel, what in canary_before.items():
+        assert after.get(rel) == what, rel
+    # The moved directory (ours) is still there, somewhere outside.
+    assert (outside / moved).is_dir()
+    # The abandoned branch inside the target is reported, not silently lost.
+    assert (t / "a").is_dir()
+
+
+def test_directory_swapped_for_symlink_during_walk(mode, tmp_path, anchor, canary, monkeypatch):
+    """CVE-2022-21658 style: listed as a directory, a symlink by the time it
+    is entered.  The link is removed; its target is never entered."""
+    t = anchor / "t"
+    (t / "sub").mkdir(parents=True)
+    write(t / "sub" / "data", b"ours")
+    write(t / "file")
+    t_ino = os.stat(t).st_ino
+    moved_away = tmp_path / "moved_away"
+    real_list = walk._list
+    done = []
+
+    def racing_list(fd):
+        entries = real_list(fd)
+        if not done and os.fstat(fd).st_ino == t_ino:
+            assert (b"sub", True) in entries
+            os.rename(t / "sub", moved_away)
+            (t / "sub").symlink_to(canary.path)
+            done.append(True)
+        return entries
+
+    monkeypatch.setattr(walk, "_list", racing_list)
+    assert engine.cleanup(str(t), ME) == 3  # file, the symlink, t
+    assert done
+    assert not os.path.lexists(t)
+    canary.check()
+    assert (moved_away / "data").read_bytes() == b"ours"
+
+
+def test_directory_swapped_for_symlink_to_file_during_walk(mode, tmp_path, anchor, canary, monkeypatch):
+    t = anchor / "t"
+    (t / "sub").mkdir(parents=True)
+    t_ino = os.stat(t).st_ino
+    real_list = walk._list
+
+    def racing_list(fd):
+        entries = real_list(fd)
+        if os.fstat(fd).st_ino == t_ino and (t / "sub").is_dir() and not (t / "sub").is_symlink():
+            os.rename(t / "sub", tmp_path / "moved_away")
+            (t / "sub").symlink_to(canary.path / "data")
+        return entries
+
+    monkeypatch.setattr(walk, "_list", racing_list)
+    assert engine.cleanup(str(t), ME) == 2
+    canary.check()
+
+
+def test_directory_refilled_during_walk_is_rescanned(mode, anchor, monkeypatch):
+    t = anchor / "t"
+    (t / "sub").mkdir(parents=True)
+    write(t / "sub" / "f0")
+    sub_ino = os.stat(t / "sub").st_ino
+    real_list = walk._list
+    refills = []
+
+    def refilling_list(fd):
+        entries = real_list(fd)
+        if os.fstat(fd).st_ino == sub_ino and len(refills) < 2:
+            refills.append(True)
+            write(t / "sub" / f"late{len(refills)}")
+        return entries
+
+    monkeypatch.setattr(walk, "_list", refilling_list)
+    assert engine.cleanup(str(t), ME) == 5  # f0, late1, late2, sub, t
+    assert not os.path.lexists(t)
+
+
+def test_endless_refill_gives_up_after_max_rescans(mode, anchor, monkeypatch):
+    t = anchor / "t"
+    (t / "sub").mkdir(parents=True)
+    sub_ino = os.stat(t / "sub").st_ino
+    real_list = walk._list
+    calls = []
+
+    def refilling_list(fd):
+        entries = real_list(fd)
+        if os.fstat(fd).st_ino == sub_ino:
+            calls.append(True)
+            write(t / "sub" / f"late{len(calls)}")
+        return entries
+
+    monkeypatch.setattr(walk, "_list", refilling_list)
+    with pytest.raises(Failed) as ei:
+        engine.cleanup(str(t), ME)
+    assert len(calls) == walk.MAX_RESCANS + 1
+    assert f"{t}/sub" in ei.value.message
+    assert os.strerror(errno.ENOTEMPTY) in ei.value.message
+
+
+# -- messages -------------------------------------------------------------------------
+
+LINE_BREAKS = ["\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+@pytest.mark.parametrize("brk", LINE_BREAKS, ids=[repr(b) for b in LINE_BREAKS])
+def test_error_messages_are_one_line_whatever_the_names(mode, anchor, canary, brk):
+    # The audit log and the caller print the message: a name must not be able
+    # to forge a second line.
+    name = f"evil{brk}FORGED LINE{brk}"
+    (anchor / name).symlink_to(canary.path)
+    errors = []
+    for path in (f"{anchor}/{name}/data", f"/no{brk}anchor{brk}here"):
+        with pytest.raises(MechanismError) as ei:
+            engine.cleanup(path, ME)
+        errors.append(ei.value)
+    for e in errors:
+        assert len(e.message.splitlines()) == 1, repr(e.message)
+        assert len(str(e).splitlines()) == 1
+    canary.check()
+
+
+# -- regressions -------------------------------------------------------------------------
+
+def test_target_whose_real_location_exceeds_path_max(mode, tmp_path, rmrf):
+    """The kernel cannot name a directory deeper than PATH_MAX: the engine
+    must not crash on it with a non-MechanismError."""
+    rmrf(tmp_path / "long")
+    (tmp_path / "long").mkdir()
+    comp = "L" * 250
+    fd = os.open(tmp_path / "long", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(20):
+            os.mkdir(comp, dir_fd=fd)
+            nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        os.makedirs(f"/proc/self/fd/{fd}/proj/.locald/t/sub")
+        write(f"/proc/self/fd/{fd}/proj/.locald/t/sub/f")
+    finally:
+        os.close(fd)
+    # Two relative symlinks of 10 components each: a request path of a few
+    # dozen bytes for a directory whose real path is ~5000 bytes.
+    os.symlink("/".join([comp] * 10), tmp_path / "long" / "l1")
+    os.symlink("/".join([comp] * 10), tmp_path / "long" / "l1" / "l2")
+    t = f"{tmp_path}/long/l1/l2/proj/.locald/t"
+    assert len(t) < 4096
+    # Regression (found at a57e550): a raw OSError(ENAMETOOLONG) from
+    # readlink(/proc/self/fd/N) in the mount pre-check escaped cleanup().
+    # Either outcome is fine: removed, or refused with nothing removed
+    # (mounts below cannot be ruled out without a location).
+    try:
+        removed = engine.cleanup(t, ME)
+    except MechanismError:
+        assert os.path.isfile(t + "/sub/f"), "refused, but something was removed"
+        return
+    assert removed == 3
+    assert not os.path.lexists(t)
+
+
+def test_anchor_swapped_after_resolution_is_not_what_gets_removed(mode, tmp_path, anchor, monkeypatch):
+    """Target = the anchor itself.  Its owner is checked on the held fd; if
+    the caller then renames it away and puts another directory in its place,
+    that other directory must not be removed (regression, found at a57e550:
+    the engine re-resolved '.locald' by name after the check).  As root,
+    test_engine_root.py does the same with a victim owned by another uid."""
+    proj = anchor.parent
+    make_tree(anchor / "t")
+    victim = Canary(proj / "victim")  # e.g. another user's dir, same parent
+
+    real_resolve = engine.scope.resolve
+    swapped = []
+
+    def racing_resolve(*a, **kw):
+        t = real_resolve(*a, **kw)
+        os.rename(anchor, proj / "old")
+        os.rename(victim.path, anchor)
+        swapped.append(True)
+        return t
+
+    monkeypatch.setattr(engine.scope, "resolve", racing_resolve)
+    try:
+        engine.cleanup(str(anchor), ME)
+    except MechanismError:
+        pass
+    assert swapped
+    victim.path = anchor
+    victim.check()
+
+
+@pytest.mark.parametrize("which", ["t", "anchor"])
+def test_target_replaced_during_walk_by_an_empty_directory_is_left_alone(mode, tmp_path, anchor, monkeypatch, which):
+    """The walk empties the directory it holds; its final rmdir goes by name.
+    If the name was given to another directory meanwhile (even an empty one,
+    which rmdir would happily remove), that directory must stay."""
+    t = anchor / "t"
+    make_tree(t)
+    target = t if which == "t" else anchor
+    target_ino = os.stat(target).st_ino
+    real_list = walk._list
+    swapped = []
+
+    def racing_list(fd):
+        entries = real_list(fd)
+        if not swapped and os.fstat(fd).st_ino == target_ino:
+            os.rename(target, tmp_path / "renamed_away")
+            os.mkdir(target)  # somebody else's empty directory
+            swapped.append(os.stat(target).st_ino)
+        return entries
+
+    monkeypatch.setattr(walk, "_list", racing_list)
+    try:
+        engine.cleanup(str(target), ME)
+    except MechanismError as e:
+        assert "replaced" in e.message
+    assert swapped
+    assert os.path.isdir(target) and os.stat(target).st_ino == swapped[0]
