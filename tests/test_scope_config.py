@@ -17,7 +17,7 @@ from locald_admin import interface as i
 from locald_admin.mechanism import config as cfgmod
 from locald_admin.mechanism import engine
 from locald_admin.mechanism.errors import OutsideScope
-from support import IS_ROOT, OTHER_USER, TEST_USER, Mechanism, PolkitMock, PrivateBus, ensure_user, rm_rf, world_tmpdir
+from support import IS_ROOT, OTHER_USER, Mechanism, PolkitMock, PrivateBus, ensure_user, rm_rf, world_tmpdir
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="root tier: needs other users' homes and "
                                 "root-owned roots; run the suite as root")
@@ -69,22 +69,26 @@ def test_shipped_example_is_the_defaults():
 
 # -- the data-directory anchor (root) -----------------------------------------------
 
+HOMES = Path("/var/tmp/locald-admin-test-homes")
+HOME_USERS = ("locald-home1", "locald-home2")  # used by no other test: no stray processes
+
+
 @pytest.fixture
 def homes():
-    """Two users with homes in a temp dir: (user, home), (other, home2)."""
-    top = world_tmpdir()
+    """Two users with fresh home directories: (user, home), (other, home2)."""
     out = []
-    for name in (TEST_USER, OTHER_USER):
+    rm_rf(HOMES)
+    HOMES.mkdir(mode=0o755)
+    for name in HOME_USERS:
         pw = ensure_user(name)
-        home = top / name
+        home = HOMES / name
+        if pw.pw_dir != str(home):
+            subprocess.run(["usermod", "-d", str(home), name], check=True, capture_output=True)
         home.mkdir()
         os.chown(home, pw.pw_uid, pw.pw_gid)
-        subprocess.run(["usermod", "-d", str(home), name], check=True, capture_output=True)
         out.append((pw, home))
     yield out
-    for name in (TEST_USER, OTHER_USER):
-        subprocess.run(["usermod", "-d", "/nonexistent", name], capture_output=True)
-    rm_rf(top)
+    rm_rf(HOMES)
 
 
 def make_data_dir(pw, home):
