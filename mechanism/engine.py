@@ -48,10 +48,12 @@ def _remove_entry(t):
     if t.anchor_fd is not None:  # the anchor itself, by its held fd
         return _remove_dir(t, t.anchor_fd)
     try:
-        st = os.stat(t.name, dir_fd=t.parent_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return 0
+        st = fsops.lstat_beneath(t.parent_fd, t.name)
     except OSError as e:
+        if e.errno == errno.ENOENT:
+            return 0
+        if e.errno == errno.EXDEV:
+            raise MountPoint(f"{t.display} is a mount point; nothing was removed") from None
         raise Failed(f"{t.display}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         # A file, symlink (the link itself, never its target), fifo, socket

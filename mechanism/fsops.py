@@ -98,6 +98,36 @@ def open_path_at(dirfd, relpath):
     return os.open(relpath, PATH_FLAGS, dir_fd=dirfd)
 
 
+ENTRY_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def lstat_beneath(dirfd, name, parent_mnt=None):
+    """``lstat`` of the single entry ``name`` of ``dirfd``, refusing (EXDEV)
+    to look at a mount point.
+
+    A plain ``fstatat`` of a mount point reports the root of the mounted file
+    system, which means asking that file system: a hung FUSE daemon would
+    hang us.  Here the entry is opened O_PATH without crossing the mount
+    (openat2's RESOLVE_NO_XDEV stops before the mounted file system; the
+    fallback compares mount ids from fdinfo before any stat).
+    """
+    if openat2_available():
+        fd = _raw_openat2(dirfd, name, ENTRY_FLAGS, BENEATH)
+    else:
+        if b"/" in name or name in (b".", b".."):
+            raise OSError(errno.EXDEV, "not a single component", name)
+        fd = os.open(name, ENTRY_FLAGS, dir_fd=dirfd)
+    try:
+        if not openat2_available():
+            if parent_mnt is None:
+                parent_mnt = mount_id(dirfd)
+            if mount_id(fd) != parent_mnt:
+                raise OSError(errno.EXDEV, "is a mount point", name)
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
 def open_beneath(dirfd, name, flags=DIR_FLAGS, parent_mnt=None):
     """Open the single component ``name`` relative to ``dirfd``.
 
@@ -109,13 +139,16 @@ def open_beneath(dirfd, name, flags=DIR_FLAGS, parent_mnt=None):
         return _raw_openat2(dirfd, name, flags | os.O_NOFOLLOW, BENEATH)
     if b"/" in name or name in (b".", b".."):
         raise OSError(errno.EXDEV, "not a single component", name)
-    fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=dirfd)
+    # First an O_PATH fd, whose mount id can be read without asking the file
+    # system anything (a hung FUSE mount cannot stall us); only then the real
+    # open, through /proc/self/fd: that reopens exactly the checked inode on
+    # the checked mount, with no second lookup of the name.
+    pfd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
     try:
         if parent_mnt is None:
             parent_mnt = mount_id(dirfd)
-        if mount_id(fd) != parent_mnt:
+        if mount_id(pfd) != parent_mnt:
             raise OSError(errno.EXDEV, "is a mount point", name)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return os.open(f"/proc/self/fd/{pfd}", flags & ~os.O_NOFOLLOW)
+    finally:
+        os.close(pfd)

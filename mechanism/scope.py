@@ -46,7 +46,7 @@ class Target:
 
 def _is_symlink(dirfd, name):
     try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode)
+        return stat.S_ISLNK(fsops.lstat_beneath(dirfd, name).st_mode)
     except OSError:
         return False
 

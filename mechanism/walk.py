@@ -196,9 +196,11 @@ def _enter(f, child, stack, result, mnt):
 def _same_entry(dirfd, frame):
     """Whether ``frame.name`` in ``dirfd`` is still the directory we hold."""
     try:
-        st = os.stat(frame.name, dir_fd=dirfd, follow_symlinks=False)
+        st = fsops.lstat_beneath(dirfd, frame.name)
     except FileNotFoundError:
         return True  # gone already: rmdir will say so
+    except OSError:
+        return False  # a mount point now, or unreadable: leave it
     return (st.st_dev, st.st_ino) == (frame.dev, frame.ino)
 
 
