@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 from .. import interface as i
+from ..pathrules import display
 from .cleanup import absolute_path, request_cleanup
 from .errors import CleanupError, InvalidPathError, MechanismUnavailable
 
@@ -33,13 +34,17 @@ def _parser():
                        help="allow polkit to ask for a password (default: when stdin is a terminal)")
     inter.add_argument("--no-interactive", dest="interactive", action="store_false",
                        help="never ask for a password")
+    prog = c.add_mutually_exclusive_group()
+    prog.add_argument("--progress", dest="progress", action="store_true", default=None,
+                      help="show entries removed during a long cleanup (default: when stderr is a terminal)")
+    prog.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress")
     c.add_argument("--timeout", type=float, default=i.DEFAULT_CALL_TIMEOUT, metavar="SECONDS",
                    help=f"give up after this long (default {i.DEFAULT_CALL_TIMEOUT:g})")
     return p
 
 
 def _fail(code, message):
-    print(f"{PROG}: {message}", file=sys.stderr)
+    print(f"{PROG}: {' '.join(str(message).splitlines())}", file=sys.stderr)  # always one line
     return code
 
 
@@ -70,26 +75,37 @@ def main(argv=None):
     if args.timeout <= 0:
         return _fail(i.EXIT_USAGE, "--timeout must be positive")
     if not args.path.startswith("/"):
-        return _fail(i.EXIT_INVALID_PATH, f"path must be absolute: {args.path}")
+        return _fail(i.EXIT_INVALID_PATH, f"path must be absolute: {display(args.path)}")
     try:
         absolute_path(args.path)  # the lexical rules, checked before the bus
     except InvalidPathError as e:
         return _fail(i.EXIT_INVALID_PATH, str(e))
     interactive = sys.stdin.isatty() if args.interactive is None else args.interactive
+    show_progress = sys.stderr.isatty() if args.progress is None else args.progress
+    shown = []
+
+    def on_progress(removed, elapsed):
+        shown.append(removed)
+        print(f"\r{PROG}: {removed} entries removed, {elapsed:.0f} s", end="", file=sys.stderr, flush=True)
+
     agent = _start_agent() if interactive else None
+    failure = None
     try:
-        asyncio.run(request_cleanup(args.path, interactive=interactive, timeout=args.timeout))
+        asyncio.run(request_cleanup(args.path, interactive=interactive, timeout=args.timeout,
+                                    on_progress=on_progress if show_progress else None))
     except CleanupError as e:
-        return _fail(e.exit_code, str(e))
+        failure = (e.exit_code, str(e))
     except MechanismUnavailable as e:
-        return _fail(i.EXIT_NO_SERVICE, f"locald-admin is not available: {e}")
+        failure = (i.EXIT_NO_SERVICE, f"locald-admin is not available: {e}")
     except KeyboardInterrupt:
-        return _fail(130, "interrupted")
+        failure = (130, "interrupted")
     finally:
         if agent is not None:
             agent.terminate()
             agent.wait()
-    return i.EXIT_OK
+    if shown:
+        print(file=sys.stderr)  # end the progress line
+    return _fail(*failure) if failure else i.EXIT_OK
 
 
 if __name__ == "__main__":

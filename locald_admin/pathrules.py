@@ -57,9 +57,14 @@ class ParsedPath:
         return display(self.normalized)
 
 
-def display(raw: bytes) -> str:
-    """A path as valid UTF-8 text for messages (undecodable bytes escaped)."""
-    return raw.decode("utf-8", "backslashreplace")
+def display(raw) -> str:
+    """A path as one line of valid UTF-8 text for messages: undecodable
+    bytes and control characters (a newline in a name must not start a
+    second line of an error or a log) are backslash-escaped."""
+    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def split_components(path) -> Tuple[bytes, ...]:

@@ -514,10 +514,6 @@ def test_a_nul_byte_never_reaches_the_mechanism(stack, project, clients):
 
 # -- the CLI's own messages ------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: locald-shim prints the raw path in its own lexical-error "
-                   "messages (client/shim.py main(): 'path must be absolute: {path}', and the "
-                   "InvalidPathError text from client/cleanup.py absolute_path() -> pathrules), so a "
-                   "newline in a refused path makes stderr two lines; the README promises one line")
 @pytest.mark.parametrize("path", ["rel\nx/.locald/run", "/tmp/x/.locald/a\nb/../c"], ids=["relative", "dotdot"])
 def test_shim_refusal_is_one_line_even_with_a_newline_in_the_path(stack, clients, path):
     cp = clients.shim("admin", "cleanup", path, bus_address=stack.address)
