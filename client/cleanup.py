@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 import sys
+import weakref
 
 from dbus_next import Message, MessageFlag, MessageType
 
@@ -47,38 +48,128 @@ def absolute_path(path):
     return path
 
 
-async def request_cleanup(path, *, interactive=False, timeout=i.DEFAULT_CALL_TIMEOUT, bus=None):
-    """Call ``Cleanup(path)``; return None on success.
+class AdminClient:
+    """One system-bus connection shared by many Cleanup calls.
 
-    Raises a CleanupError subclass for the mechanism's errors, or
-    MechanismUnavailable when there is no mechanism to ask.  ``bus``: an
-    existing dbus-next connection to reuse (default: a new one, closed after).
+    At most ``max_in_flight`` calls are pending on the connection at once
+    (the system bus allows 128 pending replies per connection, and dbus-next
+    drops a connection whose socket buffer fills), the others wait their
+    turn.  A call that times out leaves nothing behind: its reply handler is
+    dropped.  The connection is made on first use and again if it was lost.
     """
-    own_bus = bus is None
-    if own_bus:
+
+    def __init__(self, address=None, max_in_flight=64):
+        self.address = address
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._bus = None
+        self._connecting = None
+        self._progress = {}  # path -> set of callbacks
+
+    async def connect(self):
+        """Connect now (calls connect on first use anyway); returns self."""
+        await self._connection()
+        return self
+
+    @property
+    def unique_name(self):
+        return self._bus.unique_name if self._bus is not None else None
+
+    async def _connection(self):
+        if self._bus is not None and self._bus.connected:
+            return self._bus
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
         try:
-            bus = await connect_system_bus()
+            return await asyncio.shield(self._connecting)
+        finally:
+            if self._connecting is not None and self._connecting.done():
+                self._connecting = None
+
+    async def _connect(self):
+        try:
+            bus = await connect_system_bus(self.address)
         except Exception as e:
             raise MechanismUnavailable(f"cannot connect to the system bus: {e}") from None
-    try:
-        call = Message(
-            destination=i.BUS_NAME, path=i.OBJECT_PATH, interface=i.INTERFACE,
-            member=i.METHOD_CLEANUP, signature=i.CLEANUP_SIGNATURE, body=[path],
-            flags=MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if interactive else MessageFlag.NONE)
-        try:
-            reply = await asyncio.wait_for(bus.call(call), timeout)
-        except asyncio.TimeoutError:
-            raise CleanupFailedError(f"no answer from {i.BUS_NAME} within {timeout:g} s") from None
-        except CleanupError:
-            raise
-        except Exception as e:  # connection lost mid-call
-            raise MechanismUnavailable(f"the bus connection failed: {e}") from None
+        bus.add_message_handler(self._on_signal)
+        self._bus = bus
+        return bus
+
+    def _on_signal(self, msg):
+        if (msg.message_type == MessageType.SIGNAL and msg.member == i.SIGNAL_PROGRESS
+                and msg.interface == i.INTERFACE and msg.signature == "std"):
+            for callback in list(self._progress.get(msg.body[0], ())):
+                try:
+                    callback(msg.body[1], msg.body[2])
+                except Exception:
+                    pass
+        return False
+
+    async def cleanup(self, path, *, interactive=False, timeout=i.DEFAULT_CALL_TIMEOUT, on_progress=None):
+        """Call ``Cleanup(path)``; return None on success.
+
+        Raises a CleanupError subclass for the mechanism's errors, or
+        MechanismUnavailable when there is no mechanism to ask.
+        ``on_progress(removed, elapsed)`` is called for Progress signals.
+        """
+        async with self._slots:
+            bus = await self._connection()
+            call = Message(
+                destination=i.BUS_NAME, path=i.OBJECT_PATH, interface=i.INTERFACE,
+                member=i.METHOD_CLEANUP, signature=i.CLEANUP_SIGNATURE, body=[path],
+                flags=MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if interactive else MessageFlag.NONE)
+            if on_progress is not None:
+                self._progress.setdefault(path, set()).add(on_progress)
+            try:
+                reply = await asyncio.wait_for(bus.call(call), timeout)
+            except asyncio.TimeoutError:
+                raise CleanupFailedError(f"no answer from {i.BUS_NAME} within {timeout:g} s") from None
+            except Exception as e:  # connection lost mid-call
+                raise MechanismUnavailable(f"the bus connection failed: {e}") from None
+            finally:
+                # Cancelled or timed out: forget the pending reply, or it would
+                # sit in dbus-next's table for the connection's lifetime.
+                bus._method_return_handlers.pop(call.serial, None)
+                if on_progress is not None:
+                    callbacks = self._progress.get(path, set())
+                    callbacks.discard(on_progress)
+                    if not callbacks:
+                        self._progress.pop(path, None)
         if reply.message_type == MessageType.ERROR:
             text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
             raise from_dbus(reply.error_name, text)
+
+    def close(self):
+        if self._bus is not None:
+            self._bus.disconnect()
+            self._bus = None
+
+
+async def request_cleanup(path, *, interactive=False, timeout=i.DEFAULT_CALL_TIMEOUT, bus=None,
+                          on_progress=None):
+    """Call ``Cleanup(path)`` once; return None on success.
+
+    Raises a CleanupError subclass for the mechanism's errors, or
+    MechanismUnavailable when there is no mechanism to ask.  ``bus``: an
+    AdminClient to use (default: a connection of its own, closed after).
+    """
+    client = bus if bus is not None else AdminClient()
+    try:
+        await client.cleanup(path, interactive=interactive, timeout=timeout, on_progress=on_progress)
     finally:
-        if own_bus:
-            bus.disconnect()
+        if bus is None:
+            client.close()
+
+
+_shared_clients = weakref.WeakKeyDictionary()  # event loop -> AdminClient
+
+
+def shared_client():
+    """The AdminClient shared by every call made in the running event loop."""
+    loop = asyncio.get_running_loop()
+    client = _shared_clients.get(loop)
+    if client is None:
+        client = _shared_clients[loop] = AdminClient()
+    return client
 
 
 def _remove_as_user(path):
@@ -134,12 +225,15 @@ def force_remove_dir_all(path, *, interactive=False, timeout=i.DEFAULT_CALL_TIME
 
 async def force_remove_dir_all_async(path, *, interactive=False, timeout=i.DEFAULT_CALL_TIMEOUT, bus=None):
     """The asyncio twin of ``force_remove_dir_all`` (the user's own removal
-    runs in a thread, so the loop keeps serving)."""
+    runs in a thread, so the loop keeps serving).  All calls in one event
+    loop share one bus connection with a bound on calls in flight, so
+    locald can start it for a thousand paths at once.  ``bus``: an
+    AdminClient to use instead."""
     path = absolute_path(path)
     try:
         await asyncio.get_running_loop().run_in_executor(None, _remove_as_user, path)
     except PermissionError as original:
         try:
-            await request_cleanup(path, interactive=interactive, timeout=timeout, bus=bus)
+            await (bus or shared_client()).cleanup(path, interactive=interactive, timeout=timeout)
         except (CleanupError, MechanismUnavailable) as exc:
             _raise_delegated(exc, original)

@@ -10,6 +10,9 @@ OBJECT_PATH = "/org/locald/Admin1"
 INTERFACE = "org.locald.Admin1"
 METHOD_CLEANUP = "Cleanup"
 CLEANUP_SIGNATURE = "s"
+# Progress(s path, t removed, d elapsed_seconds): sent during a long
+# Cleanup, only to the caller's unique name (never broadcast).
+SIGNAL_PROGRESS = "Progress"
 
 POLKIT_ACTION = "org.locald.admin1.cleanup"
 

@@ -23,19 +23,35 @@ def parse(path):
         raise (InvalidPath if e.kind == "invalid" else OutsideScope)(str(e)) from None
 
 
-def cleanup(path, caller_uid, config=Config()):
-    """Remove ``path`` on behalf of ``caller_uid``; return entries removed.
+def resolve(path, caller_uid, config=Config()):
+    """Lexical rules, then scope: the held Target, or None when there is
+    nothing to delete."""
+    return scope.resolve(parse(path), caller_uid, config)
 
-    ``config``: the administrator's configuration (roots, owner rule).
-    A target that does not exist is success with 0 removed.
+
+def identity(target):
+    """(st_dev, st_ino) of the resolved entry, or None if it is gone (or is
+    a mount point, which ``remove`` refuses): two requests with the same
+    caller and identity may share one walk."""
+    if target.anchor_fd is not None:
+        st = os.fstat(target.anchor_fd)
+    else:
+        try:
+            st = fsops.lstat_beneath(target.parent_fd, target.name)
+        except OSError:
+            return None
+    return (st.st_dev, st.st_ino)
+
+
+def remove(target, progress=None):
+    """Remove a resolved target; return entries removed.  Closes it.
+
+    ``progress``: a walk.WalkResult to count into, read by another thread
+    for progress reports.
     """
-    parsed = parse(path)
-    target = scope.resolve(parsed, caller_uid, config)
-    if target is None:
-        return 0
     try:
         for _ in range(MAX_TYPE_RETRIES):
-            done = _remove_entry(target)
+            done = _remove_entry(target, progress)
             if done is not None:
                 return done
         raise Failed(f"{target.display}: kept changing type while being removed")
@@ -43,10 +59,20 @@ def cleanup(path, caller_uid, config=Config()):
         target.close()
 
 
-def _remove_entry(t):
+def cleanup(path, caller_uid, config=Config(), progress=None):
+    """Remove ``path`` on behalf of ``caller_uid``; return entries removed.
+
+    ``config``: the administrator's configuration (roots, owner rule).
+    A target that does not exist is success with 0 removed.
+    """
+    target = resolve(path, caller_uid, config)
+    return 0 if target is None else remove(target, progress)
+
+
+def _remove_entry(t, progress=None):
     """Remove the entry; None means 'it changed type, try again'."""
     if t.anchor_fd is not None:  # the anchor itself, by its held fd
-        return _remove_dir(t, t.anchor_fd)
+        return _remove_dir(t, t.anchor_fd, progress)
     try:
         st = fsops.lstat_beneath(t.parent_fd, t.name)
     except OSError as e:
@@ -78,12 +104,12 @@ def _remove_entry(t):
             raise MountPoint(f"{t.display} is a mount point; nothing was removed") from None
         raise Failed(f"{t.display}: {e.strerror}") from None
     try:
-        return _remove_dir(t, dir_fd)
+        return _remove_dir(t, dir_fd, progress)
     finally:
         os.close(dir_fd)
 
 
-def _remove_dir(t, dir_fd):
+def _remove_dir(t, dir_fd, progress=None):
     # A mount at or below the target: refuse before deleting anything, and
     # without looking into it (mountinfo, not stat).
     try:
@@ -94,7 +120,7 @@ def _remove_dir(t, dir_fd):
     if found:
         names = ", ".join(pathrules.display(m) for m in found[:MAX_NAMED_FAILURES])
         raise MountPoint(f"{t.display}: mount point at or below the target: {names}; nothing was removed")
-    res = walk.remove_tree(t.parent_fd, t.name, dir_fd)
+    res = walk.remove_tree(t.parent_fd, t.name, dir_fd, result=progress)
     _raise_for(t.display, res)
     return res.removed
 

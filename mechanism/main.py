@@ -34,7 +34,10 @@ def parse_args(argv=None):
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="log level on stderr (default info); audit lines are always written")
     p.add_argument("--address", help="bus address to use instead of the system bus")
-    p.add_argument("--workers", type=int, default=4, help="deletions running at once (default 4)")
+    p.add_argument("--workers", type=int, default=4,
+                   help="deletions running at once (default 4; one running longer than 5 s stops counting)")
+    p.add_argument("--per-uid", type=int, default=2,
+                   help="deletions of one caller running at once (default 2)")
     p.add_argument("--polkit-timeout", type=_nonneg, default=15.0, metavar="SECONDS",
                    help="give up on polkit after this long for non-interactive calls (default 15)")
     p.add_argument("--polkit-interactive-timeout", type=_nonneg, default=300.0, metavar="SECONDS",
@@ -45,8 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--no-openat2", action="store_true",
                    help="use the O_NOFOLLOW + mount-id fallback even where openat2 exists (testing)")
     args = p.parse_args(argv)
-    if args.workers < 1:
-        p.error("--workers must be at least 1")
+    if args.workers < 1 or args.per_uid < 1:
+        p.error("--workers and --per-uid must be at least 1")
     return args
 
 
@@ -76,7 +79,8 @@ async def serve(args):
     except Exception as e:
         log.error("cannot connect to the bus: %s", e)
         return 1
-    service = CleanupService(bus, workers=args.workers, polkit_timeout=args.polkit_timeout,
+    service = CleanupService(bus, workers=args.workers, per_uid=args.per_uid,
+                             polkit_timeout=args.polkit_timeout,
                              polkit_interactive_timeout=args.polkit_interactive_timeout,
                              config=load_config(args.config))
     service.install()

@@ -16,15 +16,15 @@ import json
 import logging
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from dbus_next import Message, MessageFlag, MessageType
-from dbus_next.service import ServiceInterface, method
+from dbus_next.service import ServiceInterface, method, signal
 
 from .. import interface as i
-from . import engine, polkit
+from . import polkit
 from .config import Config, ConfigError
 from .errors import Failed, MechanismError, NotAuthorized
+from .jobs import Jobs, Progress
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,11 @@ class Admin1Introspection(ServiceInterface):
     def Cleanup(self, path: "s"):  # noqa: N802 (D-Bus member name)
         raise NotImplementedError("answered by CleanupService.on_message")
 
+    @signal()
+    def Progress(self) -> "std":  # noqa: N802
+        """(path, entries removed, seconds elapsed), sent only to the caller."""
+        raise NotImplementedError("sent by CleanupService._report_progress")
+
 
 def audit(**fields):
     """One key=value line per request on stderr (the journal under systemd).
@@ -55,10 +60,11 @@ def audit(**fields):
 
 
 class CleanupService:
-    def __init__(self, bus, *, workers=4, polkit_timeout=15.0, polkit_interactive_timeout=300.0,
-                 config=Config()):
+    def __init__(self, bus, *, workers=4, per_uid=2, polkit_timeout=15.0, polkit_interactive_timeout=300.0,
+                 config=Config(), progress_interval=1.0):
         self.bus = bus
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cleanup")
+        self.jobs = Jobs(max_running=workers, per_uid=per_uid)
+        self.progress_interval = progress_interval
         self.polkit_timeout = polkit_timeout
         self.polkit_interactive_timeout = polkit_interactive_timeout
         # A Config, or the ConfigError that made the configuration unusable:
@@ -110,8 +116,13 @@ class CleanupService:
                 config = self.config
                 if isinstance(config, ConfigError):
                     raise Failed(f"locald-admin is not configured correctly: {config}")
-                removed = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, engine.cleanup, path, uid, config)
+                progress = Progress()
+                reporter = asyncio.get_running_loop().create_task(
+                    self._report_progress(msg.sender, path, progress, start))
+                try:
+                    removed = await self.jobs.cleanup(uid, path, config, progress)
+                finally:
+                    reporter.cancel()
                 reply = Message.new_method_return(msg)
             except MechanismError as e:
                 result, removed = e.dbus_name, e.removed
@@ -133,6 +144,20 @@ class CleanupService:
             self.last_done = time.monotonic()
             if self.in_flight == 0:
                 self._idle.set()
+
+    async def _report_progress(self, sender, path, progress, start):
+        """Every progress_interval, tell the caller (only the caller: paths
+        are private, so the signal is unicast, never broadcast) how far the
+        deletion got."""
+        while True:
+            await asyncio.sleep(self.progress_interval)
+            try:
+                self.bus.send(Message(
+                    message_type=MessageType.SIGNAL, destination=sender, path=i.OBJECT_PATH,
+                    interface=i.INTERFACE, member=i.SIGNAL_PROGRESS, signature="std",
+                    body=[path, progress.removed, time.monotonic() - start]))
+            except Exception as e:
+                log.debug("progress signal to %s failed: %s", sender, e)
 
     async def _credentials(self, sender):
         """uid and pid of ``sender``, from the bus daemon itself."""
@@ -161,4 +186,3 @@ class CleanupService:
     async def drain(self):
         """Wait until every call already received has been answered."""
         await self._idle.wait()
-        self.executor.shutdown(wait=False)

@@ -81,7 +81,7 @@ def remove_tree(parent_fd, name, dir_fd, result=None, mnt=None):
     ``parent_fd``.  Returns a WalkResult; paths in it are relative to the
     removed directory, which itself is ``b""``.
     """
-    result = result or WalkResult()
+    result = WalkResult() if result is None else result
     if mnt is None and not fsops.openat2_available():
         mnt = fsops.mount_id(dir_fd)  # the fallback compares mount ids
     # stack[0]: the parent, stack[1]: the target (both fds owned by the

@@ -10,7 +10,6 @@ import json
 import sys
 
 from locald_admin import client
-from locald_admin.busio import connect_system_bus
 
 
 def describe(exc):
@@ -26,14 +25,15 @@ def describe(exc):
 
 
 async def request(path, options):
-    bus = await connect_system_bus()
-    report = {"sender": bus.unique_name}
+    admin = await client.AdminClient().connect()
+    report = {"sender": admin.unique_name, "progress": []}
     try:
-        await client.request_cleanup(path, bus=bus, **options)
+        await client.request_cleanup(path, bus=admin, on_progress=lambda *a: report["progress"].append(a),
+                                     **options)
         report["ok"] = True
     except Exception as exc:
         report.update(describe(exc))
-    bus.disconnect()
+    admin.close()
     return report
 
 

@@ -1,0 +1,146 @@
+"""Run deletions off the event loop: fair across callers, bounded, shared.
+
+* Each job runs in a thread of its own (unlinkat and getdents release the
+  GIL), so the event loop keeps answering other callers.
+* At most ``max_running`` jobs run at once.  A job that has run longer than
+  ``long_after`` seconds stops counting against that limit: it is a huge
+  delete or it is stuck (a FUSE file system above the anchor whose daemon
+  hangs), and either way small requests must not queue behind it.
+* At most ``per_uid`` jobs of one uid run at once, and waiting jobs are
+  started round-robin across uids (the uid served longest ago first): one user firing hundreds of requests, or
+  hanging their own threads on purpose, cannot starve another user.
+* Two concurrent requests of the same uid for the same resolved target
+  (same st_dev, st_ino) share one walk: the second waits for the first's
+  result instead of racing it through the same tree.
+"""
+
+import asyncio
+import collections
+import concurrent.futures
+import threading
+
+from . import engine, walk
+
+
+class Progress:
+    """What a running request has removed so far (read from the loop)."""
+
+    __slots__ = ("walk",)
+
+    def __init__(self):
+        self.walk = walk.WalkResult()
+
+    @property
+    def removed(self):
+        return self.walk.removed
+
+
+class Jobs:
+    def __init__(self, max_running=4, per_uid=2, long_after=5.0):
+        self.max_running = max_running
+        self.per_uid = per_uid
+        self.long_after = long_after
+        self._waiting = {}  # uid -> deque of waiting jobs
+        self._last_turn = {}  # uid -> value of self.started when it last got a turn
+        self._running_per_uid = collections.Counter()
+        self._counted = 0  # running jobs that count against max_running
+        self._shared = {}  # (uid, st_dev, st_ino) -> (Future, Progress)
+        self._shared_lock = threading.Lock()
+        self.started = 0  # jobs started, for tests and stats
+        self.shared_walks = 0  # requests that joined another's walk
+
+    @property
+    def running(self):
+        return sum(self._running_per_uid.values())
+
+    async def cleanup(self, uid, path, config, progress):
+        """Queue a request; return entries removed (or raise its error)."""
+        return await self.submit(uid, self._request, uid, path, config, progress)
+
+    async def submit(self, uid, fn, *args):
+        """Run ``fn(*args)`` in a thread when ``uid``'s turn comes."""
+        loop = asyncio.get_running_loop()
+        job = {"uid": uid, "fn": fn, "args": args,
+               "future": loop.create_future(), "counted": False, "timer": None}
+        self._waiting.setdefault(uid, collections.deque()).append(job)
+        self._dispatch(loop)
+        return await job["future"]
+
+    # -- scheduling (event loop thread only) -----------------------------------
+    def _dispatch(self, loop):
+        while self._counted < self.max_running and self._waiting:
+            # The eligible uid served longest ago goes next (never: first).
+            eligible = [u for u in self._waiting if self._running_per_uid[u] < self.per_uid]
+            if not eligible:
+                return  # everyone waiting is at their own limit
+            uid = min(eligible, key=lambda u: self._last_turn.get(u, -1))
+            queue = self._waiting[uid]
+            job = queue.popleft()
+            if not queue:
+                del self._waiting[uid]
+            self._last_turn[uid] = self.started
+            self._start(loop, job)
+
+    def _start(self, loop, job):
+        self.started += 1
+        self._running_per_uid[job["uid"]] += 1
+        self._counted += 1
+        job["counted"] = True
+        job["timer"] = loop.call_later(self.long_after, self._gone_long, loop, job)
+
+        def run():
+            try:
+                result, error = job["fn"](*job["args"]), None
+            except BaseException as e:  # delivered to the awaiting caller
+                result, error = None, e
+            loop.call_soon_threadsafe(self._finish, loop, job, result, error)
+
+        threading.Thread(target=run, name=f"cleanup-uid{job['uid']}", daemon=True).start()
+
+    def _gone_long(self, loop, job):
+        if job["counted"]:
+            job["counted"] = False
+            self._counted -= 1
+            self._dispatch(loop)
+
+    def _finish(self, loop, job, result, error):
+        job["timer"].cancel()
+        if job["counted"]:
+            self._counted -= 1
+        self._running_per_uid[job["uid"]] -= 1
+        if not self._running_per_uid[job["uid"]]:
+            del self._running_per_uid[job["uid"]]
+        fut = job["future"]
+        if not fut.done():
+            fut.set_exception(error) if error is not None else fut.set_result(result)
+        self._dispatch(loop)
+
+    # -- the job itself (worker thread) ----------------------------------------
+    def _request(self, uid, path, config, progress):
+        target = engine.resolve(path, uid, config)
+        if target is None:
+            return 0
+        ident = engine.identity(target)
+        if ident is None:
+            return engine.remove(target, progress.walk)
+        key = (uid,) + ident
+        with self._shared_lock:
+            shared = self._shared.get(key)
+            if shared is None:
+                mine = concurrent.futures.Future()
+                self._shared[key] = (mine, progress)
+        if shared is not None:
+            target.close()
+            self.shared_walks += 1
+            progress.walk = shared[1].walk  # report the shared walk's progress
+            return shared[0].result()
+        try:
+            removed = engine.remove(target, progress.walk)
+            mine.set_result(removed)
+            return removed
+        except BaseException as e:
+            mine.set_exception(e)
+            raise
+        finally:
+            with self._shared_lock:
+                del self._shared[key]
