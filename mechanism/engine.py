@@ -12,6 +12,9 @@ from .config import Config
 from .errors import Failed, InvalidPath, MountPoint, OutsideScope
 
 MAX_NAMED_FAILURES = 5
+# Threads that walk the target's subdirectories at once (set by the
+# service's --walk-threads); 1 walks them one after another.
+WALK_THREADS = 2
 MAX_TYPE_RETRIES = 3  # the target flips between file and directory under us
 
 
@@ -120,7 +123,9 @@ def _remove_dir(t, dir_fd, progress=None):
     if found:
         names = ", ".join(pathrules.display(m) for m in found[:MAX_NAMED_FAILURES])
         raise MountPoint(f"{t.display}: mount point at or below the target: {names}; nothing was removed")
-    res = walk.remove_tree(t.parent_fd, t.name, dir_fd, result=progress)
+    res = walk.WalkResult() if progress is None else progress
+    walk.remove_subdirs_in_parallel(dir_fd, res, WALK_THREADS)
+    walk.remove_tree(t.parent_fd, t.name, dir_fd, result=res)
     _raise_for(t.display, res)
     return res.removed
 

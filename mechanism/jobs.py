@@ -32,7 +32,7 @@ class Progress:
 
     @property
     def removed(self):
-        return self.walk.removed
+        return self.walk.removed_total
 
 
 class Jobs:

@@ -12,7 +12,7 @@ from dbus_next.errors import DBusError
 from .. import interface as i
 from ..busio import connect_system_bus
 from . import config as configuration
-from . import fsops
+from . import engine, fsops
 from .service import CleanupService
 
 log = logging.getLogger("locald_admin.mechanism")
@@ -38,6 +38,8 @@ def parse_args(argv=None):
                    help="deletions running at once (default 4; one running longer than 5 s stops counting)")
     p.add_argument("--per-uid", type=int, default=2,
                    help="deletions of one caller running at once (default 2)")
+    p.add_argument("--walk-threads", type=int, default=engine.WALK_THREADS,
+                   help=f"threads removing one tree's subdirectories at once (default {engine.WALK_THREADS})")
     p.add_argument("--polkit-timeout", type=_nonneg, default=15.0, metavar="SECONDS",
                    help="give up on polkit after this long for non-interactive calls (default 15)")
     p.add_argument("--polkit-interactive-timeout", type=_nonneg, default=300.0, metavar="SECONDS",
@@ -48,8 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--no-openat2", action="store_true",
                    help="use the O_NOFOLLOW + mount-id fallback even where openat2 exists (testing)")
     args = p.parse_args(argv)
-    if args.workers < 1 or args.per_uid < 1:
-        p.error("--workers and --per-uid must be at least 1")
+    if args.workers < 1 or args.per_uid < 1 or args.walk_threads < 1:
+        p.error("--workers, --per-uid and --walk-threads must be at least 1")
     return args
 
 
@@ -133,6 +135,7 @@ def main(argv=None):
                         format="locald-admin-mechanism: %(levelname)s: %(message)s")
     if args.no_openat2:
         fsops.set_openat2(False)
+    engine.WALK_THREADS = args.walk_threads
     try:
         return asyncio.run(serve(args))
     except KeyboardInterrupt:
