@@ -17,8 +17,8 @@ from dbus_next import Message, MessageFlag, MessageType
 from .. import interface as i
 from .. import pathrules
 from ..busio import connect_system_bus
-from .errors import (CleanupError, CleanupFailedError, InvalidPathError, MechanismUnavailable,
-                     from_dbus)
+from .errors import (NO_SERVICE_ERRORS, CleanupError, CleanupFailedError, InvalidPathError,
+                     MechanismUnavailable, from_dbus)
 
 HINT = ("locald-admin could not be asked to remove it ({why}); "
         "install locald-admin (see its README) or remove the directory as root")
@@ -64,6 +64,7 @@ class AdminClient:
         self._bus = None
         self._connecting = None
         self._progress = {}  # path -> set of callbacks
+        self._owner = None  # unique name of org.locald.Admin1's owner
 
     async def connect(self):
         """Connect now (calls connect on first use anyway); returns self."""
@@ -92,11 +93,23 @@ class AdminClient:
             raise MechanismUnavailable(f"cannot connect to the system bus: {e}") from None
         bus.add_message_handler(self._on_signal)
         self._bus = bus
+        self._owner = None
+        try:  # Progress is believed only from the service's own connection
+            reply = await bus.call(Message(
+                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus", member="GetNameOwner", signature="s", body=[i.BUS_NAME]))
+            if reply.message_type == MessageType.METHOD_RETURN:
+                self._owner = reply.body[0]
+        except Exception:
+            pass  # not running yet (activated by the first call)
         return bus
 
     def _on_signal(self, msg):
+        # Anyone on the bus may send us a signal: only the owner of the
+        # service's name is believed (learned at connect and from replies).
         if (msg.message_type == MessageType.SIGNAL and msg.member == i.SIGNAL_PROGRESS
-                and msg.interface == i.INTERFACE and msg.signature == "std"):
+                and msg.interface == i.INTERFACE and msg.signature == "std"
+                and msg.sender is not None and msg.sender == self._owner):
             for callback in list(self._progress.get(msg.body[0], ())):
                 try:
                     callback(msg.body[1], msg.body[2])
@@ -134,6 +147,8 @@ class AdminClient:
                     callbacks.discard(on_progress)
                     if not callbacks:
                         self._progress.pop(path, None)
+        if reply.sender and reply.error_name not in NO_SERVICE_ERRORS:
+            self._owner = reply.sender  # e.g. after an activation or a restart
         if reply.message_type == MessageType.ERROR:
             text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
             raise from_dbus(reply.error_name, text)

@@ -24,6 +24,14 @@ POLKIT_IFACE = "org.freedesktop.PolicyKit1.Authority"
 
 _cancel_ids = itertools.count(1)
 
+# The bus lets one connection wait for at most 128 replies at once (the
+# system bus default, max_replies_per_connection); past that it refuses our
+# calls with LimitsExceeded, which would deny callers for no reason.  At most
+# this many checks are in flight; the others wait their turn (within their
+# own timeout).
+MAX_CHECKS_IN_FLIGHT = 96
+_slots = {}  # event loop -> Semaphore
+
 
 async def authorize(bus, sender, uid, interactive, timeout):
     """Return None if ``sender`` (uid ``uid``) may clean up; raise otherwise."""
@@ -38,8 +46,17 @@ async def authorize(bus, sender, uid, interactive, timeout):
         # polkit may itself have to ask an agent: allow it when we may.
         flags=MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if interactive else MessageFlag.NONE,
     )
+    loop = asyncio.get_running_loop()
+    slots = _slots.get(loop)
+    if slots is None:
+        slots = _slots[loop] = asyncio.Semaphore(MAX_CHECKS_IN_FLIGHT)
+
+    async def ask():
+        async with slots:
+            return await bus.call(call)
+
     try:
-        reply = await asyncio.wait_for(bus.call(call), timeout)
+        reply = await asyncio.wait_for(ask(), timeout)
     except asyncio.TimeoutError:
         _cancel(bus, cancel_id)
         raise NotAuthorized(f"polkit did not answer within {timeout:g} s") from None

@@ -455,12 +455,6 @@ def test_the_private_bus_does_enforce_128_pending_replies(top, bus, start_mechan
     assert done["max_outstanding"][0] > 128
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the mechanism does not bound its own polkit calls: with more than 128 non-root Cleanup "
-    "calls in flight at once (here 4 connections x 64, each within AdminClient's bound) its "
-    "CheckAuthorization calls exceed the bus's 128 pending replies per connection (the system bus "
-    "default too) and the callers get NotAuthorized 'polkit is unavailable "
-    "(org.freedesktop.DBus.Error.LimitsExceeded ...)'"))
 def test_bursts_from_several_connections_are_all_authorized(top, bus, start_mechanism, clients):
     """Four locald processes (or users) each firing within their own bound:
     256 calls in flight at the mechanism; every one must be answered ok."""
