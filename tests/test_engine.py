@@ -24,40 +24,6 @@ IS_ROOT = os.geteuid() == 0
 
 # -- fixtures and helpers ------------------------------------------------------
 
-@pytest.fixture(params=["openat2", "fallback"])
-def mode(request):
-    """Run the test with openat2, then with the forced fallback.
-
-    In fallback mode openat2 is made unusable (any call fails the test), so
-    the fallback code path is provably the one exercised; in openat2 mode the
-    calls are counted, so openat2 is provably used.
-    """
-    real = fsops._raw_openat2
-    calls = []
-    if request.param == "openat2":
-        fsops.set_openat2(True)
-        if not fsops.openat2_available():
-            pytest.skip("this kernel has no openat2 (ENOSYS)")
-
-        def counting(*a):
-            calls.append(a)
-            return real(*a)
-        fsops._raw_openat2 = counting
-    else:
-        fsops.set_openat2(False)
-
-        def forbidden(*a):
-            raise AssertionError("openat2 was called in forced-fallback mode")
-        fsops._raw_openat2 = forbidden
-    try:
-        yield request.param
-    finally:
-        fsops._raw_openat2 = real
-        fsops.set_openat2(True)
-    if request.param == "openat2":
-        assert calls, "openat2 mode, but openat2 was never called"
-
-
 def snapshot(root):
     """Everything below ``root``: relpath (bytes) -> kind and content.
     Never follows symlinks."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from locald_admin.mechanism import engine, fsops, mounts, scope, walk
+from locald_admin.mechanism import engine, mounts, scope, walk
 from locald_admin.mechanism.errors import Failed, MountPoint, OutsideScope
 
 pytestmark = pytest.mark.skipif(
@@ -28,35 +28,6 @@ OTHER = 4242      # some other unprivileged uid
 
 
 # -- fixtures and helpers ---------------------------------------------------------
-
-@pytest.fixture(params=["openat2", "fallback"])
-def mode(request):
-    """openat2, then the forced fallback (where any openat2 call fails the test)."""
-    real = fsops._raw_openat2
-    calls = []
-    if request.param == "openat2":
-        fsops.set_openat2(True)
-        if not fsops.openat2_available():
-            pytest.skip("this kernel has no openat2 (ENOSYS)")
-
-        def counting(*a):
-            calls.append(a)
-            return real(*a)
-        fsops._raw_openat2 = counting
-    else:
-        fsops.set_openat2(False)
-
-        def forbidden(*a):
-            raise AssertionError("openat2 was called in forced-fallback mode")
-        fsops._raw_openat2 = forbidden
-    try:
-        yield request.param
-    finally:
-        fsops._raw_openat2 = real
-        fsops.set_openat2(True)
-    if request.param == "openat2":
-        assert calls, "openat2 mode, but openat2 was never called"
-
 
 def _mount_points_below(path):
     prefix = os.fsencode(path).rstrip(b"/") + b"/"
