@@ -1,4 +1,6 @@
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -6,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import IS_ROOT, ClientRunner  # noqa: E402
+from support import IS_ROOT, ClientRunner, rm_rf, world_tmpdir  # noqa: E402
 
 from locald_admin.mechanism import fsops  # noqa: E402
 
@@ -64,3 +66,27 @@ def _restore_openat2():
 def pytest_report_header(config):
     who = "root: root tier enabled" if IS_ROOT else f"uid {os.getuid()}: root tier skipped"
     return f"locald-admin tests as {who}"
+
+
+@pytest.fixture(scope="session")
+def staged():
+    """`make install DESTDIR=<tmp>` as tests/test_install.py does, but run in a
+    copy of the source tree: pip writes build metadata beside the sources,
+    which a user who cannot write to the repository cannot do, and which
+    concurrent runs should not share.  World readable, so that any test's
+    dbus-daemon can exec from it."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    top = world_tmpdir("locald-admin-stage-")
+    src, dest = top / "src", top / "root"
+    ignore = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "tests")
+    shutil.copytree(Path(__file__).resolve().parent.parent, src, ignore=ignore)
+    cp = subprocess.run(["make", "-C", str(src), "install", f"DESTDIR={dest}"], capture_output=True, text=True,
+                        timeout=300)
+    try:
+        if cp.returncode != 0 and "No module named pip" in cp.stderr:
+            pytest.skip("Debian's python3-pip is not installed (scripts/bootstrap installs it as root)")
+        assert cp.returncode == 0, cp.stderr
+        yield dest
+    finally:
+        rm_rf(top)

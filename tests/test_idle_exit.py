@@ -154,30 +154,6 @@ def test_does_not_exit_while_a_call_is_in_flight(bus, polkit, clients):
 
 # -- bus activation --------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def staged():
-    """`make install DESTDIR=<tmp>` as tests/test_install.py does, but run in a
-    copy of the source tree: pip writes build metadata beside the sources,
-    which a user who cannot write to the repository cannot do, and which
-    concurrent runs should not share.  World readable, so that any test's
-    dbus-daemon can exec from it."""
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
-    top = world_tmpdir("locald-admin-stage-")
-    src, dest = top / "src", top / "root"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
-                                                             ".pytest_cache", "tests"))
-    cp = subprocess.run(["make", "-C", str(src), "install", f"DESTDIR={dest}"], capture_output=True, text=True,
-                        timeout=300)
-    try:
-        if cp.returncode != 0 and "No module named pip" in cp.stderr:
-            pytest.skip("Debian's python3-pip is not installed (scripts/bootstrap installs it as root)")
-        assert cp.returncode == 0, cp.stderr
-        yield dest
-    finally:
-        rm_rf(top)
-
-
 @pytest.fixture
 def activating_bus(staged):
     """A private bus that activates the staged mechanism with

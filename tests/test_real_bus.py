@@ -564,30 +564,6 @@ def test_polkit_outage_denies_and_recovery_needs_no_mechanism_restart(bus, mecha
 
 # -- bus activation -------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def staged():
-    """`make install DESTDIR=<tmp>` as tests/test_install.py does, but run in a
-    copy of the source tree: pip writes build metadata beside the sources,
-    which a user who cannot write to the repository cannot do, and which
-    concurrent runs should not share.  World readable, so that any test's
-    dbus-daemon can exec from it."""
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
-    top = world_tmpdir("locald-admin-stage-")
-    src, dest = top / "src", top / "root"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
-                                                             ".pytest_cache", "tests"))
-    cp = subprocess.run(["make", "-C", str(src), "install", f"DESTDIR={dest}"], capture_output=True, text=True,
-                        timeout=300)
-    try:
-        if cp.returncode != 0 and "No module named pip" in cp.stderr:
-            pytest.skip("Debian's python3-pip is not installed (scripts/bootstrap installs it as root)")
-        assert cp.returncode == 0, cp.stderr
-        yield dest
-    finally:
-        rm_rf(top)
-
-
 def staged_activation_dir(staged):
     """A service directory holding the staged activation file with only its
     Exec= program changed to the staged launcher (the real one would be
