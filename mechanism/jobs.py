@@ -35,6 +35,39 @@ class Progress:
         return self.walk.removed_total
 
 
+class _Threads:
+    """Threads for jobs: an idle one is reused, otherwise a new one starts.
+    No fixed cap (a thread stuck in the kernel must not take a slot from
+    anyone else: the Jobs limits decide what runs); idle threads beyond a
+    few exit."""
+
+    KEEP_IDLE = 4
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._idle = []  # (Event, slot) of parked threads
+
+    def run(self, fn):
+        with self._lock:
+            if self._idle:
+                wake, slot = self._idle.pop()
+                slot.append(fn)
+                wake.set()
+                return
+        threading.Thread(target=self._worker, args=(fn,), name="cleanup", daemon=True).start()
+
+    def _worker(self, fn):
+        while True:
+            fn()
+            wake, slot = threading.Event(), []
+            with self._lock:
+                if len(self._idle) >= self.KEEP_IDLE:
+                    return
+                self._idle.append((wake, slot))
+            wake.wait()
+            fn = slot.pop()
+
+
 class Jobs:
     def __init__(self, max_running=4, per_uid=2, long_after=5.0):
         self.max_running = max_running
@@ -46,6 +79,7 @@ class Jobs:
         self._counted = 0  # running jobs that count against max_running
         self._shared = {}  # (uid, st_dev, st_ino) -> (Future, Progress)
         self._shared_lock = threading.Lock()
+        self._threads = _Threads()
         self.started = 0  # jobs started, for tests and stats
         self.shared_walks = 0  # requests that joined another's walk
 
@@ -95,7 +129,7 @@ class Jobs:
                 result, error = None, e
             loop.call_soon_threadsafe(self._finish, loop, job, result, error)
 
-        threading.Thread(target=run, name=f"cleanup-uid{job['uid']}", daemon=True).start()
+        self._threads.run(run)
 
     def _gone_long(self, loop, job):
         if job["counted"]:

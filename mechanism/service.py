@@ -12,6 +12,7 @@ one-line message: dbus-next would otherwise send the caller a traceback.
 """
 
 import asyncio
+import collections
 import json
 import logging
 import sys
@@ -29,6 +30,7 @@ from .jobs import Jobs, Progress
 log = logging.getLogger(__name__)
 
 INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
+CREDENTIALS_CACHE_SIZE = 4096
 
 
 class Admin1Introspection(ServiceInterface):
@@ -73,6 +75,7 @@ class CleanupService:
         self.in_flight = 0
         self.last_done = time.monotonic()
         self._tasks = set()
+        self._creds = collections.OrderedDict()  # unique name -> (uid, pid), LRU
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -160,7 +163,16 @@ class CleanupService:
                 log.debug("progress signal to %s failed: %s", sender, e)
 
     async def _credentials(self, sender):
-        """uid and pid of ``sender``, from the bus daemon itself."""
+        """uid and pid of ``sender``, from the bus daemon itself.
+
+        Cached per unique name: the daemon never reuses a unique name and
+        vouches for the sender of every message, so a cached answer for
+        ``:1.42`` stays true for as long as this connection lives (only
+        polkit's answers must never be cached, and are not)."""
+        cached = self._creds.get(sender)
+        if cached is not None:
+            self._creds.move_to_end(sender)
+            return cached
         reply = await self.bus.call(Message(
             destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
             interface="org.freedesktop.DBus", member="GetConnectionCredentials",
@@ -171,6 +183,9 @@ class CleanupService:
         if "UnixUserID" not in creds:
             raise NotAuthorized(f"the bus does not know the uid of {sender}")
         pid = creds["ProcessID"].value if "ProcessID" in creds else "-"
+        self._creds[sender] = (creds["UnixUserID"].value, pid)
+        if len(self._creds) > CREDENTIALS_CACHE_SIZE:
+            self._creds.popitem(last=False)
         return creds["UnixUserID"].value, pid
 
     # -- lifecycle ----------------------------------------------------------
