@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import IS_ROOT, ClientRunner, rm_rf, world_tmpdir  # noqa: E402
+from support import IS_ROOT, ClientRunner, PolkitMock, PrivateBus, rm_rf, world_tmpdir  # noqa: E402
 
 from locald_admin.mechanism import fsops  # noqa: E402
 
@@ -55,6 +55,23 @@ def mode(request):
         fsops.set_openat2(True)
     if request.param == "openat2":
         assert calls, "openat2 mode, but openat2 was never called"
+
+
+@pytest.fixture(scope="module")
+def bus():
+    """A private system bus (permissive policy) per test module; modules that
+    need another policy define their own ``bus``."""
+    b = PrivateBus()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def polkit(bus):
+    """python-dbusmock's polkitd on ``bus``; denies everything until told."""
+    p = PolkitMock(bus)
+    yield p
+    p.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -47,6 +47,17 @@ def rm_rf(path):
     subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=False)
 
 
+def stop_process(proc, timeout=10):
+    """SIGTERM, then SIGKILL if ``proc`` has not exited within ``timeout`` s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def ensure_user(name):
     """Create a system user for the tests (root only); return its passwd."""
     try:
@@ -101,13 +112,7 @@ class PrivateBus:
         return dbus.bus.BusConnection(self.address)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 5)
         self.proc.stdout.close()
         rm_rf(self.dir)
 
@@ -154,8 +159,7 @@ class PolkitMock:
 
     def stop(self):
         self.con.close()
-        self.proc.terminate()
-        self.proc.wait(5)
+        stop_process(self.proc, 5)
 
 
 class Mechanism:
@@ -177,13 +181,7 @@ class Mechanism:
         return [ln for ln in self.log().splitlines() if ln.startswith("audit ")]
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
 
 
 # -- clients -------------------------------------------------------------------

@@ -41,7 +41,7 @@ import dbus
 import pytest
 
 from locald_admin import interface as i
-from support import (IS_ROOT, OTHER_USER, ClientRunner, Mechanism, PolkitMock, PrivateBus, rm_rf,
+from support import (IS_ROOT, OTHER_USER, ClientRunner, Mechanism, PolkitMock, rm_rf,
                      wait_for_name, world_tmpdir)
 
 HERE = Path(__file__).resolve().parent
@@ -52,13 +52,6 @@ needs_root = pytest.mark.skipif(
 
 
 # -- bus, polkit, mechanism ----------------------------------------------------
-
-@pytest.fixture(scope="module")
-def bus():
-    b = PrivateBus()
-    yield b
-    b.stop()
-
 
 @pytest.fixture(scope="module")
 def polkit(bus):

@@ -21,20 +21,6 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 @pytest.fixture(scope="module")
-def bus():
-    b = PrivateBus()
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
-def polkit(bus):
-    p = PolkitMock(bus)
-    yield p
-    p.stop()
-
-
-@pytest.fixture(scope="module")
 def mechanism(bus, polkit):
     m = Mechanism(bus, "--polkit-timeout", "2")
     yield m

@@ -39,7 +39,7 @@ import dbus
 import pytest
 
 from locald_admin import interface as i
-from support import IS_ROOT, Mechanism, PolkitMock, PrivateBus, rm_rf, wait_for_name, world_tmpdir
+from support import IS_ROOT, Mechanism, rm_rf, wait_for_name, world_tmpdir
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs uid 0 (mounts, chattr, root-owned trees, "
                                 "signalling the mechanism); run the suite as root")
@@ -48,20 +48,6 @@ ANSWER_BOUND = 10.0  # "answered within 10 s": the only timing assertion used
 
 
 # -- infrastructure ------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def bus():
-    b = PrivateBus()
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
-def polkit(bus):
-    p = PolkitMock(bus)
-    yield p
-    p.stop()
-
 
 @pytest.fixture
 def allowed(polkit):

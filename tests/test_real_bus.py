@@ -49,6 +49,7 @@ import pytest
 
 from locald_admin import interface as i
 from support import (IS_ROOT, OTHER_USER, POLKIT_NAME, TEST_USER, Mechanism, PrivateBus, ensure_user, rm_rf,
+                     stop_process,
                      wait_for_name, world_tmpdir)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,13 +138,7 @@ class Polkitd:
     def stop(self):
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
         self.proc = None
         wait_for_no_owner(self.bus.address, POLKIT_NAME)
 
