@@ -1,15 +1,14 @@
 """Ask the mechanism to clean up, and locald's "try, catch, delegate" helper.
 
-``force_remove_dir_all(path)`` removes ``path`` as the calling user; when
-that fails with PermissionError (root-owned leftovers of runc), it asks
+``force_remove_dir_all(path)`` removes ``path`` as the calling user with the
+fd-anchored walk (``as_user``: no symlink followed, no mount entered, mounts
+refused before anything is deleted); when that fails with PermissionError
+(root-owned leftovers of runc), and only then, it asks
 ``org.locald.Admin1.Cleanup`` on the system bus to remove it instead.
 """
 
 import asyncio
 import os
-import shutil
-import stat
-import sys
 import weakref
 
 from dbus_next import Message, MessageFlag, MessageType
@@ -17,6 +16,7 @@ from dbus_next import Message, MessageFlag, MessageType
 from .. import interface as i
 from .. import pathrules
 from ..busio import connect_system_bus
+from . import as_user
 from .errors import (NO_SERVICE_ERRORS, CleanupError, CleanupFailedError, InvalidPathError,
                      MechanismUnavailable, from_dbus)
 
@@ -187,30 +187,6 @@ def shared_client():
     return client
 
 
-def _remove_as_user(path):
-    """Remove ``path`` with the caller's own rights; a missing path is fine."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        return
-
-    def ignore_missing(_func, _path, exc):
-        exc = exc if isinstance(exc, BaseException) else exc[1]
-        if not isinstance(exc, FileNotFoundError):
-            raise exc
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=ignore_missing)
-    else:
-        shutil.rmtree(path, onerror=ignore_missing)
-
-
 def _raise_delegated(exc, original):
     """Raise what the caller sees when the mechanism could not do it: the
     contract's exception chained to the original PermissionError, or, with
@@ -230,7 +206,7 @@ def force_remove_dir_all(path, *, interactive=False, timeout=i.DEFAULT_CALL_TIME
     running event loop; use ``force_remove_dir_all_async`` there."""
     path = absolute_path(path)
     try:
-        _remove_as_user(path)
+        as_user.remove(path)
     except PermissionError as original:
         try:
             asyncio.run(request_cleanup(path, interactive=interactive, timeout=timeout))
@@ -246,7 +222,7 @@ async def force_remove_dir_all_async(path, *, interactive=False, timeout=i.DEFAU
     AdminClient to use instead."""
     path = absolute_path(path)
     try:
-        await asyncio.get_running_loop().run_in_executor(None, _remove_as_user, path)
+        await asyncio.get_running_loop().run_in_executor(None, as_user.remove, path)
     except PermissionError as original:
         try:
             await (bus or shared_client()).cleanup(path, interactive=interactive, timeout=timeout)

@@ -2,6 +2,7 @@
 leftovers below a user's ``.locald`` directory.
 
 ``locald_admin.interface`` is the contract both halves share;
+``locald_admin.fs`` is the fd-anchored walk both halves run;
 ``locald_admin.mechanism`` is the root service; ``locald_admin.client`` is the
 library and CLI that locald uses.
 """

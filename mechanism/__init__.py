@@ -1,5 +1,6 @@
 """The locald-admin mechanism: the root service behind org.locald.Admin1.
 
-Data flows one way: bus message (service) -> authorize (polkit) -> resolve
-scope (scope) -> delete (walk) -> reply (service).
+Data flows one way: bus message (service) -> authorize (polkit) -> queue
+(jobs) -> resolve scope (engine, scope) -> mount check and delete
+(locald_admin.fs.remove, walk) -> reply and audit line (service).
 """

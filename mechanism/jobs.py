@@ -19,7 +19,8 @@ import collections
 import concurrent.futures
 import threading
 
-from . import engine, walk
+from ..fs import walk
+from . import engine
 
 
 class Progress:

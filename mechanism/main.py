@@ -12,7 +12,8 @@ from dbus_next.errors import DBusError
 from .. import interface as i
 from ..busio import connect_system_bus
 from . import config as configuration
-from . import engine, fsops
+from ..fs import fsops
+from . import engine
 from .service import CleanupService
 
 log = logging.getLogger("locald_admin.mechanism")

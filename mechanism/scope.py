@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from .. import pathrules
-from . import fsops
+from ..fs import fsops
 from .config import Config
 from .errors import Failed, MountPoint, OutsideScope
 

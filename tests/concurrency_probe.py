@@ -27,7 +27,7 @@ import sys
 import time
 
 from locald_admin import client
-from locald_admin.client import cleanup as cleanup_module
+from locald_admin.client import as_user
 
 
 def describe(exc):
@@ -78,7 +78,7 @@ async def force_many(options):
     if options.get("force_delegate"):
         def refuse(path):
             raise PermissionError(13, "Permission denied (forced by the test)", path)
-        cleanup_module._remove_as_user = refuse
+        as_user.remove = refuse
     shared = client.shared_client()
     await shared.connect()
     state = count_outstanding(shared)

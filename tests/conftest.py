@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support import IS_ROOT, ClientRunner, PolkitMock, PrivateBus, rm_rf, world_tmpdir  # noqa: E402
 
-from locald_admin.mechanism import fsops  # noqa: E402
+from locald_admin.fs import fsops  # noqa: E402
 
 needs_root = pytest.mark.skipif(
     not IS_ROOT, reason="root tier: needs uid 0 (root-owned files, other users, mounts); run the suite as root")

@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,28 @@ def ensure_user(name):
                     "--shell", "/usr/sbin/nologin", "--user-group", name],
                    check=True, capture_output=True)
     return pwd.getpwnam(name)
+
+
+def snapshot(root):
+    """relpath -> kind and content of everything below ``root`` (follows no
+    symlinks; does descend into mounts, which is what we want to compare)."""
+    root = os.fsencode(root)
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(d, n)
+            rel = os.path.relpath(p, root)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(p))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", st.st_uid, stat.S_IMODE(st.st_mode))
+            elif stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    out[rel] = ("file", f.read())
+            else:
+                out[rel] = ("other", stat.S_IFMT(st.st_mode))
+    return out
 
 
 # -- buses ---------------------------------------------------------------------

@@ -15,7 +15,8 @@ import subprocess
 
 import pytest
 
-from locald_admin.mechanism import engine, fsops, walk
+from locald_admin.fs import fsops, walk
+from locald_admin.mechanism import engine
 from locald_admin.mechanism.errors import Failed, InvalidPath, MechanismError, OutsideScope
 
 ME = os.getuid()

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from locald_admin.mechanism import engine, mounts, scope, walk
+from locald_admin.fs import mounts, walk
+from locald_admin.mechanism import engine, scope
 from locald_admin.mechanism.errors import Failed, MountPoint, OutsideScope
+from support import snapshot
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0,
@@ -70,28 +72,6 @@ def mounter(tmp):
     finally:
         for target in reversed(done):
             _umount(target)
-
-
-def snapshot(root):
-    """relpath -> kind and content of everything below ``root`` (follows no
-    symlinks; does descend into mounts, which is what we want to compare)."""
-    root = os.fsencode(root)
-    out = {}
-    for d, dirs, files in os.walk(root):
-        for n in dirs + files:
-            p = os.path.join(d, n)
-            rel = os.path.relpath(p, root)
-            st = os.lstat(p)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(p))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", st.st_uid, stat.S_IMODE(st.st_mode))
-            elif stat.S_ISREG(st.st_mode):
-                with open(p, "rb") as f:
-                    out[rel] = ("file", f.read())
-            else:
-                out[rel] = ("other", stat.S_IFMT(st.st_mode))
-    return out
 
 
 def write(path, data=b"x", mode=None, uid=None):

@@ -894,7 +894,8 @@ def test_calls_at_a_hung_fuse_mount_do_not_stall_other_callers(bus, fuse_mech, f
 WRAPPER = r'''
 import errno, sys
 from locald_admin import pathrules
-from locald_admin.mechanism import main, walk
+from locald_admin.fs import walk
+from locald_admin.mechanism import main
 
 FAULTS = {
     "runtime": lambda: RuntimeError("injected failure\nwith a second line"),

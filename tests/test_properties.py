@@ -37,7 +37,8 @@ from hypothesis import strategies as st
 import support
 from locald_admin import pathrules
 from locald_admin.interface import MAX_PATH_BYTES
-from locald_admin.mechanism import engine, fsops
+from locald_admin.fs import fsops
+from locald_admin.mechanism import engine
 from locald_admin.mechanism.errors import InvalidPath, MechanismError, OutsideScope
 
 IS_ROOT = os.geteuid() == 0

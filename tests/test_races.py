@@ -50,7 +50,8 @@ import pytest
 
 import support
 from locald_admin import interface as i
-from locald_admin.mechanism import engine, fsops, walk
+from locald_admin.fs import fsops, walk
+from locald_admin.mechanism import engine
 from locald_admin.mechanism.errors import MechanismError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="race tier: needs uid 0 (the mechanism deletes as "

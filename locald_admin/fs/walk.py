@@ -35,12 +35,19 @@ class WalkResult:
 
     def __init__(self):
         self.removed = 0
-        self.failures = {}  # path (bytes, relative) -> reason
+        # path (bytes, relative) -> (errno or None, reason).  The errno lets
+        # the caller tell "permission denied" (the client then asks the
+        # mechanism) from any other failure (which it passes on unchanged).
+        self.failures = {}
         self.mounts = []  # paths (bytes, relative) of mounts left in place
         self.helpers = []  # WalkResults of parallel helper threads (counts only)
 
-    def fail(self, rel, reason):
-        self.failures.setdefault(rel, reason)
+    def fail(self, rel, err, reason=None):
+        """Record the first failure at ``rel``: an OSError, or an errno
+        (None for a race the walk detected itself) and its reason."""
+        if isinstance(err, OSError):
+            err, reason = err.errno, err.strerror
+        self.failures.setdefault(rel, (err, reason))
 
     @property
     def removed_total(self):
@@ -156,7 +163,7 @@ def remove_tree(parent_fd, name, dir_fd, result=None, mnt=None):
                 try:
                     f.pending = _list(f.fd)
                 except OSError as e:
-                    result.fail(_rel(stack), e.strerror)
+                    result.fail(_rel(stack), e)
                     f.pending, f.incomplete = [], True
             if f.pending:
                 child, is_dir = f.pending.pop()
@@ -170,7 +177,7 @@ def remove_tree(parent_fd, name, dir_fd, result=None, mnt=None):
                     except IsADirectoryError:
                         pass  # it became a directory: handle it as one
                     except OSError as e:
-                        result.fail(_rel(stack, child), e.strerror)
+                        result.fail(_rel(stack, child), e)
                         f.incomplete = True
                         continue
                 cfd = _enter(f, child, stack, result, mnt)
@@ -186,7 +193,7 @@ def remove_tree(parent_fd, name, dir_fd, result=None, mnt=None):
             parent = stack[-2]
             if parent.fd is None:
                 if not _climb(f, parent):
-                    result.fail(_rel(stack[:-1]), "directory was moved during removal")
+                    result.fail(_rel(stack[:-1]), None, "directory was moved during removal")
                     # Abandon the branch: every closed ancestor goes with it.
                     os.close(stack.pop().fd)
                     while stack[-1].fd is None:
@@ -200,7 +207,7 @@ def remove_tree(parent_fd, name, dir_fd, result=None, mnt=None):
             elif len(stack) == 2 and not _same_entry(parent.fd, f):
                 # The target's name in its parent now names another
                 # directory (swapped after we opened it): leave that alone.
-                result.fail(b"", "was replaced by another directory during removal")
+                result.fail(b"", None, "was replaced by another directory during removal")
             else:
                 try:
                     os.rmdir(f.name, dir_fd=parent.fd)
@@ -215,7 +222,7 @@ def remove_tree(parent_fd, name, dir_fd, result=None, mnt=None):
                     if e.errno == errno.EBUSY:  # a mount appeared on it
                         result.mounts.append(_rel(stack))
                     else:
-                        result.fail(_rel(stack), e.strerror)
+                        result.fail(_rel(stack), e)
                     parent.incomplete = True
             stack.pop()
             if len(stack) >= 2:
@@ -248,7 +255,7 @@ def _enter(f, child, stack, result, mnt):
         if e.errno == errno.EXDEV:
             result.mounts.append(_rel(stack, child))
         else:
-            result.fail(_rel(stack, child), e.strerror)
+            result.fail(_rel(stack, child), e)
         f.incomplete = True
         return None
 

@@ -1,0 +1,9 @@
+"""The fd-anchored file system code both sides run: the mechanism as root,
+the client as the calling user for its own first attempt.
+
+``fsops`` opens one component relative to a held directory fd (``openat2``
+or the fallback), ``mounts`` finds mounts at or below a held directory,
+``walk`` removes a tree through held fds, ``remove`` removes one entry of a
+held directory and refuses mounts before deleting anything.  Nothing here
+knows about the bus, polkit or anchors.
+"""

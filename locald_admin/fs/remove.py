@@ -1,0 +1,154 @@
+"""Remove one entry of a held directory, refusing mounts: the act itself.
+
+Shared by both sides, so that both hold the same standard:
+
+* the mechanism, as root, after it has resolved and checked the request's
+  scope (``mechanism/engine.py``);
+* the client, as the calling user, for its own first attempt
+  (``client/cleanup.py``), where ``shutil.rmtree`` would walk into a
+  container's bind mount and delete the user's own files through it.
+
+``remove_entry(parent_fd, name, ...)`` looks at ``name`` in the held
+``parent_fd`` without following it or crossing a mount.  A file, symlink,
+fifo, socket or device node is unlinked.  A directory is opened beneath its
+parent, every mount at or below it is looked up in this process' mount table
+and, if there is one, the request is refused before anything is deleted; then
+the fd-anchored walk (``walk.py``) removes it.
+
+Errors are neutral (``RemoveError`` and its subclasses), each with a one-line
+message naming the paths; each side turns them into its own errors.
+"""
+
+import errno
+import os
+import stat
+
+from .. import pathrules
+from . import fsops, mounts, walk
+
+MAX_NAMED_FAILURES = 5
+MAX_TYPE_RETRIES = 3  # the target flips between file and directory under us
+# Failures that more privilege can fix: the client asks the mechanism.
+PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+
+
+class RemoveError(Exception):
+    """The entry could not be removed (completely).  ``removed``: entries
+    removed before that was clear (0 when nothing was touched)."""
+
+    def __init__(self, message, removed=0):
+        super().__init__(" ".join(str(message).splitlines()))
+        self.removed = removed
+
+    @property
+    def message(self):
+        return self.args[0]
+
+
+class MountInTheWay(RemoveError):
+    """A mount at or below the target: refused before deleting anything, or
+    one appeared during the walk and was left in place."""
+
+
+class RemoveFailed(RemoveError):
+    """Entries could not be removed.  ``failures``: (path for messages,
+    errno or None) of each, in the order found; ``errno`` None means a race
+    the walk detected itself (a directory moved or replaced under it)."""
+
+    def __init__(self, message, failures=(), removed=0):
+        super().__init__(message, removed)
+        self.failures = list(failures)
+
+
+def remove_entry(parent_fd, name, shown, held_fd=None, progress=None, threads=1):
+    """Remove the entry ``name`` of ``parent_fd``; return entries removed.
+
+    ``shown``: the entry's path for messages.  ``held_fd``: an already open,
+    checked fd of the directory ``name`` (the mechanism's anchor), used
+    instead of looking the name up again.  ``progress``: a walk.WalkResult
+    to count into (read by another thread for progress reports).
+    ``threads``: threads for the target's subdirectories.  A missing entry
+    is success with 0 removed.  Raises RemoveError.
+    """
+    for _ in range(MAX_TYPE_RETRIES):
+        done = _remove_once(parent_fd, name, shown, held_fd, progress, threads)
+        if done is not None:
+            return done
+    raise RemoveFailed(f"{shown}: kept changing type while being removed", [(shown, errno.EAGAIN)])
+
+
+def _remove_once(parent_fd, name, shown, held_fd, progress, threads):
+    """One attempt; None means 'it changed type, try again'."""
+    if held_fd is not None:
+        return _remove_dir(parent_fd, name, shown, held_fd, progress, threads)
+    try:
+        st = fsops.lstat_beneath(parent_fd, name)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return 0
+        raise _open_error(shown, e) from None
+    if not stat.S_ISDIR(st.st_mode):
+        # A file, symlink (the link itself, never its target), fifo, socket
+        # or device node.
+        try:
+            os.unlink(name, dir_fd=parent_fd)
+            return 1
+        except FileNotFoundError:
+            return 0
+        except IsADirectoryError:
+            return None
+        except OSError as e:
+            raise RemoveFailed(f"could not remove {shown}: {e.strerror}", [(shown, e.errno)]) from None
+    try:
+        dir_fd = fsops.open_beneath(parent_fd, name)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return 0
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            return None
+        raise _open_error(shown, e) from None
+    try:
+        return _remove_dir(parent_fd, name, shown, dir_fd, progress, threads)
+    finally:
+        os.close(dir_fd)
+
+
+def _open_error(shown, e):
+    if e.errno == errno.EXDEV:
+        return MountInTheWay(f"{shown} is a mount point; nothing was removed")
+    return RemoveFailed(f"{shown}: {e.strerror}", [(shown, e.errno)])
+
+
+def _remove_dir(parent_fd, name, shown, dir_fd, progress, threads):
+    # A mount at or below the target (a container's volume, its tmpfs):
+    # refuse before deleting anything, and without looking into it
+    # (mountinfo, not stat: a hung FUSE daemon cannot stall us).
+    try:
+        found = mounts.mounts_at_or_below(dir_fd)
+    except mounts.LocationUnknown as e:
+        raise RemoveFailed(f"{shown}: {e.strerror}, so mounts below it cannot be ruled out; "
+                           "nothing was removed", [(shown, None)]) from None
+    if found:
+        names = ", ".join(pathrules.display(m) for m in found[:MAX_NAMED_FAILURES])
+        raise MountInTheWay(f"{shown}: mount point at or below the target: {names}; nothing was removed")
+    res = walk.WalkResult() if progress is None else progress
+    walk.remove_subdirs_in_parallel(dir_fd, res, threads)
+    walk.remove_tree(parent_fd, name, dir_fd, result=res)
+    _raise_for(shown, res)
+    return res.removed
+
+
+def _raise_for(shown, res):
+    def full(rel):
+        return pathrules.display(shown.encode("utf-8", "surrogateescape") + (b"/" + rel if rel else b""))
+
+    if res.mounts:
+        names = ", ".join(full(m) for m in res.mounts[:MAX_NAMED_FAILURES])
+        raise MountInTheWay(f"a mount point appeared during removal and was left in place: {names}; "
+                            f"{res.removed} entries removed", removed=res.removed)
+    if res.failures:
+        items = [(full(rel), err, why) for rel, (err, why) in res.failures.items()]
+        named = "; ".join(f"{path}: {why}" for path, _, why in items[:MAX_NAMED_FAILURES])
+        more = f" (and {len(items) - MAX_NAMED_FAILURES} more)" if len(items) > MAX_NAMED_FAILURES else ""
+        raise RemoveFailed(f"could not remove {len(items)} entries: {named}{more}; {res.removed} entries removed",
+                           [(path, err) for path, err, _ in items], removed=res.removed)
