@@ -1,4 +1,5 @@
-"""Exceptions the client raises, one per D-Bus error of the contract."""
+"""Exceptions the client raises, one per entry of the contract's error table
+(``locald_admin.interface.ERRORS``)."""
 
 from .. import interface as i
 
@@ -6,43 +7,32 @@ from .. import interface as i
 class CleanupError(Exception):
     """Base class of every error the mechanism reports."""
 
+    spec = None
     dbus_name = None
     exit_code = i.EXIT_FAILED
 
 
-class CleanupFailedError(CleanupError, OSError):
-    dbus_name = i.ERROR_FAILED
-    exit_code = i.EXIT_FAILED
+_BY_NAME = {}  # D-Bus name -> class
 
 
-class NotAuthorizedError(CleanupError, PermissionError):
-    dbus_name = i.ERROR_NOT_AUTHORIZED
-    exit_code = i.EXIT_NOT_AUTHORIZED
+def _declare(spec):
+    """The client's class for an entry of the contract's error table: a
+    CleanupError and the table's built-in base, or a case of the class of
+    the error it refines."""
+    bases = (_BY_NAME[spec.refines.dbus_name],) if spec.refines else (CleanupError, spec.client_base)
+    cls = type(spec.client_class, bases, {
+        "spec": spec, "dbus_name": spec.dbus_name, "exit_code": spec.exit_code,
+        "__doc__": spec.meaning, "__module__": __name__})
+    _BY_NAME[spec.dbus_name] = cls
+    return cls
 
 
-class InteractiveAuthorizationRequiredError(NotAuthorizedError):
-    dbus_name = i.ERROR_INTERACTIVE_AUTH_REQUIRED
-    exit_code = i.EXIT_NOT_AUTHORIZED
-
-
-class InvalidPathError(CleanupError, ValueError):
-    dbus_name = i.ERROR_INVALID_PATH
-    exit_code = i.EXIT_INVALID_PATH
-
-
-class OutsideScopeError(CleanupError, PermissionError):
-    dbus_name = i.ERROR_OUTSIDE_SCOPE
-    exit_code = i.EXIT_OUTSIDE_SCOPE
-
-
-class MountPointError(CleanupError, OSError):
-    dbus_name = i.ERROR_MOUNT_POINT
-    exit_code = i.EXIT_MOUNT_POINT
-
-
-_BY_NAME = {cls.dbus_name: cls for cls in (
-    CleanupFailedError, NotAuthorizedError, InteractiveAuthorizationRequiredError,
-    InvalidPathError, OutsideScopeError, MountPointError)}
+CleanupFailedError = _declare(i.FAILED)
+NotAuthorizedError = _declare(i.NOT_AUTHORIZED)
+InteractiveAuthorizationRequiredError = _declare(i.INTERACTIVE_AUTH_REQUIRED)
+InvalidPathError = _declare(i.INVALID_PATH)
+OutsideScopeError = _declare(i.OUTSIDE_SCOPE)
+MountPointError = _declare(i.MOUNT_POINT)
 
 
 class MechanismUnavailable(Exception):

@@ -1,9 +1,13 @@
 """The D-Bus contract of locald-admin: every name both sides rely on.
 
-This is the only place where bus names, error names, the polkit action id and
-the CLI exit codes are spelled out; the mechanism and the client import them
+This is the only place where bus names, the error table (D-Bus names, exit
+codes, the exception classes of both sides), the polkit action id and the
+CLI exit codes are spelled out; the mechanism and the client import them
 from here.
 """
+
+from dataclasses import dataclass
+from typing import Optional
 
 BUS_NAME = "org.locald.Admin1"
 OBJECT_PATH = "/org/locald/Admin1"
@@ -27,32 +31,68 @@ DATA_DIR_NAME = ".local/share/locald"
 # Longest path accepted, in bytes of UTF-8 (PATH_MAX on Linux).
 MAX_PATH_BYTES = 4096
 
-# D-Bus error names.
-ERROR_FAILED = "org.locald.Admin1.Error.Failed"
-ERROR_NOT_AUTHORIZED = "org.locald.Admin1.Error.NotAuthorized"
-ERROR_INTERACTIVE_AUTH_REQUIRED = "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
-ERROR_INVALID_PATH = "org.locald.Admin1.Error.InvalidPath"
-ERROR_OUTSIDE_SCOPE = "org.locald.Admin1.Error.OutsideScope"
-ERROR_MOUNT_POINT = "org.locald.Admin1.Error.MountPoint"
+# -- the error table ------------------------------------------------------------
+# Every error of the contract, once: the mechanism's and the client's
+# exception classes are made from it (mechanism/errors.py, client/errors.py),
+# locald-shim's exit codes come from it, and the README's error table is
+# checked against it (tests/test_contract.py).
 
-# locald-shim exit codes.
+@dataclass(frozen=True)
+class ErrorSpec:
+    """One error of the contract, as both sides see it."""
+
+    dbus_name: str
+    exit_code: int  # locald-shim's
+    mechanism_class: str  # its class in locald_admin.mechanism.errors
+    client_class: str  # its class in locald_admin.client.errors
+    client_base: type  # the built-in exception the client's class also is
+    meaning: str  # when it is answered, in one line
+    refines: Optional["ErrorSpec"] = None  # a more general error it is a case of
+
+
+FAILED = ErrorSpec(
+    "org.locald.Admin1.Error.Failed", 1, "Failed", "CleanupFailedError", OSError,
+    "I/O errors (the message names the first entries that failed), internal errors")
+NOT_AUTHORIZED = ErrorSpec(
+    "org.locald.Admin1.Error.NotAuthorized", 3, "NotAuthorized", "NotAuthorizedError", PermissionError,
+    "polkit said no, or polkit is unavailable or timed out")
+INTERACTIVE_AUTH_REQUIRED = ErrorSpec(
+    "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired", 3, "InteractiveAuthorizationRequired",
+    "InteractiveAuthorizationRequiredError", PermissionError,
+    "polkit needs a password but the call did not allow interaction", refines=NOT_AUTHORIZED)
+INVALID_PATH = ErrorSpec(
+    "org.locald.Admin1.Error.InvalidPath", 4, "InvalidPath", "InvalidPathError", ValueError,
+    "the path breaks a lexical rule")
+OUTSIDE_SCOPE = ErrorSpec(
+    "org.locald.Admin1.Error.OutsideScope", 5, "OutsideScope", "OutsideScopeError", PermissionError,
+    "under no anchor, the anchor is not a real directory owned by the caller, a symlink or magic link on "
+    "the way, or excluded by the administrator's configuration")
+MOUNT_POINT = ErrorSpec(
+    "org.locald.Admin1.Error.MountPoint", 6, "MountPoint", "MountPointError", OSError,
+    "a mount at or below the target, or the anchor is a mount point")
+
+ERRORS = (FAILED, NOT_AUTHORIZED, INTERACTIVE_AUTH_REQUIRED, INVALID_PATH, OUTSIDE_SCOPE, MOUNT_POINT)
+ERROR_BY_NAME = {e.dbus_name: e for e in ERRORS}
+
+# The names and codes as constants, for readable call sites.
+ERROR_FAILED = FAILED.dbus_name
+ERROR_NOT_AUTHORIZED = NOT_AUTHORIZED.dbus_name
+ERROR_INTERACTIVE_AUTH_REQUIRED = INTERACTIVE_AUTH_REQUIRED.dbus_name
+ERROR_INVALID_PATH = INVALID_PATH.dbus_name
+ERROR_OUTSIDE_SCOPE = OUTSIDE_SCOPE.dbus_name
+ERROR_MOUNT_POINT = MOUNT_POINT.dbus_name
+
+# locald-shim exit codes: the table's, plus three that are no bus error.
 EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_NOT_AUTHORIZED = 3
-EXIT_INVALID_PATH = 4
-EXIT_OUTSIDE_SCOPE = 5
-EXIT_MOUNT_POINT = 6
-EXIT_NO_SERVICE = 7
+EXIT_USAGE = 2  # a bad command line
+EXIT_NO_SERVICE = 7  # bus unreachable, mechanism not installed
+EXIT_FAILED = FAILED.exit_code
+EXIT_NOT_AUTHORIZED = NOT_AUTHORIZED.exit_code
+EXIT_INVALID_PATH = INVALID_PATH.exit_code
+EXIT_OUTSIDE_SCOPE = OUTSIDE_SCOPE.exit_code
+EXIT_MOUNT_POINT = MOUNT_POINT.exit_code
 
-EXIT_CODE_BY_ERROR = {
-    ERROR_FAILED: EXIT_FAILED,
-    ERROR_NOT_AUTHORIZED: EXIT_NOT_AUTHORIZED,
-    ERROR_INTERACTIVE_AUTH_REQUIRED: EXIT_NOT_AUTHORIZED,
-    ERROR_INVALID_PATH: EXIT_INVALID_PATH,
-    ERROR_OUTSIDE_SCOPE: EXIT_OUTSIDE_SCOPE,
-    ERROR_MOUNT_POINT: EXIT_MOUNT_POINT,
-}
+EXIT_CODE_BY_ERROR = {e.dbus_name: e.exit_code for e in ERRORS}
 
 # polkit's CheckAuthorization flag (polkit's PolkitCheckAuthorizationFlags).
 POLKIT_ALLOW_USER_INTERACTION = 0x1

@@ -1,4 +1,6 @@
-"""Errors the mechanism answers with; each carries its D-Bus error name.
+"""Errors the mechanism answers with, one class per entry of the contract's
+error table (``locald_admin.interface.ERRORS``); each carries its spec, so
+its D-Bus name comes from that one table.
 
 The message is one plain line: it crosses the bus to the caller.
 """
@@ -7,7 +9,7 @@ from .. import interface as i
 
 
 class MechanismError(Exception):
-    dbus_name = i.ERROR_FAILED
+    spec = i.FAILED
 
     def __init__(self, message, removed=0):
         # One line, always: a message must never smuggle in a second line
@@ -16,29 +18,22 @@ class MechanismError(Exception):
         self.removed = removed  # entries removed before the error
 
     @property
+    def dbus_name(self):
+        return self.spec.dbus_name
+
+    @property
     def message(self):
         return self.args[0]
 
 
-class Failed(MechanismError):
-    dbus_name = i.ERROR_FAILED
+def _declare(spec):
+    return type(spec.mechanism_class, (MechanismError,),
+                {"spec": spec, "__doc__": spec.meaning, "__module__": __name__})
 
 
-class NotAuthorized(MechanismError):
-    dbus_name = i.ERROR_NOT_AUTHORIZED
-
-
-class InteractiveAuthorizationRequired(MechanismError):
-    dbus_name = i.ERROR_INTERACTIVE_AUTH_REQUIRED
-
-
-class InvalidPath(MechanismError):
-    dbus_name = i.ERROR_INVALID_PATH
-
-
-class OutsideScope(MechanismError):
-    dbus_name = i.ERROR_OUTSIDE_SCOPE
-
-
-class MountPoint(MechanismError):
-    dbus_name = i.ERROR_MOUNT_POINT
+Failed = _declare(i.FAILED)
+NotAuthorized = _declare(i.NOT_AUTHORIZED)
+InteractiveAuthorizationRequired = _declare(i.INTERACTIVE_AUTH_REQUIRED)
+InvalidPath = _declare(i.INVALID_PATH)
+OutsideScope = _declare(i.OUTSIDE_SCOPE)
+MountPoint = _declare(i.MOUNT_POINT)
