@@ -11,11 +11,9 @@ import asyncio
 import os
 import weakref
 
-from dbus_next import Message, MessageFlag, MessageType
-
 from .. import interface as i
-from .. import pathrules
-from ..busio import connect_system_bus
+from .. import messages, pathrules
+from ..busio import BusError, Connection
 from . import as_user
 from .errors import (NO_SERVICE_ERRORS, CleanupError, CleanupFailedError, InvalidPathError,
                      MechanismUnavailable, from_dbus)
@@ -88,34 +86,30 @@ class AdminClient:
 
     async def _connect(self):
         try:
-            bus = await connect_system_bus(self.address)
-        except Exception as e:
+            bus = await Connection.open(self.address)
+        except BusError as e:
             raise MechanismUnavailable(f"cannot connect to the system bus: {e}") from None
-        bus.add_message_handler(self._on_signal)
+        bus.on_signal(self._on_signal)
         self._bus = bus
         self._owner = None
         try:  # Progress is believed only from the service's own connection
-            reply = await bus.call(Message(
-                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus", member="GetNameOwner", signature="s", body=[i.BUS_NAME]))
-            if reply.message_type == MessageType.METHOD_RETURN:
-                self._owner = reply.body[0]
+            self._owner = messages.read_name_owner(await bus.call(messages.get_name_owner(i.BUS_NAME)))
         except Exception:
             pass  # not running yet (activated by the first call)
         return bus
 
-    def _on_signal(self, msg):
+    def _on_signal(self, signal):
         # Anyone on the bus may send us a signal: only the owner of the
         # service's name is believed (learned at connect and from replies).
-        if (msg.message_type == MessageType.SIGNAL and msg.member == i.SIGNAL_PROGRESS
-                and msg.interface == i.INTERFACE and msg.signature == "std"
-                and msg.sender is not None and msg.sender == self._owner):
-            for callback in list(self._progress.get(msg.body[0], ())):
-                try:
-                    callback(msg.body[1], msg.body[2])
-                except Exception:
-                    pass
-        return False
+        progress = messages.read_progress(signal, self._owner)
+        if progress is None:
+            return
+        path, removed, elapsed = progress
+        for callback in list(self._progress.get(path, ())):
+            try:
+                callback(removed, elapsed)
+            except Exception:
+                pass
 
     async def cleanup(self, path, *, interactive=False, timeout=i.DEFAULT_CALL_TIMEOUT, on_progress=None):
         """Call ``Cleanup(path)``; return None on success.
@@ -126,22 +120,15 @@ class AdminClient:
         """
         async with self._slots:
             bus = await self._connection()
-            call = Message(
-                destination=i.BUS_NAME, path=i.OBJECT_PATH, interface=i.INTERFACE,
-                member=i.METHOD_CLEANUP, signature=i.CLEANUP_SIGNATURE, body=[path],
-                flags=MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if interactive else MessageFlag.NONE)
             if on_progress is not None:
                 self._progress.setdefault(path, set()).add(on_progress)
             try:
-                reply = await asyncio.wait_for(bus.call(call), timeout)
+                reply = await bus.call(messages.cleanup(path, interactive), timeout)
             except asyncio.TimeoutError:
                 raise CleanupFailedError(f"no answer from {i.BUS_NAME} within {timeout:g} s") from None
-            except Exception as e:  # connection lost mid-call
+            except BusError as e:  # connection lost mid-call
                 raise MechanismUnavailable(f"the bus connection failed: {e}") from None
             finally:
-                # Cancelled or timed out: forget the pending reply, or it would
-                # sit in dbus-next's table for the connection's lifetime.
-                bus._method_return_handlers.pop(call.serial, None)
                 if on_progress is not None:
                     callbacks = self._progress.get(path, set())
                     callbacks.discard(on_progress)
@@ -149,13 +136,12 @@ class AdminClient:
                         self._progress.pop(path, None)
         if reply.sender and reply.error_name not in NO_SERVICE_ERRORS:
             self._owner = reply.sender  # e.g. after an activation or a restart
-        if reply.message_type == MessageType.ERROR:
-            text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
-            raise from_dbus(reply.error_name, text)
+        if reply.error_name is not None:
+            raise from_dbus(reply.error_name, reply.text)
 
     def close(self):
         if self._bus is not None:
-            self._bus.disconnect()
+            self._bus.close()
             self._bus = None
 
 

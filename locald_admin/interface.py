@@ -7,18 +7,59 @@ from here.
 """
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 BUS_NAME = "org.locald.Admin1"
 OBJECT_PATH = "/org/locald/Admin1"
 INTERFACE = "org.locald.Admin1"
-METHOD_CLEANUP = "Cleanup"
-CLEANUP_SIGNATURE = "s"
-# Progress(s path, t removed, d elapsed_seconds): sent during a long
-# Cleanup, only to the caller's unique name (never broadcast).
-SIGNAL_PROGRESS = "Progress"
 
 POLKIT_ACTION = "org.locald.admin1.cleanup"
+
+
+# -- the interface's members, once: dispatch and introspection both read them --
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    signature: str
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    in_args: Tuple[Arg, ...]
+    out_args: Tuple[Arg, ...]
+    action: str  # the polkit action that gates it
+
+    @property
+    def in_signature(self):
+        return "".join(a.signature for a in self.in_args)
+
+    @property
+    def out_signature(self):
+        return "".join(a.signature for a in self.out_args)
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    name: str
+    args: Tuple[Arg, ...]
+
+    @property
+    def signature(self):
+        return "".join(a.signature for a in self.args)
+
+
+CLEANUP = MethodSpec("Cleanup", (Arg("path", "s"),), (), POLKIT_ACTION)
+# Sent during a long Cleanup, only to the caller's unique name (never
+# broadcast): paths are private.
+PROGRESS = SignalSpec("Progress", (Arg("path", "s"), Arg("removed", "t"), Arg("elapsed_seconds", "d")))
+METHODS = (CLEANUP,)
+SIGNALS = (PROGRESS,)
+
+METHOD_CLEANUP = CLEANUP.name
+CLEANUP_SIGNATURE = CLEANUP.in_signature
+SIGNAL_PROGRESS = PROGRESS.name
 
 # The anchor directory name: only paths below the first component that is
 # exactly this name are in scope.

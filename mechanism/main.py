@@ -6,11 +6,8 @@ import logging
 import signal
 import sys
 
-from dbus_next import NameFlag, RequestNameReply
-from dbus_next.errors import DBusError
-
 from .. import interface as i
-from ..busio import connect_system_bus
+from ..busio import BusError, Connection
 from . import config as configuration
 from ..fs import fsops
 from . import engine
@@ -78,8 +75,8 @@ def reload_config(service, path):
 
 async def serve(args):
     try:
-        bus = await connect_system_bus(args.address)
-    except Exception as e:
+        bus = await Connection.open(args.address)
+    except BusError as e:
         log.error("cannot connect to the bus: %s", e)
         return 1
     service = CleanupService(bus, workers=args.workers, per_uid=args.per_uid,
@@ -88,12 +85,9 @@ async def serve(args):
                              config=load_config(args.config))
     service.install()
     try:
-        reply = await bus.request_name(i.BUS_NAME, NameFlag.DO_NOT_QUEUE)
-    except DBusError as e:
-        log.error("cannot own %s: %s (%s)", i.BUS_NAME, e.text, e.type)
-        return 1
-    if reply != RequestNameReply.PRIMARY_OWNER:
-        log.error("cannot own %s: %s (another instance running?)", i.BUS_NAME, reply.name)
+        await bus.own_name(i.BUS_NAME)
+    except BusError as e:
+        log.error("cannot own %s: %s", i.BUS_NAME, e)
         return 1
     log.info("serving %s as %s (openat2: %s)", i.BUS_NAME, bus.unique_name, fsops.openat2_available())
 
@@ -103,7 +97,7 @@ async def serve(args):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_config, service, args.config)
     waiters = {
-        loop.create_task(bus.wait_for_disconnect()): "disconnected",
+        loop.create_task(bus.wait_closed()): "disconnected",
         loop.create_task(stop.wait()): "signal",
     }
     if args.idle_timeout > 0:
@@ -123,10 +117,10 @@ async def serve(args):
     log.info("%s: releasing %s", why, i.BUS_NAME)
     try:
         await bus.release_name(i.BUS_NAME)
-    except Exception as e:
+    except BusError as e:
         log.warning("could not release %s: %s", i.BUS_NAME, e)
     await service.drain()
-    bus.disconnect()
+    bus.close()
     return 0
 
 

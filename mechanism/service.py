@@ -1,14 +1,15 @@
-"""D-Bus glue: receive Cleanup calls, authorize, delete off the loop, reply.
+"""The service: receive method calls, authorize, run them off the loop, reply.
 
-dbus-next's ``@method`` handlers do not see the message, so they cannot know
-the sender.  ``Cleanup`` is therefore answered by a message handler that runs
-before dbus-next's own dispatch; the exported interface exists only so that
-introspection shows ``Cleanup(s path)``.
+The interface's members are declared once, in ``locald_admin.interface``
+(names, arguments, polkit action); ``METHODS`` below binds each to what it
+does, and that one table drives dispatch here and introspection in
+``busio``/``messages``.
 
 Per call: sender (from the message header) -> uid and pid (from the bus
-daemon, never from arguments) -> polkit -> engine in a worker thread ->
-reply -> one audit line.  Every exception becomes a named D-Bus error with a
-one-line message: dbus-next would otherwise send the caller a traceback.
+daemon, never from arguments) -> polkit for the method's action -> the
+operation, which queues the work (``jobs``) for the engine in a worker
+thread -> reply -> one audit line.  Every exception becomes a named D-Bus
+error with a one-line message, never a traceback.
 """
 
 import asyncio
@@ -17,36 +18,37 @@ import json
 import logging
 import sys
 import time
-
-from dbus_next import Message, MessageFlag, MessageType
-from dbus_next.service import ServiceInterface, method, signal
+from dataclasses import dataclass
+from typing import Callable
 
 from .. import interface as i
-from . import polkit
-from .config import Config, ConfigError
+from .. import messages
+from ..busio import BusError
+from .config import ConfigError
 from .errors import Failed, MechanismError, NotAuthorized
 from .jobs import Jobs, Progress
+from .polkit import Authority
 
 log = logging.getLogger(__name__)
 
-INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
 CREDENTIALS_CACHE_SIZE = 4096
 
 
-class Admin1Introspection(ServiceInterface):
-    """Describes org.locald.Admin1 for introspection; calls never get here."""
+@dataclass(frozen=True)
+class Caller:
+    name: str  # unique bus name
+    uid: int
+    pid: object  # int, or "-" when the bus does not know it
 
-    def __init__(self):
-        super().__init__(i.INTERFACE)
 
-    @method()
-    def Cleanup(self, path: "s"):  # noqa: N802 (D-Bus member name)
-        raise NotImplementedError("answered by CleanupService.on_message")
+@dataclass(frozen=True)
+class Method:
+    """A member of the interface and the coroutine method of CleanupService
+    that performs it: ``run(service, caller, incoming, start)`` returns
+    (entries removed, reply body)."""
 
-    @signal()
-    def Progress(self) -> "std":  # noqa: N802
-        """(path, entries removed, seconds elapsed), sent only to the caller."""
-        raise NotImplementedError("sent by CleanupService._report_progress")
+    spec: i.MethodSpec
+    run: Callable
 
 
 def audit(**fields):
@@ -63,9 +65,10 @@ def audit(**fields):
 
 class CleanupService:
     def __init__(self, bus, *, workers=4, per_uid=2, polkit_timeout=15.0, polkit_interactive_timeout=300.0,
-                 config=Config(), progress_interval=1.0):
+                 config=None, progress_interval=1.0):
         self.bus = bus
         self.jobs = Jobs(max_running=workers, per_uid=per_uid)
+        self.authority = Authority(bus)
         self.progress_interval = progress_interval
         self.polkit_timeout = polkit_timeout
         self.polkit_interactive_timeout = polkit_interactive_timeout
@@ -80,73 +83,75 @@ class CleanupService:
         self._idle.set()
 
     def install(self):
-        self.bus.export(i.OBJECT_PATH, Admin1Introspection())
-        self.bus.add_message_handler(self.on_message)
+        self.bus.serve(self.dispatch)
 
     # -- dispatch ---------------------------------------------------------
-    def on_message(self, msg):
-        if (msg.message_type != MessageType.METHOD_CALL or msg.path != i.OBJECT_PATH
-                or msg.member != i.METHOD_CLEANUP or msg.interface not in (None, i.INTERFACE)):
+    def dispatch(self, call):
+        """Take a call to our object; False for a member we do not have."""
+        method = METHODS.get(call.member)
+        if method is None:
             return False
-        if msg.signature != i.CLEANUP_SIGNATURE:
-            self._reply(msg, Message.new_error(
-                msg, INVALID_ARGS, f"Cleanup takes one string (signature 's'), got '{msg.signature}'"))
+        if call.signature != method.spec.in_signature:
+            self._spawn(self.bus.reply_error(
+                call, messages.INVALID_ARGS,
+                f"{method.spec.name} takes signature '{method.spec.in_signature}', got '{call.signature}'"))
             return True
         self.in_flight += 1
         self._idle.clear()
-        task = asyncio.get_running_loop().create_task(self._serve(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._serve(method, call))
         return True
 
-    def _reply(self, msg, reply):
-        if msg.flags & MessageFlag.NO_REPLY_EXPECTED:
-            return None
-        return self.bus.send(reply)
+    def _spawn(self, coro):
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, msg):
+    async def _serve(self, method, call):
         start = time.monotonic()
-        path = msg.body[0]
+        path = call.body[0]
         uid = pid = "-"
         result, removed = "ok", 0
         try:
             try:
-                uid, pid = await self._credentials(msg.sender)
-                interactive = bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
-                await polkit.authorize(
-                    self.bus, msg.sender, uid, interactive,
-                    self.polkit_interactive_timeout if interactive else self.polkit_timeout)
-                config = self.config
-                if isinstance(config, ConfigError):
-                    raise Failed(f"locald-admin is not configured correctly: {config}")
-                progress = Progress()
-                reporter = asyncio.get_running_loop().create_task(
-                    self._report_progress(msg.sender, path, progress, start))
-                try:
-                    removed = await self.jobs.cleanup(uid, path, config, progress)
-                finally:
-                    reporter.cancel()
-                reply = Message.new_method_return(msg)
+                uid, pid = await self._credentials(call.sender)
+                caller = Caller(call.sender, uid, pid)
+                timeout = self.polkit_interactive_timeout if call.allow_interactive else self.polkit_timeout
+                await self.authority.authorize(call.sender, uid, method.spec.action, call.allow_interactive, timeout)
+                removed, body = await method.run(self, caller, call, start)
+                reply = (self.bus.reply, (call, method.spec.out_signature, body))
             except MechanismError as e:
                 result, removed = e.dbus_name, e.removed
-                reply = Message.new_error(msg, e.dbus_name, e.message)
+                reply = (self.bus.reply_error, (call, e.dbus_name, e.message))
             except Exception:
-                log.exception("internal error while serving %s", msg.sender)
+                log.exception("internal error while serving %s", call.sender)
                 result = i.ERROR_FAILED
-                reply = Message.new_error(msg, i.ERROR_FAILED, "internal error in locald-admin; see its log")
-            audit(sender=msg.sender, uid=uid, pid=pid, path=path, result=result, removed=removed,
+                reply = (self.bus.reply_error, (call, i.ERROR_FAILED, "internal error in locald-admin; see its log"))
+            audit(sender=call.sender, uid=uid, pid=pid, path=path, result=result, removed=removed,
                   duration_ms=round((time.monotonic() - start) * 1000, 3))
-            sent = self._reply(msg, reply)
-            if sent is not None:
-                try:
-                    await sent
-                except Exception as e:  # the connection is gone; main() notices
-                    log.warning("could not send the reply to %s: %s", msg.sender, e)
+            send, args = reply
+            try:
+                await send(*args)
+            except BusError as e:  # the connection is gone; main() notices
+                log.warning("could not send the reply to %s: %s", call.sender, e)
         finally:
             self.in_flight -= 1
             self.last_done = time.monotonic()
             if self.in_flight == 0:
                 self._idle.set()
+
+    # -- the methods ----------------------------------------------------------
+    async def _cleanup(self, caller, call, start):
+        config = self.config
+        if isinstance(config, ConfigError):
+            raise Failed(f"locald-admin is not configured correctly: {config}")
+        path = call.body[0]
+        progress = Progress()
+        reporter = asyncio.get_running_loop().create_task(
+            self._report_progress(caller.name, path, progress, start))
+        try:
+            return await self.jobs.cleanup(caller.uid, path, config, progress), ()
+        finally:
+            reporter.cancel()
 
     async def _report_progress(self, sender, path, progress, start):
         """Every progress_interval, tell the caller (only the caller: paths
@@ -154,13 +159,7 @@ class CleanupService:
         deletion got."""
         while True:
             await asyncio.sleep(self.progress_interval)
-            try:
-                self.bus.send(Message(
-                    message_type=MessageType.SIGNAL, destination=sender, path=i.OBJECT_PATH,
-                    interface=i.INTERFACE, member=i.SIGNAL_PROGRESS, signature="std",
-                    body=[path, progress.removed, time.monotonic() - start]))
-            except Exception as e:
-                log.debug("progress signal to %s failed: %s", sender, e)
+            self.bus.post(messages.progress(sender, path, progress.removed, time.monotonic() - start))
 
     async def _credentials(self, sender):
         """uid and pid of ``sender``, from the bus daemon itself.
@@ -173,20 +172,15 @@ class CleanupService:
         if cached is not None:
             self._creds.move_to_end(sender)
             return cached
-        reply = await self.bus.call(Message(
-            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus", member="GetConnectionCredentials",
-            signature="s", body=[sender]))
-        if reply.message_type == MessageType.ERROR:
-            raise NotAuthorized(f"cannot identify the caller {sender}: {reply.error_name}")
-        creds = reply.body[0]
-        if "UnixUserID" not in creds:
-            raise NotAuthorized(f"the bus does not know the uid of {sender}")
-        pid = creds["ProcessID"].value if "ProcessID" in creds else "-"
-        self._creds[sender] = (creds["UnixUserID"].value, pid)
+        try:
+            uid, pid = messages.read_credentials(
+                await self.bus.call(messages.get_connection_credentials(sender)), sender)
+        except messages.BadReply as e:
+            raise NotAuthorized(str(e)) from None
+        creds = self._creds[sender] = (uid, "-" if pid is None else pid)
         if len(self._creds) > CREDENTIALS_CACHE_SIZE:
             self._creds.popitem(last=False)
-        return creds["UnixUserID"].value, pid
+        return creds
 
     # -- lifecycle ----------------------------------------------------------
     async def wait_idle(self, idle_timeout):
@@ -201,3 +195,9 @@ class CleanupService:
     async def drain(self):
         """Wait until every call already received has been answered."""
         await self._idle.wait()
+
+
+# The interface's methods, each bound to what performs it.
+METHODS = {m.spec.name: m for m in (
+    Method(i.CLEANUP, CleanupService._cleanup),
+)}

@@ -60,11 +60,11 @@ def count_outstanding(admin):
     real_call = bus.call
     state = {"now": 0, "max": 0}
 
-    async def call(msg):
+    async def call(*args, **kwargs):
         state["now"] += 1
         state["max"] = max(state["max"], state["now"])
         try:
-            return await real_call(msg)
+            return await real_call(*args, **kwargs)
         finally:
             state["now"] -= 1
 
@@ -102,7 +102,7 @@ async def force_many(options):
         "same_client": same is shared,
         "sender": same.unique_name,
         "connected": same._bus is not None and same._bus.connected,
-        "pending_replies": len(same._bus._method_return_handlers),
+        "pending_replies": same._bus.pending_replies,
         "progress_callbacks": len(same._progress),
         "free_slots": same._slots._value,
         "max_outstanding": state["max"],
@@ -148,7 +148,7 @@ async def calls(options):
     results = await asyncio.wait_for(asyncio.gather(*tasks), options.get("deadline", 120))
     emit({"event": "done", "ok": all(r.get("ok") for r in results),
           "max_outstanding": [s["max"] for s in states],
-          "pending_replies": [len(a._bus._method_return_handlers) for a in admins]})
+          "pending_replies": [a._bus.pending_replies for a in admins]})
     for a in admins:
         a.close()
 

@@ -1,0 +1,214 @@
+"""Every D-Bus message locald-admin sends or reads, as plain data.
+
+No D-Bus library here (``busio`` turns these into the library's messages and
+back), so what is sent and what is concluded from a reply can be tested
+without a bus.  Builders return a ``Call`` or a ``Signal``; readers take a
+``Reply`` (or a received ``Signal``) and return the decision the code needs,
+raising ``BadReply`` when the reply does not give one.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Tuple
+from xml.sax.saxutils import quoteattr
+
+from . import interface as i
+
+DBUS_NAME = "org.freedesktop.DBus"
+DBUS_PATH = "/org/freedesktop/DBus"
+INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
+PEER = "org.freedesktop.DBus.Peer"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+
+POLKIT_NAME = "org.freedesktop.PolicyKit1"
+POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
+POLKIT_IFACE = "org.freedesktop.PolicyKit1.Authority"
+INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
+
+
+@dataclass(frozen=True)
+class Variant:
+    signature: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class Call:
+    """A method call to send."""
+
+    destination: Optional[str]
+    path: str
+    interface: Optional[str]
+    member: str
+    signature: str = ""
+    body: Tuple = ()
+    allow_interactive: bool = False  # the ALLOW_INTERACTIVE_AUTHORIZATION flag
+    no_reply: bool = False  # NO_REPLY_EXPECTED: sent, never answered
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A signal to send (``sender`` None) or one received."""
+
+    destination: Optional[str]
+    path: str
+    interface: str
+    member: str
+    signature: str = ""
+    body: Tuple = ()
+    sender: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer to a call: a method return (``error_name`` None) or an
+    error.  Variants in the body arrive unwrapped to their values."""
+
+    sender: Optional[str]
+    error_name: Optional[str]
+    signature: str = ""
+    body: Tuple = ()
+
+    @property
+    def text(self):
+        """An error's message, or ''."""
+        return self.body[0] if self.body and isinstance(self.body[0], str) else ""
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A method call the service received.  ``handle`` is the library's own
+    message, which only ``busio`` looks at (to address the reply)."""
+
+    sender: Optional[str]
+    path: str
+    interface: Optional[str]
+    member: str
+    signature: str
+    body: Tuple
+    allow_interactive: bool
+    no_reply: bool
+    handle: Any = field(default=None, compare=False, repr=False)
+
+
+class BadReply(Exception):
+    """A reply that does not give the answer asked for; the message says why."""
+
+
+# -- Cleanup and Progress ----------------------------------------------------------
+
+def cleanup(path, interactive=False):
+    return Call(i.BUS_NAME, i.OBJECT_PATH, i.INTERFACE, i.CLEANUP.name, i.CLEANUP.in_signature, (path,),
+                allow_interactive=interactive)
+
+
+def progress(destination, path, removed, elapsed):
+    return Signal(destination, i.OBJECT_PATH, i.INTERFACE, i.PROGRESS.name, i.PROGRESS.signature,
+                  (path, removed, elapsed))
+
+
+def read_progress(signal, owner):
+    """(path, removed, elapsed) of a Progress signal, or None when it is
+    something else or does not come from ``owner`` (the service's unique
+    name): anyone on the bus may send us a signal."""
+    if (signal.member == i.PROGRESS.name and signal.interface == i.INTERFACE
+            and signal.signature == i.PROGRESS.signature and signal.sender is not None
+            and signal.sender == owner):
+        return tuple(signal.body)
+    return None
+
+
+# -- the bus daemon ------------------------------------------------------------------
+
+def get_name_owner(name):
+    return Call(DBUS_NAME, DBUS_PATH, DBUS_NAME, "GetNameOwner", "s", (name,))
+
+
+def read_name_owner(reply):
+    """The unique name owning the name, or None (no owner yet)."""
+    return reply.body[0] if reply.error_name is None and reply.body else None
+
+
+def get_connection_credentials(name):
+    return Call(DBUS_NAME, DBUS_PATH, DBUS_NAME, "GetConnectionCredentials", "s", (name,))
+
+
+def read_credentials(reply, name):
+    """(uid, pid or None) of ``name``, vouched for by the bus daemon."""
+    if reply.error_name is not None:
+        raise BadReply(f"cannot identify the caller {name}: {reply.error_name}")
+    creds = reply.body[0] if reply.body and isinstance(reply.body[0], dict) else {}
+    if "UnixUserID" not in creds:
+        raise BadReply(f"the bus does not know the uid of {name}")
+    return creds["UnixUserID"], creds.get("ProcessID")
+
+
+# -- polkit --------------------------------------------------------------------------
+
+def check_authorization(sender, action, interactive, cancel_id):
+    """Ask polkit about ``sender``: the subject is the caller's unique bus
+    name (system-bus-name), never a PID (CVE-2013-4288)."""
+    return Call(
+        POLKIT_NAME, POLKIT_PATH, POLKIT_IFACE, "CheckAuthorization", "(sa{sv})sa{ss}us",
+        (("system-bus-name", {"name": Variant("s", sender)}), action, {},
+         i.POLKIT_ALLOW_USER_INTERACTION if interactive else 0, cancel_id),
+        # polkit may itself have to ask an agent: allow it when we may.
+        allow_interactive=interactive)
+
+
+def cancel_check_authorization(cancel_id):
+    return Call(POLKIT_NAME, POLKIT_PATH, POLKIT_IFACE, "CancelCheckAuthorization", "s", (cancel_id,),
+                no_reply=True)
+
+
+@dataclass(frozen=True)
+class Authorization:
+    authorized: bool
+    challenge: bool  # polkit would ask for a password
+
+
+def read_authorization(reply):
+    if reply.error_name is not None:
+        detail = reply.text
+        raise BadReply(f"polkit is unavailable ({reply.error_name}{': ' + detail if detail else ''})")
+    try:
+        authorized, challenge, _details = reply.body[0]
+    except (TypeError, ValueError, IndexError):
+        raise BadReply("polkit sent a malformed answer") from None
+    return Authorization(authorized is True, bool(challenge))
+
+
+# -- introspection -------------------------------------------------------------------
+
+def introspection_xml(path):
+    """The introspection document for ``path``: the interface at
+    OBJECT_PATH, made from the member tables in ``interface``, and the
+    nodes that lead there from its ancestors."""
+    head = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
+            ' "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n<node>\n')
+    if path != i.OBJECT_PATH:
+        prefix = path.rstrip("/") + "/"
+        child = i.OBJECT_PATH[len(prefix):].split("/", 1)[0]
+        return head + f"  <node name={quoteattr(child)}/>\n</node>\n"
+
+    def args(items, direction=None):
+        d = f" direction={quoteattr(direction)}" if direction else ""
+        return "".join(f"      <arg name={quoteattr(a.name)} type={quoteattr(a.signature)}{d}/>\n" for a in items)
+
+    out = [head, f"  <interface name={quoteattr(i.INTERFACE)}>\n"]
+    for m in i.METHODS:
+        out.append(f"    <method name={quoteattr(m.name)}>\n{args(m.in_args, 'in')}{args(m.out_args, 'out')}"
+                   "    </method>\n")
+    for s in i.SIGNALS:
+        out.append(f"    <signal name={quoteattr(s.name)}>\n{args(s.args)}    </signal>\n")
+    out.append("  </interface>\n")
+    out.append(f'  <interface name="{INTROSPECTABLE}">\n    <method name="Introspect">\n'
+               '      <arg name="xml_data" type="s" direction="out"/>\n    </method>\n  </interface>\n')
+    out.append(f'  <interface name="{PEER}">\n    <method name="Ping"/>\n    <method name="GetMachineId">\n'
+               '      <arg name="machine_uuid" type="s" direction="out"/>\n    </method>\n  </interface>\n')
+    out.append("</node>\n")
+    return "".join(out)
+
+
+def introspects(path):
+    """Whether ``path`` is OBJECT_PATH or one of its ancestors."""
+    return path == i.OBJECT_PATH or i.OBJECT_PATH.startswith(path.rstrip("/") + "/")
