@@ -1,19 +1,38 @@
-"""One cleanup request, start to end, without a bus: lexical rules, scope
-resolution, mount check, deletion.  Pure file-system logic, testable alone.
+"""One request, start to end, without a bus: lexical rules, scope
+resolution, mount check, deletion.  Pure file-system logic, testable alone;
+the service runs ``Engine.cleanup`` inside a scheduled job (a worker thread),
+so no path is ever resolved on the event loop (a hung FUSE mount above an
+anchor would freeze every caller).
 """
 
+import concurrent.futures
 import os
+import threading
 
 from .. import pathrules
 from ..fs import fsops
 from ..fs import remove as fsremove
+from ..fs import walk
 from . import scope
 from .config import Config
 from .errors import Failed, InvalidPath, MountPoint, OutsideScope
+from .settings import Settings
 
-# Threads that walk the target's subdirectories at once (set by the
-# service's --walk-threads); 1 walks them one after another.
-WALK_THREADS = 2
+DEFAULT_WALK_THREADS = Settings().walk_threads
+
+
+class Progress:
+    """What a running request has removed so far (read from the loop while
+    the walk runs in its thread)."""
+
+    __slots__ = ("walk",)
+
+    def __init__(self):
+        self.walk = walk.WalkResult()
+
+    @property
+    def removed(self):
+        return self.walk.removed_total
 
 
 def parse(path):
@@ -44,15 +63,15 @@ def identity(target):
     return (st.st_dev, st.st_ino)
 
 
-def remove(target, progress=None):
+def remove(target, progress=None, threads=DEFAULT_WALK_THREADS):
     """Remove a resolved target; return entries removed.  Closes it.
 
     ``progress``: a walk.WalkResult to count into, read by another thread
-    for progress reports.
+    for progress reports.  ``threads``: for the target's subdirectories.
     """
     try:
         return fsremove.remove_entry(target.parent_fd, target.name, target.display, held_fd=target.anchor_fd,
-                                     progress=progress, threads=WALK_THREADS)
+                                     progress=progress, threads=threads)
     except fsremove.MountInTheWay as e:
         raise MountPoint(e.message, removed=e.removed) from None
     except fsremove.RemoveError as e:
@@ -61,11 +80,58 @@ def remove(target, progress=None):
         target.close()
 
 
-def cleanup(path, caller_uid, config=Config(), progress=None):
+def cleanup(path, caller_uid, config=Config(), progress=None, threads=DEFAULT_WALK_THREADS):
     """Remove ``path`` on behalf of ``caller_uid``; return entries removed.
 
     ``config``: the administrator's configuration (roots, owner rule).
     A target that does not exist is success with 0 removed.
     """
     target = resolve(path, caller_uid, config)
-    return 0 if target is None else remove(target, progress)
+    return 0 if target is None else remove(target, progress, threads)
+
+
+class Engine:
+    """The requests of one running service: each one's sequence, and which
+    of them share a walk.
+
+    Two concurrent requests of the same uid for the same resolved target
+    (same st_dev, st_ino) share one walk: the second waits for the first's
+    result instead of racing it through the same tree.
+    """
+
+    def __init__(self, walk_threads=DEFAULT_WALK_THREADS):
+        self.walk_threads = walk_threads
+        self._shared = {}  # (uid, st_dev, st_ino) -> (Future, Progress)
+        self._lock = threading.Lock()
+        self.shared_walks = 0  # requests that joined another's walk
+
+    def cleanup(self, path, uid, config, progress):
+        """Cleanup(path) for ``uid``, in a worker thread; returns entries
+        removed or raises a MechanismError."""
+        target = resolve(path, uid, config)
+        if target is None:
+            return 0
+        ident = identity(target)
+        if ident is None:
+            return remove(target, progress.walk, self.walk_threads)
+        key = (uid,) + ident
+        with self._lock:
+            shared = self._shared.get(key)
+            if shared is None:
+                mine = concurrent.futures.Future()
+                self._shared[key] = (mine, progress)
+        if shared is not None:
+            target.close()
+            self.shared_walks += 1
+            progress.walk = shared[1].walk  # report the shared walk's progress
+            return shared[0].result()
+        try:
+            removed = remove(target, progress.walk, self.walk_threads)
+            mine.set_result(removed)
+            return removed
+        except BaseException as e:
+            mine.set_exception(e)
+            raise
+        finally:
+            with self._lock:
+                del self._shared[key]

@@ -1,4 +1,8 @@
-"""Run deletions off the event loop: fair across callers, bounded, shared.
+"""A fair, bounded scheduler of blocking jobs, off the event loop.
+
+It knows nothing about what a job does (``submit(uid, fn, *args)``): the
+engine owns the request's sequence, and decides there whether two requests
+share one walk.
 
 * Each job runs in a thread of its own (unlinkat and getdents release the
   GIL), so the event loop keeps answering other callers.
@@ -9,31 +13,11 @@
 * At most ``per_uid`` jobs of one uid run at once, and waiting jobs are
   started round-robin across uids (the uid served longest ago first): one user firing hundreds of requests, or
   hanging their own threads on purpose, cannot starve another user.
-* Two concurrent requests of the same uid for the same resolved target
-  (same st_dev, st_ino) share one walk: the second waits for the first's
-  result instead of racing it through the same tree.
 """
 
 import asyncio
 import collections
-import concurrent.futures
 import threading
-
-from ..fs import walk
-from . import engine
-
-
-class Progress:
-    """What a running request has removed so far (read from the loop)."""
-
-    __slots__ = ("walk",)
-
-    def __init__(self):
-        self.walk = walk.WalkResult()
-
-    @property
-    def removed(self):
-        return self.walk.removed_total
 
 
 class _Threads:
@@ -78,19 +62,12 @@ class Jobs:
         self._last_turn = {}  # uid -> value of self.started when it last got a turn
         self._running_per_uid = collections.Counter()
         self._counted = 0  # running jobs that count against max_running
-        self._shared = {}  # (uid, st_dev, st_ino) -> (Future, Progress)
-        self._shared_lock = threading.Lock()
         self._threads = _Threads()
         self.started = 0  # jobs started, for tests and stats
-        self.shared_walks = 0  # requests that joined another's walk
 
     @property
     def running(self):
         return sum(self._running_per_uid.values())
-
-    async def cleanup(self, uid, path, config, progress):
-        """Queue a request; return entries removed (or raise its error)."""
-        return await self.submit(uid, self._request, uid, path, config, progress)
 
     async def submit(self, uid, fn, *args):
         """Run ``fn(*args)`` in a thread when ``uid``'s turn comes."""
@@ -149,33 +126,3 @@ class Jobs:
         if not fut.done():
             fut.set_exception(error) if error is not None else fut.set_result(result)
         self._dispatch(loop)
-
-    # -- the job itself (worker thread) ----------------------------------------
-    def _request(self, uid, path, config, progress):
-        target = engine.resolve(path, uid, config)
-        if target is None:
-            return 0
-        ident = engine.identity(target)
-        if ident is None:
-            return engine.remove(target, progress.walk)
-        key = (uid,) + ident
-        with self._shared_lock:
-            shared = self._shared.get(key)
-            if shared is None:
-                mine = concurrent.futures.Future()
-                self._shared[key] = (mine, progress)
-        if shared is not None:
-            target.close()
-            self.shared_walks += 1
-            progress.walk = shared[1].walk  # report the shared walk's progress
-            return shared[0].result()
-        try:
-            removed = engine.remove(target, progress.walk)
-            mine.set_result(removed)
-            return removed
-        except BaseException as e:
-            mine.set_exception(e)
-            raise
-        finally:
-            with self._shared_lock:
-                del self._shared[key]

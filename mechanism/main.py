@@ -8,10 +8,10 @@ import sys
 
 from .. import interface as i
 from ..busio import BusError, Connection
-from . import config as configuration
 from ..fs import fsops
-from . import engine
+from . import config as configuration
 from .service import CleanupService
+from .settings import Settings
 
 log = logging.getLogger("locald_admin.mechanism")
 
@@ -23,34 +23,61 @@ def _nonneg(text):
     return v
 
 
-def parse_args(argv=None):
+def _positive(text):
+    v = float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return v
+
+
+def _at_least_one(text):
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return v
+
+
+D = Settings()  # the defaults, shown in --help
+
+
+def parser():
     p = argparse.ArgumentParser(
         prog="locald-admin-mechanism",
         description=f"Serve {i.BUS_NAME} on the system bus (DBUS_SYSTEM_BUS_ADDRESS is honoured).")
-    p.add_argument("--idle-timeout", type=_nonneg, default=0, metavar="SECONDS",
+    p.add_argument("--idle-timeout", type=_nonneg, default=D.idle_timeout, metavar="SECONDS",
                    help="exit after this many seconds without a call in flight (0: never; default 0)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                   help="log level on stderr (default info); audit lines are always written")
-    p.add_argument("--address", help="bus address to use instead of the system bus")
-    p.add_argument("--workers", type=int, default=4,
-                   help="deletions running at once (default 4; one running longer than 5 s stops counting)")
-    p.add_argument("--per-uid", type=int, default=2,
-                   help="deletions of one caller running at once (default 2)")
-    p.add_argument("--walk-threads", type=int, default=engine.WALK_THREADS,
-                   help=f"threads removing one tree's subdirectories at once (default {engine.WALK_THREADS})")
-    p.add_argument("--polkit-timeout", type=_nonneg, default=15.0, metavar="SECONDS",
-                   help="give up on polkit after this long for non-interactive calls (default 15)")
-    p.add_argument("--polkit-interactive-timeout", type=_nonneg, default=300.0, metavar="SECONDS",
-                   help="the same for calls that allow interactive authorization (default 300)")
-    p.add_argument("--config", default=configuration.DEFAULT_PATH, metavar="FILE",
-                   help=f"administrator's configuration (default {configuration.DEFAULT_PATH}; "
+    p.add_argument("--log-level", default=D.log_level, choices=["debug", "info", "warning", "error"],
+                   help=f"log level on stderr (default {D.log_level}); audit lines are always written")
+    p.add_argument("--address", default=D.address, help="bus address to use instead of the system bus")
+    p.add_argument("--workers", type=_at_least_one, default=D.workers, metavar="N",
+                   help=f"deletions running at once (default {D.workers}; one running longer than "
+                        "--long-job-after stops counting)")
+    p.add_argument("--per-uid", type=_at_least_one, default=D.per_uid, metavar="N",
+                   help=f"deletions of one caller running at once (default {D.per_uid})")
+    p.add_argument("--long-job-after", type=_positive, default=D.long_job_after, metavar="SECONDS",
+                   help=f"a deletion running this long stops counting against --workers "
+                        f"(default {D.long_job_after:g})")
+    p.add_argument("--walk-threads", type=_at_least_one, default=D.walk_threads, metavar="N",
+                   help=f"threads removing one tree's subdirectories at once (default {D.walk_threads})")
+    p.add_argument("--polkit-timeout", type=_nonneg, default=D.polkit_timeout, metavar="SECONDS",
+                   help=f"give up on polkit after this long for non-interactive calls "
+                        f"(default {D.polkit_timeout:g})")
+    p.add_argument("--polkit-interactive-timeout", type=_nonneg, default=D.polkit_interactive_timeout,
+                   metavar="SECONDS", help="the same for calls that allow interactive authorization "
+                                           f"(default {D.polkit_interactive_timeout:g})")
+    p.add_argument("--progress-interval", type=_positive, default=D.progress_interval, metavar="SECONDS",
+                   help=f"seconds between Progress signals to a caller (default {D.progress_interval:g})")
+    p.add_argument("--config", dest="config_path", default=D.config_path, metavar="FILE",
+                   help=f"administrator's configuration (default {D.config_path}; "
                         "missing: built-in defaults; re-read on SIGHUP)")
-    p.add_argument("--no-openat2", action="store_true",
+    p.add_argument("--no-openat2", dest="openat2", action="store_false",
                    help="use the O_NOFOLLOW + mount-id fallback even where openat2 exists (testing)")
-    args = p.parse_args(argv)
-    if args.workers < 1 or args.per_uid < 1 or args.walk_threads < 1:
-        p.error("--workers, --per-uid and --walk-threads must be at least 1")
-    return args
+    return p
+
+
+def parse_args(argv=None):
+    """The command line as Settings."""
+    return Settings(**vars(parser().parse_args(argv)))
 
 
 def load_config(path):
@@ -73,16 +100,13 @@ def reload_config(service, path):
         log.error("configuration not reloaded, the previous one stays in force: %s", e)
 
 
-async def serve(args):
+async def serve(settings):
     try:
-        bus = await Connection.open(args.address)
+        bus = await Connection.open(settings.address)
     except BusError as e:
         log.error("cannot connect to the bus: %s", e)
         return 1
-    service = CleanupService(bus, workers=args.workers, per_uid=args.per_uid,
-                             polkit_timeout=args.polkit_timeout,
-                             polkit_interactive_timeout=args.polkit_interactive_timeout,
-                             config=load_config(args.config))
+    service = CleanupService(bus, settings, load_config(settings.config_path))
     service.install()
     try:
         await bus.own_name(i.BUS_NAME)
@@ -95,13 +119,13 @@ async def serve(args):
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_config, service, args.config)
+    loop.add_signal_handler(signal.SIGHUP, reload_config, service, settings.config_path)
     waiters = {
         loop.create_task(bus.wait_closed()): "disconnected",
         loop.create_task(stop.wait()): "signal",
     }
-    if args.idle_timeout > 0:
-        waiters[loop.create_task(service.wait_idle(args.idle_timeout))] = "idle"
+    if settings.idle_timeout > 0:
+        waiters[loop.create_task(service.wait_idle(settings.idle_timeout))] = "idle"
     done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     why = waiters[next(iter(done))]
     for t in pending:
@@ -125,14 +149,13 @@ async def serve(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    settings = parse_args(argv)
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="locald-admin-mechanism: %(levelname)s: %(message)s")
-    if args.no_openat2:
+    if not settings.openat2:
         fsops.set_openat2(False)
-    engine.WALK_THREADS = args.walk_threads
     try:
-        return asyncio.run(serve(args))
+        return asyncio.run(serve(settings))
     except KeyboardInterrupt:
         return 130
 

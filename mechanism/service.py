@@ -25,9 +25,11 @@ from .. import interface as i
 from .. import messages
 from ..busio import BusError
 from .config import ConfigError
+from .engine import Engine, Progress
 from .errors import Failed, MechanismError, NotAuthorized
-from .jobs import Jobs, Progress
+from .jobs import Jobs
 from .polkit import Authority
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +66,13 @@ def audit(**fields):
 
 
 class CleanupService:
-    def __init__(self, bus, *, workers=4, per_uid=2, polkit_timeout=15.0, polkit_interactive_timeout=300.0,
-                 config=None, progress_interval=1.0):
+    def __init__(self, bus, settings=Settings(), config=None):
         self.bus = bus
-        self.jobs = Jobs(max_running=workers, per_uid=per_uid)
-        self.authority = Authority(bus)
-        self.progress_interval = progress_interval
-        self.polkit_timeout = polkit_timeout
-        self.polkit_interactive_timeout = polkit_interactive_timeout
+        self.settings = settings
+        self.engine = Engine(walk_threads=settings.walk_threads)
+        self.jobs = Jobs(max_running=settings.workers, per_uid=settings.per_uid,
+                         long_after=settings.long_job_after)
+        self.authority = Authority(bus, max_in_flight=settings.polkit_checks_in_flight)
         # A Config, or the ConfigError that made the configuration unusable:
         # then every call fails closed, naming the problem.
         self.config = config
@@ -115,8 +116,8 @@ class CleanupService:
             try:
                 uid, pid = await self._credentials(call.sender)
                 caller = Caller(call.sender, uid, pid)
-                timeout = self.polkit_interactive_timeout if call.allow_interactive else self.polkit_timeout
-                await self.authority.authorize(call.sender, uid, method.spec.action, call.allow_interactive, timeout)
+                await self.authority.authorize(call.sender, uid, method.spec.action, call.allow_interactive,
+                                               self.settings.polkit_timeout_for(call.allow_interactive))
                 removed, body = await method.run(self, caller, call, start)
                 reply = (self.bus.reply, (call, method.spec.out_signature, body))
             except MechanismError as e:
@@ -149,7 +150,7 @@ class CleanupService:
         reporter = asyncio.get_running_loop().create_task(
             self._report_progress(caller.name, path, progress, start))
         try:
-            return await self.jobs.cleanup(caller.uid, path, config, progress), ()
+            return await self.jobs.submit(caller.uid, self.engine.cleanup, path, caller.uid, config, progress), ()
         finally:
             reporter.cancel()
 
@@ -158,7 +159,7 @@ class CleanupService:
         are private, so the signal is unicast, never broadcast) how far the
         deletion got."""
         while True:
-            await asyncio.sleep(self.progress_interval)
+            await asyncio.sleep(self.settings.progress_interval)
             self.bus.post(messages.progress(sender, path, progress.removed, time.monotonic() - start))
 
     async def _credentials(self, sender):

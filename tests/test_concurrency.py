@@ -31,7 +31,6 @@ import queue
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -41,8 +40,7 @@ import dbus
 import pytest
 
 from locald_admin import interface as i
-from support import (IS_ROOT, OTHER_USER, ClientRunner, Mechanism, PolkitMock, rm_rf,
-                     wait_for_name, world_tmpdir)
+from support import IS_ROOT, OTHER_USER, ClientRunner, Mechanism, PolkitMock, rm_rf, world_tmpdir
 
 HERE = Path(__file__).resolve().parent
 PROBE = "concurrency_probe.py"
@@ -61,39 +59,6 @@ def polkit(bus):
     p.stop()
 
 
-WRAPPER = """\
-import sys
-from locald_admin.mechanism import main, service
-
-_init = service.CleanupService.__init__
-
-
-def _init_with_interval(self, *args, **kw):
-    kw["progress_interval"] = {interval!r}
-    _init(self, *args, **kw)
-
-
-service.CleanupService.__init__ = _init_with_interval
-sys.exit(main.main(sys.argv[1:]))
-"""
-
-
-class WrappedMechanism(Mechanism):
-    """The real mechanism with a short Progress interval (main.py has no
-    option for it): a wrapper patches CleanupService, then runs main()."""
-
-    def __init__(self, bus, interval, *args):
-        self.bus = bus
-        wrapper = bus.dir / f"mechanism-wrapper-{time.monotonic_ns()}.py"
-        wrapper.write_text(WRAPPER.format(interval=interval))
-        self.stderr_path = bus.dir / f"mechanism-{time.monotonic_ns()}.log"
-        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus.address)
-        with open(self.stderr_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, str(wrapper), *args],
-                                         env=env, stdin=subprocess.DEVNULL, stderr=log)
-        wait_for_name(bus.address, i.BUS_NAME, proc=self.proc)
-
-
 @pytest.fixture
 def start_mechanism(bus, polkit):
     """start_mechanism(*args, progress_interval=None): a mechanism of the
@@ -104,8 +69,9 @@ def start_mechanism(bus, polkit):
         polkit.allow(True)
         # built-in defaults (which allow / and /dev/shm), whatever the host has
         args = ("--config", str(bus.dir / "no-such-admin.conf"), *args)
-        m = Mechanism(bus, *args) if progress_interval is None else WrappedMechanism(
-            bus, progress_interval, *args)
+        if progress_interval is not None:
+            args += ("--progress-interval", str(progress_interval))
+        m = Mechanism(bus, *args)
         started.append(m)
         return m
 

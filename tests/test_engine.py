@@ -427,7 +427,7 @@ def test_fds_stay_bounded_during_a_deep_walk(mode, anchor, rmrf, monkeypatch, ma
     assert engine.cleanup(str(t), ME) == depth + 2
     # every directory was listed once, the target once more by the parallel
     # pre-pass (which finds a single subdirectory and leaves it to the walk)
-    assert len(seen) == depth + 1 + (engine.WALK_THREADS > 1)
+    assert len(seen) == depth + 1 + (engine.DEFAULT_WALK_THREADS > 1)
     # The resolver's fds (prefix, anchor, target) + at most MAX_HELD_FDS
     # directories + a little slack; without the bound this would be ~depth.
     assert max(seen) - baseline <= limit + 6, (max(seen), baseline, limit)
@@ -439,7 +439,6 @@ def test_parallel_walk_keeps_fds_bounded_per_thread(mode, anchor, rmrf, monkeypa
     """Two deep chains side by side: both threads walk one each, and each
     holds at most MAX_HELD_FDS directory fds."""
     monkeypatch.setattr(walk, "MAX_HELD_FDS", 8)
-    monkeypatch.setattr(engine, "WALK_THREADS", 2)
     rmrf(anchor.parent)
     t = anchor / "deep"
     for side in ("a", "b"):
@@ -454,7 +453,7 @@ def test_parallel_walk_keeps_fds_bounded_per_thread(mode, anchor, rmrf, monkeypa
 
     monkeypatch.setattr(walk, "_list", counting_list)
     baseline = open_fds()
-    assert engine.cleanup(str(t), ME) == 2 * (500 + 1 + 1) + 1
+    assert engine.cleanup(str(t), ME, threads=2) == 2 * (500 + 1 + 1) + 1
     assert max(seen) - baseline <= 2 * walk.MAX_HELD_FDS + 8, (max(seen), baseline)
     assert open_fds() == baseline
 

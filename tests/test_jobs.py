@@ -1,5 +1,5 @@
 """The scheduler (mechanism/jobs.py) as pure logic: limits, fairness across
-uids, long jobs that stop counting, and shared walks.  Jobs block on events
+uids, long jobs that stop counting; and the engine's shared walks.  Jobs block on events
 the test controls, so every assertion is about order, never about time."""
 
 import asyncio
@@ -124,22 +124,23 @@ def test_same_target_twice_shares_one_walk(tmp_path, monkeypatch):
     real_remove = engine.remove
     walks = []
 
-    def slow_remove(target, progress=None):
+    def slow_remove(target, progress=None, threads=1):
         walks.append(target.display)
         entered.set()
         assert release.wait(20)
-        return real_remove(target, progress)
+        return real_remove(target, progress, threads)
 
     monkeypatch.setattr(engine, "remove", slow_remove)
 
     async def main():
-        j = jobs.Jobs(max_running=4, per_uid=2)
-        p1, p2 = jobs.Progress(), jobs.Progress()
-        first = asyncio.ensure_future(j.cleanup(os.getuid(), str(anchor / "t"), engine.Config(), p1))
+        j, eng = jobs.Jobs(max_running=4, per_uid=2), engine.Engine()
+        p1, p2 = engine.Progress(), engine.Progress()
+        uid = os.getuid()
+        first = asyncio.ensure_future(j.submit(uid, eng.cleanup, str(anchor / "t"), uid, engine.Config(), p1))
         await until(entered.is_set)
         # the same directory, spelled differently
-        second = asyncio.ensure_future(j.cleanup(os.getuid(), str(anchor) + "//t/", engine.Config(), p2))
-        await until(lambda: j.shared_walks == 1)
+        second = asyncio.ensure_future(j.submit(uid, eng.cleanup, str(anchor) + "//t/", uid, engine.Config(), p2))
+        await until(lambda: eng.shared_walks == 1)
         release.set()
         return await first, await second, p2.walk is p1.walk
 

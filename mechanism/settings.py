@@ -1,0 +1,33 @@
+"""The mechanism's settings: one frozen object, built once from the command
+line (``main.parse_args``) and passed down to whatever needs a value.
+
+No module holds a setting of its own; tests build a ``Settings`` with the
+values they need instead of patching modules.  Options that exist mainly for
+tests (``--no-openat2``, ``--progress-interval``, ``--long-job-after``) are
+documented in ``--help`` like the others.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .config import DEFAULT_PATH
+
+
+@dataclass(frozen=True)
+class Settings:
+    address: Optional[str] = None  # bus address; None: the system bus
+    idle_timeout: float = 0.0  # exit after this long without a call (0: never)
+    log_level: str = "info"
+    config_path: str = DEFAULT_PATH  # the administrator's configuration
+    workers: int = 4  # deletions running at once
+    per_uid: int = 2  # deletions of one caller running at once
+    long_job_after: float = 5.0  # a job running this long stops counting against `workers`
+    walk_threads: int = 2  # threads removing one tree's subdirectories
+    polkit_timeout: float = 15.0
+    polkit_interactive_timeout: float = 300.0
+    polkit_checks_in_flight: int = 96  # below the bus' 128 pending replies per connection
+    progress_interval: float = 1.0  # seconds between Progress signals
+    openat2: bool = True  # False: the fallback even where the kernel has openat2
+
+    def polkit_timeout_for(self, interactive):
+        return self.polkit_interactive_timeout if interactive else self.polkit_timeout
