@@ -28,9 +28,9 @@ What the caller sees (``remove``):
 import errno
 import os
 
-from .. import pathrules
-from ..fs import fsops
-from ..fs import remove as fsremove
+from locald_admin import pathrules
+from locald_admin.fs import fsops
+from locald_admin.fs import remove as fsremove
 from .errors import MountPointError
 
 # One thread: two interpreter threads trading the GIL on every system call

@@ -11,9 +11,9 @@ import asyncio
 import os
 import weakref
 
-from .. import interface as i
-from .. import messages, pathrules
-from ..busio import BusError, Connection
+from locald_admin import interface as i
+from locald_admin import messages, pathrules
+from locald_admin.busio import BusError, Connection
 from . import as_user
 from .errors import (NO_SERVICE_ERRORS, CleanupError, CleanupFailedError, InvalidPathError,
                      MechanismUnavailable, from_dbus)

@@ -1,7 +1,7 @@
 """Exceptions the client raises, one per entry of the contract's error table
 (``locald_admin.interface.ERRORS``)."""
 
-from .. import interface as i
+from locald_admin import interface as i
 
 
 class CleanupError(Exception):

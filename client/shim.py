@@ -13,8 +13,8 @@ import shutil
 import subprocess
 import sys
 
-from .. import interface as i
-from ..pathrules import display
+from locald_admin import interface as i
+from locald_admin.pathrules import display
 from .cleanup import absolute_path, request_cleanup
 from .errors import CleanupError, InvalidPathError, MechanismUnavailable
 

@@ -9,10 +9,10 @@ import concurrent.futures
 import os
 import threading
 
-from .. import pathrules
-from ..fs import fsops
-from ..fs import remove as fsremove
-from ..fs import walk
+from locald_admin import pathrules
+from locald_admin.fs import fsops
+from locald_admin.fs import remove as fsremove
+from locald_admin.fs import walk
 from . import scope
 from .config import Config
 from .errors import Failed, InvalidPath, MountPoint, OutsideScope

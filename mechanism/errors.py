@@ -5,7 +5,7 @@ its D-Bus name comes from that one table.
 The message is one plain line: it crosses the bus to the caller.
 """
 
-from .. import interface as i
+from locald_admin import interface as i
 
 
 class MechanismError(Exception):

@@ -6,9 +6,9 @@ import logging
 import signal
 import sys
 
-from .. import interface as i
-from ..busio import BusError, Connection
-from ..fs import fsops
+from locald_admin import interface as i
+from locald_admin.busio import BusError, Connection
+from locald_admin.fs import fsops
 from . import config as configuration
 from .service import CleanupService
 from .settings import Settings

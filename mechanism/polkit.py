@@ -11,8 +11,8 @@ Nothing is cached across calls.
 import asyncio
 import itertools
 
-from .. import messages
-from ..busio import BusError
+from locald_admin import messages
+from locald_admin.busio import BusError
 from .errors import InteractiveAuthorizationRequired, NotAuthorized
 
 

@@ -16,8 +16,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from .. import pathrules
-from ..fs import fsops
+from locald_admin import pathrules
+from locald_admin.fs import fsops
 from .config import Config
 from .errors import Failed, MountPoint, OutsideScope
 

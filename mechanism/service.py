@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import interface as i
-from .. import messages
-from ..busio import BusError
+from locald_admin import interface as i
+from locald_admin import messages
+from locald_admin.busio import BusError
 from .config import ConfigError
 from .engine import Engine, Progress
 from .errors import Failed, MechanismError, NotAuthorized

@@ -1,0 +1,51 @@
+"""The structure docs/architecture.md describes, checked on the source:
+one module imports the D-Bus library, the import graph reads from the
+tree, and the two halves share code only through ``locald_admin/``.
+Runs anywhere (it only parses files)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PRODUCT = sorted(p for d in ("locald_admin", "mechanism", "client") for p in (ROOT / d).rglob("*.py"))
+
+
+def imports(path):
+    """(level, module) of every import in ``path``."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(0, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            out.append((node.level, node.module or ""))
+    return out
+
+
+def rel(path):
+    return str(path.relative_to(ROOT))
+
+
+def test_only_busio_imports_the_dbus_library():
+    users = {rel(p) for p in PRODUCT
+             if any(m.split(".")[0] in ("dbus_next", "dbus_fast", "dbus", "jeepney") for _, m in imports(p))}
+    assert users == {"locald_admin/busio.py"}
+
+
+@pytest.mark.parametrize("path", [p for p in PRODUCT if p.parts[-2] in ("mechanism", "client")], ids=rel)
+def test_mechanism_and_client_name_shared_code_by_its_full_name(path):
+    """``from ..x`` inside mechanism/ or client/ names a folder that is not
+    the parent on disk; only same-folder relative imports are allowed."""
+    assert all(level <= 1 for level, _ in imports(path)), rel(path)
+
+
+@pytest.mark.parametrize("half, other", [("mechanism", "client"), ("client", "mechanism")])
+def test_the_halves_do_not_import_each_other(half, other):
+    for p in (ROOT / half).rglob("*.py"):
+        assert not any(m.startswith(f"locald_admin.{other}") for _, m in imports(p)), rel(p)
+
+
+def test_the_shared_package_imports_neither_half():
+    for p in (ROOT / "locald_admin").rglob("*.py"):
+        assert not any(m.startswith(("locald_admin.mechanism", "locald_admin.client")) for _, m in imports(p)), rel(p)
