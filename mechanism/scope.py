@@ -149,13 +149,14 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Conf
         try:
             anchor_fd = fsops.open_beneath(prefix_fd, anchor)
         except OSError as e:
-            if e.errno == errno.ENOENT:
+            why = fsops.refusal(e)
+            if why is fsops.GONE:
                 t.close()
                 return None
-            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            if why is fsops.NOT_FOLLOWED:
                 what = "a symlink" if _is_symlink(prefix_fd, anchor) else "not a directory"
                 raise OutsideScope(f"{shown}: the anchor {aname} is {what}") from None
-            if e.errno == errno.EXDEV:
+            if why is fsops.MOUNT:
                 raise MountPoint(f"{shown}: the anchor {aname} is a mount point") from None
             raise Failed(f"{shown}: cannot open the anchor: {e.strerror}") from None
         t.fds.append(anchor_fd)
@@ -178,15 +179,16 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Conf
             try:
                 nxt = fsops.open_beneath(dirfd, comp)
             except OSError as e:
-                if e.errno == errno.ENOENT:
+                why = fsops.refusal(e)
+                if why is fsops.GONE:
                     t.close()
                     return None
-                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                if why is fsops.NOT_FOLLOWED:
                     if _is_symlink(dirfd, comp) or e.errno == errno.ELOOP:
                         raise OutsideScope(f"{shown}: {pathrules.display(comp)} is a symlink below the anchor") from None
                     t.close()
                     return None  # a file where a directory is needed: no target
-                if e.errno == errno.EXDEV:
+                if why is fsops.MOUNT:
                     raise MountPoint(f"{shown}: {pathrules.display(comp)} is a mount point") from None
                 raise Failed(f"{shown}: cannot open {pathrules.display(comp)}: {e.strerror}") from None
             t.fds.append(nxt)

@@ -27,6 +27,22 @@ BENEATH = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV | RESOLVE_NO_M
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
+# What a failed ``open_beneath`` or ``lstat_beneath`` says about the entry,
+# the same for every caller (scope resolution, removal, the walk).  The part
+# of a path above an anchor is opened with ordinary resolution and means
+# something else (see scope.py).
+GONE = "gone"  # ENOENT: nothing there (any more)
+NOT_FOLLOWED = "not followed"  # ELOOP, ENOTDIR: a symlink (never followed), or not a directory
+MOUNT = "mount"  # EXDEV: a mount point (never crossed)
+FAILED = "failed"  # anything else: a real error, reported with its errno
+_REFUSALS = {errno.ENOENT: GONE, errno.ELOOP: NOT_FOLLOWED, errno.ENOTDIR: NOT_FOLLOWED, errno.EXDEV: MOUNT}
+
+
+def refusal(e):
+    """GONE, NOT_FOLLOWED, MOUNT or FAILED for the OSError ``e``."""
+    return _REFUSALS.get(e.errno, FAILED)
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long

@@ -84,7 +84,7 @@ def _remove_once(parent_fd, name, shown, held_fd, progress, threads):
     try:
         st = fsops.lstat_beneath(parent_fd, name)
     except OSError as e:
-        if e.errno == errno.ENOENT:
+        if fsops.refusal(e) is fsops.GONE:
             return 0
         raise _open_error(shown, e) from None
     if not stat.S_ISDIR(st.st_mode):
@@ -102,10 +102,11 @@ def _remove_once(parent_fd, name, shown, held_fd, progress, threads):
     try:
         dir_fd = fsops.open_beneath(parent_fd, name)
     except OSError as e:
-        if e.errno == errno.ENOENT:
+        why = fsops.refusal(e)
+        if why is fsops.GONE:
             return 0
-        if e.errno in (errno.ELOOP, errno.ENOTDIR):
-            return None
+        if why is fsops.NOT_FOLLOWED:
+            return None  # a symlink or file swapped in since the lstat: look again
         raise _open_error(shown, e) from None
     try:
         return _remove_dir(parent_fd, name, shown, dir_fd, progress, threads)
@@ -114,7 +115,7 @@ def _remove_once(parent_fd, name, shown, held_fd, progress, threads):
 
 
 def _open_error(shown, e):
-    if e.errno == errno.EXDEV:
+    if fsops.refusal(e) is fsops.MOUNT:
         return MountInTheWay(f"{shown} is a mount point; nothing was removed")
     return RemoveFailed(f"{shown}: {e.strerror}", [(shown, e.errno)])
 
