@@ -8,6 +8,9 @@
     [owner]
     # Whether uid 0 callers may clean anchors they do not own.
     root_skips_owner_check = yes
+    # Whether a root-owned .locald (runc made it) counts as the caller's when
+    # the directory holding it is the caller's and nobody else can write it.
+    root_made_anchor = yes
 
 No file means the defaults.  Roots are matched by identity, not by string:
 each is stat'ed (following symlinks, so /home -> /var/home names the same
@@ -35,6 +38,7 @@ class Config:
     allow: Tuple[str, ...] = DEFAULT_ALLOW
     deny: Tuple[str, ...] = DEFAULT_DENY
     root_skips_owner_check: bool = True
+    root_made_anchor: bool = True
     source: str = "built-in defaults"
 
     def identities(self):
@@ -76,7 +80,7 @@ def parse(text, source="<string>"):
     unknown = set(cp.sections()) - {"scope", "owner"}
     if unknown:
         raise ConfigError(f"{source}: unknown section [{sorted(unknown)[0]}]")
-    known = {"scope": {"allow", "deny"}, "owner": {"root_skips_owner_check"}}
+    known = {"scope": {"allow", "deny"}, "owner": {"root_skips_owner_check", "root_made_anchor"}}
     for name, keys in known.items():
         if name in cp:
             extra = set(cp[name]) - keys
@@ -86,12 +90,15 @@ def parse(text, source="<string>"):
     try:
         allow = _roots(scope, "allow", DEFAULT_ALLOW) if "scope" in cp else DEFAULT_ALLOW
         deny = _roots(scope, "deny", DEFAULT_DENY) if "scope" in cp else DEFAULT_DENY
-        skip = cp.getboolean("owner", "root_skips_owner_check", fallback=True)
-    except ValueError as e:
-        raise ConfigError(f"{source}: [owner] root_skips_owner_check: {e}") from None
+        owner = {}
+        for key in ("root_skips_owner_check", "root_made_anchor"):
+            try:
+                owner[key] = cp.getboolean("owner", key, fallback=True)
+            except ValueError as e:
+                raise ConfigError(f"[owner] {key}: {e}") from None
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    return Config(allow=allow, deny=deny, root_skips_owner_check=skip, source=source)
+    return Config(allow=allow, deny=deny, source=source, **owner)
 
 
 def load(path=DEFAULT_PATH):

@@ -108,6 +108,14 @@ async def serve(settings):
         return 1
     service = CleanupService(bus, settings, load_config(settings.config_path))
     service.install()
+    # Signal handlers before the name: whoever sees the name may signal us
+    # (systemctl reload right after activation), and SIGHUP's default action
+    # would kill the service.
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_config, service, settings.config_path)
     try:
         await bus.own_name(i.BUS_NAME)
     except BusError as e:
@@ -115,11 +123,6 @@ async def serve(settings):
         return 1
     log.info("serving %s as %s (openat2: %s)", i.BUS_NAME, bus.unique_name, fsops.openat2_available())
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_config, service, settings.config_path)
     waiters = {
         loop.create_task(bus.wait_closed()): "disconnected",
         loop.create_task(stop.wait()): "signal",

@@ -83,6 +83,35 @@ def _open_data_dir_prefix(parsed, caller_uid, shown):
         os.close(home_fd)
 
 
+def _not_the_callers(parsed, prefix_fd, st, caller_uid, config):
+    """Why the anchor (``st``, from its held fd) is not the caller's, or None.
+
+    Its owner must be the caller (uid 0 is exempt unless configured).  One
+    exception, ``[owner] root_made_anchor`` (default yes): a ``.locald`` that
+    root made (runc does, for its state directory) counts as the caller's
+    when the directory holding it, held as ``prefix_fd``, is owned by the
+    caller and writable by nobody else.  The caller can already rename any
+    entry of such a directory, whoever owns the entry, so this grants
+    nothing the caller could not reach by moving a directory of their own
+    that holds it into their ``.locald``; a directory someone else may write
+    to (``/tmp`` itself, a shared group directory) never qualifies, and
+    neither does another user's anchor or a data directory.
+    """
+    if caller_uid == 0 and config.root_skips_owner_check:
+        return None
+    if st.st_uid == caller_uid:
+        return None
+    why = f"the anchor is owned by uid {st.st_uid}, not by the caller (uid {caller_uid})"
+    if st.st_uid != 0 or parsed.kind != pathrules.KIND_PROJECT or not config.root_made_anchor:
+        return why
+    holder = os.fstat(prefix_fd)
+    if holder.st_uid != caller_uid:
+        return f"{why}, and the directory holding it is owned by uid {holder.st_uid}"
+    if holder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{why}, and others may write to the directory holding it (mode {stat.S_IMODE(holder.st_mode):04o})"
+    return None
+
+
 def _config_excludes(anchor_fd, config):
     """Why the administrator's roots exclude the anchor, or None.
 
@@ -160,10 +189,9 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Conf
                 raise MountPoint(f"{shown}: the anchor {aname} is a mount point") from None
             raise Failed(f"{shown}: cannot open the anchor: {e.strerror}") from None
         t.fds.append(anchor_fd)
-        st = os.fstat(anchor_fd)
-        owner_exempt = caller_uid == 0 and config.root_skips_owner_check
-        if not owner_exempt and st.st_uid != caller_uid:
-            raise OutsideScope(f"{shown}: the anchor is owned by uid {st.st_uid}, not by the caller (uid {caller_uid})")
+        why = _not_the_callers(parsed, prefix_fd, os.fstat(anchor_fd), caller_uid, config)
+        if why is not None:
+            raise OutsideScope(f"{shown}: {why}")
         why = _config_excludes(anchor_fd, config)
         if why is not None:
             raise OutsideScope(f"{shown}: the administrator's configuration ({config.source}) excludes "

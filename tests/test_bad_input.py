@@ -587,8 +587,10 @@ def test_proc_self_root_magic_link_above_the_anchor(stack, project, clients, cal
 def test_proc_self_root_does_not_widen_scope_in_either_mode(stack, project, clients):
     """Whatever the mode, the magic link cannot reach an anchor the caller
     does not own: root-owned anchor through /proc/self/root is OutsideScope
-    for the user, nothing removed."""
+    for the user, nothing removed.  (Its project directory is root's too:
+    a root-made .locald in the caller's own project would count as theirs.)"""
     os.chown(project, 0, 0)
+    os.chown(project.parent, 0, 0)
     top = project.parent.parent
     before = snapshot(top)
     for caller in ("api", "shim"):

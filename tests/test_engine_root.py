@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from locald_admin.fs import mounts, walk
+from locald_admin import pathrules
+from locald_admin.mechanism import config as cfgmod
 from locald_admin.mechanism import engine, scope
 from locald_admin.mechanism.errors import Failed, MountPoint, OutsideScope
 from support import snapshot
@@ -173,7 +175,10 @@ def test_anchor_owned_by_another_uid_is_outside_scope(mode, anchor):
 
 
 def test_root_owned_anchor_with_unprivileged_caller_is_outside_scope(mode, anchor):
+    """In a root-owned project: a root-made .locald in the caller's own
+    project counts as theirs (next tests)."""
     os.chown(anchor, 0, 0)
+    os.chown(anchor.parent, 0, 0)
     make_root_leftovers(anchor / "t")
     before = snapshot(anchor.parent)
     for p in (anchor, anchor / "t", anchor / "t" / "user_file"):
@@ -181,6 +186,86 @@ def test_root_owned_anchor_with_unprivileged_caller_is_outside_scope(mode, ancho
             engine.cleanup(str(p), USER)
         assert "owned by uid 0" in ei.value.message
     assert snapshot(anchor.parent) == before
+
+
+def runc_made_anchor(anchor):
+    """The .locald as runc leaves it when it made it itself (``runc --root
+    <proj>/.locald/runc-state``): root:root 0700, in the user's project."""
+    os.chown(anchor, 0, 0)
+    os.chmod(anchor, 0o700)
+    os.chmod(anchor.parent, 0o755)
+    assert os.stat(anchor.parent).st_uid == USER
+
+
+def test_a_root_made_anchor_in_the_callers_own_project_counts_as_theirs(mode, anchor):
+    runc_made_anchor(anchor)
+    n = make_root_leftovers(anchor / "t")
+    assert engine.cleanup(str(anchor / "t"), USER) == n + 1
+    make_root_leftovers(anchor / "u")
+    assert engine.cleanup(str(anchor), USER) > 0  # the anchor itself too
+    assert not os.path.lexists(anchor) and anchor.parent.is_dir()
+
+
+@pytest.mark.parametrize("mode_bits", [0o775, 0o757, 0o1777])
+def test_a_root_made_anchor_in_a_project_others_may_write_is_outside_scope(mode, anchor, mode_bits):
+    """Someone else could have put it there (or could swap it): refused."""
+    runc_made_anchor(anchor)
+    os.chmod(anchor.parent, mode_bits)
+    make_root_leftovers(anchor / "t")
+    before = snapshot(anchor.parent)
+    with pytest.raises(OutsideScope) as ei:
+        engine.cleanup(str(anchor / "t"), USER)
+    assert "owned by uid 0" in ei.value.message and f"{mode_bits:04o}" in ei.value.message
+    assert snapshot(anchor.parent) == before
+
+
+def test_a_root_made_anchor_in_another_users_project_is_outside_scope(mode, anchor):
+    runc_made_anchor(anchor)
+    os.chown(anchor.parent, OTHER, OTHER)
+    make_root_leftovers(anchor / "t")
+    before = snapshot(anchor.parent)
+    with pytest.raises(OutsideScope) as ei:
+        engine.cleanup(str(anchor / "t"), USER)
+    assert f"holding it is owned by uid {OTHER}" in ei.value.message
+    assert snapshot(anchor.parent) == before
+
+
+def test_another_users_anchor_in_the_callers_project_stays_outside_scope(mode, anchor):
+    """The rule is for root-made anchors only: a .locald of another user in
+    the caller's project is still theirs."""
+    os.chown(anchor, OTHER, OTHER)
+    make_root_leftovers(anchor / "t")
+    with pytest.raises(OutsideScope):
+        engine.cleanup(str(anchor / "t"), USER)
+    assert (anchor / "t" / "root_file").exists()
+
+
+def test_the_root_made_anchor_rule_can_be_switched_off(mode, anchor):
+    runc_made_anchor(anchor)
+    make_root_leftovers(anchor / "t")
+    off = cfgmod.parse("[owner]\nroot_made_anchor = no\n")
+    with pytest.raises(OutsideScope):
+        engine.cleanup(str(anchor / "t"), USER, off)
+    assert (anchor / "t" / "root_file").exists()
+    assert engine.cleanup(str(anchor / "t"), USER, cfgmod.parse("[owner]\nroot_made_anchor = yes\n")) > 0
+
+
+def test_a_root_made_data_directory_anchor_does_not_count(tmp):
+    """~/.local/share/locald is never made by runc: the rule is .locald's
+    only.  (The owner rule alone, on held fds: USER has no real home here.)"""
+    share = tmp / "home" / ".local" / "share"
+    (share / "locald").mkdir(parents=True)
+    os.chown(share, USER, USER)
+    os.chmod(share, 0o755)
+    os.chown(share / "locald", 0, 0)
+    parsed = pathrules.parse(str(share / "locald" / "t"))
+    assert parsed.kind == pathrules.KIND_DATA
+    fd = os.open(share, os.O_PATH)
+    try:
+        why = scope._not_the_callers(parsed, fd, os.stat(share / "locald"), USER, cfgmod.Config())
+    finally:
+        os.close(fd)
+    assert why is not None and "owned by uid 0" in why
 
 
 @pytest.mark.parametrize("owner", [USER, OTHER, 0])

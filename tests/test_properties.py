@@ -289,6 +289,15 @@ def changes(before, after, region):
     return out
 
 
+def _callers_anchor(holder, st_, caller_uid):
+    """The README's owner rule: the caller's own anchor (uid 0 exempt), or a
+    root-owned one in a directory the caller owns and nobody else may write."""
+    if caller_uid == 0 or st_.st_uid == caller_uid:
+        return True
+    h = os.stat(holder)
+    return st_.st_uid == 0 and h.st_uid == caller_uid and not h.st_mode & 0o022
+
+
 def expected_region(target, caller_uid):
     """What the target really is, by this test's own reading of the README:
     the real path of the entry the request may remove (with everything below
@@ -316,8 +325,8 @@ def expected_region(target, caller_uid):
             st_ = os.lstat(p)
         except OSError:
             return None
-        if i == 0 and (not stat.S_ISDIR(st_.st_mode) or (caller_uid != 0 and st_.st_uid != caller_uid)):
-            return None  # the anchor: a real directory owned by the caller
+        if i == 0 and (not stat.S_ISDIR(st_.st_mode) or not _callers_anchor(cur, st_, caller_uid)):
+            return None  # the anchor: a real directory owned by the caller (or a root-made one)
         if i == len(comps) - 1:
             return p
         if not stat.S_ISDIR(st_.st_mode):

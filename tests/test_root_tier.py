@@ -82,8 +82,9 @@ def test_another_users_anchor_is_outside_scope(stack, tree, clients):
     assert (tree / "svc" / "rootfs" / "run" / "shm" / "secret").exists()
 
 
-def test_root_owned_anchor_is_outside_scope_for_a_user(stack, tree, clients):
+def test_root_owned_anchor_in_a_root_owned_project_is_outside_scope_for_a_user(stack, tree, clients):
     os.chown(tree, 0, 0)
+    os.chown(tree.parent, 0, 0)  # a root-made .locald in the user's own project would count
     cp = clients.shim("admin", "cleanup", str(tree / "svc"), bus_address=stack.address)
     assert cp.returncode == i.EXIT_OUTSIDE_SCOPE, cp.stderr
     assert (tree / "svc" / "rootfs" / "run" / "shm" / "secret").exists()
