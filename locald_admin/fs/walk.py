@@ -1,30 +1,31 @@
 """The deletion walk: remove a directory tree through held directory fds.
 
-Safety properties (each one stops a known attack):
+The tree is walked by ``traverse.Traversal``, which holds the directory fds
+and owns the defences of the walk itself: every directory entered with
+``fsops.open_beneath`` (never a symlink, never a mount), at most
+``MAX_HELD_FDS`` fds open whatever the depth, a closed parent reopened
+through ``..`` only if it is the directory recorded on the way down, a moved
+branch abandoned, no recursion.  What is done with each entry is a visitor:
 
-* Every directory is entered with ``fsops.open_beneath`` relative to the fd
-  of its parent: a symlink swapped in for a directory is never followed
-  (CVE-2018-6954, CVE-2022-21658 style), and a mount point is never entered
-  (bind mounts share st_dev, so only a mount-aware open can tell).
-* Entries are removed with ``unlinkat``/``rmdir`` relative to the held fd of
-  the directory that was listed: no path string is ever re-resolved from /.
-  ``unlinkat`` on a symlink removes the link, never its target.
-* At most ``MAX_HELD_FDS`` directory fds are open, whatever the depth.  A
-  parent whose fd was closed is reopened by climbing ``..`` from its child
-  and is accepted only if its ``(st_dev, st_ino)`` is the one recorded on the
-  way down (as gnulib's fts does).  A mismatch means the tree was moved while
-  we walked it: that branch ends with an error, nothing outside is touched.
-* Iterative, so a 10,000-deep chain does not hit Python's recursion limit.
-* Names are handled as bytes (via surrogateescape), so names that are not
-  UTF-8 are removed too; messages escape them.
+* ``remove_tree``: the removal (``_Removal``).  Entries are removed with
+  ``unlinkat``/``rmdir`` relative to the held fd of the directory that was
+  listed: no path string is ever re-resolved from /, and ``unlinkat`` on a
+  symlink removes the link, never its target.  A name that turns out to be a
+  symlink or a file when it is entered is unlinked as a name.  A directory
+  refilled while we walked it is rescanned at most ``MAX_RESCANS`` times.
+  The target's final ``rmdir`` happens only if its name still refers to the
+  directory that was emptied.  A mount that appears during the walk is left
+  in place and reported.
+
+Names are handled as bytes (via surrogateescape), so names that are not
+UTF-8 are removed too; messages escape them.
 """
 
 import errno
 import os
-import stat
 import threading
 
-from . import fsops
+from . import fsops, traverse
 
 MAX_HELD_FDS = 48
 MAX_RESCANS = 3  # an attacker refilling a directory cannot keep us busy forever
@@ -108,18 +109,6 @@ def remove_subdirs_in_parallel(dir_fd, result, threads, mnt=None):
     return removed
 
 
-class _Frame:
-    __slots__ = ("fd", "dev", "ino", "name", "pending", "rescans", "incomplete")
-
-    def __init__(self, fd, st, name):
-        self.fd = fd
-        self.dev, self.ino = st.st_dev, st.st_ino
-        self.name = name
-        self.pending = None  # names still to handle: list of (name, is_dir)
-        self.rescans = 0
-        self.incomplete = False  # something below could not be removed
-
-
 def _list(fd):
     entries = []
     with os.scandir(fd) as it:
@@ -132,12 +121,96 @@ def _list(fd):
     return entries
 
 
-def _rel(stack, name=None):
-    """The path of ``name`` in the top frame, relative to the removed directory."""
-    parts = [f.name for f in stack[2:]]
-    if name is not None:
-        parts.append(name)
-    return b"/".join(parts)
+# -- the removal: a visitor of the traversal ---------------------------------------
+
+class _RemovalFrame(traverse.Frame):
+    __slots__ = ("rescans", "incomplete")
+
+    def __init__(self, fd, st, name):
+        super().__init__(fd, st, name)
+        self.rescans = 0
+        self.incomplete = False  # something below could not be removed
+
+
+class _Removal(traverse.Visitor):
+    """Unlink what is not a directory, rmdir a directory after its entries;
+    everything relative to the held fd of the directory that was listed."""
+
+    Frame = _RemovalFrame
+
+    def __init__(self, result):
+        self.result = result
+
+    def list(self, fd):
+        return _list(fd)  # looked up per call: the tests replace it
+
+    def on_list_failed(self, t, f, err):
+        self.result.fail(t.rel(), err)
+        f.incomplete = True
+
+    def on_entry(self, t, f, child, is_dir):
+        if is_dir:
+            return True
+        try:
+            # unlinkat relative to the held fd: a symlink goes as a name,
+            # its target is never touched (S4, S11).
+            os.unlink(child, dir_fd=f.fd)
+            self.result.removed += 1
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            return True  # it became a directory: handle it as one
+        except OSError as e:
+            self.result.fail(t.rel(child), e)
+            f.incomplete = True
+        return False
+
+    def on_enter_failed(self, t, f, child, e):
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            # Not a directory any more: a symlink or a file was swapped in
+            # (R1).  Remove the name itself; never follow it.
+            try:
+                os.unlink(child, dir_fd=f.fd)
+                self.result.removed += 1
+                return
+            except FileNotFoundError:
+                return
+            except OSError as e2:
+                e = e2
+        if e.errno == errno.EXDEV:  # a mount appeared on it (M3): left in place
+            self.result.mounts.append(t.rel(child))
+        else:
+            self.result.fail(t.rel(child), e)
+        f.incomplete = True
+
+    def on_leave(self, t, f, parent):
+        result = self.result
+        if f.incomplete:
+            parent.incomplete = True
+        elif f is t.target and not _same_entry(parent.fd, f):
+            # The target's name in its parent now names another directory
+            # (swapped after we opened it, R4): leave that alone.
+            result.fail(b"", None, "was replaced by another directory during removal")
+        else:
+            try:
+                os.rmdir(f.name, dir_fd=parent.fd)
+                result.removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                if e.errno == errno.ENOTEMPTY and f.rescans < MAX_RESCANS:
+                    f.rescans += 1  # refilled while we walked: look again (R5)
+                    return True
+                if e.errno == errno.EBUSY:  # a mount appeared on it
+                    result.mounts.append(t.rel())
+                else:
+                    result.fail(t.rel(), e)
+                parent.incomplete = True
+        return False
+
+    def on_abandon(self, t, survivor, rel):
+        self.result.fail(rel, None, "directory was moved during removal")
+        survivor.incomplete = True
 
 
 def remove_tree(parent_fd, name, dir_fd, result=None, mnt=None):
@@ -149,115 +222,8 @@ def remove_tree(parent_fd, name, dir_fd, result=None, mnt=None):
     removed directory, which itself is ``b""``.
     """
     result = WalkResult() if result is None else result
-    if mnt is None and not fsops.openat2_available():
-        mnt = fsops.mount_id(dir_fd)  # the fallback compares mount ids
-    # stack[0]: the parent, stack[1]: the target (both fds owned by the
-    # caller); stack[2:]: directories below, whose fds are ours.  Of those,
-    # stack[2:first_open] have had their fds closed to bound the fd count.
-    stack = [_Frame(parent_fd, os.fstat(parent_fd), b""), _Frame(dir_fd, os.fstat(dir_fd), name)]
-    first_open = 2
-    try:
-        while len(stack) > 1:
-            f = stack[-1]
-            if f.pending is None:
-                try:
-                    f.pending = _list(f.fd)
-                except OSError as e:
-                    result.fail(_rel(stack), e)
-                    f.pending, f.incomplete = [], True
-            if f.pending:
-                child, is_dir = f.pending.pop()
-                if not is_dir:
-                    try:
-                        os.unlink(child, dir_fd=f.fd)
-                        result.removed += 1
-                        continue
-                    except FileNotFoundError:
-                        continue
-                    except IsADirectoryError:
-                        pass  # it became a directory: handle it as one
-                    except OSError as e:
-                        result.fail(_rel(stack, child), e)
-                        f.incomplete = True
-                        continue
-                cfd = _enter(f, child, stack, result, mnt)
-                if cfd is not None:
-                    stack.append(_Frame(cfd, os.fstat(cfd), child))
-                    if len(stack) - first_open > MAX_HELD_FDS:
-                        os.close(stack[first_open].fd)
-                        stack[first_open].fd = None
-                        first_open += 1
-                continue
-
-            # f is empty as far as we know: remove it from its parent.
-            parent = stack[-2]
-            if parent.fd is None:
-                if not _climb(f, parent):
-                    result.fail(_rel(stack[:-1]), None, "directory was moved during removal")
-                    # Abandon the branch: every closed ancestor goes with it.
-                    os.close(stack.pop().fd)
-                    while stack[-1].fd is None:
-                        stack.pop()
-                    stack[-1].incomplete = True
-                    first_open = len(stack)
-                    continue
-                first_open = len(stack) - 2
-            if f.incomplete:
-                parent.incomplete = True
-            elif len(stack) == 2 and not _same_entry(parent.fd, f):
-                # The target's name in its parent now names another
-                # directory (swapped after we opened it): leave that alone.
-                result.fail(b"", None, "was replaced by another directory during removal")
-            else:
-                try:
-                    os.rmdir(f.name, dir_fd=parent.fd)
-                    result.removed += 1
-                except FileNotFoundError:
-                    pass
-                except OSError as e:
-                    if e.errno == errno.ENOTEMPTY and f.rescans < MAX_RESCANS:
-                        f.rescans += 1  # refilled while we walked: look again
-                        f.pending = None
-                        continue
-                    if e.errno == errno.EBUSY:  # a mount appeared on it
-                        result.mounts.append(_rel(stack))
-                    else:
-                        result.fail(_rel(stack), e)
-                    parent.incomplete = True
-            stack.pop()
-            if len(stack) >= 2:
-                os.close(f.fd)
-    finally:
-        for f in stack[2:]:
-            if f.fd is not None:
-                os.close(f.fd)
+    traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, mnt).run(_Removal(result))
     return result
-
-
-def _enter(f, child, stack, result, mnt):
-    """Open directory ``child`` of frame ``f``; None if it is not entered."""
-    try:
-        return fsops.open_beneath(f.fd, child, parent_mnt=mnt)
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return None
-        if e.errno in (errno.ELOOP, errno.ENOTDIR):
-            # Not a directory any more: a symlink or a file was swapped in.
-            # Remove the name itself; never follow it.
-            try:
-                os.unlink(child, dir_fd=f.fd)
-                result.removed += 1
-                return None
-            except FileNotFoundError:
-                return None
-            except OSError as e2:
-                e = e2
-        if e.errno == errno.EXDEV:
-            result.mounts.append(_rel(stack, child))
-        else:
-            result.fail(_rel(stack, child), e)
-        f.incomplete = True
-        return None
 
 
 def _same_entry(dirfd, frame):
@@ -269,18 +235,3 @@ def _same_entry(dirfd, frame):
     except OSError:
         return False  # a mount point now, or unreadable: leave it
     return (st.st_dev, st.st_ino) == (frame.dev, frame.ino)
-
-
-def _climb(f, parent):
-    """Reopen ``parent`` through '..' of ``f`` and check it is the directory
-    recorded on the way down.  True when ``parent.fd`` is restored."""
-    try:
-        pfd = os.open(b"..", fsops.DIR_FLAGS, dir_fd=f.fd)
-    except OSError:
-        return False
-    st = os.fstat(pfd)
-    if (st.st_dev, st.st_ino) == (parent.dev, parent.ino) and stat.S_ISDIR(st.st_mode):
-        parent.fd = pfd
-        return True
-    os.close(pfd)
-    return False
