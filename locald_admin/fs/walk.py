@@ -16,6 +16,8 @@ branch abandoned, no recursion.  What is done with each entry is a visitor:
   The target's final ``rmdir`` happens only if its name still refers to the
   directory that was emptied.  A mount that appears during the walk is left
   in place and reported.
+* ``count_tree``: a listing that deletes nothing (``_Count``): how many
+  entries of each kind, and the mounts it did not enter.
 
 Names are handled as bytes (via surrogateescape), so names that are not
 UTF-8 are removed too; messages escape them.
@@ -23,6 +25,7 @@ UTF-8 are removed too; messages escape them.
 
 import errno
 import os
+import stat
 import threading
 
 from . import fsops, traverse
@@ -235,3 +238,125 @@ def _same_entry(dirfd, frame):
     except OSError:
         return False  # a mount point now, or unreadable: leave it
     return (st.st_dev, st.st_ino) == (frame.dev, frame.ino)
+
+
+# -- a listing that deletes nothing: another visitor of the traversal ----------------
+
+class TreeCount:
+    """What ``count_tree`` saw.  ``dirs`` counts the directories listed to
+    the end, the target included, so on a quiet tree ``total`` is what
+    ``remove_tree`` would remove.  ``mounts`` and ``failures`` as in
+    WalkResult (paths relative to the target)."""
+
+    __slots__ = ("files", "dirs", "symlinks", "others", "mounts", "failures")
+
+    def __init__(self):
+        self.files = self.dirs = self.symlinks = self.others = 0
+        self.mounts = []  # directories that are mount points: not entered
+        self.failures = {}
+
+    fail = WalkResult.fail
+
+    @property
+    def total(self):
+        return self.files + self.dirs + self.symlinks + self.others
+
+
+_DIR, _FILE, _SYMLINK, _OTHER = "dir", "file", "symlink", "other"
+
+
+def _list_kinds(fd):
+    """Like ``_list``, with the kind of each entry (from the directory entry
+    itself where the file system records it; None: gone meanwhile)."""
+    entries = []
+    with os.scandir(fd) as it:
+        for e in it:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    kind = _DIR
+                elif e.is_symlink():
+                    kind = _SYMLINK
+                elif e.is_file(follow_symlinks=False):
+                    kind = _FILE
+                else:
+                    kind = _OTHER
+            except OSError:
+                kind = None
+            entries.append((os.fsencode(e.name), kind))
+    return entries
+
+
+def _kind_of(mode):
+    if stat.S_ISREG(mode):
+        return _FILE
+    if stat.S_ISLNK(mode):
+        return _SYMLINK
+    return _DIR if stat.S_ISDIR(mode) else _OTHER
+
+
+class _Count(traverse.Visitor):
+    def __init__(self, count):
+        self.count = count
+
+    def list(self, fd):
+        return _list_kinds(fd)
+
+    def on_list_failed(self, t, f, err):
+        self.count.fail(t.rel(), err)
+
+    def on_entry(self, t, f, child, kind):
+        c = self.count
+        if kind is _DIR:
+            return True
+        if kind is _FILE:
+            c.files += 1
+        elif kind is _SYMLINK:
+            c.symlinks += 1
+        elif kind is _OTHER:
+            c.others += 1
+        return False
+
+    def on_enter_failed(self, t, f, child, e):
+        c = self.count
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            # Listed as a directory, now a symlink or a file (swapped in):
+            # count what is there, without following it or crossing a mount.
+            try:
+                kind = _kind_of(fsops.lstat_beneath(f.fd, child, parent_mnt=t.mnt).st_mode)
+            except OSError as e2:
+                e = e2
+            else:
+                if kind is _DIR:  # and back again: its entries are not counted
+                    c.fail(t.rel(child), None, "kept changing type while being listed")
+                else:
+                    self.on_entry(t, f, child, kind)
+                return
+        if e.errno == errno.ENOENT:
+            return
+        if e.errno == errno.EXDEV:
+            c.mounts.append(t.rel(child))
+        else:
+            c.fail(t.rel(child), e)
+
+    def on_leave(self, t, f, parent):
+        self.count.dirs += 1
+        return False
+
+    def on_abandon(self, t, survivor, rel):
+        self.count.fail(rel, None, "directory was moved during listing")
+
+
+def count_tree(parent_fd, name, dir_fd, mnt=None):
+    """Count the entries of the directory ``name`` of ``parent_fd`` and
+    everything below it, deleting nothing; return a TreeCount.
+
+    ``dir_fd`` as for ``remove_tree``: the directory opened with
+    ``fsops.open_beneath``, owned by the caller.  The walk is the removal's
+    (same defences, same fd bound): no symlink is followed and no mount
+    entered; a directory that is a mount point is listed in ``mounts``.
+    Mounts on non-directories (a bind-mounted file) are counted as what
+    they look like: ``mounts.mounts_at_or_below`` finds every mount.
+    """
+    count = TreeCount()
+    traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, mnt).run(_Count(count))
+    return count
