@@ -128,8 +128,11 @@ class Traversal:
                     child, info = pending.pop()
                     if not on_entry(self, f, child, info):
                         continue
-                    # Entered only beneath the held fd, never through a
-                    # symlink, never into a mount (S3, M3, R1).
+                    # Entered only with open_beneath relative to the held fd
+                    # of the directory that was listed: a symlink swapped in
+                    # for a directory since the listing is refused, not
+                    # followed (ELOOP/ENOTDIR, threat model R1), and so is a
+                    # mount that appeared on it (EXDEV, M3).
                     try:
                         cfd = fsops.open_beneath(f.fd, child, parent_mnt=mnt)
                     except OSError as e:
@@ -138,8 +141,9 @@ class Traversal:
                         continue
                     stack.append(make(cfd, os.fstat(cfd), child))
                     if len(stack) - first_open > max_held:
-                        # Bounded fds whatever the depth (V1): close the
-                        # oldest; _climb reopens it, checked (R2).
+                        # A 10,000-deep chain must not exhaust the fd table
+                        # (V1): close the oldest held fd; _climb reopens it
+                        # on the way back, checked (R2).
                         os.close(stack[first_open].fd)
                         stack[first_open].fd = None
                         first_open += 1
@@ -150,8 +154,10 @@ class Traversal:
                 parent = stack[-2]
                 if parent.fd is None:
                     if not self._climb(f, parent):
-                        # Moved out from under us (R2): abandon the branch,
-                        # every closed ancestor goes with it.
+                        # The branch was moved elsewhere while the parent's
+                        # fd was closed, so '..' no longer leads to it (R2):
+                        # abandon the branch, every closed ancestor with it,
+                        # rather than work in whatever '..' is now.
                         rel = _path(stack[:-1])
                         os.close(stack.pop().fd)
                         while stack[-1].fd is None:
