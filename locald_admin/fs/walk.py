@@ -130,7 +130,11 @@ class _RemovalFrame(traverse.Frame):
     __slots__ = ("rescans", "incomplete")
 
     def __init__(self, fd, st, name):
-        super().__init__(fd, st, name)
+        # traverse.Frame.__init__, inlined: this runs once per directory.
+        self.fd = fd
+        self.dev, self.ino = st.st_dev, st.st_ino
+        self.name = name
+        self.pending = None
         self.rescans = 0
         self.incomplete = False  # something below could not be removed
 
