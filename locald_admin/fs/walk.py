@@ -159,8 +159,9 @@ class _Removal(traverse.Visitor):
         if is_dir:
             return True
         try:
-            # unlinkat relative to the held fd: a symlink goes as a name,
-            # its target is never touched (S4, S11).
+            # unlinkat relative to the held fd of the listed directory: a
+            # symlink goes as a name, its target is never touched; a hard
+            # link to a file outside goes, the file stays (S11).
             os.unlink(child, dir_fd=f.fd)
             self.result.removed += 1
         except FileNotFoundError:
@@ -208,7 +209,7 @@ class _Removal(traverse.Visitor):
                 if e.errno == errno.ENOTEMPTY and f.rescans < MAX_RESCANS:
                     f.rescans += 1  # refilled while we walked: look again (R5)
                     return True
-                if e.errno == errno.EBUSY:  # a mount appeared on it
+                if e.errno == errno.EBUSY:  # a mount appeared on it (M3): left in place
                     result.mounts.append(t.rel())
                 else:
                     result.fail(t.rel(), e)
