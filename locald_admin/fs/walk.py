@@ -1,22 +1,26 @@
 """The deletion walk: remove a directory tree through held directory fds.
 
-Safety properties (each one stops a known attack):
+The tree is walked by ``traverse.Traversal``, which holds the directory fds
+and owns the defences of the walk itself: every directory entered with
+``fsops.open_beneath`` (never a symlink, never a mount), at most
+``MAX_HELD_FDS`` fds open whatever the depth, a closed parent reopened
+through ``..`` only if it is the directory recorded on the way down, a moved
+branch abandoned, no recursion.  What is done with each entry is a visitor:
 
-* Every directory is entered with ``fsops.open_beneath`` relative to the fd
-  of its parent: a symlink swapped in for a directory is never followed
-  (CVE-2018-6954, CVE-2022-21658 style), and a mount point is never entered
-  (bind mounts share st_dev, so only a mount-aware open can tell).
-* Entries are removed with ``unlinkat``/``rmdir`` relative to the held fd of
-  the directory that was listed: no path string is ever re-resolved from /.
-  ``unlinkat`` on a symlink removes the link, never its target.
-* At most ``MAX_HELD_FDS`` directory fds are open, whatever the depth.  A
-  parent whose fd was closed is reopened by climbing ``..`` from its child
-  and is accepted only if its ``(st_dev, st_ino)`` is the one recorded on the
-  way down (as gnulib's fts does).  A mismatch means the tree was moved while
-  we walked it: that branch ends with an error, nothing outside is touched.
-* Iterative, so a 10,000-deep chain does not hit Python's recursion limit.
-* Names are handled as bytes (via surrogateescape), so names that are not
-  UTF-8 are removed too; messages escape them.
+* ``remove_tree``: the removal (``_Removal``).  Entries are removed with
+  ``unlinkat``/``rmdir`` relative to the held fd of the directory that was
+  listed: no path string is ever re-resolved from /, and ``unlinkat`` on a
+  symlink removes the link, never its target.  A name that turns out to be a
+  symlink or a file when it is entered is unlinked as a name.  A directory
+  refilled while we walked it is rescanned at most ``MAX_RESCANS`` times.
+  The target's final ``rmdir`` happens only if its name still refers to the
+  directory that was emptied.  A mount that appears during the walk is left
+  in place and reported.
+* ``count_tree``: a listing that deletes nothing (``_Count``): how many
+  entries of each kind, and the mounts it did not enter.
+
+Names are handled as bytes (via surrogateescape), so names that are not
+UTF-8 are removed too; messages escape them.
 """
 
 import errno
@@ -24,7 +28,7 @@ import os
 import stat
 import threading
 
-from . import fsops
+from . import fsops, traverse
 
 MAX_HELD_FDS = 48
 MAX_RESCANS = 3  # an attacker refilling a directory cannot keep us busy forever
@@ -108,18 +112,6 @@ def remove_subdirs_in_parallel(dir_fd, result, threads, mnt=None):
     return removed
 
 
-class _Frame:
-    __slots__ = ("fd", "dev", "ino", "name", "pending", "rescans", "incomplete")
-
-    def __init__(self, fd, st, name):
-        self.fd = fd
-        self.dev, self.ino = st.st_dev, st.st_ino
-        self.name = name
-        self.pending = None  # names still to handle: list of (name, is_dir)
-        self.rescans = 0
-        self.incomplete = False  # something below could not be removed
-
-
 def _list(fd):
     entries = []
     with os.scandir(fd) as it:
@@ -132,12 +124,101 @@ def _list(fd):
     return entries
 
 
-def _rel(stack, name=None):
-    """The path of ``name`` in the top frame, relative to the removed directory."""
-    parts = [f.name for f in stack[2:]]
-    if name is not None:
-        parts.append(name)
-    return b"/".join(parts)
+# -- the removal: a visitor of the traversal ---------------------------------------
+
+class _RemovalFrame(traverse.Frame):
+    __slots__ = ("rescans", "incomplete")
+
+    def __init__(self, fd, st, name):
+        # traverse.Frame.__init__, inlined: this runs once per directory.
+        self.fd = fd
+        self.dev, self.ino = st.st_dev, st.st_ino
+        self.name = name
+        self.pending = None
+        self.rescans = 0
+        self.incomplete = False  # something below could not be removed
+
+
+class _Removal(traverse.Visitor):
+    """Unlink what is not a directory, rmdir a directory after its entries;
+    everything relative to the held fd of the directory that was listed."""
+
+    Frame = _RemovalFrame
+
+    def __init__(self, result):
+        self.result = result
+
+    def list(self, fd):
+        return _list(fd)  # looked up per call: the tests replace it
+
+    def on_list_failed(self, t, f, err):
+        self.result.fail(t.rel(), err)
+        f.incomplete = True
+
+    def on_entry(self, t, f, child, is_dir):
+        if is_dir:
+            return True
+        try:
+            # unlinkat relative to the held fd of the listed directory: a
+            # symlink goes as a name, its target is never touched; a hard
+            # link to a file outside goes, the file stays (S11).
+            os.unlink(child, dir_fd=f.fd)
+            self.result.removed += 1
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            return True  # it became a directory: handle it as one
+        except OSError as e:
+            self.result.fail(t.rel(child), e)
+            f.incomplete = True
+        return False
+
+    def on_enter_failed(self, t, f, child, e):
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            # Not a directory any more: a symlink or a file was swapped in
+            # (R1).  Remove the name itself; never follow it.
+            try:
+                os.unlink(child, dir_fd=f.fd)
+                self.result.removed += 1
+                return
+            except FileNotFoundError:
+                return
+            except OSError as e2:
+                e = e2
+        if e.errno == errno.EXDEV:  # a mount appeared on it (M3): left in place
+            self.result.mounts.append(t.rel(child))
+        else:
+            self.result.fail(t.rel(child), e)
+        f.incomplete = True
+
+    def on_leave(self, t, f, parent):
+        result = self.result
+        if f.incomplete:
+            parent.incomplete = True
+        elif f is t.target and not _same_entry(parent.fd, f):
+            # The target's name in its parent now names another directory
+            # (swapped after we opened it, R4): leave that alone.
+            result.fail(b"", None, "was replaced by another directory during removal")
+        else:
+            try:
+                os.rmdir(f.name, dir_fd=parent.fd)
+                result.removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                if e.errno == errno.ENOTEMPTY and f.rescans < MAX_RESCANS:
+                    f.rescans += 1  # refilled while we walked: look again (R5)
+                    return True
+                if e.errno == errno.EBUSY:  # a mount appeared on it (M3): left in place
+                    result.mounts.append(t.rel())
+                else:
+                    result.fail(t.rel(), e)
+                parent.incomplete = True
+        return False
+
+    def on_abandon(self, t, survivor, rel):
+        self.result.fail(rel, None, "directory was moved during removal")
+        survivor.incomplete = True
 
 
 def remove_tree(parent_fd, name, dir_fd, result=None, mnt=None):
@@ -149,115 +230,8 @@ def remove_tree(parent_fd, name, dir_fd, result=None, mnt=None):
     removed directory, which itself is ``b""``.
     """
     result = WalkResult() if result is None else result
-    if mnt is None and not fsops.openat2_available():
-        mnt = fsops.mount_id(dir_fd)  # the fallback compares mount ids
-    # stack[0]: the parent, stack[1]: the target (both fds owned by the
-    # caller); stack[2:]: directories below, whose fds are ours.  Of those,
-    # stack[2:first_open] have had their fds closed to bound the fd count.
-    stack = [_Frame(parent_fd, os.fstat(parent_fd), b""), _Frame(dir_fd, os.fstat(dir_fd), name)]
-    first_open = 2
-    try:
-        while len(stack) > 1:
-            f = stack[-1]
-            if f.pending is None:
-                try:
-                    f.pending = _list(f.fd)
-                except OSError as e:
-                    result.fail(_rel(stack), e)
-                    f.pending, f.incomplete = [], True
-            if f.pending:
-                child, is_dir = f.pending.pop()
-                if not is_dir:
-                    try:
-                        os.unlink(child, dir_fd=f.fd)
-                        result.removed += 1
-                        continue
-                    except FileNotFoundError:
-                        continue
-                    except IsADirectoryError:
-                        pass  # it became a directory: handle it as one
-                    except OSError as e:
-                        result.fail(_rel(stack, child), e)
-                        f.incomplete = True
-                        continue
-                cfd = _enter(f, child, stack, result, mnt)
-                if cfd is not None:
-                    stack.append(_Frame(cfd, os.fstat(cfd), child))
-                    if len(stack) - first_open > MAX_HELD_FDS:
-                        os.close(stack[first_open].fd)
-                        stack[first_open].fd = None
-                        first_open += 1
-                continue
-
-            # f is empty as far as we know: remove it from its parent.
-            parent = stack[-2]
-            if parent.fd is None:
-                if not _climb(f, parent):
-                    result.fail(_rel(stack[:-1]), None, "directory was moved during removal")
-                    # Abandon the branch: every closed ancestor goes with it.
-                    os.close(stack.pop().fd)
-                    while stack[-1].fd is None:
-                        stack.pop()
-                    stack[-1].incomplete = True
-                    first_open = len(stack)
-                    continue
-                first_open = len(stack) - 2
-            if f.incomplete:
-                parent.incomplete = True
-            elif len(stack) == 2 and not _same_entry(parent.fd, f):
-                # The target's name in its parent now names another
-                # directory (swapped after we opened it): leave that alone.
-                result.fail(b"", None, "was replaced by another directory during removal")
-            else:
-                try:
-                    os.rmdir(f.name, dir_fd=parent.fd)
-                    result.removed += 1
-                except FileNotFoundError:
-                    pass
-                except OSError as e:
-                    if e.errno == errno.ENOTEMPTY and f.rescans < MAX_RESCANS:
-                        f.rescans += 1  # refilled while we walked: look again
-                        f.pending = None
-                        continue
-                    if e.errno == errno.EBUSY:  # a mount appeared on it
-                        result.mounts.append(_rel(stack))
-                    else:
-                        result.fail(_rel(stack), e)
-                    parent.incomplete = True
-            stack.pop()
-            if len(stack) >= 2:
-                os.close(f.fd)
-    finally:
-        for f in stack[2:]:
-            if f.fd is not None:
-                os.close(f.fd)
+    traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, mnt).run(_Removal(result))
     return result
-
-
-def _enter(f, child, stack, result, mnt):
-    """Open directory ``child`` of frame ``f``; None if it is not entered."""
-    try:
-        return fsops.open_beneath(f.fd, child, parent_mnt=mnt)
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return None
-        if e.errno in (errno.ELOOP, errno.ENOTDIR):
-            # Not a directory any more: a symlink or a file was swapped in.
-            # Remove the name itself; never follow it.
-            try:
-                os.unlink(child, dir_fd=f.fd)
-                result.removed += 1
-                return None
-            except FileNotFoundError:
-                return None
-            except OSError as e2:
-                e = e2
-        if e.errno == errno.EXDEV:
-            result.mounts.append(_rel(stack, child))
-        else:
-            result.fail(_rel(stack, child), e)
-        f.incomplete = True
-        return None
 
 
 def _same_entry(dirfd, frame):
@@ -271,16 +245,123 @@ def _same_entry(dirfd, frame):
     return (st.st_dev, st.st_ino) == (frame.dev, frame.ino)
 
 
-def _climb(f, parent):
-    """Reopen ``parent`` through '..' of ``f`` and check it is the directory
-    recorded on the way down.  True when ``parent.fd`` is restored."""
-    try:
-        pfd = os.open(b"..", fsops.DIR_FLAGS, dir_fd=f.fd)
-    except OSError:
+# -- a listing that deletes nothing: another visitor of the traversal ----------------
+
+class TreeCount:
+    """What ``count_tree`` saw.  ``dirs`` counts the directories listed to
+    the end, the target included, so on a quiet tree ``total`` is what
+    ``remove_tree`` would remove.  ``mounts`` and ``failures`` as in
+    WalkResult (paths relative to the target)."""
+
+    __slots__ = ("files", "dirs", "symlinks", "others", "mounts", "failures")
+
+    def __init__(self):
+        self.files = self.dirs = self.symlinks = self.others = 0
+        self.mounts = []  # directories that are mount points: not entered
+        self.failures = {}
+
+    fail = WalkResult.fail
+
+    @property
+    def total(self):
+        return self.files + self.dirs + self.symlinks + self.others
+
+
+_DIR, _FILE, _SYMLINK, _OTHER = "dir", "file", "symlink", "other"
+
+
+def _list_kinds(fd):
+    """Like ``_list``, with the kind of each entry (from the directory entry
+    itself where the file system records it; None: gone meanwhile)."""
+    entries = []
+    with os.scandir(fd) as it:
+        for e in it:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    kind = _DIR
+                elif e.is_symlink():
+                    kind = _SYMLINK
+                elif e.is_file(follow_symlinks=False):
+                    kind = _FILE
+                else:
+                    kind = _OTHER
+            except OSError:
+                kind = None
+            entries.append((os.fsencode(e.name), kind))
+    return entries
+
+
+def _kind_of(mode):
+    if stat.S_ISREG(mode):
+        return _FILE
+    if stat.S_ISLNK(mode):
+        return _SYMLINK
+    return _DIR if stat.S_ISDIR(mode) else _OTHER
+
+
+class _Count(traverse.Visitor):
+    def __init__(self, count):
+        self.count = count
+
+    def list(self, fd):
+        return _list_kinds(fd)
+
+    def on_list_failed(self, t, f, err):
+        self.count.fail(t.rel(), err)
+
+    def on_entry(self, t, f, child, kind):
+        c = self.count
+        if kind is _DIR:
+            return True
+        if kind is _FILE:
+            c.files += 1
+        elif kind is _SYMLINK:
+            c.symlinks += 1
+        elif kind is _OTHER:
+            c.others += 1
         return False
-    st = os.fstat(pfd)
-    if (st.st_dev, st.st_ino) == (parent.dev, parent.ino) and stat.S_ISDIR(st.st_mode):
-        parent.fd = pfd
-        return True
-    os.close(pfd)
-    return False
+
+    def on_enter_failed(self, t, f, child, e):
+        c = self.count
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            # Listed as a directory, now a symlink or a file (swapped in):
+            # count what is there, without following it or crossing a mount.
+            try:
+                kind = _kind_of(fsops.lstat_beneath(f.fd, child, parent_mnt=t.mnt).st_mode)
+            except OSError as e2:
+                e = e2
+            else:
+                if kind is _DIR:  # and back again: its entries are not counted
+                    c.fail(t.rel(child), None, "kept changing type while being listed")
+                else:
+                    self.on_entry(t, f, child, kind)
+                return
+        if e.errno == errno.ENOENT:
+            return
+        if e.errno == errno.EXDEV:
+            c.mounts.append(t.rel(child))
+        else:
+            c.fail(t.rel(child), e)
+
+    def on_leave(self, t, f, parent):
+        self.count.dirs += 1
+        return False
+
+    def on_abandon(self, t, survivor, rel):
+        self.count.fail(rel, None, "directory was moved during listing")
+
+
+def count_tree(parent_fd, name, dir_fd, mnt=None):
+    """Count the entries of the directory ``name`` of ``parent_fd`` and
+    everything below it, deleting nothing; return a TreeCount.
+
+    ``dir_fd`` as for ``remove_tree``: the directory opened with
+    ``fsops.open_beneath``, owned by the caller.  The walk is the removal's
+    (same defences, same fd bound): no symlink is followed and no mount
+    entered; a directory that is a mount point is listed in ``mounts``.
+    Mounts on non-directories (a bind-mounted file) are counted as what
+    they look like: ``mounts.mounts_at_or_below`` finds every mount.
+    """
+    count = TreeCount()
+    traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, mnt).run(_Count(count))
+    return count

@@ -1,0 +1,390 @@
+"""The walk's traversal on its own, and the listing that deletes nothing.
+
+``traverse.Traversal`` holds the defences (open_beneath only, bounded fds,
+the identity check when climbing ``..``); the removal and ``walk.count_tree``
+are two visitors of it.  These tests drive the count, and a visitor that asks
+for everything to be entered, to show that the defences hold whatever the
+visitor does: no symlink followed, no mount entered, fds bounded and all
+closed, a moved branch abandoned.  Every test runs with openat2 and with the
+forced fallback (``mode``); the mount tests need root.
+"""
+
+import errno
+import gc
+import os
+import socket
+import subprocess
+
+import pytest
+
+from locald_admin.fs import fsops, traverse, walk
+from support import snapshot
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (uid 0) to mount --bind / -t tmpfs")
+
+
+# -- helpers ----------------------------------------------------------------------
+
+def write(path, data=b"x"):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def open_fds():
+    gc.collect()
+    return len(os.listdir("/proc/self/fd"))
+
+
+def make_chain(base, depth, name=b"d"):
+    """``depth`` nested directories below ``base`` (fd-relative: the path is
+    longer than PATH_MAX) with a file at the bottom."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        os.close(os.open(b"leaf", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+class Held:
+    """The fds ``count_tree``/``remove_tree`` take: the parent and the
+    target opened beneath it."""
+
+    def __init__(self, target):
+        self.name = os.fsencode(target.name)
+        self.parent_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        self.dir_fd = fsops.open_beneath(self.parent_fd, self.name)
+
+    def count(self):
+        return walk.count_tree(self.parent_fd, self.name, self.dir_fd)
+
+    def remove(self):
+        return walk.remove_tree(self.parent_fd, self.name, self.dir_fd)
+
+    def close(self):
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            os.close(self.parent_fd)
+            self.dir_fd = self.parent_fd = None
+
+
+@pytest.fixture
+def held():
+    opened = []
+
+    def hold(target):
+        h = Held(target)
+        opened.append(h)
+        return h
+
+    yield hold
+    for h in opened:
+        h.close()
+
+
+@pytest.fixture
+def rmrf():
+    """Register trees to be removed with rm -rf however the test ends: a
+    deep chain left behind defeats pytest's own (recursive) cleanup."""
+    paths = []
+    yield paths.append
+    for p in paths:
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", os.fsdecode(p)], check=False)
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A directory outside every target, full of entries that must never be
+    counted, and checked by content afterwards."""
+    o = tmp_path / "outside"
+    (o / "sub" / "deep").mkdir(parents=True)
+    for i in range(20):
+        write(o / f"f{i}", b"outside")
+    write(o / "sub" / "deep" / "file", b"outside deep")
+    before = snapshot(o)
+    yield o
+    assert snapshot(o) == before, "the directory outside the target was changed"
+
+
+def mixed_tree(t):
+    """Files, directories, symlinks and other kinds; returns the counts."""
+    (t / "a" / "b" / "c").mkdir(parents=True)
+    (t / "empty").mkdir()
+    for rel in ("f1", "a/f2", "a/b/f3", "a/b/c/f4", "a/b/c/f5"):
+        write(t / rel)
+    (t / "dangling").symlink_to("/nonexistent/nowhere")
+    (t / "a" / "up").symlink_to("..")
+    os.mkfifo(t / "a" / "fifo")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(os.fsdecode(t / "a" / "b" / "sock"))
+    s.close()
+    return {"files": 5, "dirs": 5, "symlinks": 2, "others": 2}  # dirs: t, a, b, c, empty
+
+
+def counts(c):
+    return {"files": c.files, "dirs": c.dirs, "symlinks": c.symlinks, "others": c.others}
+
+
+# -- the count ---------------------------------------------------------------------
+
+def test_count_sees_every_kind_and_deletes_nothing(mode, tmp_path, held):
+    t = tmp_path / "t"
+    expected = mixed_tree(t)
+    before = snapshot(t)
+    baseline = open_fds()
+    h = held(t)
+    c = h.count()
+    assert counts(c) == expected
+    assert (c.mounts, c.failures) == ([], {})
+    assert snapshot(t) == before
+    # What the removal then removes is what was counted.
+    r = h.remove()
+    assert (r.removed, r.failures, r.mounts) == (c.total, {}, [])
+    assert not os.path.lexists(t)
+    h.close()
+    assert open_fds() == baseline
+
+
+def test_symlinks_to_outside_are_counted_as_links_never_followed(mode, tmp_path, held, outside):
+    t = tmp_path / "t"
+    (t / "d").mkdir(parents=True)
+    (t / "abs").symlink_to(outside)
+    (t / "d" / "rel").symlink_to(os.path.relpath(outside, t / "d"))
+    (t / "d" / "file_link").symlink_to(outside / "f0")
+    c = held(t).count()
+    assert counts(c) == {"files": 0, "dirs": 2, "symlinks": 3, "others": 0}
+    assert (c.mounts, c.failures) == ([], {})
+
+
+def test_directory_swapped_for_a_symlink_to_outside_is_not_entered(mode, tmp_path, held, outside, monkeypatch):
+    """Listed as a directory, a symlink to outside by the time it is entered
+    (CVE-2022-21658 style): counted as the link, outside never listed."""
+    t = tmp_path / "t"
+    (t / "sub").mkdir(parents=True)
+    write(t / "sub" / "data")
+    t_ino = os.stat(t).st_ino
+    real = walk._list_kinds
+    listed, swapped = [], []
+
+    def racing(fd):
+        st = os.fstat(fd)
+        listed.append((st.st_dev, st.st_ino))
+        entries = real(fd)
+        if not swapped and st.st_ino == t_ino:
+            assert (b"sub", "dir") in entries
+            os.rename(t / "sub", tmp_path / "moved_away")
+            (t / "sub").symlink_to(outside)
+            swapped.append(True)
+        return entries
+
+    monkeypatch.setattr(walk, "_list_kinds", racing)
+    c = held(t).count()
+    assert swapped
+    assert counts(c) == {"files": 0, "dirs": 1, "symlinks": 1, "others": 0}
+    st = os.stat(outside)
+    assert (st.st_dev, st.st_ino) not in listed
+    assert len(listed) == 1  # only t itself was listed
+    assert (tmp_path / "moved_away" / "data").exists()
+
+
+@pytest.mark.parametrize("max_fds", [None, 4])
+def test_10000_deep_chain_is_counted_with_bounded_fds(mode, tmp_path, held, rmrf, monkeypatch, max_fds):
+    if max_fds is not None:
+        monkeypatch.setattr(walk, "MAX_HELD_FDS", max_fds)
+    limit = walk.MAX_HELD_FDS
+    depth = 10_000
+    t = tmp_path / "deep"
+    t.mkdir()
+    rmrf(t)
+    make_chain(t, depth)
+    h = held(t)
+    seen = []
+    real = walk._list_kinds
+
+    def sampling(fd):
+        seen.append(len(os.listdir("/proc/self/fd")))
+        return real(fd)
+
+    monkeypatch.setattr(walk, "_list_kinds", sampling)
+    baseline = open_fds()
+    c = h.count()
+    assert counts(c) == {"files": 1, "dirs": depth + 1, "symlinks": 0, "others": 0}
+    assert (c.mounts, c.failures) == ([], {})
+    assert len(seen) == depth + 1  # every directory listed once
+    assert limit <= max(seen) - baseline <= limit + 4, (max(seen), baseline, limit)
+    assert open_fds() == baseline
+    # The same traversal removes it, within the same bound.
+    monkeypatch.setattr(walk, "_list_kinds", real)
+    assert h.remove().removed == c.total
+
+
+def test_branch_moved_out_while_its_fds_are_closed_is_abandoned(mode, tmp_path, held, outside, monkeypatch):
+    """With 2 held fds, a and b are closed while the walk lists d, and b is
+    moved into outside/.  Climbing from c reaches b (moved, but b); climbing
+    from b reaches outside/, not a: the identity check refuses it, what is
+    left of the branch (a) is abandoned, nothing of outside is listed."""
+    monkeypatch.setattr(walk, "MAX_HELD_FDS", 2)
+    t = tmp_path / "t"
+    (t / "a" / "b" / "c" / "d").mkdir(parents=True)
+    for rel in ("f", "a/f", "a/b/f", "a/b/c/f", "a/b/c/d/f"):
+        write(t / rel)
+    d_ino = os.stat(t / "a/b/c/d").st_ino
+    real = walk._list_kinds
+    listed, moved = [], []
+
+    def racing(fd):
+        st = os.fstat(fd)
+        listed.append(st.st_ino)
+        if not moved and st.st_ino == d_ino:
+            os.rename(t / "a" / "b", outside / "b")
+            moved.append(True)
+        return sorted(real(fd), key=lambda e: e[1] == "dir")  # consumed from the end: directories first
+
+    monkeypatch.setattr(walk, "_list_kinds", racing)
+    baseline = open_fds()
+    try:
+        c = held(t).count()
+        assert moved
+        assert c.failures == {b"a": (None, "directory was moved during listing")}
+        assert os.stat(outside).st_ino not in listed
+        # Not a/f (a was abandoned); b/f, c/f, d/f went with b but were
+        # listed before the walk could tell.  b itself is not counted: it was
+        # not left the ordinary way (its parent was not found).
+        assert counts(c) == {"files": 4, "dirs": 3, "symlinks": 0, "others": 0}
+        assert open_fds() == baseline + 2  # held's fds only
+    finally:
+        os.rename(outside / "b", t / "a" / "b")  # the outside fixture checks its content
+
+
+# -- the traversal's own defences, whatever the visitor asks -------------------------
+
+class EnterEverything(traverse.Visitor):
+    """A visitor without a policy: it asks to enter every entry."""
+
+    def __init__(self):
+        self.entered, self.refused, self.left = [], [], []
+
+    def list(self, fd):
+        return [(e, None) for e in map(os.fsencode, os.listdir(fd))]
+
+    def on_entry(self, t, f, name, info):
+        return True
+
+    def on_enter_failed(self, t, f, name, err):
+        self.refused.append((t.rel(name), err.errno))
+
+    def on_leave(self, t, f, parent):
+        self.left.append(t.rel())
+        return False
+
+
+def test_traversal_never_enters_a_symlink_or_a_file_whatever_the_visitor_asks(mode, tmp_path, outside):
+    t = tmp_path / "t"
+    (t / "d").mkdir(parents=True)
+    (t / "to_outside").symlink_to(outside)
+    (t / "d" / "to_sub").symlink_to(outside / "sub")
+    write(t / "d" / "file")
+    v = EnterEverything()
+    baseline = open_fds()
+    pfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    dfd = fsops.open_beneath(pfd, b"t")
+    try:
+        traverse.Traversal(pfd, b"t", dfd, max_held=8).run(v)
+    finally:
+        os.close(dfd)
+        os.close(pfd)
+    assert open_fds() == baseline
+    assert sorted(v.left) == [b"", b"d"]  # children before parents, once each
+    assert v.left[-1] == b""
+    assert sorted(r for r, _ in v.refused) == [b"d/file", b"d/to_sub", b"to_outside"]
+    assert {e for _, e in v.refused} <= {errno.ELOOP, errno.ENOTDIR}
+
+
+def test_a_failing_visitor_leaves_no_fd_open(mode, tmp_path):
+    t = tmp_path / "t"
+    t.mkdir()
+    make_chain(t, 200)
+
+    class Boom(EnterEverything):
+        def on_entry(self, tr, f, name, info):
+            if name == b"leaf":
+                raise RuntimeError("visitor failed")
+            return True
+
+    baseline = open_fds()
+    pfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    dfd = fsops.open_beneath(pfd, b"t")
+    try:
+        with pytest.raises(RuntimeError):
+            traverse.Traversal(pfd, b"t", dfd, max_held=16).run(Boom())
+        assert open_fds() == baseline + 2  # the caller's two, still open
+    finally:
+        os.close(dfd)
+        os.close(pfd)
+
+
+# -- mounts (root) -----------------------------------------------------------------
+
+@pytest.fixture
+def mounter(tmp_path):
+    """mount(*args, target): run mount(8); unmounted in teardown, always."""
+    done = []
+
+    def mount(*args, target):
+        subprocess.run(["mount", *args, os.fsdecode(target)], check=True, capture_output=True)
+        done.append(target)
+
+    try:
+        yield mount
+    finally:
+        for target in reversed(done):
+            if subprocess.run(["umount", os.fsdecode(target)], capture_output=True).returncode:
+                subprocess.run(["umount", "-l", os.fsdecode(target)], capture_output=True)
+
+
+@needs_root
+@pytest.mark.parametrize("kind", ["bind", "tmpfs"])
+def test_count_reports_a_mount_and_does_not_enter_it(mode, tmp_path, held, outside, mounter, kind):
+    t = tmp_path / "t"
+    (t / "x" / "mnt").mkdir(parents=True)
+    write(t / "x" / "f")
+    if kind == "bind":
+        mounter("--bind", os.fsdecode(outside), target=t / "x" / "mnt")
+    else:
+        mounter("-t", "tmpfs", "-o", "size=1m", "tmpfs", target=t / "x" / "mnt")
+        for i in range(5):
+            write(t / "x" / "mnt" / f"in_tmpfs{i}")
+    before = snapshot(t)
+    c = held(t).count()
+    assert c.mounts == [b"x/mnt"]
+    assert c.failures == {}
+    # The mount point itself is not listed, nor anything in it.
+    assert counts(c) == {"files": 1, "dirs": 2, "symlinks": 0, "others": 0}
+    assert snapshot(t) == before
+
+
+@needs_root
+def test_count_reports_a_mount_that_appears_during_the_listing(mode, tmp_path, held, outside, mounter, monkeypatch):
+    t = tmp_path / "t"
+    for d in ("a", "b", "c"):
+        (t / d).mkdir(parents=True)
+        write(t / d / "f")
+    t_ino = os.stat(t).st_ino
+    real = walk._list_kinds
+    done = []
+
+    def racing(fd):
+        if not done and os.fstat(fd).st_ino == t_ino:
+            mounter("--bind", os.fsdecode(outside), target=t / "b")
+            done.append(True)
+        return real(fd)
+
+    monkeypatch.setattr(walk, "_list_kinds", racing)
+    c = held(t).count()
+    assert done
+    assert c.mounts == [b"b"]
+    assert counts(c) == {"files": 2, "dirs": 3, "symlinks": 0, "others": 0}
