@@ -29,7 +29,6 @@ Everything it starts, mounts, installs or creates is undone in ``finally``.
 import argparse
 import contextlib
 import datetime
-import grp
 import json
 import math
 import os
@@ -46,8 +45,13 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
-sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(ROOT))  # the test harness, harness/ (not part of the product)
+
+from harness import PROGRAMS, realsystem, trees  # noqa: E402
+from harness.buses import PolkitMock, PrivateBus, wait_for_no_owner  # noqa: E402
+from harness.mechanism import Mechanism  # noqa: E402
+from harness.users import TEST_USER, ClientRunner  # noqa: E402
+from harness.waiting import terminate  # noqa: E402
 
 DIRF = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILEF = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -78,196 +82,8 @@ def log(msg):
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
-# -- the client, run as the unprivileged user with Debian's python3 ----------
-
-CLIENT_SOURCE = r'''
-"""locald-admin benchmark client (written by scripts/bench.py; runs as the
-unprivileged test user).  Modes:
-
-  delete PATH          connect, then time one Cleanup(PATH); print JSON
-  coldstart PATH       connect, print ready, poll NameHasOwner every 1 ms,
-                       call Cleanup(PATH) once it appears; print monotonic times
-  load PREFIX          connect, print ready, then serve commands on stdin:
-                         run WHAT COUNT START DURATION   (WHAT: cleanup, polkit,
-                           ping, driver; COUNT 0: until START+DURATION)
-                         quit
-"""
-import asyncio, json, os, resource, sys, time
-from dbus_next import Message, MessageType, Variant
-from locald_admin import interface as i
-from locald_admin.busio import connect_system_bus
-from locald_admin.client import AdminClient
-
-DBUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
-POLKIT = ("org.freedesktop.PolicyKit1", "/org/freedesktop/PolicyKit1/Authority",
-          "org.freedesktop.PolicyKit1.Authority")
-
-
-def emit(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-def cpu():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def describe(e):
-    return f"{type(e).__name__}: {e}"[:300]
-
-
-async def check(reply):
-    if reply.message_type == MessageType.ERROR:
-        raise RuntimeError(f"{reply.error_name}: {reply.body[0] if reply.body else ''}")
-    return reply
-
-
-async def delete(path):
-    admin = await AdminClient().connect()
-    err = None
-    t0 = time.perf_counter()
-    try:
-        await admin.cleanup(path, timeout=3600)
-    except Exception as e:
-        err = describe(e)
-    seconds = time.perf_counter() - t0
-    admin.close()
-    emit({"seconds": seconds, "error": err})
-
-
-async def coldstart(path):
-    bus = await connect_system_bus()
-    emit({"ready": True})
-    has = Message(destination=DBUS[0], path=DBUS[1], interface=DBUS[2], member="NameHasOwner",
-                  signature="s", body=[i.BUS_NAME])
-    deadline = time.monotonic() + 60
-    t_name = None
-    while time.monotonic() < deadline:
-        reply = await bus.call(has)
-        if reply.message_type == MessageType.METHOD_RETURN and reply.body[0]:
-            t_name = time.monotonic()
-            break
-        await asyncio.sleep(0.001)
-    if t_name is None:
-        emit({"error": "the name never appeared"})
-        return
-    reply = await bus.call(Message(destination=i.BUS_NAME, path=i.OBJECT_PATH, interface=i.INTERFACE,
-                                   member=i.METHOD_CLEANUP, signature="s", body=[path]))
-    t_reply = time.monotonic()
-    err = reply.error_name if reply.message_type == MessageType.ERROR else None
-    emit({"t_name": t_name, "t_reply": t_reply, "error": err})
-    bus.disconnect()
-
-
-async def load(prefix):
-    admin = await AdminClient().connect()
-    bus = admin._bus
-    me = bus.unique_name
-    pid = os.getpid()
-
-    def polkit_call():
-        return Message(destination=POLKIT[0], path=POLKIT[1], interface=POLKIT[2],
-                       member="CheckAuthorization", signature="(sa{sv})sa{ss}us",
-                       body=[["system-bus-name", {"name": Variant("s", me)}], i.POLKIT_ACTION, {}, 0, ""])
-
-    async def call(what, k):
-        if what == "cleanup":
-            await admin.cleanup(f"{prefix}-{pid}-{k}", timeout=60)
-        elif what == "polkit":
-            reply = await check(await bus.call(polkit_call()))
-            authorized, challenge, _ = reply.body[0]
-            if authorized is not True:
-                raise RuntimeError("polkit said no" + (" (challenge)" if challenge else ""))
-        elif what == "ping":
-            await check(await bus.call(Message(destination=i.BUS_NAME, path=i.OBJECT_PATH,
-                                               interface="org.freedesktop.DBus.Peer", member="Ping")))
-        elif what == "driver":
-            await check(await bus.call(Message(destination=DBUS[0], path=DBUS[1], interface=DBUS[2],
-                                               member="GetId")))
-        else:
-            raise ValueError(what)
-
-    emit({"ready": True, "name": me})
-    n = 0
-    while True:
-        line = sys.stdin.readline()
-        if not line or line.strip() == "quit":
-            break
-        _, what, count, start, duration = line.split()
-        count, start, duration = int(count), float(start), float(duration)
-        warm_err = None
-        for k in range(3):
-            try:
-                await call(what, f"w{n}-{k}")
-            except Exception as e:
-                warm_err = warm_err or describe(e)
-        await asyncio.sleep(max(0.0, start - time.monotonic()))
-        t_start = time.monotonic()
-        end = t_start + (duration if duration > 0 else 600.0)
-        lat, errors, first = [], 0, None
-        c0 = cpu()
-        k = 0
-        while count == 0 or k < count:
-            t0 = time.monotonic()
-            if t0 >= end:
-                break
-            try:
-                await call(what, f"{n}-{k}")
-                ok = True
-            except Exception as e:
-                ok = False
-                first = first or describe(e)
-            t1 = time.monotonic()
-            if count == 0 and t1 > end:
-                break  # finished after the window: not counted
-            k += 1
-            if ok:
-                lat.append((t1 - t0) * 1000.0)
-            else:
-                errors += 1
-        elapsed = time.monotonic() - t_start
-        n += 1
-        emit({"what": what, "ok": len(lat), "errors": errors, "first_error": first, "warmup_error": warm_err,
-              "elapsed": elapsed, "cpu": cpu() - c0, "ms": lat if count else None,
-              "ms_summary": summary(lat)})
-    admin.close()
-
-
-def summary(v):
-    if not v:
-        return None
-    s = sorted(v)
-    pick = lambda q: s[max(0, min(len(s) - 1, int(-(-q * len(s) // 1)) - 1))]
-    return {"n": len(s), "p50": pick(0.5), "p99": pick(0.99), "max": s[-1]}
-
-
-def main():
-    mode = sys.argv[1]
-    if mode == "delete":
-        asyncio.run(delete(sys.argv[2]))
-    elif mode == "coldstart":
-        asyncio.run(coldstart(sys.argv[2]))
-    elif mode == "load":
-        asyncio.run(load(sys.argv[2]))
-    else:
-        raise SystemExit(f"unknown mode {mode}")
-
-
-main()
-'''
-
-RMTREE_SOURCE = r'''
-import json, shutil, sys, time
-t0 = time.perf_counter()
-err = None
-try:
-    shutil.rmtree(sys.argv[1])
-except BaseException as e:
-    err = f"{type(e).__name__}: {str(e)[:200]}"
-print(json.dumps({"seconds": time.perf_counter() - t0, "error": err}))
-'''
-
+# The client (harness/programs/bench_client.py) runs as the unprivileged user
+# with Debian's python3; shutil.rmtree is timed by harness/programs/bench_rmtree.py.
 
 # -- small helpers ------------------------------------------------------------------
 
@@ -386,13 +202,7 @@ class Lines:
 def stop_proc(p, timeout=10):
     if p is None:
         return
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
+    terminate(p, timeout)
     close_pipes(p)
 
 
@@ -507,43 +317,37 @@ class Bench:
         self.stack.callback(run)
         return run
 
-    def setup_common(self):
-        import support
+    def enter(self, what, cm):
+        """Enter the context manager ``cm``; its exit is an undo step."""
+        value = cm.__enter__()
+        self.cleanup_cb(what, cm.__exit__, None, None, None)
+        return value
 
-        self.support = support
+    def setup_common(self):
         self.logdir = Path(tempfile.mkdtemp(prefix="locald-bench-logs-", dir="/tmp"))
-        self.cleanup_cb("remove logs", support.rm_rf, self.logdir)
+        self.cleanup_cb("remove logs", trees.rm_rf, self.logdir)
         log("staging the client code for the unprivileged user locald-test")
-        self.runner = support.ClientRunner()
+        self.runner = ClientRunner()
         self.cleanup_cb("remove client stage", self.runner.close)
         stage = Path(self.runner.stage)
-        self.client_script = stage / "bench_client.py"
-        self.client_script.write_text(CLIENT_SOURCE)
-        os.chmod(self.client_script, 0o644)
+        self.client_script = self.runner.program("bench_client.py")
         # Precompile, as an installed package would be: the 32 clients would
         # otherwise each compile dbus-next from source at start-up.
         subprocess.run([self.runner.python, "-m", "compileall", "-q", str(stage)], check=True,
                        stdout=subprocess.DEVNULL)
         subprocess.run(["chmod", "-R", "a+rX", str(stage)], check=True)
         # An anchor owned by the test user for the small calls (missing targets).
-        self.small_top = support.world_tmpdir("locald-bench-small-")
-        self.cleanup_cb("remove small anchor", support.rm_rf, self.small_top)
-        self.small_anchor = self.small_top / "proj" / ".locald"
-        self.small_anchor.mkdir(parents=True)
-        os.chown(self.small_top / "proj", self.runner.uid, self.runner.gid)
-        os.chown(self.small_anchor, self.runner.uid, self.runner.gid)
+        self.small_top = trees.world_tmpdir("locald-bench-small-")
+        self.cleanup_cb("remove small anchor", trees.rm_rf, self.small_top)
+        self.small_anchor = trees.make_anchor(self.small_top, self.runner.uid, self.runner.gid)
 
     def spawn_client(self, argv, address, stdin=False):
         self.n_clients += 1
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-               "PYTHONPATH": self.runner.pythonpath, "PYTHONDONTWRITEBYTECODE": "1",
-               "DBUS_SYSTEM_BUS_ADDRESS": address}
         errpath = self.logdir / f"client-{self.n_clients}.stderr"
         with open(errpath, "wb") as err:
-            p = subprocess.Popen([self.runner.python, str(self.client_script), *argv], env=env, cwd="/",
-                                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=err,
-                                 user=self.runner.uid, group=self.runner.gid, extra_groups=[])
+            p = self.runner.popen([self.client_script, *argv], address,
+                                  stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=err)
         p.errpath = errpath
         return Reaper.add(p)
 
@@ -574,7 +378,7 @@ class Bench:
 
     @staticmethod
     def delete_rmtree(path):
-        cp = subprocess.run([sys.executable, "-c", RMTREE_SOURCE, str(path)], stdin=subprocess.DEVNULL,
+        cp = subprocess.run([sys.executable, str(PROGRAMS / "bench_rmtree.py"), str(path)], stdin=subprocess.DEVNULL,
                             capture_output=True, timeout=3600)
         try:
             r = json.loads(cp.stdout)
@@ -658,7 +462,7 @@ class Bench:
                 rec["methods"][m]["errors"].append(err)
                 rec["methods"][m]["by_round"].append(None)
                 log(f"  round {r} {METHOD_LABEL[m]}: FAILED: {err[:160]}")
-                self.support.rm_rf(path)
+                trees.rm_rf(path)
             else:
                 rec["methods"][m]["seconds"].append(seconds)
                 rec["methods"][m]["by_round"].append(seconds)
@@ -819,8 +623,6 @@ class Bench:
 
     # -- 4. cold start ------------------------------------------------------------------
     def cold_starts(self, label, address, argv, env, n):
-        import test_real_bus as trb
-
         trials = []
         for k in range(n):
             client = self.spawn_client(["coldstart", str(self.small_anchor / f"cold-{k}")], address)
@@ -846,7 +648,7 @@ class Bench:
                 stop_proc(client)
                 stop_proc(mech)
                 with contextlib.suppress(Exception):
-                    trb.wait_for_no_owner(address, "org.locald.Admin1")
+                    wait_for_no_owner(address, "org.locald.Admin1")
         ok = [t for t in trials if "to_reply_ms" in t]
         out = {"argv": argv, "trials": trials,
                "to_reply_ms": stats([t["to_reply_ms"] for t in ok]),
@@ -859,7 +661,7 @@ class Bench:
         """The installed layout (launcher + private site dir, compiled) in a
         temporary directory, as `make install` lays it in /usr/lib/locald-admin."""
         d = Path(tempfile.mkdtemp(prefix="locald-bench-launcher-", dir="/tmp"))
-        self.cleanup_cb("remove launcher stage", self.support.rm_rf, d)
+        self.cleanup_cb("remove launcher stage", trees.rm_rf, d)
         site = d / "site"
         site.mkdir()
         stage = Path(self.runner.stage)
@@ -916,16 +718,15 @@ class Bench:
 
     def phase_mock(self):
         """Private permissive bus, polkit mock allowing the action, the mechanism."""
-        support = self.support
         log("phase 1: private bus + polkit mock + mechanism")
-        bus = support.PrivateBus()
+        bus = PrivateBus()
         Reaper.add(bus.proc)
         stop_bus = self.cleanup_cb("stop mock bus", bus.stop)
-        mock = support.PolkitMock(bus)
+        mock = PolkitMock(bus)
         Reaper.add(mock.proc)
         stop_mock = self.cleanup_cb("stop polkit mock", mock.stop)
         mock.allow()
-        mech = support.Mechanism(bus)
+        mech = Mechanism(bus)
         Reaper.add(mech.proc)
         stop_mech = self.cleanup_cb("stop mechanism (mock bus)", mech.stop)
         self.mech = mech
@@ -956,7 +757,7 @@ class Bench:
         if self.args.long:
             disk = Path(tempfile.mkdtemp(prefix="locald-bench-disk-", dir="/var/tmp"))
             os.chmod(disk, 0o755)
-            remove_disk = self.cleanup_cb("remove disk trees", self.support.rm_rf, disk)
+            remove_disk = self.cleanup_cb("remove disk trees", trees.rm_rf, disk)
             st = os.statvfs(disk)
             disk_rounds = min(rounds, 3)
             disk_trees = [("a", disk_rounds), ("b", 1), ("c", disk_rounds), ("d", disk_rounds)]
@@ -972,32 +773,25 @@ class Bench:
 
     def phase_real(self):
         """Debian's system-bus policy, the real polkitd, the group rule."""
-        import test_real_bus as trb
-
         log("phase 2: private bus with the real system-bus policy + real polkitd + headless group rule")
-        if not os.access(trb.POLKITD, os.X_OK):
-            raise RuntimeError(f"{trb.POLKITD} is missing")
+        if not os.access(realsystem.POLKITD, os.X_OK):
+            raise RuntimeError(f"{realsystem.POLKITD} is missing")
         # The action, where polkitd reads actions (left alone if identical).
-        if trb.ACTION_DEST.exists() or trb.ACTION_DEST.is_symlink():
-            if trb.ACTION_DEST.read_bytes() != trb.ACTION_SRC.read_bytes():
-                raise RuntimeError(f"{trb.ACTION_DEST} exists and differs from the project's; not touching it")
-            log(f"{trb.ACTION_DEST} already installed (identical); leaving it")
-        else:
-            shutil.copyfile(trb.ACTION_SRC, trb.ACTION_DEST)
-            os.chmod(trb.ACTION_DEST, 0o644)
-            self.cleanup_cb("remove polkit action", trb.ACTION_DEST.unlink, missing_ok=True)
-        rule = trb.RULES_DIR / BENCH_RULE_NAME
-        shutil.copyfile(trb.RULE_SRC, rule)
-        os.chmod(rule, 0o644)
-        self.cleanup_cb("remove polkit rule", rule.unlink, missing_ok=True)
-        self.group = GroupState(trb)
+        why = realsystem.action_conflict()
+        if why:
+            raise RuntimeError(why)
+        if realsystem.ACTION_DEST.exists():
+            log(f"{realsystem.ACTION_DEST} already installed (identical); leaving it")
+        self.enter("remove polkit action", realsystem.installed_action())
+        self.enter("remove polkit rule", realsystem.installed_rule(BENCH_RULE_NAME))
+        self.group = realsystem.GroupMembership(TEST_USER)
         self.cleanup_cb("restore group", self.group.restore)
         self.group.ensure()
 
-        bus = trb.real_bus()
+        bus = realsystem.real_bus()
         Reaper.add(bus.proc)
         stop_bus = self.cleanup_cb("stop real bus", bus.stop)
-        polkitd = trb.Polkitd(bus)
+        polkitd = realsystem.Polkitd(bus)
         Reaper.add(polkitd.proc)
         stop_polkitd = self.cleanup_cb("stop polkitd", polkitd.stop)
 
@@ -1015,7 +809,7 @@ class Bench:
                 self.note_error("cold start of the installed launcher", e)
             self.startup_reference()
 
-        mech = self.support.Mechanism(bus, "--polkit-timeout", "10")
+        mech = Mechanism(bus, "--polkit-timeout", "10")
         Reaper.add(mech.proc)
         stop_mech = self.cleanup_cb("stop mechanism (real bus)", mech.stop)
         watch = {"mechanism": mech.proc.pid, "polkitd": polkitd.proc.pid, "dbus-daemon": bus.proc.pid}
@@ -1069,39 +863,6 @@ class Bench:
         self.results["machine"]["loadavg_end"] = os.getloadavg()
         self.results["machine"]["background_busy_cores_end"] = background_load()
         self.results["wall_seconds"] = time.monotonic() - t0
-
-
-class GroupState:
-    """The group of the headless rule with the test user as member, and how
-    to undo exactly what we changed.  ``ensure`` is called again before each
-    section, in case a concurrent test run restored its own view."""
-
-    def __init__(self, trb):
-        self.trb = trb
-        self.created = False
-        self.added = False
-
-    def ensure(self):
-        trb = self.trb
-        try:
-            grp.getgrnam(trb.GROUP)
-        except KeyError:
-            cp = trb._shadow_tool("groupadd", "--system", trb.GROUP)
-            if cp.returncode != 0:
-                raise RuntimeError(f"groupadd {trb.GROUP}: {cp.stderr}")
-            self.created = True
-        if trb.TEST_USER not in grp.getgrnam(trb.GROUP).gr_mem:
-            cp = trb._shadow_tool("gpasswd", "--add", trb.TEST_USER, trb.GROUP)
-            if cp.returncode != 0:
-                raise RuntimeError(f"gpasswd --add: {cp.stderr}")
-            self.added = True
-
-    def restore(self):
-        trb = self.trb
-        if self.added:
-            trb._shadow_tool("gpasswd", "--delete", trb.TEST_USER, trb.GROUP)
-        if self.created:
-            trb._shadow_tool("groupdel", trb.GROUP)
 
 
 def unmount(path):

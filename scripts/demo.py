@@ -15,23 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the test harness, harness/
 
 USER = "nobody"
-
-CLIENT = r"""
-import shutil, sys
-from locald_admin.client import force_remove_dir_all
-target = sys.argv[1]
-try:
-    shutil.rmtree(target)
-    print("  shutil.rmtree: removed (unexpected: nothing root-owned?)")
-except PermissionError as e:
-    print(f"  shutil.rmtree as this user: PermissionError: {e}")
-force_remove_dir_all(target)
-print("  force_remove_dir_all: done (delegated to org.locald.Admin1)")
-"""
-
 
 def step(text):
     print(f"==> {text}", flush=True)
@@ -42,7 +28,10 @@ def main():
         print("demo: needs root to set up root-owned leftovers and start the mechanism as root; "
               "run: sudo scripts/demo", file=sys.stderr)
         return 1
-    from support import ClientRunner, Mechanism, PolkitMock, PrivateBus, rm_rf, world_tmpdir
+    from harness.buses import PolkitMock, PrivateBus
+    from harness.mechanism import Mechanism
+    from harness.trees import make_anchor, make_runc_leftovers, rm_rf, world_tmpdir
+    from harness.users import ClientRunner
 
     bus = polkit = mech = clients = None
     top = world_tmpdir("locald-admin-demo-")
@@ -56,20 +45,14 @@ def main():
 
         clients = ClientRunner(user=USER)
         anchor = top / "project" / ".locald"
-        shm = anchor / "web" / "rootfs" / "run" / "shm"
         step(f"creating {anchor} owned by {USER}, with root-owned leftovers as runc leaves them")
-        shm.mkdir(parents=True)
-        subprocess.run(["chown", "-R", f"{clients.uid}:{clients.gid}", str(top / "project")], check=True)
-        for d in (anchor / "web" / "rootfs", anchor / "web" / "rootfs" / "run", shm):
-            os.chown(d, 0, 0)
-            os.chmod(d, 0o700)
-        (shm / "lock").write_text("x")
-        os.chmod(shm / "lock", 0)
+        make_anchor(top, clients.uid, clients.gid, name="project")
+        shm = make_runc_leftovers(anchor, svc="web", secret="lock").parent
         print(subprocess.run(["ls", "-ld", str(anchor), str(shm)], capture_output=True, text=True).stdout, end="")
 
         target = anchor / "web"
         step(f"as {USER}: removing {target}")
-        cp = clients.python_code(CLIENT, str(target), bus_address=bus.address)
+        cp = clients.run_program("demo_client.py", str(target), bus_address=bus.address)
         print(cp.stdout.decode(), end="")
         if cp.returncode != 0:
             print(cp.stderr.decode(), file=sys.stderr)
@@ -82,9 +65,11 @@ def main():
         step(f"{target} is gone; {anchor} is still there. Demo OK.")
         return 0
     finally:
-        for part in (mech, polkit, bus, clients):
+        for part in (mech, polkit, bus):
             if part is not None:
-                part.stop() if hasattr(part, "stop") else part.close()
+                part.stop()
+        if clients is not None:
+            clients.close()
         rm_rf(top)
 
 

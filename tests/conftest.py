@@ -6,9 +6,14 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The test harness (not part of the product) lives in <repository>/harness.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from support import IS_ROOT, ClientRunner, PolkitMock, PrivateBus, rm_rf, world_tmpdir  # noqa: E402
+from harness import IS_ROOT  # noqa: E402
+from harness import mechanism as started_mechanisms  # noqa: E402
+from harness.buses import PolkitMock, PrivateBus  # noqa: E402
+from harness.trees import rm_rf, world_tmpdir  # noqa: E402
+from harness.users import ClientRunner  # noqa: E402
 
 from locald_admin.fs import fsops  # noqa: E402
 
@@ -61,23 +66,40 @@ def mode(request):
 def bus():
     """A private system bus (permissive policy) per test module; modules that
     need another policy define their own ``bus``."""
-    b = PrivateBus()
-    yield b
-    b.stop()
+    with PrivateBus() as b:
+        yield b
 
 
 @pytest.fixture(scope="module")
 def polkit(bus):
     """python-dbusmock's polkitd on ``bus``; denies everything until told."""
-    p = PolkitMock(bus)
-    yield p
-    p.stop()
+    with PolkitMock(bus) as p:
+        yield p
 
 
 @pytest.fixture(autouse=True)
 def _restore_openat2():
     yield
     fsops.set_openat2(True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report carries the log of every mechanism that ran
+    during it (started by it or by a fixture it uses), so that a CI failure
+    shows what the mechanism said.  Named "Captured log ...": shown with the
+    captured output, and written to JUnit XML as the test's log."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for m in started_mechanisms.STARTED:
+            report.sections.append((f"Captured log {call.when}: mechanism {m.describe()}", m.log_tail()))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    yield
+    started_mechanisms.forget_stopped()
 
 
 def pytest_report_header(config):
@@ -96,7 +118,8 @@ def staged():
         pytest.skip("make is not installed")
     top = world_tmpdir("locald-admin-stage-")
     src, dest = top / "src", top / "root"
-    ignore = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "tests")
+    ignore = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "tests",
+                                    "harness")
     shutil.copytree(Path(__file__).resolve().parent.parent, src, ignore=ignore)
     cp = subprocess.run(["make", "-C", str(src), "install", f"DESTDIR={dest}"], capture_output=True, text=True,
                         timeout=300)

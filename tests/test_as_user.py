@@ -22,14 +22,11 @@ import subprocess
 import pytest
 
 from locald_admin.client import MountPointError, as_user
-from support import IS_ROOT, Mechanism, rm_rf, snapshot, world_tmpdir
+from harness import IS_ROOT
+from harness.mechanism import Mechanism
+from harness.trees import make_chain, rm_rf, snapshot, umount, world_tmpdir
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="root tier: mounts need uid 0; run the suite as root")
-
-
-def _umount(path):
-    if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def _chown_tree(path, clients):
@@ -87,13 +84,7 @@ def test_missing_entries_and_files_in_the_way_are_success(mode, top):
 
 
 def test_a_10000_deep_chain_is_removed(mode, top):
-    d = os.open(top, os.O_RDONLY)
-    for _ in range(10_000):  # deeper than PATH_MAX: built relative to fds
-        os.mkdir("d", dir_fd=d)
-        nd = os.open("d", os.O_RDONLY, dir_fd=d)
-        os.close(d)
-        d = nd
-    os.close(d)
+    make_chain(top, 10_000)  # deeper than PATH_MAX: built relative to fds
     as_user.remove(str(top / "d"))
     assert os.listdir(top) == []
 
@@ -124,7 +115,7 @@ def web(top, clients):
         yield web, src, app
     finally:
         for m in mounted:
-            _umount(m)
+            umount(m, check=False)
 
 
 @needs_root
@@ -162,7 +153,7 @@ def test_a_tmpfs_inside_the_target_is_refused(mode, top):
             as_user.remove(str(t))
         assert snapshot(t) == before
     finally:
-        _umount(shm)
+        umount(shm, check=False)
 
 
 # -- root, end to end: the client API as the user, the real mechanism on a bus ---------
@@ -170,9 +161,8 @@ def test_a_tmpfs_inside_the_target_is_refused(mode, top):
 @pytest.fixture(scope="module")
 def mechanism(bus, polkit):
     polkit.allow(True)
-    m = Mechanism(bus)
-    yield m
-    m.stop()
+    with Mechanism(bus) as m:
+        yield m
 
 
 @needs_root
@@ -212,7 +202,7 @@ def test_a_read_only_file_system_error_reaches_the_caller_unchanged(op, top, cli
         assert (t / "sub" / "file").read_text() == "x"
         assert len(mechanism.audit_lines()) == asked, "the mechanism was asked"
     finally:
-        _umount(ro)
+        umount(ro, check=False)
 
 
 @needs_root

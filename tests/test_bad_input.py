@@ -7,7 +7,8 @@ private bus (python-dbusmock's polkitd allows the action):
   skips polkit and the anchor owner check, so only the lexical rules and the
   fd-based scope resolution stand between the string and the file system.
 * ``api``: ``request_cleanup`` (the bare call: it sends the string as is) run
-  as the unprivileged client user; the path travels on stdin, so 1 MiB and
+  as the unprivileged client user (harness/programs/user_call.py); the path
+  travels on stdin, so 1 MiB and
   control characters reach the bus unchanged.
 * ``shim``: ``locald-shim admin cleanup PATH`` as the unprivileged user;
   exit codes from the README's table (the shim checks the lexical rules
@@ -28,11 +29,13 @@ import stat
 import subprocess
 from pathlib import Path
 
-import dbus
 import pytest
 
 from locald_admin import interface as i
-from support import IS_ROOT, Mechanism, PolkitMock, PrivateBus, rm_rf, world_tmpdir
+from harness import IS_ROOT
+from harness.calls import cleanup
+from harness.mechanism import stack as mechanism_stack
+from harness.trees import check_canary, listing, plant_canary, rm_rf, world_tmpdir
 
 INVALID = i.ERROR_INVALID_PATH
 OUTSIDE = i.ERROR_OUTSIDE_SCOPE
@@ -50,24 +53,6 @@ ERROR_BY_CLIENT_TYPE = {
 ERROR_BY_EXIT = {code: name for name, code in i.EXIT_CODE_BY_ERROR.items()
                  if name != i.ERROR_INTERACTIVE_AUTH_REQUIRED}
 
-# Runs as the client user: one bare Cleanup call (request_cleanup sends the
-# string as is, no client-side check) or force_remove_dir_all; the request
-# comes as JSON on stdin, the outcome goes as JSON to stdout.
-USER_CALL = r"""
-import asyncio, json, sys
-from locald_admin import client
-req = json.loads(sys.stdin.buffer.read().decode("utf-8"))
-try:
-    if req["op"] == "request":
-        asyncio.run(client.request_cleanup(req["path"], timeout=req["timeout"]))
-    else:
-        client.force_remove_dir_all(req["path"], timeout=req["timeout"])
-    out = {"ok": True}
-except Exception as e:
-    out = {"ok": False, "type": type(e).__name__, "message": str(e)}
-print(json.dumps(out))
-"""
-
 CALLERS = ["raw", "api", "shim"]
 
 # A single argv string is limited to MAX_ARG_STRLEN (32 pages, 131072 bytes
@@ -80,18 +65,12 @@ SHIM_MAX_ARG = 131071
 
 @pytest.fixture(scope="module", params=["openat2", "fallback"])
 def stack(request):
-    bus = PrivateBus()
-    polkit = PolkitMock(bus)
-    polkit.allow(True)
-    mech = Mechanism(bus, *(["--no-openat2"] if request.param == "fallback" else []))
-    bus.mode = request.param
-    bus.mechanism = mech
-    yield bus
-    alive = mech.proc.poll() is None
-    log = mech.log()
-    mech.stop()
-    polkit.stop()
-    bus.stop()
+    with mechanism_stack(*(["--no-openat2"] if request.param == "fallback" else [])) as (bus, _, mech):
+        bus.mode = request.param
+        bus.mechanism = mech
+        yield bus
+        alive = mech.proc.poll() is None
+        log = mech.log()
     assert alive, "the mechanism died during the bad-input catalogue"
     assert "Traceback" not in log, log[-3000:]
 
@@ -113,22 +92,13 @@ def project(clients):
         (proj / lookalike / "y").mkdir(parents=True)
         (proj / lookalike / "y" / "data").write_text("look-alike")
     subprocess.run(["chown", f"{clients.uid}:{clients.gid}", str(proj), str(anchor)], check=True)
-    canary = top / "canary"
-    canary.mkdir()
-    (canary / "precious").write_text("canary")
+    plant_canary(top)
     yield anchor
-    assert (canary / "precious").read_text() == "canary"
+    check_canary(top)
     rm_rf(top)
 
 
-def snapshot(top):
-    """Every path below ``top`` (bytes, relative), symlinks not followed."""
-    top = os.fsencode(top)
-    seen = set()
-    for dirpath, dirnames, filenames in os.walk(top):
-        for n in dirnames + filenames:
-            seen.add(os.path.relpath(os.path.join(dirpath, n), top))
-    return seen
+snapshot = listing  # every path below ``top`` (bytes, relative), symlinks not followed
 
 
 def subtree(snap, rel):
@@ -150,19 +120,11 @@ def call(caller, bus, clients, path, timeout=60):
     """Cleanup(path) through ``caller``; the outcome as a D-Bus error name
     (None for success) and the one-line message."""
     if caller == "raw":
-        con = bus.connect()
-        try:
-            method = con.get_object(i.BUS_NAME, i.OBJECT_PATH).get_dbus_method(i.METHOD_CLEANUP, i.INTERFACE)
-            try:
-                method(path, signature="s", timeout=timeout)
-                return Outcome(None, "")
-            except dbus.exceptions.DBusException as e:
-                return Outcome(e.get_dbus_name(), e.get_dbus_message())
-        finally:
-            con.close()
+        error, message = cleanup(bus, path, timeout=timeout)
+        return Outcome(error, message or "")
     if caller in ("api", "force"):
         req = {"op": "request" if caller == "api" else "force", "path": path, "timeout": timeout}
-        cp = clients.python_code(USER_CALL, bus_address=bus.address, input=json.dumps(req).encode(),
+        cp = clients.run_program("user_call.py", bus_address=bus.address, input=json.dumps(req).encode(),
                                  timeout=timeout + 30)
         assert cp.returncode == 0, cp.stderr.decode(errors="replace")
         r = json.loads(cp.stdout)

@@ -29,7 +29,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -40,10 +39,15 @@ import dbus
 import pytest
 
 from locald_admin import interface as i
-from support import IS_ROOT, OTHER_USER, ClientRunner, Mechanism, PolkitMock, rm_rf, world_tmpdir
+from harness import IS_ROOT
+from harness.buses import PolkitMock
+from harness.calls import cleanup
+from harness.mechanism import Mechanism
+from harness.trees import make_anchor, make_chain, make_flat, rm_rf, umount, world_tmpdir
+from harness.users import OTHER_USER, ClientRunner
+from harness.waiting import wait_until
 
-HERE = Path(__file__).resolve().parent
-PROBE = "concurrency_probe.py"
+PROBE = "concurrency_probe.py"  # in harness/programs
 
 needs_root = pytest.mark.skipif(
     not IS_ROOT, reason="needs root: a second uid (locald-test2) and a tmpfs mounted for the huge trees")
@@ -53,10 +57,8 @@ needs_root = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def polkit(bus):
-    p = PolkitMock(bus)
-    p.allow(True)
-    yield p
-    p.stop()
+    with PolkitMock(bus) as p:
+        yield p.allow(True)
 
 
 @pytest.fixture
@@ -69,9 +71,7 @@ def start_mechanism(bus, polkit):
         polkit.allow(True)
         # built-in defaults (which allow / and /dev/shm), whatever the host has
         args = ("--config", str(bus.dir / "no-such-admin.conf"), *args)
-        if progress_interval is not None:
-            args += ("--progress-interval", str(progress_interval))
-        m = Mechanism(bus, *args)
+        m = Mechanism(bus, *args, progress_interval=progress_interval)
         started.append(m)
         return m
 
@@ -82,38 +82,7 @@ def start_mechanism(bus, polkit):
         assert m.proc.returncode is not None
 
 
-AUDIT_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
-
-
-def audits(mechanism):
-    """The audit lines as dicts, in the order the replies were sent."""
-    out = []
-    for line in mechanism.audit_lines():
-        fields = {k: json.loads(v) if v.startswith('"') else v for k, v in AUDIT_FIELD.findall(line)}
-        out.append(fields)
-    return out
-
-
-def wait_for(predicate, timeout, what, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
 # -- clients ---------------------------------------------------------------------
-
-def probe_path(runner):
-    """concurrency_probe.py where ``runner``'s user can run it."""
-    if runner.stage is None:
-        return str(HERE / PROBE)
-    staged = runner.stage / PROBE
-    if not staged.exists():
-        shutil.copy(HERE / PROBE, staged)
-        os.chmod(staged, 0o644)
-    return str(staged)
-
 
 @pytest.fixture(scope="module")
 def other_clients():
@@ -127,8 +96,7 @@ def other_clients():
 
 def run_probe(runner, op, options, bus_address, timeout=150):
     """Run the probe to the end as ``runner``'s user; its last JSON line."""
-    cp = runner._run([runner.python, probe_path(runner), op, json.dumps(options)], bus_address,
-                     timeout=timeout)
+    cp = runner.run([runner.program(PROBE), op, json.dumps(options)], bus_address, timeout=timeout)
     out = cp.stdout.decode(errors="replace").strip().splitlines()
     if cp.returncode != 0 or not out:
         raise AssertionError(f"probe failed ({cp.returncode}): {cp.stderr.decode(errors='replace')}")
@@ -140,14 +108,9 @@ class Probe:
     background: JSON lines out, one line in per later phase."""
 
     def __init__(self, runner, options, bus_address):
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-               "PYTHONPATH": runner.pythonpath, "PYTHONDONTWRITEBYTECODE": "1",
-               "DBUS_SYSTEM_BUS_ADDRESS": bus_address}
-        kw = dict(user=runner.uid, group=runner.gid, extra_groups=[]) if IS_ROOT else {}
         self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [runner.python, probe_path(runner), "calls", json.dumps(options)], env=env, cwd="/",
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, **kw)
+        self.proc = runner.popen([runner.program(PROBE), "calls", json.dumps(options)], bus_address,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
         self.lines = queue.Queue()
         self.events = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -210,62 +173,7 @@ def probes():
             p.close()
 
 
-def root_call(bus, path, timeout=120):
-    """Cleanup as root on a connection of its own (uid 0 skips polkit)."""
-    con = bus.connect()
-    try:
-        method = con.get_object(i.BUS_NAME, i.OBJECT_PATH).get_dbus_method(i.METHOD_CLEANUP, i.INTERFACE)
-        try:
-            method(path, timeout=timeout)
-            return None
-        except dbus.exceptions.DBusException as e:
-            return e.get_dbus_name()
-    finally:
-        con.close()
-
-
 # -- trees ---------------------------------------------------------------------
-
-def make_anchor(top, runner, name="proj"):
-    """<top>/<name>/.locald owned by ``runner``'s user."""
-    anchor = top / name / ".locald"
-    anchor.mkdir(parents=True)
-    os.chown(top / name, runner.uid, runner.gid)
-    os.chown(anchor, runner.uid, runner.gid)
-    return anchor
-
-
-def make_chain(root, depth):
-    """root/d/d/.../d, ``depth`` levels below root: slow to delete for its
-    size (every level is entered and left again), cheap to create.
-    Returns the number of entries, root included."""
-    os.mkdir(root)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(depth):
-            os.mkdir("d", dir_fd=fd)
-            nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    finally:
-        os.close(fd)
-    return depth + 1
-
-
-def make_flat(root, dirs, per):
-    """root/d<k>/f<n>; returns the number of entries, root included."""
-    os.mkdir(root)
-    for d in range(dirs):
-        p = os.path.join(root, f"d{d}")
-        os.mkdir(p)
-        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            for n in range(per):
-                os.close(os.open(f"f{n}", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=fd))
-        finally:
-            os.close(fd)
-    return 1 + dirs + dirs * per
-
 
 def make_leftover(path, runner):
     """A small tree the client user cannot remove itself: as root, a
@@ -275,11 +183,6 @@ def make_leftover(path, runner):
     (path / "f").write_text("x")
     os.chmod(path, 0o700 if IS_ROOT else 0o755)
     return 2
-
-
-def _umount(where):
-    if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 @pytest.fixture
@@ -297,7 +200,7 @@ def top():
         try:
             yield fs
         finally:
-            _umount(fs)
+            umount(fs, check=False)
             still = os.path.ismount(fs)
             rm_rf(base)
             assert not still, f"{fs} is still mounted"
@@ -327,7 +230,7 @@ def test_a_thousand_force_removes_at_once_in_one_event_loop(top, bus, start_mech
     completes, all trees are gone, and the shared AdminClient is left with
     no pending reply, no callback and every slot free."""
     mech = start_mechanism()
-    anchor = make_anchor(top, clients)
+    anchor = make_anchor(top, clients.uid, clients.gid)
     for k in range(N_PATHS):
         make_leftover(anchor / f"t{k}", clients)
     (anchor / "keep").write_text("stays")
@@ -343,7 +246,7 @@ def test_a_thousand_force_removes_at_once_in_one_event_loop(top, bus, start_mech
     assert (r["pending_replies"], r["progress_callbacks"], r["free_slots"], r["tasks_left"]) == (0, 0, 64, 0)
     assert 1 <= r["max_outstanding"] <= 64
     assert sorted(os.listdir(anchor)) == ["keep"]
-    lines = [a for a in audits(mech) if a["sender"] == r["sender"]]
+    lines = [a for a in mech.audits() if a["sender"] == r["sender"]]
     assert len(lines) == N_PATHS  # every one went through the mechanism, on one connection
     assert {a["result"] for a in lines} == {"ok"} and {a["removed"] for a in lines} == {"2"}
     assert mech.proc.poll() is None
@@ -354,7 +257,7 @@ def test_tiny_timeouts_fail_only_their_own_calls(top, bus, start_mechanism, clie
     CleanupFailedError (chained to the PermissionError), the others complete,
     and the timed-out calls leave no reply handler behind."""
     mech = start_mechanism()
-    anchor = make_anchor(top, clients)
+    anchor = make_anchor(top, clients.uid, clients.gid)
     n = 300
     for k in range(n):
         make_leftover(anchor / f"t{k}", clients)
@@ -376,8 +279,8 @@ def test_tiny_timeouts_fail_only_their_own_calls(top, bus, start_mechanism, clie
     assert (r["pending_replies"], r["progress_callbacks"], r["free_slots"], r["tasks_left"]) == (0, 0, 64, 0)
     # The calls given up on were sent all the same; the mechanism still
     # serves them, and answers every call (no crash, no stuck job).
-    wait_for(lambda: len(audits(mech)) == n, 30, "an audit line for every call")
-    assert {a["result"] for a in audits(mech)} == {"ok"}
+    wait_until(lambda: len(mech.audits()) == n, 30, "an audit line for every call")
+    assert {a["result"] for a in mech.audits()} == {"ok"}
 
 
 # -- 6. the bound on calls in flight -----------------------------------------------
@@ -387,7 +290,7 @@ def test_one_admin_client_never_exceeds_its_bound(top, bus, start_mechanism, cli
     16 are ever outstanding on the connection (and the bound is reached),
     all are answered, no LimitsExceeded, nothing pending afterwards."""
     mech = start_mechanism()
-    anchor = make_anchor(top, clients)
+    anchor = make_anchor(top, clients.uid, clients.gid)
     with probes() as start:
         p = start(clients, {"phases": [{"pattern": f"{anchor}/missing{{k}}", "count": N_PATHS}],
                             "max_in_flight": 16}, bus.address)
@@ -396,7 +299,7 @@ def test_one_admin_client_never_exceeds_its_bound(top, bus, start_mechanism, cli
     assert len(replies) == N_PATHS
     assert [r for r in replies if not r["ok"]] == []
     assert done["max_outstanding"] == [16] and done["pending_replies"] == [0]
-    assert len(audits(mech)) == N_PATHS
+    assert len(mech.audits()) == N_PATHS
 
 
 def test_the_private_bus_does_enforce_128_pending_replies(top, bus, start_mechanism, clients):
@@ -404,7 +307,7 @@ def test_the_private_bus_does_enforce_128_pending_replies(top, bus, start_mechan
     connection with a few hundred calls outstanding is refused by the bus
     (LimitsExceeded), so the bound is what keeps them all answered."""
     start_mechanism()
-    anchor = make_anchor(top, clients)
+    anchor = make_anchor(top, clients.uid, clients.gid)
     with probes() as start:
         p = start(clients, {"phases": [{"pattern": f"{anchor}/missing{{k}}", "count": 400}],
                             "max_in_flight": 400}, bus.address)
@@ -418,13 +321,13 @@ def test_bursts_from_several_connections_are_all_authorized(top, bus, start_mech
     """Four locald processes (or users) each firing within their own bound:
     256 calls in flight at the mechanism; every one must be answered ok."""
     mech = start_mechanism()
-    anchor = make_anchor(top, clients)
+    anchor = make_anchor(top, clients.uid, clients.gid)
     with probes() as start:
         p = start(clients, {"phases": [{"pattern": f"{anchor}/missing{{k}}", "count": N_PATHS}],
                             "max_in_flight": 64, "connections": 4}, bus.address)
         done = p.until("done", 120)
     assert done["max_outstanding"] == [64] * 4
-    assert len(audits(mech)) == N_PATHS
+    assert len(mech.audits()) == N_PATHS
     refused = [(r["type"], r["message"]) for r in p.replies() if not r["ok"]]
     assert refused == [], f"{len(refused)} refused, e.g. {refused[0]}"
 
@@ -445,16 +348,16 @@ def test_small_requests_are_answered_while_a_huge_delete_runs(top, bus, start_me
     user, of root and of A itself, sent as soon as it is under way, queue;
     once it has run 5 s it stops counting and they are answered while it
     still runs: every small reply comes before the huge one."""
-    anchor = make_anchor(top, clients)
+    anchor = make_anchor(top, clients.uid, clients.gid)
     huge = anchor / "huge"
     huge.mkdir()
-    huge_entries = 1 + make_chain(huge / "chain", HUGE_DEPTH)
+    huge_entries = 1 + make_chain(huge / "chain", HUGE_DEPTH, create_base=True)
     for k in range(HUGE_FLAT[0]):
         huge_entries += make_flat(huge / f"flat{k}", 1, HUGE_FLAT[1])
     small_a, small_root = anchor / "small-a", anchor / "small-root"
     make_leftover(small_a, clients)
     make_leftover(small_root, clients)
-    anchor_b = make_anchor(top, other_clients, "proj-b")
+    anchor_b = make_anchor(top, other_clients.uid, other_clients.gid, "proj-b")
     small_b = anchor_b / "small-b"
     make_leftover(small_b, other_clients)
     mech = start_mechanism("--workers", "1")
@@ -467,10 +370,10 @@ def test_small_requests_are_answered_while_a_huge_delete_runs(top, bus, start_me
         a = start(clients, {"phases": [[str(huge)], [str(small_a)]], "timeout": 300}, bus.address)
         a.until("ready", 30)
         # The huge delete is under way once inodes start to go (its flat part).
-        wait_for(lambda: used_inodes(top) < before - 1000, 60, "the huge delete to start", interval=0.002)
+        wait_until(lambda: used_inodes(top) < before - 1000, 60, "the huge delete to start", interval=0.002)
         a.go()
         b.go()
-        rt = threading.Thread(target=lambda: root_result.update(error=root_call(bus, str(small_root))))
+        rt = threading.Thread(target=lambda: root_result.update(error=cleanup(bus, str(small_root), timeout=120).error))
         rt.start()
         small_reply_a = a.until("reply", 60)
         reply_b = b.until("reply", 60)
@@ -479,7 +382,7 @@ def test_small_requests_are_answered_while_a_huge_delete_runs(top, bus, start_me
         still_there = used_inodes(top)
         done = a.until("done", 120)
 
-    lines = audits(mech)
+    lines = mech.audits()
     huge_s = max([float(x["duration_ms"]) / 1000 for x in lines if x["path"] == str(huge)], default=0)
     if done["ok"] and huge_s < 6:
         pytest.skip(f"inconclusive: the huge delete took only {huge_s:.1f} s, not well past the 5 s "
@@ -505,13 +408,13 @@ def test_one_uid_flooding_does_not_starve_another(top, bus, start_mechanism, cli
     asks for one.  Round-robin across uids gives B the next turn: B is
     answered before most of A's requests (FIFO would answer B last)."""
     n, depth = 12, 8000  # each delete takes a tenth of a second or so
-    anchor = make_anchor(top, clients)
+    anchor = make_anchor(top, clients.uid, clients.gid)
     paths_a = [anchor / f"m{k}" for k in range(n)]
     for p in paths_a:
-        make_chain(p, depth)
-    anchor_b = make_anchor(top, other_clients, "proj-b")
+        make_chain(p, depth, create_base=True)
+    anchor_b = make_anchor(top, other_clients.uid, other_clients.gid, "proj-b")
     path_b = anchor_b / "m"
-    make_chain(path_b, depth)
+    make_chain(path_b, depth, create_base=True)
     mech = start_mechanism("--workers", "1", "--per-uid", "1")
 
     with probes() as start:
@@ -524,7 +427,7 @@ def test_one_uid_flooding_does_not_starve_another(top, bus, start_mechanism, cli
         done = a.until("done", 120)
 
     assert first["ok"] and reply_b["ok"] and done["ok"]
-    order = [x["path"] for x in audits(mech)]
+    order = [x["path"] for x in mech.audits()]
     assert len(order) == n + 1
     a_before_b = order.index(str(path_b))
     # B waits for at most the job running when it arrived (and one more
@@ -540,9 +443,9 @@ def test_same_target_two_spellings_share_one_walk(top, bus, start_mechanism, cli
     succeed, both audit lines say ok, and both report the same (whole)
     removed count.  Without sharing, the second would find nothing left (0)
     or race the first through the tree and split the count."""
-    anchor = make_anchor(top, clients)
+    anchor = make_anchor(top, clients.uid, clients.gid)
     target = anchor / "shared"
-    entries = make_chain(target, 5000)  # root-owned when root; else ours (the mechanism runs as us)
+    entries = make_chain(target, 5000, create_base=True)  # root-owned when root; else ours (the mechanism runs as us)
     mech = start_mechanism()
     spellings = [f"{anchor}/shared", f"{anchor}//shared/"]
 
@@ -551,7 +454,7 @@ def test_same_target_two_spellings_share_one_walk(top, bus, start_mechanism, cli
         done = p.until("done", 120)
 
     assert done["ok"], p.replies()
-    lines = {x["path"]: x for x in audits(mech)}
+    lines = {x["path"]: x for x in mech.audits()}
     assert set(lines) == set(spellings)
     assert [lines[s]["result"] for s in spellings] == ["ok", "ok"]
     assert [int(lines[s]["removed"]) for s in spellings] == [entries, entries]
@@ -640,15 +543,15 @@ def test_progress_is_unicast_to_the_caller(top, bus, start_mechanism, clients):
     of the interface receives none of them; an eavesdropping one (the
     permissive test bus allows it) sees that each was addressed to the
     caller's unique name."""
-    anchor = make_anchor(top, clients)
+    anchor = make_anchor(top, clients.uid, clients.gid)
     target = anchor / "big"
-    entries = make_chain(target, 80_000)  # over a second to delete
+    entries = make_chain(target, 80_000, create_base=True)  # over a second to delete
     mech = start_mechanism(progress_interval=0.05)
     listener = SignalListener(bus.address)
     try:
         r = clients.api("request", str(target), bus.address)
         listener.broadcast("ControlSignal")
-        wait_for(lambda: any(s["member"] == "ControlSignal" for s in listener.plain)
+        wait_until(lambda: any(s["member"] == "ControlSignal" for s in listener.plain)
                  and any(s["member"] == "ControlSignal" for s in listener.eavesdropped), 10,
                  "the control broadcast to reach both listeners")
     finally:
@@ -673,7 +576,7 @@ def test_progress_is_unicast_to_the_caller(top, bus, start_mechanism, clients):
     assert len(mechanism_name) == 1 and mechanism_name != {r["sender"]}
     assert {s["destination"] for s in seen} == {r["sender"]}
     assert {s["body"][0] for s in seen} == {str(target)}
-    assert [a["result"] for a in audits(mech)] == ["ok"]
+    assert [a["result"] for a in mech.audits()] == ["ok"]
 
 
 PROGRESS_LINE = re.compile(r"locald-shim: \d+ entries removed, \d+ s")
@@ -683,9 +586,9 @@ def test_shim_progress_lines(top, bus, start_mechanism, clients):
     """locald-shim admin cleanup --progress: progress on stderr, each update
     'locald-shim: N entries removed, T s' (rewritten in place with \\r), and
     a final newline; nothing else, exit 0."""
-    anchor = make_anchor(top, clients)
+    anchor = make_anchor(top, clients.uid, clients.gid)
     target = anchor / "big"
-    make_chain(target, 40_000)
+    make_chain(target, 40_000, create_base=True)
     start_mechanism(progress_interval=0.05)
     cp = clients.shim("admin", "cleanup", "--progress", str(target), bus_address=bus.address, timeout=120)
     assert cp.returncode == 0, cp.stderr

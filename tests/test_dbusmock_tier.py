@@ -15,16 +15,19 @@ import dbus
 import pytest
 
 from locald_admin import interface as i
-from support import IS_ROOT, Mechanism, PolkitMock, PrivateBus, rm_rf, world_tmpdir
+from harness import IS_ROOT
+from harness.buses import PolkitMock, PrivateBus
+from harness.calls import cleanup
+from harness.mechanism import Mechanism, stack
+from harness.trees import check_canary, plant_canary, rm_rf, world_tmpdir
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 @pytest.fixture(scope="module")
 def mechanism(bus, polkit):
-    m = Mechanism(bus, "--polkit-timeout", "2")
-    yield m
-    m.stop()
+    with Mechanism(bus, "--polkit-timeout", "2") as m:
+        yield m
 
 
 @pytest.fixture
@@ -44,28 +47,11 @@ def project(clients):
     (anchor / "run" / "shm").mkdir(parents=True)
     (anchor / "run" / "shm" / "data").write_text("leftover")
     (anchor / "keep").mkdir()
-    canary = top / "canary"
-    canary.mkdir()
-    (canary / "precious").write_text("canary")
+    plant_canary(top)
     subprocess.run(["chown", "-R", f"{clients.uid}:{clients.gid}", str(top / "proj")], check=True)
     yield anchor
-    assert (canary / "precious").read_text() == "canary"
+    check_canary(top)
     rm_rf(top)
-
-
-def raw_call(bus, path, signature="s", interactive=False):
-    """Call Cleanup as the test process itself; returns (error_name, message)."""
-    con = bus.connect()
-    try:
-        obj = con.get_object(i.BUS_NAME, i.OBJECT_PATH)
-        method = obj.get_dbus_method(i.METHOD_CLEANUP, i.INTERFACE)
-        try:
-            method(path, signature=signature)
-            return None, None
-        except dbus.exceptions.DBusException as e:
-            return e.get_dbus_name(), e.get_dbus_message()
-    finally:
-        con.close()
 
 
 def test_introspection_names_cleanup_with_a_path_argument(bus, mechanism):
@@ -142,7 +128,7 @@ def test_each_call_asks_polkit_again(bus, mechanism, project, allowed, clients):
 def test_root_caller_skips_polkit(bus, mechanism, project, polkit):
     polkit.allow(False)
     polkit.clear()
-    assert raw_call(bus, str(project / "run")) == (None, None)
+    assert cleanup(bus, str(project / "run")) == (None, None)
     assert not (project / "run").exists()
     assert polkit.checks() == []
 
@@ -161,7 +147,7 @@ def test_root_caller_skips_polkit(bus, mechanism, project, polkit):
 def test_bad_paths_get_named_errors_over_the_bus(bus, mechanism, allowed, clients, path, error):
     """The client checks too, so the raw bus surface is exercised with a
     direct call (as root it would skip polkit; lexical rules apply anyway)."""
-    name, message = raw_call(bus, path)
+    name, message = cleanup(bus, path)
     assert name == error
     assert "\n" not in message and "Traceback" not in message
 
@@ -323,11 +309,8 @@ def test_no_service_keeps_the_original_permission_error_with_a_hint(clients, pro
 
 
 def test_bus_without_the_mechanism_is_no_service(clients, project):
-    empty = PrivateBus()
-    try:
+    with PrivateBus() as empty:
         cp = clients.shim("admin", "cleanup", str(project / "run"), bus_address=empty.address)
-    finally:
-        empty.stop()
     assert cp.returncode == i.EXIT_NO_SERVICE, cp.stderr
     assert "ServiceUnknown" in cp.stderr or "not available" in cp.stderr
 
@@ -335,13 +318,8 @@ def test_bus_without_the_mechanism_is_no_service(clients, project):
 @pytest.fixture(scope="class")
 def challenge_bus():
     """A bus of its own whose polkit answers every check with a challenge."""
-    b = PrivateBus()
-    p = PolkitMock(b, template=str(TEMPLATES / "polkitd_challenge.py"))
-    m = Mechanism(b)
-    yield b
-    m.stop()
-    p.stop()
-    b.stop()
+    with stack(allow=False, template=str(TEMPLATES / "polkitd_challenge.py")) as (b, _, _):
+        yield b
 
 
 class TestInteractiveChallenge:

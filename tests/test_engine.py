@@ -8,66 +8,25 @@ fallback (O_NOFOLLOW + mount ids), see the ``mode`` fixture.
 """
 
 import errno
+import functools
 import gc
 import os
 import stat
-import subprocess
 
 import pytest
 
+from harness import IS_ROOT, trees
+from harness.trees import Canary, make_chain, rm_rf, write
 from locald_admin.fs import fsops, walk
 from locald_admin.mechanism import engine
 from locald_admin.mechanism.errors import Failed, InvalidPath, MechanismError, OutsideScope
 
 ME = os.getuid()
-IS_ROOT = os.geteuid() == 0
 
 
 # -- fixtures and helpers ------------------------------------------------------
 
-def snapshot(root):
-    """Everything below ``root``: relpath (bytes) -> kind and content.
-    Never follows symlinks."""
-    root = os.fsencode(root)
-    out = {}
-    for d, dirs, files in os.walk(root):
-        for n in dirs + files:
-            p = os.path.join(d, n)
-            rel = os.path.relpath(p, root)
-            st = os.lstat(p)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(p))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir",)
-            elif stat.S_ISREG(st.st_mode):
-                with open(p, "rb") as f:
-                    out[rel] = ("file", f.read())
-            else:
-                out[rel] = ("other", stat.S_IFMT(st.st_mode))
-    return out
-
-
-def write(path, data=b"x"):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-class Canary:
-    """A directory outside every target, checked by content."""
-
-    def __init__(self, path):
-        self.path = path
-        path.mkdir()
-        write(path / "data", b"precious data\n")
-        write(path / "passwd", b"root:x:0:0::/root:/bin/sh\n")
-        (path / "sub" / "deep").mkdir(parents=True)
-        write(path / "sub" / "deep" / "file", b"deep precious\n")
-        write(path / "sub" / "data", b"sub precious\n")
-        self.before = snapshot(path)
-        assert len(self.before) == 6
-
-    def check(self):
-        assert snapshot(self.path) == self.before, "the canary outside the target was modified"
+snapshot = functools.partial(trees.snapshot, record=trees.kind)
 
 
 @pytest.fixture
@@ -91,7 +50,7 @@ def rmrf():
     paths = []
     yield paths.append
     for p in paths:
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", os.fsdecode(p)], check=False)
+        rm_rf(p)
 
 
 def make_tree(root):
@@ -108,24 +67,6 @@ def make_tree(root):
     os.mknod(root / "dir" / "sock", stat.S_IFSOCK | 0o600)
     (root / "dangling").symlink_to("/nonexistent/nowhere")
     return len(snapshot(root))
-
-
-def make_chain(base, depth, name=b"d", leaf=b"leaf"):
-    """``depth`` nested directories below ``base``, built fd-relative (the
-    path is far longer than PATH_MAX), with a file at the bottom."""
-    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(depth):
-            os.mkdir(name, dir_fd=fd)
-            nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        if leaf:
-            wfd = os.open(leaf, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd)
-            os.write(wfd, b"leaf")
-            os.close(wfd)
-    finally:
-        os.close(fd)
 
 
 def open_fds():
@@ -398,7 +339,7 @@ def test_10000_deep_chain_is_removed_without_recursion_error(mode, anchor, rmrf)
     rmrf(anchor.parent)
     t = anchor / "deep"
     t.mkdir()
-    make_chain(t, 10_000)
+    make_chain(t, 10_000, leaf="leaf")
     assert engine.cleanup(str(t), ME) == 10_000 + 1 + 1  # dirs, the leaf, deep itself
     assert os.listdir(anchor) == []
 
@@ -413,7 +354,7 @@ def test_fds_stay_bounded_during_a_deep_walk(mode, anchor, rmrf, monkeypatch, ma
     rmrf(anchor.parent)
     t = anchor / "deep"
     t.mkdir()
-    make_chain(t, depth)
+    make_chain(t, depth, leaf="leaf")
 
     seen = []
     real_list = walk._list
@@ -443,7 +384,7 @@ def test_parallel_walk_keeps_fds_bounded_per_thread(mode, anchor, rmrf, monkeypa
     t = anchor / "deep"
     for side in ("a", "b"):
         (t / side).mkdir(parents=True)
-        make_chain(t / side, 500)
+        make_chain(t / side, 500, leaf="leaf")
     seen = []
     real_list = walk._list
 

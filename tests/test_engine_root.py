@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.trees import Canary, snapshot, umount, write
 from locald_admin.fs import mounts, walk
 from locald_admin import pathrules
 from locald_admin.mechanism import config as cfgmod
 from locald_admin.mechanism import engine, scope
 from locald_admin.mechanism.errors import Failed, MountPoint, OutsideScope
-from support import snapshot
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0,
@@ -39,12 +39,6 @@ def _mount_points_below(path):
                   key=len, reverse=True)
 
 
-def _umount(target):
-    r = subprocess.run(["umount", os.fsdecode(target)], capture_output=True)
-    if r.returncode != 0:
-        subprocess.run(["umount", "-l", os.fsdecode(target)], capture_output=True)
-
-
 @pytest.fixture
 def tmp(tmp_path):
     """tmp_path, with a guarantee: nothing stays mounted below it."""
@@ -52,7 +46,7 @@ def tmp(tmp_path):
         yield tmp_path
     finally:
         for mp in _mount_points_below(tmp_path):
-            _umount(mp)
+            umount(mp, check=False)
         assert not _mount_points_below(tmp_path), "a test mount could not be removed"
 
 
@@ -73,30 +67,7 @@ def mounter(tmp):
         yield mount
     finally:
         for target in reversed(done):
-            _umount(target)
-
-
-def write(path, data=b"x", mode=None, uid=None):
-    with open(path, "wb") as f:
-        f.write(data)
-    if mode is not None:
-        os.chmod(path, mode)
-    if uid is not None:
-        os.chown(path, uid, uid)
-
-
-class Canary:
-    def __init__(self, path):
-        self.path = Path(path)
-        self.path.mkdir(exist_ok=True)
-        write(self.path / "data", b"precious data\n")
-        (self.path / "sub" / "deep").mkdir(parents=True)
-        write(self.path / "sub" / "deep" / "file", b"deep precious\n")
-        write(self.path / "sub" / "data", b"sub precious\n")
-        self.before = snapshot(self.path)
-
-    def check(self):
-        assert snapshot(self.path) == self.before, f"canary {self.path} was modified"
+            umount(target, check=False)
 
 
 @pytest.fixture
@@ -470,7 +441,7 @@ def test_mount_appearing_on_the_directory_being_listed(mode, anchor, canary, mou
     assert f"{t}/b" in ei.value.message
     canary.check()
     # The covered directory itself was emptied through the held fd.
-    _umount(t / "b")
+    umount(t / "b", check=False)
     assert os.listdir(t / "b") == []
 
 

@@ -20,6 +20,7 @@ Every wait is bounded; the only timing assertions are generous upper bounds
 """
 
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -30,7 +31,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -39,7 +39,12 @@ import dbus
 import pytest
 
 from locald_admin import interface as i
-from support import IS_ROOT, Mechanism, rm_rf, wait_for_name, world_tmpdir
+from harness import IS_ROOT, PROGRAMS, trees
+from harness.calls import cleanup
+from harness.mechanism import Mechanism
+from harness.trees import (count_entries, is_mount_point, make_anchor, make_chain, make_flat, mounted_tmpfs,
+                           plant_canary, rm_rf, umount, world_tmpdir)
+from harness.waiting import freeze, poll_until
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs uid 0 (mounts, chattr, root-owned trees, "
                                 "signalling the mechanism); run the suite as root")
@@ -63,62 +68,22 @@ def allowed(polkit):
     polkit.allow(False)
 
 
-@contextlib.contextmanager
-def running_mechanism(bus, *args):
-    m = Mechanism(bus, *args)
-    try:
-        yield m
-    finally:
-        m.stop()
-
-
 @pytest.fixture
 def mechanism(bus, allowed):
     """A fresh mechanism per test (some tests stop, kill or wedge it)."""
-    with running_mechanism(bus) as m:
+    with Mechanism(bus) as m:
         yield m
 
 
 def make_project(top, clients):
     """<top>/proj/.locald owned by the client user, and a canary beside it."""
-    anchor = top / "proj" / ".locald"
-    anchor.mkdir(parents=True)
-    subprocess.run(["chown", f"{clients.uid}:{clients.gid}", str(top / "proj"), str(anchor)], check=True)
-    (top / "canary").mkdir()
-    (top / "canary" / "precious").write_text("canary")
+    anchor = make_anchor(top, clients.uid, clients.gid)
+    plant_canary(top)
     return anchor
 
 
 def check_canary(anchor):
-    assert (anchor.parent.parent / "canary" / "precious").read_text() == "canary"
-
-
-@contextlib.contextmanager
-def mounted_tmpfs(where, options="size=4g,nr_inodes=4m,mode=755"):
-    where.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "locald-admin-test", str(where)],
-                   check=True, capture_output=True)
-    try:
-        yield where
-    finally:
-        umount(where)
-
-
-def umount(where):
-    if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
-    assert not is_mount_point(where), f"{where} is still mounted"
-
-
-def is_mount_point(path):
-    """From /proc/self/mountinfo only: never stats (a hung FUSE mount)."""
-    target = os.fsencode(str(path))
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            mp = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), line.split(b" ")[4])
-            if mp == target:
-                return True
-    return False
+    trees.check_canary(anchor.parent.parent)
 
 
 @pytest.fixture
@@ -138,96 +103,19 @@ def tmpfs_project(clients):
         rm_rf(top)
 
 
-def make_flat_tree(base, dirs, per):
-    """base/d<k>/f<n>: dirs * per files; returns the number of entries
-    including base."""
-    os.mkdir(base)
-    for d in range(dirs):
-        p = os.path.join(base, f"d{d}")
-        os.mkdir(p)
-        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            for n in range(per):
-                os.close(os.open(f"f{n}", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=fd))
-        finally:
-            os.close(fd)
-    return 1 + dirs + dirs * per
-
-
-def count_entries(path):
-    if not os.path.lexists(path):
-        return 0
-    n = 1
-    for _, dirnames, filenames in os.walk(path):
-        n += len(dirnames) + len(filenames)
-    return n
-
-
-def wait_until(predicate, timeout, interval=0.002):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
-def audit_fields(line):
-    return {k: v.strip('"') for k, v in re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line)}
-
-
-def audit_for(mech, **match):
-    """Audit lines of ``mech`` whose fields include ``match``."""
-    out = []
-    for ln in mech.audit_lines():
-        f = audit_fields(ln)
-        if all(f.get(k) == str(v) for k, v in match.items()):
-            out.append(f)
-    return out
-
-
-def raw_call(bus, path, timeout=ANSWER_BOUND):
-    """Cleanup as the test process (root skips polkit); (error, message)."""
-    con = bus.connect()
-    try:
-        method = con.get_object(i.BUS_NAME, i.OBJECT_PATH).get_dbus_method(i.METHOD_CLEANUP, i.INTERFACE)
-        try:
-            method(path, signature="s", timeout=timeout)
-            return None, None
-        except dbus.exceptions.DBusException as e:
-            return e.get_dbus_name(), e.get_dbus_message()
-    finally:
-        con.close()
-
-
-# Runs as the client user: prints its pid (the audit line names it), then
-# makes one bare Cleanup call with the public API and prints the outcome;
-# both as JSON lines.
-USER_CALL = r"""
-import asyncio, json, os, sys
-from locald_admin import client
-req = json.loads(sys.stdin.readline())
-print(json.dumps({"pid": os.getpid()}), flush=True)
-try:
-    asyncio.run(client.request_cleanup(req["path"], timeout=req["timeout"]))
-    out = {"ok": True}
-except Exception as e:
-    out = {"ok": False, "type": type(e).__name__, "message": str(e)}
-print(json.dumps(out), flush=True)
-"""
+raw_call = functools.partial(cleanup, timeout=ANSWER_BOUND)  # as the test process (root skips polkit)
 
 
 class UserCall:
     """A Cleanup call by the unprivileged client user, in the background."""
 
     def __init__(self, clients, bus, path, timeout=120):
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": clients.pythonpath,
-               "PYTHONDONTWRITEBYTECODE": "1", "DBUS_SYSTEM_BUS_ADDRESS": bus.address}
-        kw = dict(user=clients.uid, group=clients.gid, extra_groups=[]) if IS_ROOT else {}
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([clients.python, "-c", USER_CALL], env=env, cwd="/", stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
-        self.proc.stdin.write((json.dumps({"path": str(path), "timeout": timeout}) + "\n").encode())
+        # harness/programs/user_call.py: prints its pid (the audit line names
+        # it), then makes one bare Cleanup call and prints the outcome.
+        self.proc = clients.popen([clients.program("user_call.py"), "--pid"], bus.address, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc.stdin.write((json.dumps({"op": "request", "path": str(path), "timeout": timeout}) + "\n").encode())
         self.proc.stdin.close()
         self._pid = None
 
@@ -309,25 +197,6 @@ def mechanism_fds(pid):
     return len(names), targets
 
 
-def stop_process(pid):
-    """SIGSTOP ``pid`` and wait until every one of its threads is stopped
-    (the signal is delivered asynchronously: a thread inside unlinkat
-    finishes that call first)."""
-    os.kill(pid, signal.SIGSTOP)
-
-    def all_stopped():
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] not in ("T", "t"):
-                return False
-        return True
-
-    assert wait_until(all_stopped, 30, 0.005), f"process {pid} did not stop"
-
-
 def deleting_below(pid, root, per):
     """True once the mechanism holds a directory below ``root`` open that
     has fewer than ``per`` entries left: the walk is removing files."""
@@ -361,7 +230,7 @@ def test_slow_polkit_is_not_authorized_after_the_polkit_timeout(bus, allowed, pr
     """polkit answers "yes", but after 5 s; the mechanism waits 1 s: the
     caller gets NotAuthorized well within its own timeout, nothing is
     deleted; once polkit is prompt again the same call succeeds."""
-    with running_mechanism(bus, "--polkit-timeout", "1") as mech:
+    with Mechanism(bus, "--polkit-timeout", "1") as mech:
         allowed.mock.SetDelay(5.0)
         with user_call(clients, bus, project / "run", timeout=120) as c:
             r, took = c.result(timeout=60)
@@ -376,7 +245,7 @@ def test_slow_polkit_is_not_authorized_after_the_polkit_timeout(bus, allowed, pr
         cp = shim(clients, bus, project / "run")
         assert cp.returncode == 0, cp.stderr
         assert not (project / "run").exists() and (project / "other" / "data").exists()
-        results = [f["result"] for f in audit_for(mech, uid=clients.uid)]
+        results = [f["result"] for f in mech.audits(uid=clients.uid)]
         assert results == [i.ERROR_NOT_AUTHORIZED, i.ERROR_NOT_AUTHORIZED, "ok"]
         assert mech.proc.poll() is None
 
@@ -388,7 +257,7 @@ def test_hanging_polkit_is_not_authorized_and_others_are_served(bus, allowed, pr
     the service works as before."""
     if not IS_ROOT:
         pytest.skip("needs a root caller next to the unprivileged one")
-    with running_mechanism(bus, "--polkit-timeout", "1") as mech:
+    with Mechanism(bus, "--polkit-timeout", "1") as mech:
         allowed.mock.SimulateHang(True)
         with user_call(clients, bus, project / "run") as c:
             c.ready()
@@ -417,11 +286,11 @@ def test_calls_hanging_in_polkit_do_not_block_anyone_else(bus, allowed, project,
     if not IS_ROOT:
         pytest.skip("needs a root caller next to the unprivileged ones")
     (project / "third").mkdir()
-    with running_mechanism(bus, "--polkit-timeout", "120") as mech:
+    with Mechanism(bus, "--polkit-timeout", "120") as mech:
         allowed.mock.SimulateHang(True)
         with user_call(clients, bus, project / "run") as a, user_call(clients, bus, project / "other") as b:
             a.ready(), b.ready()
-            assert wait_until(lambda: len(allowed.checks()) >= 2, 30, 0.05)
+            assert poll_until(lambda: len(allowed.checks()) >= 2, 30, 0.05)
             assert allowed.mock.HaveHangingCalls()
             t0 = time.monotonic()
             assert raw_call(bus, str(project / "third")) == (None, None)
@@ -456,23 +325,23 @@ DIRS, PER = 200, 1000  # 200,201 entries: long enough to be caught mid-walk
 @needs_root
 def test_caller_killed_mid_delete(bus, mechanism, tmpfs_project, clients):
     big = tmpfs_project / "big"
-    total = make_flat_tree(big, DIRS, PER)
+    total = make_flat(big, DIRS, PER)
     (tmpfs_project / "keep").write_text("keep")
     pid = mechanism.proc.pid
     with user_call(clients, bus, big, timeout=300) as c:
         client_pid = c.ready()
-        assert wait_until(lambda: deleting_below(pid, big, PER), 60), "the walk never started"
-        stop_process(pid)  # freeze the walk so the kill lands mid-delete
+        assert poll_until(lambda: deleting_below(pid, big, PER), 60, 0.002), "the walk never started"
+        freeze(pid)  # freeze the walk so the kill lands mid-delete
         try:
             left = count_entries(big)
             assert 0 < left < total
             assert bus_has_pid(bus, client_pid)
             c.kill()
-            assert wait_until(lambda: not bus_has_pid(bus, client_pid), 30, 0.05)  # the bus saw it go
+            assert poll_until(lambda: not bus_has_pid(bus, client_pid), 30, 0.05)  # the bus saw it go
         finally:
             os.kill(pid, signal.SIGCONT)
-    assert wait_until(lambda: audit_for(mechanism, pid=client_pid), 120, 0.05), mechanism.log()[-2000:]
-    [line] = audit_for(mechanism, pid=client_pid)
+    assert poll_until(lambda: mechanism.audits(pid=client_pid), 120, 0.05), mechanism.log()[-2000:]
+    [line] = mechanism.audits(pid=client_pid)
     assert line["result"] == "ok" and int(line["removed"]) == total, line
     assert line["path"] == str(big)
     assert not os.path.lexists(big)  # the deletion completed
@@ -492,14 +361,14 @@ def test_caller_killed_mid_delete(bus, mechanism, tmpfs_project, clients):
 @needs_root
 def test_mechanism_killed_mid_delete_next_instance_finishes(bus, allowed, tmpfs_project, clients):
     big = tmpfs_project / "big"
-    total = make_flat_tree(big, DIRS, PER)
+    total = make_flat(big, DIRS, PER)
     (tmpfs_project / "keep").write_text("keep")
     first = Mechanism(bus)
     try:
         with user_call(clients, bus, big, timeout=300) as c:
             c.ready()
-            assert wait_until(lambda: deleting_below(first.proc.pid, big, PER), 60), "the walk never started"
-            stop_process(first.proc.pid)
+            assert poll_until(lambda: deleting_below(first.proc.pid, big, PER), 60, 0.002), "the walk never started"
+            freeze(first.proc.pid)
             left = count_entries(big)
             assert 0 < left < total
             first.proc.kill()  # SIGKILL, also of a stopped process
@@ -511,10 +380,10 @@ def test_mechanism_killed_mid_delete_next_instance_finishes(bus, allowed, tmpfs_
     finally:
         first.stop()
     assert count_entries(big) == left  # nothing moved while no one ran
-    with running_mechanism(bus) as second:
+    with Mechanism(bus) as second:
         cp = shim(clients, bus, big, timeout=300)
         assert cp.returncode == 0, cp.stderr
-        [line] = audit_for(second, path=str(big))
+        [line] = second.audits(path=str(big))
         assert line["result"] == "ok" and int(line["removed"]) == left
     assert not os.path.lexists(big)
     assert (tmpfs_project / "keep").read_text() == "keep"
@@ -620,12 +489,12 @@ def test_read_only_file_system_is_failed_naming_entries(bus, mechanism, clients)
 @needs_root
 def test_100k_entries_on_a_tmpfs(bus, mechanism, tmpfs_project, clients):
     big = tmpfs_project / "big"
-    total = make_flat_tree(big, 100, 1000)
+    total = make_flat(big, 100, 1000)
     (tmpfs_project / "keep").write_text("keep")
     cp = shim(clients, bus, big, timeout=600)
     assert cp.returncode == 0, cp.stderr
     assert not os.path.lexists(big) and (tmpfs_project / "keep").exists()
-    [line] = audit_for(mechanism, path=str(big))
+    [line] = mechanism.audits(path=str(big))
     assert line["result"] == "ok" and int(line["removed"]) == total
 
 
@@ -634,11 +503,11 @@ def test_100k_entries_on_a_tmpfs(bus, mechanism, tmpfs_project, clients):
 @pytest.mark.skipif(os.environ.get("LOCALD_ADMIN_SOAK") != "1", reason="soak: set LOCALD_ADMIN_SOAK=1")
 def test_1m_entries_on_a_tmpfs(bus, mechanism, tmpfs_project, clients):
     big = tmpfs_project / "big"
-    total = make_flat_tree(big, 1000, 1000)
+    total = make_flat(big, 1000, 1000)
     cp = shim(clients, bus, big, timeout=1800)
     assert cp.returncode == 0, cp.stderr
     assert not os.path.lexists(big)
-    [line] = audit_for(mechanism, path=str(big))
+    [line] = mechanism.audits(path=str(big))
     assert line["result"] == "ok" and int(line["removed"]) == total
 
 
@@ -675,15 +544,7 @@ class FdSampler(threading.Thread):
 def test_10000_deep_chain_with_bounded_fds(bus, mechanism, tmpfs_project, clients):
     deep = tmpfs_project / "deep"
     deep.mkdir()
-    # mkdir + chdir in a child: the full path is far beyond PATH_MAX.
-    subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-        import os
-        os.chdir({str(deep)!r})
-        for _ in range({DEPTH}):
-            os.mkdir("d")
-            os.chdir("d")
-        open("bottom", "w").close()
-    """)], check=True, timeout=120)
+    make_chain(deep, DEPTH, leaf="bottom", data=b"")  # fd-relative: the full path is far beyond PATH_MAX
     (tmpfs_project / "keep").write_text("keep")
     sampler = FdSampler(mechanism.proc.pid, deep)
     sampler.start()
@@ -693,7 +554,7 @@ def test_10000_deep_chain_with_bounded_fds(bus, mechanism, tmpfs_project, client
         sampler.stop()
     assert cp.returncode == 0, cp.stderr
     assert not os.path.lexists(deep) and (tmpfs_project / "keep").exists()
-    [line] = audit_for(mechanism, path=str(deep))
+    [line] = mechanism.audits(path=str(deep))
     assert line["result"] == "ok" and int(line["removed"]) == DEPTH + 2
     assert sampler.samples > 0
     assert sampler.saw_walk, "no sample caught the walk"
@@ -701,45 +562,6 @@ def test_10000_deep_chain_with_bounded_fds(bus, mechanism, tmpfs_project, client
 
 
 # -- (g) FUSE ------------------------------------------------------------------------------
-
-FUSE_FS = r"""
-import ctypes, errno, os, signal, stat, sys, threading, time
-import mfusepy as fuse
-
-ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive the test
-threading.Timer(600, lambda: os._exit(3)).start()  # nor a stuck run
-mode, mountpoint = sys.argv[1], sys.argv[2]
-
-
-def hang(self, *args, **kw):
-    time.sleep(3600)
-
-
-class Trivial(fuse.Operations):
-    use_ns = True
-
-    def getattr(self, path, fh=None):
-        if path == "/":
-            return dict(st_mode=stat.S_IFDIR | 0o755, st_nlink=2)
-        if path == "/hello":
-            return dict(st_mode=stat.S_IFREG | 0o644, st_nlink=1, st_size=6)
-        raise fuse.FuseOSError(errno.ENOENT)
-
-    def readdir(self, path, fh):
-        return [".", "..", "hello"]
-
-    def read(self, path, size, offset, fh):
-        return b"hello\n"[offset:offset + size]
-
-
-class Hung(fuse.Operations):
-    use_ns = True
-    getattr = readdir = opendir = open = access = statfs = read = hang
-
-
-fuse.FUSE(Hung() if mode == "hang" else Trivial(), mountpoint, foreground=True)
-"""
-
 
 def fuse_unavailable():
     if not IS_ROOT:
@@ -756,18 +578,17 @@ def fuse_unavailable():
 @contextlib.contextmanager
 def fuse_mount(mountpoint, mode, workdir):
     """Mount the trivial (mode 'ok') or hung (mode 'hang') FUSE fs at
-    ``mountpoint`` (daemon script and log in ``workdir``).  Teardown: kill
+    ``mountpoint`` (harness/programs/fusefs.py; its log in ``workdir``).  Teardown: kill
     the daemon first (that aborts every request it left hanging), then
     unmount.  Nothing here stats the mount."""
     mountpoint.mkdir(parents=True)
-    script = workdir / "fusefs.py"
-    script.write_text(FUSE_FS)
     logpath = workdir / "fusefs.log"
     with open(logpath, "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(script), mode, str(mountpoint)], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, str(PROGRAMS / "fusefs.py"), mode, str(mountpoint)],
+                                stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: is_mount_point(mountpoint) or proc.poll() is not None, 20, 0.02)
+        poll_until(lambda: is_mount_point(mountpoint) or proc.poll() is not None, 20, 0.02)
         if not is_mount_point(mountpoint):
             pytest.skip(f"the FUSE file system did not mount: {logpath.read_text(errors='replace')[-500:]}")
         yield proc
@@ -803,7 +624,7 @@ def fuse_mech(request, bus, allowed):
         pytest.skip(why)
     mode = getattr(request, "param", "openat2")
     args = ["--no-openat2"] if mode == "fallback" else []
-    with running_mechanism(bus, "--workers", "2", *args) as m:
+    with Mechanism(bus, "--workers", "2", *args) as m:
         m.mode = mode
         yield m
 
@@ -891,65 +712,6 @@ def test_calls_at_a_hung_fuse_mount_do_not_stall_other_callers(bus, fuse_mech, f
 
 # -- (h) unexpected exceptions inside the service ---------------------------------------------
 
-WRAPPER = r'''
-import errno, sys
-from locald_admin import pathrules
-from locald_admin.fs import walk
-from locald_admin.mechanism import main
-
-FAULTS = {
-    "runtime": lambda: RuntimeError("injected failure\nwith a second line"),
-    "zero": lambda: ZeroDivisionError("division by zero"),
-    "oserror": lambda: OSError(errno.EIO, "injected I/O error"),
-    "keyerror": lambda: KeyError("no such key"),
-}
-
-
-def _fault(name, where):
-    prefix = f"boom-{where}-"
-    if name.startswith(prefix):
-        raise FAULTS[name[len(prefix):]]()
-
-
-_real_parse = pathrules.parse
-
-
-def parse(path):
-    """The first thing the mechanism does with a path (lexical rules)."""
-    text = path.decode("utf-8", "replace") if isinstance(path, bytes) else path
-    _fault(text.rstrip("/").rsplit("/", 1)[-1], "parse")
-    return _real_parse(path)
-
-
-_real_remove_tree = walk.remove_tree
-
-
-def remove_tree(parent_fd, name, dir_fd, *args, **kwargs):
-    """Deep inside the deletion, after scope resolution, in a worker."""
-    _fault(name.decode("utf-8", "replace"), "walk")
-    return _real_remove_tree(parent_fd, name, dir_fd, *args, **kwargs)
-
-
-pathrules.parse = parse
-walk.remove_tree = remove_tree
-sys.exit(main.main(sys.argv[1:]))
-'''
-
-
-class WrappedMechanism(Mechanism):
-    """The real mechanism started through a wrapper script that makes the
-    lexical parse or the deletion walk raise for a few magic names."""
-
-    def __init__(self, bus, script, *args):
-        self.bus = bus
-        self.stderr_path = bus.dir / f"mechanism-wrapped-{time.monotonic_ns()}.log"
-        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus.address)
-        with open(self.stderr_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, str(script), *args], env=env,
-                                         stdin=subprocess.DEVNULL, stderr=log)
-        wait_for_name(bus.address, i.BUS_NAME, proc=self.proc)
-
-
 LOGGED = {"runtime": "RuntimeError: injected failure", "zero": "ZeroDivisionError",
           "oserror": "injected I/O error", "keyerror": "KeyError"}
 
@@ -957,17 +719,15 @@ LOGGED = {"runtime": "RuntimeError: injected failure", "zero": "ZeroDivisionErro
 @pytest.mark.parametrize("where", ["parse", "walk"])
 @pytest.mark.parametrize("fault", sorted(LOGGED))
 def test_unexpected_exception_is_a_plain_failed_and_the_service_goes_on(bus, allowed, project, clients,
-                                                                        tmp_path, where, fault):
+                                                                        where, fault):
     """An exception the service does not expect (raised by a wrapper around
     the real mechanism, in the lexical parse or inside the walk) reaches the
     caller as org.locald.Admin1.Error.Failed with a plain one-line message;
     the traceback is in the mechanism's log; the service keeps serving."""
-    script = tmp_path / "wrapped_mechanism.py"
-    script.write_text(WRAPPER)
     name = f"boom-{where}-{fault}"
     (project / name).mkdir()
     (project / name / "data").write_text("x")
-    mech = WrappedMechanism(bus, script)
+    mech = Mechanism(bus, faults=True)  # harness/programs/hooked_mechanism.py
     try:
         # As the unprivileged user, through the client library ...
         with user_call(clients, bus, project / name) as c:
@@ -982,7 +742,7 @@ def test_unexpected_exception_is_a_plain_failed_and_the_service_goes_on(bus, all
         assert "\n" not in message and "Traceback" not in message
         log = mech.log()
         assert "Traceback" in log and LOGGED[fault] in log, log[-3000:]
-        lines = audit_for(mech, path=str(project / name))
+        lines = mech.audits(path=str(project / name))
         assert [ln["result"] for ln in lines] == [i.ERROR_FAILED, i.ERROR_FAILED]
         # Nothing was removed, and the next calls work.
         assert (project / name / "data").exists()

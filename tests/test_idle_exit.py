@@ -19,12 +19,14 @@ import subprocess
 import time
 from pathlib import Path
 
-import dbus
-import dbus.lowlevel
 import pytest
 
 from locald_admin import interface as i
-from support import Mechanism, PolkitMock, PrivateBus, rm_rf, world_tmpdir
+from harness.buses import PolkitMock, PrivateBus, has_owner
+from harness.calls import cleanup
+from harness.mechanism import Mechanism
+from harness.trees import rm_rf, world_tmpdir
+from harness.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGED_EXEC = "/usr/lib/locald-admin/locald-admin-mechanism"
@@ -35,17 +37,14 @@ pytestmark = pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="dbu
 
 @pytest.fixture
 def bus():
-    b = PrivateBus()
-    yield b
-    b.stop()
+    with PrivateBus() as b:
+        yield b
 
 
 @pytest.fixture
 def polkit(bus):
-    p = PolkitMock(bus)
-    p.allow(True)
-    yield p
-    p.stop()
+    with PolkitMock(bus) as p:
+        yield p.allow(True)
 
 
 @pytest.fixture
@@ -58,41 +57,13 @@ def own_anchor():
     rm_rf(top)
 
 
-def has_owner(address, name=i.BUS_NAME):
-    con = dbus.bus.BusConnection(address)
-    try:
-        return bool(con.name_has_owner(name))
-    finally:
-        con.close()
-
-
-def call(con, path, timeout=60.0):
-    """Cleanup(path) on ``con`` (auto-start allowed, as for any client).
-    Returns (error_name, error_message) or (None, sender of the reply)."""
-    msg = dbus.lowlevel.MethodCallMessage(i.BUS_NAME, i.OBJECT_PATH, i.INTERFACE, i.METHOD_CLEANUP)
-    msg.append(str(path), signature="s")
-    try:
-        reply = con.send_message_with_reply_and_block(msg, timeout)
-    except dbus.exceptions.DBusException as e:
-        return e.get_dbus_name(), e.get_dbus_message()
-    return None, reply.get_sender()
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.05)
-
-
 # -- a started mechanism ----------------------------------------------------------
 
 def test_exits_zero_when_idle_and_releases_the_name(bus, polkit):
     m = Mechanism(bus, "--idle-timeout", "1")
     try:
         assert m.proc.wait(timeout=30) == 0, m.log()  # generous: the timeout is 1 s
-        assert not has_owner(bus.address)
+        assert not has_owner(bus.address, i.BUS_NAME)
         assert f"idle: releasing {i.BUS_NAME}" in m.log()
     finally:
         m.stop()
@@ -104,13 +75,13 @@ def test_exits_zero_when_idle_after_serving_a_call(bus, polkit, own_anchor):
         (own_anchor / "leftover").write_text("x")
         con = bus.connect()
         try:
-            err, sender = call(con, own_anchor / "leftover")
+            r = cleanup(con, own_anchor / "leftover", timeout=60.0)  # on con: auto-start allowed
         finally:
             con.close()
-        assert err is None, sender
+        assert r.error is None, r.message
         assert not (own_anchor / "leftover").exists()
         assert m.proc.wait(timeout=30) == 0, m.log()
-        assert not has_owner(bus.address)
+        assert not has_owner(bus.address, i.BUS_NAME)
         assert len(m.audit_lines()) == 1 and " result=ok " in m.audit_lines()[0]
     finally:
         m.stop()
@@ -131,11 +102,11 @@ def test_does_not_exit_while_a_call_is_in_flight(bus, polkit, clients):
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             # The client is unprivileged (root would skip polkit).
             fut = pool.submit(clients.api, "request", str(anchor / "run"), bus.address)
-            wait_until(lambda: polkit.mock.HaveHangingCalls(), 60, "the call never reached polkit")
+            wait_until(lambda: polkit.mock.HaveHangingCalls(), 60, "the call to reach polkit", 0.05)
             held = time.monotonic()
             while time.monotonic() - held < 3.0:
                 assert m.proc.poll() is None, m.log()
-                assert has_owner(bus.address)
+                assert has_owner(bus.address, i.BUS_NAME)
                 time.sleep(0.1)
             polkit.mock.ReleaseHangingCalls()
             r = fut.result(timeout=120)
@@ -144,7 +115,7 @@ def test_does_not_exit_while_a_call_is_in_flight(bus, polkit, clients):
         [line] = m.audit_lines()
         assert " result=ok " in line
         assert m.proc.wait(timeout=30) == 0, m.log()
-        assert not has_owner(bus.address)
+        assert not has_owner(bus.address, i.BUS_NAME)
     finally:
         polkit.mock.SimulateHang(False)
         polkit.mock.ReleaseHangingCalls()
@@ -178,7 +149,7 @@ def activating_bus(staged):
         p.allow(True)  # for a non-root test process; root skips polkit
         yield b
         # let the last instance leave by itself before the bus goes
-        wait_until(lambda: not has_owner(b.address), 30, "the last instance did not go idle")
+        wait_until(lambda: not has_owner(b.address, i.BUS_NAME), 30, "the last instance to go idle", 0.05)
     finally:
         if p is not None:
             p.stop()
@@ -203,20 +174,20 @@ def test_calls_straddling_the_idle_timeout_are_never_lost(activating_bus, own_an
         for k, pause in enumerate(pauses):
             target = own_anchor / f"f{k}"
             target.write_text("x")
-            err, detail = call(con, target)
-            if err is not None:
-                failures.append((k, pause, err, detail))
+            r = cleanup(con, target, timeout=60.0)  # on con: auto-start allowed
+            if r.error is not None:
+                failures.append((k, pause, r.error, r.message))
             else:
-                senders.append(detail)
+                senders.append(r.sender)
                 if target.exists():
-                    failures.append((k, pause, "answered but not deleted", detail))
+                    failures.append((k, pause, "answered but not deleted", r.sender))
             time.sleep(pause)
     finally:
         con.close()
     # The last instance leaves by itself too; then every instance has logged
     # its release (and nothing went wrong in any of them).
-    wait_until(lambda: not has_owner(b.address), 30, "the last instance did not go idle")
-    log = (b.dir / "dbus-daemon.log").read_text(errors="replace")
+    wait_until(lambda: not has_owner(b.address, i.BUS_NAME), 30, "the last instance to go idle", 0.05)
+    log = b.log()
     assert failures == [], log[-4000:]
     assert len(senders) == len(pauses)
     activations = log.count(f"Successfully activated service '{i.BUS_NAME}'")

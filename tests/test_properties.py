@@ -34,7 +34,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
-import support
+from harness import trees, users
 from locald_admin import pathrules
 from locald_admin.interface import MAX_PATH_BYTES
 from locald_admin.fs import fsops
@@ -254,23 +254,7 @@ def snapshot(base):
     type, mode, owner, inode, and for files size, mtime and content, for
     symlinks their text.  Directory mtimes are left out: removing the target
     changes its parent's."""
-    snap = {}
-    for dirpath, dirnames, filenames in os.walk(base):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st_ = os.lstat(p)
-            rec = (stat.S_IFMT(st_.st_mode), stat.S_IMODE(st_.st_mode), st_.st_uid, st_.st_gid, st_.st_ino)
-            if stat.S_ISREG(st_.st_mode):
-                try:
-                    with open(p, "rb") as f:
-                        data = f.read()
-                except PermissionError:
-                    data = "<unreadable>"
-                rec += (st_.st_size, st_.st_mtime_ns, data)
-            elif stat.S_ISLNK(st_.st_mode):
-                rec += (os.readlink(p),)
-            snap[p] = rec
-    return snap
+    return trees.snapshot(base, record=trees.full, relative=False)
 
 
 def changes(before, after, region):
@@ -430,7 +414,7 @@ def test_cleanup_touches_nothing_outside_the_target(world, data):
         check_cleanup(data, base, os.getuid())
     finally:
         fsops.set_openat2(True)
-        support.rm_rf(os.fsdecode(base))
+        trees.rm_rf(os.fsdecode(base))
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs uid 0: anchors owned by other users")
@@ -440,8 +424,8 @@ def test_cleanup_for_a_user_touches_only_its_own_anchors(world, data):
     """The mechanism (root) acting for an unprivileged caller: every
     '.locald' in the tree is owned by the caller, another user or root, and
     everything else by anyone of them, so root-owned leftovers are inside."""
-    user = support.ensure_user(support.TEST_USER)
-    other = support.ensure_user(support.OTHER_USER)
+    user = users.ensure_user(users.TEST_USER)
+    other = users.ensure_user(users.OTHER_USER)
     owners = [(user.pw_uid, user.pw_gid), (other.pw_uid, other.pw_gid), (0, 0)]
     base = build_world(world)
     try:
@@ -456,4 +440,4 @@ def test_cleanup_for_a_user_touches_only_its_own_anchors(world, data):
         check_cleanup(data, base, user.pw_uid)
     finally:
         fsops.set_openat2(True)
-        support.rm_rf(os.fsdecode(base))
+        trees.rm_rf(os.fsdecode(base))

@@ -32,6 +32,7 @@ The fixtures install a test copy of the action and of the rule there and
 always remove them afterwards (a pre-existing identical action is left alone).
 """
 
+import functools
 import grp
 import json
 import os
@@ -40,40 +41,29 @@ import shutil
 import signal
 import subprocess
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import dbus
-import dbus.lowlevel
 import pytest
 
 from locald_admin import interface as i
-from support import (IS_ROOT, OTHER_USER, POLKIT_NAME, TEST_USER, Mechanism, PrivateBus, ensure_user, rm_rf,
-                     stop_process,
-                     wait_for_name, world_tmpdir)
+from harness import IS_ROOT, realsystem
+from harness.buses import bus_driver, wait_for_no_owner
+from harness.calls import cleanup
+from harness.mechanism import Mechanism
+from harness.realsystem import (ACTION_SRC, GROUP, POLKITD, RULES_DIR, SYSTEM_CONF, GroupMembership, Polkitd,
+                                installed_rule, real_bus)
+from harness.trees import make_anchor, make_runc_leftovers, rm_rf, world_tmpdir
+from harness.users import OTHER_USER, PATH_ENV, SHIM, TEST_USER, ensure_user
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "data"
-ACTION_SRC = DATA / "polkit-1" / "actions" / "org.locald.admin1.policy"
-BUS_CONF_DIR = DATA / "dbus-1" / "system.d"
-
-POLKITD = Path("/usr/lib/polkit-1/polkitd")
-SYSTEM_CONF = Path("/usr/share/dbus-1/system.conf")
-SYSTEM_D = Path("/usr/share/dbus-1/system.d")
-ACTIONS_DIR = Path("/usr/share/polkit-1/actions")
-ACTION_DEST = ACTIONS_DIR / "org.locald.admin1.policy"
-RULES_DIR = Path("/etc/polkit-1/rules.d")
-RULE_SRC = ROOT / "data" / "polkit-1" / "rules.d" / "50-locald-admin.rules.example"
-RULE_DEST = RULES_DIR / "50-locald-admin-test.rules"
+RULE_NAME = "50-locald-admin-test.rules"
 POLKIT_DTD = Path("/usr/share/polkit-1/policyconfig-1.dtd")
 LAUNCH_HELPER = Path("/usr/lib/dbus-1.0/dbus-daemon-launch-helper")
-GROUP = "locald"
 
 STAGED_EXEC = "/usr/lib/locald-admin/locald-admin-mechanism"
 STAGED_ACTIVATION = "usr/share/dbus-1/system-services/org.locald.Admin1.service"
 
 ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
-PATH_ENV = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 pytestmark = [
     pytest.mark.skipif(not IS_ROOT, reason="real-bus tier: polkitd must be started as root (it drops to the "
@@ -86,133 +76,16 @@ pytestmark = [
 ]
 
 
-# -- the real system-bus policy ------------------------------------------------
-
-def debian_system_policy():
-    """Every <policy> of Debian's system.conf, verbatim: default deny for
-    owning names and sending method calls; signals, requested replies and
-    calls to the bus driver allowed.  Daemon settings (<user>, <fork>,
-    <pidfile>, <syslog>, <listen>, <servicehelper>, service and include
-    directories) are left out: PrivateBus supplies its own."""
-    policies = ET.parse(SYSTEM_CONF).getroot().findall("policy")
-    text = "\n".join(ET.tostring(p, encoding="unicode") for p in policies)
-    assert '<deny own="*" />' in text and '<deny send_type="method_call" />' in text, text
-    # Already part of Debian's default policy; stated again so that the
-    # unprivileged test users can connect whatever system.conf says.
-    return text + '\n<policy context="default"><allow user="*"/></policy>'
-
-
-def includedirs():
-    """The project's bus policy, and polkit's own (org.freedesktop.PolicyKit1.conf)."""
-    return f"<includedir>{BUS_CONF_DIR}</includedir>\n<includedir>{SYSTEM_D}</includedir>"
-
-
-def real_bus(extra_xml=""):
-    return PrivateBus(policy_xml=debian_system_policy(), extra_xml=includedirs() + "\n" + extra_xml)
-
-
-def bus_log(bus):
-    return (bus.dir / "dbus-daemon.log").read_text(errors="replace")
-
-
-# -- polkitd ------------------------------------------------------------------
-
-class Polkitd:
-    """The real polkitd on a private bus.  Started as root, it drops to the
-    polkitd user itself; it owns org.freedesktop.PolicyKit1 by the bus policy
-    in /usr/share/dbus-1/system.d."""
-
-    def __init__(self, bus):
-        self.bus = bus
-        self.log_path = bus.dir / "polkitd.log"
-        self.proc = None
-        self.start()
-
-    def start(self):
-        env = {"PATH": PATH_ENV, "LANG": "C.UTF-8", "DBUS_SYSTEM_BUS_ADDRESS": self.bus.address}
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([str(POLKITD)], env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for_name(self.bus.address, POLKIT_NAME, timeout=30, proc=self.proc)
-
-    def stop(self):
-        if self.proc is None:
-            return
-        stop_process(self.proc, 10)
-        self.proc = None
-        wait_for_no_owner(self.bus.address, POLKIT_NAME)
-
-    def restart(self):
-        self.stop()
-        self.start()
-
-    def log(self):
-        return self.log_path.read_text(errors="replace")
-
-
-def wait_for_no_owner(address, name, timeout=15.0):
-    con = dbus.bus.BusConnection(address)
-    try:
-        deadline = time.monotonic() + timeout
-        while con.name_has_owner(name):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} still has an owner on {address}")
-            time.sleep(0.02)
-    finally:
-        con.close()
-
-
 # -- calls ------------------------------------------------------------------
 
-def root_call(address, path, interface=i.INTERFACE, member=i.METHOD_CLEANUP, timeout=60.0):
-    """Call as the test process (root).  Returns (error_name, sender or message)."""
-    con = dbus.bus.BusConnection(address)
-    try:
-        msg = dbus.lowlevel.MethodCallMessage(i.BUS_NAME, i.OBJECT_PATH, interface, member)
-        msg.append(path, signature="s")
-        try:
-            reply = con.send_message_with_reply_and_block(msg, timeout)
-            return None, reply.get_sender()
-        except dbus.exceptions.DBusException as e:
-            return e.get_dbus_name(), e.get_dbus_message()
-    finally:
-        con.close()
+root_call = functools.partial(cleanup, timeout=60.0)  # as the test process (root)
 
 
-def bus_driver(address, member, *args):
-    con = dbus.bus.BusConnection(address)
-    try:
-        obj = con.get_object("org.freedesktop.DBus", "/org/freedesktop/DBus")
-        return getattr(dbus.Interface(obj, "org.freedesktop.DBus"), member)(*args)
-    finally:
-        con.close()
-
-
-# Raw messages sent by the unprivileged user with dbus-next: a list of
-# {destination, path, interface (may be null), member, signature, body}.
-RAW_CLIENT = r"""
-import asyncio, json, sys
-from dbus_next import Message
-from locald_admin.busio import connect_system_bus
-
-async def main(spec):
-    bus = await connect_system_bus()
-    out = []
-    for m in spec:
-        reply = await bus.call(Message(destination=m["destination"], path=m["path"],
-                                       interface=m.get("interface"), member=m["member"],
-                                       signature=m.get("signature", ""), body=m.get("body", [])))
-        out.append({"type": reply.message_type.name, "error": reply.error_name,
-                    "body": [b if isinstance(b, (str, int)) else repr(b) for b in reply.body]})
-    bus.disconnect()
-    print(json.dumps(out))
-
-asyncio.run(main(json.loads(sys.argv[1])))
-"""
-
-
+# Raw messages sent by the unprivileged user with dbus-next
+# (harness/programs/raw_client.py): a list of {destination, path, interface
+# (may be null), member, signature, body}.
 def raw_as_user(clients, address, *messages):
-    cp = clients.python_code(RAW_CLIENT, json.dumps(list(messages)), bus_address=address)
+    cp = clients.run_program("raw_client.py", json.dumps(list(messages)), bus_address=address)
     assert cp.returncode == 0, cp.stderr.decode(errors="replace")
     return json.loads(cp.stdout)
 
@@ -222,32 +95,23 @@ def to_admin(member, interface=i.INTERFACE, signature="", body=()):
             "signature": signature, "body": list(body)}
 
 
-def as_user(clients, user, argv, address, extra_groups=()):
-    """Run ``argv`` as ``user`` (a passwd entry) the way ClientRunner does
-    (Debian's python3, its world-readable copy of the code, a clean
-    environment), but with the supplementary groups chosen here."""
-    env = {"PATH": PATH_ENV, "LANG": "C.UTF-8", "PYTHONPATH": clients.pythonpath,
-           "PYTHONDONTWRITEBYTECODE": "1", "DBUS_SYSTEM_BUS_ADDRESS": address}
-    return subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL, user=user.pw_uid, group=user.pw_gid,
-                          extra_groups=list(extra_groups))
+def as_user(clients, user, args, address, extra_groups=()):
+    """Run ``python args...`` as ``user`` (a passwd entry) the way
+    ClientRunner does (Debian's python3, its world-readable copy of the code,
+    a clean environment), but with the supplementary groups chosen here."""
+    return clients.run(args, address, user=user, extra_groups=extra_groups, timeout=120, text=True)
 
 
 def shim_as(clients, user, path, address, extra_groups=()):
     """locald-shim, non-interactive (stdin is not a terminal)."""
-    return as_user(clients, user, [clients.python, "-c", "import sys; from locald_admin.client.shim import main; "
-                                   "sys.exit(main())", "admin", "cleanup", path], address, extra_groups)
+    return as_user(clients, user, ["-c", SHIM, "admin", "cleanup", path], address, extra_groups)
 
 
 def probe_as(clients, user, path, address, extra_groups=()):
     """request_cleanup through the client library; returns the probe's report."""
-    cp = as_user(clients, user, [clients.python, clients.probe, "request", path, "{}"], address, extra_groups)
+    cp = as_user(clients, user, [clients.probe, "request", path, "{}"], address, extra_groups)
     assert cp.returncode == 0, cp.stderr
     return json.loads(cp.stdout)
-
-
-def audit_for(mechanism, path):
-    return [ln for ln in mechanism.audit_lines() if f" path={path} " in ln]
 
 
 # -- fixtures -----------------------------------------------------------------
@@ -256,33 +120,23 @@ def audit_for(mechanism, path):
 def action_installed():
     """A test copy of the project's action where polkitd reads actions; always
     removed afterwards unless it was there before (then it is left alone)."""
-    if not ACTIONS_DIR.is_dir():
-        pytest.skip(f"{ACTIONS_DIR} is missing")
-    existed = ACTION_DEST.exists() or ACTION_DEST.is_symlink()
-    if existed and ACTION_DEST.read_bytes() != ACTION_SRC.read_bytes():
-        pytest.skip(f"{ACTION_DEST} exists and differs from the project's action; not touching it")
-    if not existed:
-        shutil.copyfile(ACTION_SRC, ACTION_DEST)
-        os.chmod(ACTION_DEST, 0o644)
-    try:
-        yield ACTION_DEST
-    finally:
-        if not existed:
-            ACTION_DEST.unlink(missing_ok=True)
+    why = realsystem.action_conflict()
+    if why:
+        pytest.skip(why)
+    with realsystem.installed_action() as dest:
+        yield dest
 
 
 @pytest.fixture(scope="module")
 def bus():
-    b = real_bus()
-    yield b
-    b.stop()
+    with real_bus() as b:
+        yield b
 
 
 @pytest.fixture(scope="module")
 def polkitd(bus, action_installed):
-    p = Polkitd(bus)
-    yield p
-    p.stop()
+    with Polkitd(bus) as p:
+        yield p
 
 
 @pytest.fixture
@@ -294,9 +148,8 @@ def polkit_running(polkitd):
 
 @pytest.fixture(scope="module")
 def mechanism(bus):
-    m = Mechanism(bus, "--polkit-timeout", "10")
-    yield m
-    m.stop()
+    with Mechanism(bus, "--polkit-timeout", "10") as m:
+        yield m
 
 
 def make_project(owner):
@@ -304,16 +157,8 @@ def make_project(owner):
     leaves: root-owned 0700 directories and a mode 000 file.  Returns
     (top, anchor, secret)."""
     top = world_tmpdir()
-    anchor = top / "proj" / ".locald"
-    shm = anchor / "svc" / "rootfs" / "run" / "shm"
-    shm.mkdir(parents=True)
-    subprocess.run(["chown", "-R", f"{owner.pw_uid}:{owner.pw_gid}", str(top / "proj")], check=True)
-    for d in (anchor / "svc" / "rootfs", anchor / "svc" / "rootfs" / "run", shm):
-        os.chown(d, 0, 0)
-        os.chmod(d, 0o700)
-    secret = shm / "secret"
-    secret.write_text("x")
-    os.chmod(secret, 0)
+    anchor = make_anchor(top, owner.pw_uid, owner.pw_gid)
+    secret = make_runc_leftovers(anchor)
     return top, anchor, secret
 
 
@@ -336,17 +181,6 @@ def user(clients):
     return clients.user
 
 
-def _shadow_tool(*argv):
-    """groupadd/gpasswd/groupdel, retried while another process holds the
-    /etc/group lock (other test sessions create users concurrently)."""
-    for _ in range(20):
-        cp = subprocess.run(list(argv), capture_output=True, text=True)
-        if cp.returncode == 0 or "lock" not in (cp.stderr + cp.stdout).lower():
-            return cp
-        time.sleep(0.25)
-    return cp
-
-
 @pytest.fixture
 def group_rule(polkitd, clients):
     """The headless rule installed for the real polkitd, the group "locald"
@@ -355,28 +189,14 @@ def group_rule(polkitd, clients):
     rules (it also watches the directory, but on its own schedule)."""
     if not RULES_DIR.is_dir():
         pytest.skip(f"{RULES_DIR} is missing")
-    created = False
+    membership = GroupMembership(TEST_USER, GROUP)
     try:
-        grp.getgrnam(GROUP)
-    except KeyError:
-        cp = _shadow_tool("groupadd", "--system", GROUP)
-        assert cp.returncode == 0, cp.stderr
-        created = True
-    was_member = TEST_USER in grp.getgrnam(GROUP).gr_mem
-    shutil.copyfile(RULE_SRC, RULE_DEST)
-    os.chmod(RULE_DEST, 0o644)
-    try:
-        if not was_member:
-            cp = _shadow_tool("gpasswd", "--add", TEST_USER, GROUP)
-            assert cp.returncode == 0, cp.stderr
-        polkitd.restart()
-        yield grp.getgrnam(GROUP).gr_gid
+        gid = membership.ensure()
+        with installed_rule(RULE_NAME):
+            polkitd.restart()
+            yield gid
     finally:
-        RULE_DEST.unlink(missing_ok=True)
-        if not was_member:
-            _shadow_tool("gpasswd", "--delete", TEST_USER, GROUP)
-        if created:
-            _shadow_tool("groupdel", GROUP)
+        membership.restore()
         polkitd.restart()
 
 
@@ -402,7 +222,7 @@ def test_an_unprivileged_user_can_call_cleanup(bus, mechanism, polkit_running, c
     [r] = raw_as_user(clients, bus.address, to_admin(i.METHOD_CLEANUP, signature="s", body=[str(anchor / "svc")]))
     assert r["type"] == "ERROR" and r["error"] != ACCESS_DENIED, r
     assert r["error"] == i.ERROR_INTERACTIVE_AUTH_REQUIRED, r
-    assert len(audit_for(mechanism, anchor / "svc")) == 1  # it reached the mechanism
+    assert len(mechanism.audit_lines(path=anchor / "svc")) == 1  # it reached the mechanism
     assert secret.exists()
 
 
@@ -471,7 +291,7 @@ def test_an_unprivileged_caller_outside_a_session_is_refused(bus, mechanism, pol
     assert "authentication is required" in cp.stderr
     r = probe_as(clients, user, str(target), bus.address)
     assert r["type"] == "InteractiveAuthorizationRequiredError", r
-    results = [ln.split(" result=")[1].split()[0] for ln in audit_for(mechanism, target)]
+    results = [ln.split(" result=")[1].split()[0] for ln in mechanism.audit_lines(path=target)]
     assert results == [i.ERROR_INTERACTIVE_AUTH_REQUIRED] * 2
     assert secret.exists()
 
@@ -481,11 +301,10 @@ def test_an_interactive_call_without_an_agent_is_not_authorized(bus, mechanism, 
     """With interaction allowed but no agent polkit can reach (the shim's
     pkttyagent has no terminal), polkit cannot ask: NotAuthorized, exit 3."""
     anchor, secret = projects(user)
-    cp = as_user(clients, user, [clients.python, "-c", "import sys; from locald_admin.client.shim import main; "
-                                 "sys.exit(main())", "admin", "cleanup", "--interactive", "--timeout", "60",
+    cp = as_user(clients, user, ["-c", SHIM, "admin", "cleanup", "--interactive", "--timeout", "60",
                                  str(anchor / "svc")], bus.address)
     assert cp.returncode == i.EXIT_NOT_AUTHORIZED, cp.stderr
-    [line] = audit_for(mechanism, anchor / "svc")
+    [line] = mechanism.audit_lines(path=anchor / "svc")
     assert f"result={i.ERROR_NOT_AUTHORIZED}" in line
     assert secret.exists()
 
@@ -495,7 +314,7 @@ def test_root_is_allowed(bus, mechanism, polkit_running, projects):
     err, sender = root_call(bus.address, str(anchor / "svc"))
     assert err is None, sender
     assert not (anchor / "svc").exists() and anchor.is_dir()
-    [line] = audit_for(mechanism, anchor / "svc")
+    [line] = mechanism.audit_lines(path=anchor / "svc")
     assert " uid=0 " in line and " result=ok " in line
 
 
@@ -546,7 +365,7 @@ def test_polkit_outage_denies_and_recovery_needs_no_mechanism_restart(bus, mecha
         r = probe_as(clients, user, str(anchor / "svc"), bus.address)
         assert r["type"] == "NotAuthorizedError", r
         assert secret.exists()
-        [first, second] = audit_for(mechanism, anchor / "svc")
+        [first, second] = mechanism.audit_lines(path=anchor / "svc")
         assert f"result={i.ERROR_NOT_AUTHORIZED}" in first and f"result={i.ERROR_NOT_AUTHORIZED}" in second
     finally:
         polkitd.start()
@@ -585,16 +404,11 @@ def activation(staged, action_installed):
     (as root, the user it runs as; User= only matters to the helper).
     A polkitd of its own, so that unprivileged callers get polkit's answer."""
     services, launcher = staged_activation_dir(staged)
-    b = real_bus(f"<servicedir>{services}</servicedir>")
-    p = None
     try:
-        p = Polkitd(b)
-        yield b, launcher
-        _stop_activated(b)
+        with real_bus(f"<servicedir>{services}</servicedir>") as b, Polkitd(b):
+            yield b, launcher
+            _stop_activated(b)
     finally:
-        if p is not None:
-            p.stop()
-        b.stop()
         rm_rf(services)
 
 
@@ -633,10 +447,11 @@ def test_first_call_activates_the_staged_mechanism(activation, projects):
     finally:
         con.close()
     anchor, secret = projects(pwd.getpwuid(0))
-    err, sender = root_call(b.address, str(anchor / "svc"))
-    assert err is None, (err, sender, bus_log(b))
+    r = root_call(b.address, str(anchor / "svc"))
+    err, sender = r.error, r.sender
+    assert err is None, (err, r.message, b.log())
     assert not (anchor / "svc").exists() and anchor.is_dir()
-    assert "Successfully activated service 'org.locald.Admin1'" in bus_log(b)
+    assert "Successfully activated service 'org.locald.Admin1'" in b.log()
     pid = bus_driver(b.address, "GetConnectionUnixProcessID", i.BUS_NAME)
     assert bus_driver(b.address, "GetConnectionUnixUser", i.BUS_NAME) == 0
     assert bus_driver(b.address, "GetNameOwner", i.BUS_NAME) == sender
@@ -658,7 +473,7 @@ def test_an_unprivileged_first_call_activates_it_too(activation, clients, user, 
     r = probe_as(clients, user, str(anchor / "svc"), b.address)
     # Answered by the freshly activated mechanism after asking polkit; not the
     # bus' ServiceUnknown / AccessDenied, nor the client's "no service".
-    assert r["type"] == "InteractiveAuthorizationRequiredError", (r, bus_log(b))
+    assert r["type"] == "InteractiveAuthorizationRequiredError", (r, b.log())
     assert secret.exists()
     assert bus_driver(b.address, "GetConnectionUnixUser", i.BUS_NAME) == 0
 
@@ -689,7 +504,7 @@ def test_a_servicehelper_cannot_activate_from_a_private_config(staged, action_in
         anchor, secret = projects(pwd.getpwuid(0))
         err, message = root_call(b.address, str(anchor / "svc"), timeout=40)
         assert err == "org.freedesktop.DBus.Error.Spawn.ServiceNotFound", (err, message)
-        assert "(using servicehelper)" in bus_log(b)
+        assert "(using servicehelper)" in b.log()
         assert secret.exists()
     finally:
         b.stop()

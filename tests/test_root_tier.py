@@ -10,7 +10,11 @@ import subprocess
 import pytest
 
 from locald_admin import interface as i
-from support import IS_ROOT, OTHER_USER, Mechanism, PolkitMock, PrivateBus, ensure_user, rm_rf, world_tmpdir
+from harness import IS_ROOT
+from harness.mechanism import stack as mechanism_stack
+from harness.trees import (check_canary, make_anchor, make_runc_leftovers, plant_canary, rm_rf, umount,
+                           world_tmpdir)
+from harness.users import OTHER_USER, ensure_user
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="root tier: needs uid 0 (root-owned files, "
                                 "other users, mounts); run the suite as root, as CI does")
@@ -18,15 +22,9 @@ pytestmark = pytest.mark.skipif(not IS_ROOT, reason="root tier: needs uid 0 (roo
 
 @pytest.fixture(scope="module", params=["openat2", "fallback"])
 def stack(request):
-    b = PrivateBus()
-    p = PolkitMock(b)
-    p.allow(True)
     args = ["--no-openat2"] if request.param == "fallback" else []
-    m = Mechanism(b, *args)
-    yield b
-    m.stop()
-    p.stop()
-    b.stop()
+    with mechanism_stack(*args) as (b, _, _):
+        yield b
 
 
 @pytest.fixture
@@ -35,22 +33,11 @@ def tree(clients):
     leaves: root-owned 0700 directories and mode 000 files.  Canaries outside
     the target are checked by content after each test."""
     top = world_tmpdir()
-    proj = top / "proj"
-    anchor = proj / ".locald"
-    shm = anchor / "svc" / "rootfs" / "run" / "shm"
-    shm.mkdir(parents=True)
-    subprocess.run(["chown", "-R", f"{clients.uid}:{clients.gid}", str(proj)], check=True)
-    for d in (anchor / "svc" / "rootfs", anchor / "svc" / "rootfs" / "run", shm):
-        os.chown(d, 0, 0)
-        os.chmod(d, 0o700)
-    secret = shm / "secret"
-    secret.write_text("x")
-    os.chmod(secret, 0)
-    canary = top / "canary"
-    canary.mkdir()
-    (canary / "precious").write_text("canary")
+    anchor = make_anchor(top, clients.uid, clients.gid)
+    make_runc_leftovers(anchor)
+    plant_canary(top)
     yield anchor
-    assert (canary / "precious").read_text() == "canary"
+    check_canary(top)
     rm_rf(top)
 
 
@@ -128,8 +115,7 @@ def bind_mount(tree):
     try:
         yield mnt
     finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)])
+        umount(mnt, check=False)
         assert (src / "db").read_text() == "volume data"
 
 

@@ -8,7 +8,6 @@ root-owned roots is in the root tier.
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,13 @@ from locald_admin import interface as i
 from locald_admin.mechanism import config as cfgmod
 from locald_admin.mechanism import engine
 from locald_admin.mechanism.errors import OutsideScope
-from support import IS_ROOT, OTHER_USER, Mechanism, PolkitMock, PrivateBus, ensure_user, rm_rf, world_tmpdir
+from harness import IS_ROOT
+from harness.buses import PolkitMock, PrivateBus
+from harness.calls import cleanup
+from harness.mechanism import Mechanism
+from harness.trees import rm_rf, world_tmpdir
+from harness.users import OTHER_USER, ensure_user
+from harness.waiting import wait_until
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="root tier: needs other users' homes and "
                                 "root-owned roots; run the suite as root")
@@ -256,32 +261,14 @@ def test_root_owner_rule_can_be_turned_off(roots):
 
 @pytest.fixture
 def conf_stack():
-    b = PrivateBus()
-    p = PolkitMock(b)
-    p.allow(True)
-    conf = b.dir / "admin.conf"
-    yield b, conf
-    p.stop()
-    b.stop()
-
-
-def call_as_root(bus, path):
-    import dbus
-    con = bus.connect()
-    try:
-        con.get_object(i.BUS_NAME, i.OBJECT_PATH).get_dbus_method(i.METHOD_CLEANUP, i.INTERFACE)(path)
-        return None, None
-    except dbus.exceptions.DBusException as e:
-        return e.get_dbus_name(), e.get_dbus_message()
-    finally:
-        con.close()
+    with PrivateBus() as b, PolkitMock(b) as p:
+        p.allow(True)
+        yield b, b.dir / "admin.conf"
 
 
 def wait_log(mech, needle, timeout=10):
-    deadline = time.monotonic() + timeout
-    while needle not in mech.log():
-        assert time.monotonic() < deadline, f"{needle!r} not in the mechanism log: {mech.log()}"
-        time.sleep(0.05)
+    """(A failed test's report carries the mechanism's log.)"""
+    wait_until(lambda: needle in mech.log(), timeout, f"{needle!r} in the mechanism log", 0.05)
 
 
 @needs_root
@@ -291,15 +278,15 @@ def test_malformed_config_fails_closed_and_sighup_recovers(conf_stack, roots):
     m = Mechanism(bus, "--config", str(conf))
     try:
         a = anchor_in(roots / "ok", 0)
-        name, msg = call_as_root(bus, str(a / "x"))
+        name, msg = cleanup(bus, str(a / "x"))
         assert name == i.ERROR_FAILED and "not an absolute path" in msg and "\n" not in msg
         assert (a / "x").is_dir()
         conf.write_text(f"[scope]\nallow = {roots / 'ok'}\n")
         m.proc.send_signal(signal.SIGHUP)
         wait_log(m, "configuration reloaded")
-        assert call_as_root(bus, str(a / "x")) == (None, None)
+        assert cleanup(bus, str(a / "x")) == (None, None)
         b = anchor_in(roots / "other", 0)
-        name, msg = call_as_root(bus, str(b / "x"))
+        name, msg = cleanup(bus, str(b / "x"))
         assert name == i.ERROR_OUTSIDE_SCOPE and "administrator's configuration" in msg
     finally:
         m.stop()
@@ -314,8 +301,8 @@ def test_malformed_config_at_sighup_keeps_the_old_one(conf_stack, roots):
         conf.write_text("[scope\n")
         m.proc.send_signal(signal.SIGHUP)
         wait_log(m, "previous one stays in force")
-        assert call_as_root(bus, str(anchor_in(roots / "ok", 0) / "x")) == (None, None)
-        name, _ = call_as_root(bus, str(anchor_in(roots / "other", 0) / "x"))
+        assert cleanup(bus, str(anchor_in(roots / "ok", 0) / "x")) == (None, None)
+        name, _ = cleanup(bus, str(anchor_in(roots / "other", 0) / "x"))
         assert name == i.ERROR_OUTSIDE_SCOPE  # the old roots still apply
     finally:
         m.stop()

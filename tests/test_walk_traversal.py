@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 from locald_admin.fs import fsops, traverse, walk
-from support import snapshot
+from harness.trees import make_chain, snapshot
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (uid 0) to mount --bind / -t tmpfs")
 
@@ -33,21 +33,6 @@ def write(path, data=b"x"):
 def open_fds():
     gc.collect()
     return len(os.listdir("/proc/self/fd"))
-
-
-def make_chain(base, depth, name=b"d"):
-    """``depth`` nested directories below ``base`` (fd-relative: the path is
-    longer than PATH_MAX) with a file at the bottom."""
-    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(depth):
-            os.mkdir(name, dir_fd=fd)
-            nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        os.close(os.open(b"leaf", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
-    finally:
-        os.close(fd)
 
 
 class Held:
@@ -200,7 +185,7 @@ def test_10000_deep_chain_is_counted_with_bounded_fds(mode, tmp_path, held, rmrf
     t = tmp_path / "deep"
     t.mkdir()
     rmrf(t)
-    make_chain(t, depth)
+    make_chain(t, depth, leaf="leaf")
     h = held(t)
     seen = []
     real = walk._list_kinds
@@ -307,7 +292,7 @@ def test_traversal_never_enters_a_symlink_or_a_file_whatever_the_visitor_asks(mo
 def test_a_failing_visitor_leaves_no_fd_open(mode, tmp_path):
     t = tmp_path / "t"
     t.mkdir()
-    make_chain(t, 200)
+    make_chain(t, 200, leaf="leaf")
 
     class Boom(EnterEverything):
         def on_entry(self, tr, f, name, info):

@@ -28,16 +28,7 @@ import time
 
 from locald_admin import client
 from locald_admin.client import as_user
-
-
-def describe(exc):
-    return {
-        "ok": False,
-        "type": type(exc).__name__,
-        "mro": [c.__name__ for c in type(exc).__mro__],
-        "message": str(exc),
-        "cause": type(exc.__cause__).__name__ if exc.__cause__ else None,
-    }
+from outcome import describe
 
 
 def expand(paths):

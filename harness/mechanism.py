@@ -1,0 +1,112 @@
+"""The real mechanism, started as a subprocess on a private bus.
+
+``Mechanism(bus, *args)`` runs ``python -m locald_admin.mechanism *args``
+(``progress_interval=`` adds ``--progress-interval``).  With ``faults=True``
+it runs programs/hooked_mechanism.py instead, which patches the mechanism
+before calling the same main(): injected exceptions for a few magic names
+(see that file).
+
+Every mechanism started is listed in ``STARTED`` until it is stopped and
+reported on; tests/conftest.py attaches the logs of those that ran during a
+failed test to its report.
+"""
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+from locald_admin import interface as i
+
+from . import PROGRAMS
+from .buses import PolkitMock, PrivateBus, _Stoppable, wait_for_name
+from .waiting import terminate
+
+HOOKED = PROGRAMS / "hooked_mechanism.py"
+AUDIT_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+LOG_TAIL = 20_000  # characters of a log attached to a failed test's report
+
+STARTED = []
+
+
+def audit_fields(line):
+    """The key=value fields of one audit line (quoted values unquoted)."""
+    return {k: json.loads(v) if v.startswith('"') else v for k, v in AUDIT_FIELD.findall(line)}
+
+
+def _matches(fields, match):
+    return all(fields.get(k) == str(v) for k, v in match.items())
+
+
+class Mechanism(_Stoppable):
+    """The real mechanism on ``bus``; its stderr (log and audit lines) goes
+    to a file in the bus's directory."""
+
+    def __init__(self, bus, *args, progress_interval=None, faults=False):
+        self.bus = bus
+        self.stderr_path = bus.dir / f"mechanism-{time.monotonic_ns()}.log"
+        if progress_interval is not None:
+            args += ("--progress-interval", repr(progress_interval))
+        argv = ([sys.executable, str(HOOKED), "--faults", "--"] if faults
+                else [sys.executable, "-m", "locald_admin.mechanism"])
+        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus.address)
+        with open(self.stderr_path, "wb") as log:
+            self.proc = subprocess.Popen([*argv, *args], env=env, stdin=subprocess.DEVNULL, stderr=log)
+        self.args = args
+        self._final_log = None
+        STARTED.append(self)
+        wait_for_name(bus.address, i.BUS_NAME, proc=self.proc)
+
+    def log(self):
+        if self._final_log is not None:
+            return self._final_log
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:  # the bus's directory is gone
+            return ""
+
+    def audit_lines(self, **match):
+        """The audit lines (text), those whose fields include ``match`` if
+        given (values compared as strings)."""
+        lines = [ln for ln in self.log().splitlines() if ln.startswith("audit ")]
+        return [ln for ln in lines if _matches(audit_fields(ln), match)] if match else lines
+
+    def audits(self, **match):
+        """The audit lines as dicts, in the order the replies were sent;
+        those whose fields include ``match`` if given."""
+        return [f for f in map(audit_fields, self.audit_lines()) if _matches(f, match)]
+
+    def describe(self):
+        return f"pid {self.proc.pid}, args {list(self.args)}, exit {self.proc.returncode}"
+
+    def stop(self):
+        terminate(self.proc, 10)
+        if self._final_log is None:
+            # Kept: a failure report (or the test) may read it after the bus's
+            # directory is removed.
+            self._final_log = self.log()
+
+    def log_tail(self, limit=LOG_TAIL):
+        text = self.log()
+        return text if len(text) <= limit else f"[... {len(text) - limit} characters left out ...]\n" + text[-limit:]
+
+
+def forget_stopped():
+    """Drop the stopped mechanisms from ``STARTED`` (after their test is
+    reported)."""
+    STARTED[:] = [m for m in STARTED if m.proc.poll() is None]
+
+
+@contextlib.contextmanager
+def stack(*args, allow=True, template="polkitd", **kw):
+    """A private bus, the polkit mock on it (allowing the action, unless
+    ``allow`` is false) and a mechanism started with ``args``; yields
+    (bus, polkit, mechanism), then stops them in the reverse order."""
+    with PrivateBus() as bus, PolkitMock(bus, template) as polkit:
+        if allow:
+            polkit.allow(True)
+        with Mechanism(bus, *args, **kw) as mech:
+            yield bus, polkit, mech
