@@ -42,14 +42,15 @@ def remove(path):
     """Remove ``path`` (absolute, lexically checked) as the calling user."""
     parts = pathrules.split_components(path)
     shown = pathrules.display(b"/" + b"/".join(parts))
+    fs = fsops.default()
     try:
-        parent_fd = fsops.open_prefix(parts[:-1])
+        parent_fd = fs.open_prefix(parts[:-1])
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             return  # nothing there to remove
         raise
     try:
-        fsremove.remove_entry(parent_fd, parts[-1], shown, threads=THREADS)
+        fsremove.remove_entry(parent_fd, parts[-1], shown, threads=THREADS, fs=fs)
     except fsremove.MountInTheWay as e:
         raise MountPointError(e.message) from None
     except fsremove.RemoveFailed as e:

@@ -10,7 +10,6 @@ import os
 import threading
 
 from locald_admin import pathrules
-from locald_admin.fs import fsops
 from locald_admin.fs import remove as fsremove
 from locald_admin.fs import walk
 from . import scope
@@ -43,10 +42,11 @@ def parse(path):
         raise (InvalidPath if e.kind == "invalid" else OutsideScope)(str(e)) from None
 
 
-def resolve(path, caller_uid, config=Config()):
+def resolve(path, caller_uid, config=Config(), fs=None):
     """Lexical rules, then scope: the held Target, or None when there is
-    nothing to delete."""
-    return scope.resolve(parse(path), caller_uid, config)
+    nothing to delete.  ``fs``: the fsops.Fs to open with (default: openat2
+    where the kernel has it)."""
+    return scope.resolve(parse(path), caller_uid, config, fs)
 
 
 def identity(target):
@@ -57,7 +57,7 @@ def identity(target):
         st = os.fstat(target.anchor_fd)
     else:
         try:
-            st = fsops.lstat_beneath(target.parent_fd, target.name)
+            st = target.fs.lstat_beneath(target.parent_fd, target.name)
         except OSError:
             return None
     return (st.st_dev, st.st_ino)
@@ -71,7 +71,7 @@ def remove(target, progress=None, threads=DEFAULT_WALK_THREADS):
     """
     try:
         return fsremove.remove_entry(target.parent_fd, target.name, target.display, held_fd=target.anchor_fd,
-                                     progress=progress, threads=threads)
+                                     progress=progress, threads=threads, fs=target.fs)
     except fsremove.MountInTheWay as e:
         raise MountPoint(e.message, removed=e.removed) from None
     except fsremove.RemoveError as e:
@@ -80,13 +80,13 @@ def remove(target, progress=None, threads=DEFAULT_WALK_THREADS):
         target.close()
 
 
-def cleanup(path, caller_uid, config=Config(), progress=None, threads=DEFAULT_WALK_THREADS):
+def cleanup(path, caller_uid, config=Config(), progress=None, threads=DEFAULT_WALK_THREADS, fs=None):
     """Remove ``path`` on behalf of ``caller_uid``; return entries removed.
 
     ``config``: the administrator's configuration (roots, owner rule).
     A target that does not exist is success with 0 removed.
     """
-    target = resolve(path, caller_uid, config)
+    target = resolve(path, caller_uid, config, fs)
     return 0 if target is None else remove(target, progress, threads)
 
 
@@ -99,8 +99,9 @@ class Engine:
     result instead of racing it through the same tree.
     """
 
-    def __init__(self, walk_threads=DEFAULT_WALK_THREADS):
+    def __init__(self, walk_threads=DEFAULT_WALK_THREADS, fs=None):
         self.walk_threads = walk_threads
+        self.fs = fs  # fsops.Fs (None: the kernel's default)
         self._shared = {}  # (uid, st_dev, st_ino) -> (Future, Progress)
         self._lock = threading.Lock()
         self.shared_walks = 0  # requests that joined another's walk
@@ -108,7 +109,7 @@ class Engine:
     def cleanup(self, path, uid, config, progress):
         """Cleanup(path) for ``uid``, in a worker thread; returns entries
         removed or raises a MechanismError."""
-        target = resolve(path, uid, config)
+        target = resolve(path, uid, config, self.fs)
         if target is None:
             return 0
         ident = identity(target)

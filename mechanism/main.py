@@ -8,7 +8,6 @@ import sys
 
 from locald_admin import interface as i
 from locald_admin.busio import BusError, Connection
-from locald_admin.fs import fsops
 from . import config as configuration
 from .service import CleanupService
 from .settings import Settings
@@ -121,7 +120,7 @@ async def serve(settings):
     except BusError as e:
         log.error("cannot own %s: %s", i.BUS_NAME, e)
         return 1
-    log.info("serving %s as %s (openat2: %s)", i.BUS_NAME, bus.unique_name, fsops.openat2_available())
+    log.info("serving %s as %s (openat2: %s)", i.BUS_NAME, bus.unique_name, service.engine.fs.openat2)
 
     waiters = {
         loop.create_task(bus.wait_closed()): "disconnected",
@@ -155,8 +154,6 @@ def main(argv=None):
     settings = parse_args(argv)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="locald-admin-mechanism: %(levelname)s: %(message)s")
-    if not settings.openat2:
-        fsops.set_openat2(False)
     try:
         return asyncio.run(serve(settings))
     except KeyboardInterrupt:

@@ -4,7 +4,7 @@ The anchor is the first ``.locald`` component.  The prefix above it is opened
 from / (ordinary symlinks allowed, magic links not); the anchor is opened
 relative to the prefix fd with no symlink following and no mount crossing,
 and its owner is checked *on the fd*.  Every component below the anchor is
-opened relative to the fd of the one before (``fsops.open_beneath``).  From
+opened relative to the fd of the one before (``Fs.open_beneath``).  From
 here on nothing is looked up by path string again, so renaming, symlink
 swaps or bind mounts after this point cannot redirect the deletion.
 """
@@ -37,6 +37,7 @@ class Target:
     # entry is never looked up by name again (that lookup could find another
     # directory swapped in after the check).
     anchor_fd: Optional[int] = None
+    fs: fsops.Fs = field(default_factory=fsops.default)  # how it was opened, and is to be removed
 
     def close(self):
         for fd in reversed(self.fds):
@@ -44,14 +45,14 @@ class Target:
         self.fds.clear()
 
 
-def _is_symlink(dirfd, name):
+def _is_symlink(fs, dirfd, name):
     try:
-        return stat.S_ISLNK(fsops.lstat_beneath(dirfd, name).st_mode)
+        return stat.S_ISLNK(fs.lstat_beneath(dirfd, name).st_mode)
     except OSError:
         return False
 
 
-def _open_data_dir_prefix(parsed, caller_uid, shown):
+def _open_data_dir_prefix(fs, parsed, caller_uid, shown):
     """For a ~/.local/share/locald anchor: open <home>/.local/share after
     checking, by identity, that <home> is the caller's home directory (from
     the password database, never from the caller's environment).  Returns
@@ -63,7 +64,7 @@ def _open_data_dir_prefix(parsed, caller_uid, shown):
         raise OutsideScope(f"{shown}: uid {caller_uid} has no home directory, "
                            f"so no ~/{pathrules.DATA_DIR_NAME}") from None
     try:
-        home_fd = fsops.open_prefix(parsed.home)
+        home_fd = fs.open_prefix(parsed.home)
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             return None
@@ -74,7 +75,7 @@ def _open_data_dir_prefix(parsed, caller_uid, shown):
             raise OutsideScope(f"{shown}: not below the caller's own home directory ({home}); "
                                "another user's data directory is out of scope")
         try:
-            return fsops.open_path_at(home_fd, b".local/share")
+            return fs.open_path_at(home_fd, b".local/share")
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENOTDIR):
                 return None
@@ -140,7 +141,8 @@ def _config_excludes(anchor_fd, config):
         os.close(cur)
 
 
-def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Config()) -> Optional[Target]:
+def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Config(),
+            fs: Optional[fsops.Fs] = None) -> Optional[Target]:
     """Open the parent of the target and return it as a Target.
 
     Returns None when the target does not exist (a missing component, or a
@@ -150,18 +152,19 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Conf
     shown = parsed.display()
     anchor = parsed.anchor
     aname = anchor.decode()
-    t = Target(parent_fd=-1, name=b"", display=shown)
+    fs = fsops.default() if fs is None else fs
+    t = Target(parent_fd=-1, name=b"", display=shown, fs=fs)
     try:
         # 1. The prefix, from /.  Magic links (/proc/<pid>/root, .../cwd)
         #    would reach into other processes' views of the file system.
         if parsed.kind == pathrules.KIND_DATA:
-            prefix_fd = _open_data_dir_prefix(parsed, caller_uid, shown)
+            prefix_fd = _open_data_dir_prefix(fs, parsed, caller_uid, shown)
             if prefix_fd is None:
                 return None
             t.fds.append(prefix_fd)
         else:
             try:
-                t.fds.append(fsops.open_prefix(parsed.prefix))
+                t.fds.append(fs.open_prefix(parsed.prefix))
             except OSError as e:
                 if e.errno in (errno.ENOENT, errno.ENOTDIR):
                     t.close()
@@ -176,14 +179,14 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Conf
         #    hold, so a swap after the check changes nothing.
         prefix_fd = t.fds[-1]
         try:
-            anchor_fd = fsops.open_beneath(prefix_fd, anchor)
+            anchor_fd = fs.open_beneath(prefix_fd, anchor)
         except OSError as e:
             why = fsops.refusal(e)
             if why is fsops.GONE:
                 t.close()
                 return None
             if why is fsops.NOT_FOLLOWED:
-                what = "a symlink" if _is_symlink(prefix_fd, anchor) else "not a directory"
+                what = "a symlink" if _is_symlink(fs, prefix_fd, anchor) else "not a directory"
                 raise OutsideScope(f"{shown}: the anchor {aname} is {what}") from None
             if why is fsops.MOUNT:
                 raise MountPoint(f"{shown}: the anchor {aname} is a mount point") from None
@@ -205,14 +208,14 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Conf
         dirfd = anchor_fd
         for comp in parsed.below[:-1]:
             try:
-                nxt = fsops.open_beneath(dirfd, comp)
+                nxt = fs.open_beneath(dirfd, comp)
             except OSError as e:
                 why = fsops.refusal(e)
                 if why is fsops.GONE:
                     t.close()
                     return None
                 if why is fsops.NOT_FOLLOWED:
-                    if _is_symlink(dirfd, comp) or e.errno == errno.ELOOP:
+                    if _is_symlink(fs, dirfd, comp) or e.errno == errno.ELOOP:
                         raise OutsideScope(f"{shown}: {pathrules.display(comp)} is a symlink below the anchor") from None
                     t.close()
                     return None  # a file where a directory is needed: no target

@@ -24,6 +24,7 @@ from typing import Callable
 from locald_admin import interface as i
 from locald_admin import messages
 from locald_admin.busio import BusError
+from locald_admin.fs import fsops
 from .config import ConfigError
 from .engine import Engine, Progress
 from .errors import Failed, MechanismError, NotAuthorized
@@ -69,7 +70,7 @@ class CleanupService:
     def __init__(self, bus, settings=Settings(), config=None):
         self.bus = bus
         self.settings = settings
-        self.engine = Engine(walk_threads=settings.walk_threads)
+        self.engine = Engine(walk_threads=settings.walk_threads, fs=fsops.choose(settings.openat2))
         self.jobs = Jobs(max_running=settings.workers, per_uid=settings.per_uid,
                          long_after=settings.long_job_after)
         self.authority = Authority(bus, max_in_flight=settings.polkit_checks_in_flight)

@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import IS_ROOT  # noqa: E402
+from harness import fsmode  # noqa: E402
 from harness import mechanism as started_mechanisms  # noqa: E402
 from harness.buses import PolkitMock, PrivateBus  # noqa: E402
 from harness.trees import rm_rf, world_tmpdir  # noqa: E402
@@ -39,8 +40,7 @@ def mode(request):
     real = fsops._raw_openat2
     calls = []
     if request.param == "openat2":
-        fsops.set_openat2(True)
-        if not fsops.openat2_available():
+        if not fsops.kernel_has_openat2():
             pytest.skip("this kernel has no openat2 (ENOSYS)")
 
         def counting(*a):
@@ -48,16 +48,14 @@ def mode(request):
             return real(*a)
         fsops._raw_openat2 = counting
     else:
-        fsops.set_openat2(False)
-
         def forbidden(*a):
             raise AssertionError("openat2 was called in forced-fallback mode")
         fsops._raw_openat2 = forbidden
     try:
-        yield request.param
+        with fsmode.forced(request.param == "openat2"):
+            yield request.param
     finally:
         fsops._raw_openat2 = real
-        fsops.set_openat2(True)
     if request.param == "openat2":
         assert calls, "openat2 mode, but openat2 was never called"
 
@@ -75,12 +73,6 @@ def polkit(bus):
     """python-dbusmock's polkitd on ``bus``; denies everything until told."""
     with PolkitMock(bus) as p:
         yield p
-
-
-@pytest.fixture(autouse=True)
-def _restore_openat2():
-    yield
-    fsops.set_openat2(True)
 
 
 @pytest.hookimpl(hookwrapper=True)

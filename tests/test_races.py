@@ -29,8 +29,8 @@ fd.  The number of rounds, swaps, and swaps the walk demonstrably ran into
 as properties.  ``LOCALD_ADMIN_SOAK=1`` runs more and longer rounds.
 
 What each test catches (checked by breaking the defence in a scratch copy):
-(a)/(b) and the bus variant: ``fsops.open_beneath`` or the walk's ``_enter``
-following a symlink; (c) with one held fd: ``walk._climb`` accepting a '..'
+(a)/(b) and the bus variant: ``Fs.open_beneath`` in the traversal
+following a symlink; (c) with one held fd: ``traverse.Traversal._climb`` accepting a '..'
 that is not the recorded parent (the walk then climbs out through canary/out
 into canary/); (d): the anchor opened through a symlink without the owner
 check on the fd; the anchor-as-target test: the anchor looked up again by
@@ -341,8 +341,10 @@ KINDS = {
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_engine_under_attack(racefs, users, monkeypatch, record_property, kind, mode, held_fds):
     attacker, other = users
-    fsops.set_openat2(mode == "openat2")
-    assert fsops.openat2_available() == (mode == "openat2")
+    fs = fsops.Fs(openat2=mode == "openat2")
+    if fs.openat2 and not fsops.kernel_has_openat2():
+        pytest.skip("this kernel has no openat2 (ENOSYS)")
+    monkeypatch.setattr(fsops, "default", lambda: fs)
     monkeypatch.setattr(walk, "MAX_HELD_FDS", held_fds)
     stats, outcomes = collections.Counter(), collections.Counter()
     anchor_kind = kind == "d-replace-anchor"
@@ -388,9 +390,12 @@ def test_engine_under_attack(racefs, users, monkeypatch, record_property, kind, 
 # victim swapped in meanwhile).
 
 @pytest.mark.parametrize("mode", ["openat2", "fallback"])
-def test_anchor_target_exchanged_with_another_users_dir(racefs, users, record_property, mode):
+def test_anchor_target_exchanged_with_another_users_dir(racefs, users, record_property, monkeypatch, mode):
     attacker, other = users
-    fsops.set_openat2(mode == "openat2")
+    fs = fsops.Fs(openat2=mode == "openat2")
+    if fs.openat2 and not fsops.kernel_has_openat2():
+        pytest.skip("this kernel has no openat2 (ENOSYS)")
+    monkeypatch.setattr(fsops, "default", lambda: fs)
     w = World(racefs, next_round(), attacker, other, tree=False)
     proj = w.proj
     victim = proj / "victim"

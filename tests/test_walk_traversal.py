@@ -42,7 +42,7 @@ class Held:
     def __init__(self, target):
         self.name = os.fsencode(target.name)
         self.parent_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        self.dir_fd = fsops.open_beneath(self.parent_fd, self.name)
+        self.dir_fd = fsops.default().open_beneath(self.parent_fd, self.name)
 
     def count(self):
         return walk.count_tree(self.parent_fd, self.name, self.dir_fd)
@@ -276,7 +276,7 @@ def test_traversal_never_enters_a_symlink_or_a_file_whatever_the_visitor_asks(mo
     v = EnterEverything()
     baseline = open_fds()
     pfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    dfd = fsops.open_beneath(pfd, b"t")
+    dfd = fsops.default().open_beneath(pfd, b"t")
     try:
         traverse.Traversal(pfd, b"t", dfd, max_held=8).run(v)
     finally:
@@ -302,7 +302,7 @@ def test_a_failing_visitor_leaves_no_fd_open(mode, tmp_path):
 
     baseline = open_fds()
     pfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    dfd = fsops.open_beneath(pfd, b"t")
+    dfd = fsops.default().open_beneath(pfd, b"t")
     try:
         with pytest.raises(RuntimeError):
             traverse.Traversal(pfd, b"t", dfd, max_held=16).run(Boom())

@@ -1,11 +1,11 @@
 """Low-level, fd-relative file system primitives.
 
-``open_beneath(dirfd, name)`` is the one way the mechanism opens anything
-below an anchor.  With ``openat2`` (Linux 5.6+) the kernel itself refuses
+``Fs.open_beneath(dirfd, name)`` is the one way anything below an anchor is
+opened.  With ``openat2`` (Linux 5.6+) the kernel itself refuses
 symlinks (RESOLVE_NO_SYMLINKS), magic links (RESOLVE_NO_MAGICLINKS), escapes
 from ``dirfd`` (RESOLVE_BENEATH) and mount crossings (RESOLVE_NO_XDEV), without
 ever looking into the mounted file system.  Without ``openat2`` (ENOSYS, or
-forced with ``set_openat2(False)`` so the tests cover it) the fallback is
+chosen with ``Fs(openat2=False)``, which ``--no-openat2`` and the tests do) the fallback is
 ``O_NOFOLLOW`` on a single component plus a comparison of the mount id from
 ``/proc/self/fdinfo``.
 """
@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 import struct
+from dataclasses import dataclass
 
 # <linux/openat2.h>
 RESOLVE_NO_XDEV = 0x01
@@ -48,11 +49,6 @@ _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
 
-class _State:
-    # None: not probed yet; True/False: whether openat2 is used.
-    openat2 = None
-
-
 def _raw_openat2(dirfd, path, flags, resolve):
     how = ctypes.create_string_buffer(struct.pack("QQQ", flags, 0, resolve), 24)
     fd = _syscall(ctypes.c_long(SYS_openat2), ctypes.c_int(dirfd), ctypes.c_char_p(path),
@@ -63,24 +59,20 @@ def _raw_openat2(dirfd, path, flags, resolve):
     return fd
 
 
-def openat2_available():
-    """Probe once whether the kernel has openat2 (unless forced)."""
-    if _State.openat2 is None:
+_kernel = {}  # the probe's answer, once known (a fact about this kernel, not a setting)
+
+
+def kernel_has_openat2():
+    """Whether this kernel (and seccomp filter) lets us use openat2; probed once."""
+    if "openat2" not in _kernel:
         try:
             os.close(_raw_openat2(-100, b"/", PATH_FLAGS, 0))  # AT_FDCWD
-            _State.openat2 = True
+            _kernel["openat2"] = True
         except OSError as e:
             if e.errno not in (errno.ENOSYS, errno.EPERM):  # EPERM: seccomp
                 raise
-            _State.openat2 = False
-    return _State.openat2
-
-
-def set_openat2(enabled):
-    """Force openat2 on (if the kernel has it) or off (the fallback)."""
-    _State.openat2 = None if enabled else False
-    if enabled:
-        openat2_available()
+            _kernel["openat2"] = False
+    return _kernel["openat2"]
 
 
 def mount_id(fd):
@@ -92,79 +84,101 @@ def mount_id(fd):
     raise OSError(errno.EIO, "no mnt_id in fdinfo")
 
 
-def open_prefix(components):
-    """Open the directory ``/a/b/c`` (the part of a path above the anchor).
-
-    Ordinary symlinks are allowed here (``/home -> /var/home``); magic links
-    (``/proc/<pid>/root``, ``/proc/<pid>/cwd``) are not, where openat2 exists.
-    Returns an O_PATH fd.
-    """
-    path = b"/" + b"/".join(components)
-    if openat2_available():
-        return _raw_openat2(-100, path, PATH_FLAGS, RESOLVE_NO_MAGICLINKS)
-    return os.open(path, PATH_FLAGS)
-
-
-def open_path_at(dirfd, relpath):
-    """Open the directory ``relpath`` below ``dirfd`` as an O_PATH fd,
-    following ordinary symlinks but (with openat2) no magic links.  For the
-    fixed part of a prefix such as ``.local/share``."""
-    if openat2_available():
-        return _raw_openat2(dirfd, relpath, PATH_FLAGS, RESOLVE_NO_MAGICLINKS)
-    return os.open(relpath, PATH_FLAGS, dir_fd=dirfd)
-
-
 ENTRY_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def lstat_beneath(dirfd, name, parent_mnt=None):
-    """``lstat`` of the single entry ``name`` of ``dirfd``, refusing (EXDEV)
-    to look at a mount point.
+@dataclass(frozen=True)
+class Fs:
+    """How this process opens things below a held fd: with ``openat2``
+    (``openat2`` True) or with the fallback.  Immutable; made once where the
+    choice is made (the mechanism's settings, ``choose``) and passed down."""
 
-    A plain ``fstatat`` of a mount point reports the root of the mounted file
-    system, which means asking that file system: a hung FUSE daemon would
-    hang us.  Here the entry is opened O_PATH without crossing the mount
-    (openat2's RESOLVE_NO_XDEV stops before the mounted file system; the
-    fallback compares mount ids from fdinfo before any stat).
-    """
-    if openat2_available():
-        fd = _raw_openat2(dirfd, name, ENTRY_FLAGS, BENEATH)
-    else:
+    openat2: bool
+
+    def parent_mount(self, dirfd):
+        """What the fallback compares entries of ``dirfd`` with (its mount
+        id); None with openat2, which needs nothing."""
+        return None if self.openat2 else mount_id(dirfd)
+
+    def open_prefix(self, components):
+        """Open the directory ``/a/b/c`` (the part of a path above the anchor).
+
+        Ordinary symlinks are allowed here (``/home -> /var/home``); magic links
+        (``/proc/<pid>/root``, ``/proc/<pid>/cwd``) are not, where openat2 exists.
+        Returns an O_PATH fd.
+        """
+        path = b"/" + b"/".join(components)
+        if self.openat2:
+            return _raw_openat2(-100, path, PATH_FLAGS, RESOLVE_NO_MAGICLINKS)
+        return os.open(path, PATH_FLAGS)
+
+    def open_path_at(self, dirfd, relpath):
+        """Open the directory ``relpath`` below ``dirfd`` as an O_PATH fd,
+        following ordinary symlinks but (with openat2) no magic links.  For the
+        fixed part of a prefix such as ``.local/share``."""
+        if self.openat2:
+            return _raw_openat2(dirfd, relpath, PATH_FLAGS, RESOLVE_NO_MAGICLINKS)
+        return os.open(relpath, PATH_FLAGS, dir_fd=dirfd)
+
+    def lstat_beneath(self, dirfd, name, parent_mnt=None):
+        """``lstat`` of the single entry ``name`` of ``dirfd``, refusing (EXDEV)
+        to look at a mount point.
+
+        A plain ``fstatat`` of a mount point reports the root of the mounted file
+        system, which means asking that file system: a hung FUSE daemon would
+        hang us.  Here the entry is opened O_PATH without crossing the mount
+        (openat2's RESOLVE_NO_XDEV stops before the mounted file system; the
+        fallback compares mount ids from fdinfo before any stat).
+        """
+        if self.openat2:
+            fd = _raw_openat2(dirfd, name, ENTRY_FLAGS, BENEATH)
+        else:
+            if b"/" in name or name in (b".", b".."):
+                raise OSError(errno.EXDEV, "not a single component", name)
+            fd = os.open(name, ENTRY_FLAGS, dir_fd=dirfd)
+        try:
+            if not self.openat2:
+                if parent_mnt is None:
+                    parent_mnt = mount_id(dirfd)
+                if mount_id(fd) != parent_mnt:
+                    raise OSError(errno.EXDEV, "is a mount point", name)
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def open_beneath(self, dirfd, name, flags=DIR_FLAGS, parent_mnt=None):
+        """Open the single component ``name`` relative to ``dirfd``.
+
+        Never follows a symlink (ELOOP, or ENOTDIR for O_DIRECTORY on some
+        kernels) and never crosses into another mount (EXDEV).  ``parent_mnt`` is
+        ``dirfd``'s mount id, used by the fallback only (computed when None).
+        """
+        if self.openat2:
+            return _raw_openat2(dirfd, name, flags | os.O_NOFOLLOW, BENEATH)
         if b"/" in name or name in (b".", b".."):
             raise OSError(errno.EXDEV, "not a single component", name)
-        fd = os.open(name, ENTRY_FLAGS, dir_fd=dirfd)
-    try:
-        if not openat2_available():
+        # First an O_PATH fd, whose mount id can be read without asking the file
+        # system anything (a hung FUSE mount cannot stall us); only then the real
+        # open, through /proc/self/fd: that reopens exactly the checked inode on
+        # the checked mount, with no second lookup of the name.
+        pfd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+        try:
             if parent_mnt is None:
                 parent_mnt = mount_id(dirfd)
-            if mount_id(fd) != parent_mnt:
+            if mount_id(pfd) != parent_mnt:
                 raise OSError(errno.EXDEV, "is a mount point", name)
-        return os.fstat(fd)
-    finally:
-        os.close(fd)
+            return os.open(f"/proc/self/fd/{pfd}", flags & ~os.O_NOFOLLOW)
+        finally:
+            os.close(pfd)
 
 
-def open_beneath(dirfd, name, flags=DIR_FLAGS, parent_mnt=None):
-    """Open the single component ``name`` relative to ``dirfd``.
+def choose(openat2=True):
+    """The Fs to use: openat2 where asked for and the kernel has it, else the
+    fallback."""
+    return Fs(openat2=bool(openat2) and kernel_has_openat2())
 
-    Never follows a symlink (ELOOP, or ENOTDIR for O_DIRECTORY on some
-    kernels) and never crosses into another mount (EXDEV).  ``parent_mnt`` is
-    ``dirfd``'s mount id, used by the fallback only (computed when None).
-    """
-    if openat2_available():
-        return _raw_openat2(dirfd, name, flags | os.O_NOFOLLOW, BENEATH)
-    if b"/" in name or name in (b".", b".."):
-        raise OSError(errno.EXDEV, "not a single component", name)
-    # First an O_PATH fd, whose mount id can be read without asking the file
-    # system anything (a hung FUSE mount cannot stall us); only then the real
-    # open, through /proc/self/fd: that reopens exactly the checked inode on
-    # the checked mount, with no second lookup of the name.
-    pfd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
-    try:
-        if parent_mnt is None:
-            parent_mnt = mount_id(dirfd)
-        if mount_id(pfd) != parent_mnt:
-            raise OSError(errno.EXDEV, "is a mount point", name)
-        return os.open(f"/proc/self/fd/{pfd}", flags & ~os.O_NOFOLLOW)
-    finally:
-        os.close(pfd)
+
+def default():
+    """The Fs of callers that were given none (the client's own attempt, direct
+    calls of the engine): openat2 where the kernel has it."""
+    return choose(True)

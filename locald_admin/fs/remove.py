@@ -60,29 +60,31 @@ class RemoveFailed(RemoveError):
         self.failures = list(failures)
 
 
-def remove_entry(parent_fd, name, shown, held_fd=None, progress=None, threads=1):
+def remove_entry(parent_fd, name, shown, held_fd=None, progress=None, threads=1, fs=None):
     """Remove the entry ``name`` of ``parent_fd``; return entries removed.
 
     ``shown``: the entry's path for messages.  ``held_fd``: an already open,
     checked fd of the directory ``name`` (the mechanism's anchor), used
     instead of looking the name up again.  ``progress``: a walk.WalkResult
     to count into (read by another thread for progress reports).
-    ``threads``: threads for the target's subdirectories.  A missing entry
-    is success with 0 removed.  Raises RemoveError.
+    ``threads``: threads for the target's subdirectories.  ``fs``: the
+    fsops.Fs to open with (default: openat2 where the kernel has it).  A
+    missing entry is success with 0 removed.  Raises RemoveError.
     """
+    fs = fsops.default() if fs is None else fs
     for _ in range(MAX_TYPE_RETRIES):
-        done = _remove_once(parent_fd, name, shown, held_fd, progress, threads)
+        done = _remove_once(fs, parent_fd, name, shown, held_fd, progress, threads)
         if done is not None:
             return done
     raise RemoveFailed(f"{shown}: kept changing type while being removed", [(shown, errno.EAGAIN)])
 
 
-def _remove_once(parent_fd, name, shown, held_fd, progress, threads):
+def _remove_once(fs, parent_fd, name, shown, held_fd, progress, threads):
     """One attempt; None means 'it changed type, try again'."""
     if held_fd is not None:
-        return _remove_dir(parent_fd, name, shown, held_fd, progress, threads)
+        return _remove_dir(fs, parent_fd, name, shown, held_fd, progress, threads)
     try:
-        st = fsops.lstat_beneath(parent_fd, name)
+        st = fs.lstat_beneath(parent_fd, name)
     except OSError as e:
         if fsops.refusal(e) is fsops.GONE:
             return 0
@@ -100,7 +102,7 @@ def _remove_once(parent_fd, name, shown, held_fd, progress, threads):
         except OSError as e:
             raise RemoveFailed(f"could not remove {shown}: {e.strerror}", [(shown, e.errno)]) from None
     try:
-        dir_fd = fsops.open_beneath(parent_fd, name)
+        dir_fd = fs.open_beneath(parent_fd, name)
     except OSError as e:
         why = fsops.refusal(e)
         if why is fsops.GONE:
@@ -109,7 +111,7 @@ def _remove_once(parent_fd, name, shown, held_fd, progress, threads):
             return None  # a symlink or file swapped in since the lstat: look again
         raise _open_error(shown, e) from None
     try:
-        return _remove_dir(parent_fd, name, shown, dir_fd, progress, threads)
+        return _remove_dir(fs, parent_fd, name, shown, dir_fd, progress, threads)
     finally:
         os.close(dir_fd)
 
@@ -120,7 +122,7 @@ def _open_error(shown, e):
     return RemoveFailed(f"{shown}: {e.strerror}", [(shown, e.errno)])
 
 
-def _remove_dir(parent_fd, name, shown, dir_fd, progress, threads):
+def _remove_dir(fs, parent_fd, name, shown, dir_fd, progress, threads):
     # A mount at or below the target (a container's volume, its tmpfs):
     # refuse before deleting anything, and without looking into it
     # (mountinfo, not stat: a hung FUSE daemon cannot stall us).
@@ -133,8 +135,8 @@ def _remove_dir(parent_fd, name, shown, dir_fd, progress, threads):
         names = ", ".join(pathrules.display(m) for m in found[:MAX_NAMED_FAILURES])
         raise MountInTheWay(f"{shown}: mount point at or below the target: {names}; nothing was removed")
     res = walk.WalkResult() if progress is None else progress
-    walk.remove_subdirs_in_parallel(dir_fd, res, threads)
-    walk.remove_tree(parent_fd, name, dir_fd, result=res)
+    walk.remove_subdirs_in_parallel(dir_fd, res, threads, fs)
+    walk.remove_tree(parent_fd, name, dir_fd, result=res, fs=fs)
     _raise_for(shown, res)
     return res.removed
 

@@ -7,7 +7,7 @@ with a directory once its entries are done.  The removal (``walk.py``) is one
 visitor, a count of the entries (``walk.count_tree``) another; both get the
 same defences, which live here and nowhere else:
 
-* A directory is entered only with ``fsops.open_beneath`` relative to the
+* A directory is entered only with ``Fs.open_beneath`` relative to the
   held fd of its parent: a symlink swapped in for a directory is never
   followed (CVE-2018-6954, CVE-2022-21658 style) and a mount point is never
   entered (bind mounts share st_dev, so only a mount-aware open can tell);
@@ -87,10 +87,9 @@ class Traversal:
     """One walk below the held ``dir_fd`` (the directory ``name`` of the held
     ``parent_fd``; both stay owned by the caller)."""
 
-    def __init__(self, parent_fd, name, dir_fd, max_held, mnt=None):
-        if mnt is None and not fsops.openat2_available():
-            mnt = fsops.mount_id(dir_fd)  # the fallback compares mount ids
-        self.mnt = mnt
+    def __init__(self, parent_fd, name, dir_fd, max_held, fs=None):
+        self.fs = fsops.default() if fs is None else fs
+        self.mnt = self.fs.parent_mount(dir_fd)  # what the fallback compares with
         self.max_held = max_held
         self.parent_fd, self.name, self.dir_fd = parent_fd, name, dir_fd
         # stack[0]: the parent, stack[1]: the target (both fds owned by the
@@ -134,7 +133,7 @@ class Traversal:
                     # followed (ELOOP/ENOTDIR, threat model R1), and so is a
                     # mount that appeared on it (EXDEV, M3).
                     try:
-                        cfd = fsops.open_beneath(f.fd, child, parent_mnt=mnt)
+                        cfd = self.fs.open_beneath(f.fd, child, parent_mnt=mnt)
                     except OSError as e:
                         if e.errno != errno.ENOENT:
                             visitor.on_enter_failed(self, f, child, e)

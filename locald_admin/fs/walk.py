@@ -2,7 +2,7 @@
 
 The tree is walked by ``traverse.Traversal``, which holds the directory fds
 and owns the defences of the walk itself: every directory entered with
-``fsops.open_beneath`` (never a symlink, never a mount), at most
+``Fs.open_beneath`` (never a symlink, never a mount), at most
 ``MAX_HELD_FDS`` fds open whatever the depth, a closed parent reopened
 through ``..`` only if it is the directory recorded on the way down, a moved
 branch abandoned, no recursion.  What is done with each entry is a visitor:
@@ -60,7 +60,7 @@ class WalkResult:
         return self.removed + sum(h.removed for h in self.helpers)
 
 
-def remove_subdirs_in_parallel(dir_fd, result, threads, mnt=None):
+def remove_subdirs_in_parallel(dir_fd, result, threads, fs=None):
     """Empty and remove the subdirectories of ``dir_fd`` with ``threads``
     threads (this one included) before the ordinary walk of ``dir_fd``.
 
@@ -76,8 +76,8 @@ def remove_subdirs_in_parallel(dir_fd, result, threads, mnt=None):
     names = [name for name, is_dir in _list(dir_fd) if is_dir]
     if len(names) < 2:
         return 0
-    if mnt is None and not fsops.openat2_available():
-        mnt = fsops.mount_id(dir_fd)
+    fs = fsops.default() if fs is None else fs
+    mnt = fs.parent_mount(dir_fd)
     pending = iter(names)
     lock = threading.Lock()
     counts = [WalkResult() for _ in range(min(threads, len(names)))]
@@ -90,11 +90,11 @@ def remove_subdirs_in_parallel(dir_fd, result, threads, mnt=None):
             if name is None:
                 return
             try:
-                cfd = fsops.open_beneath(dir_fd, name, parent_mnt=mnt)
+                cfd = fs.open_beneath(dir_fd, name, parent_mnt=mnt)
             except OSError:
                 continue  # a symlink, mount or gone: the ordinary walk deals with it
             try:
-                remove_tree(dir_fd, name, cfd, result=mine, mnt=mnt)
+                remove_tree(dir_fd, name, cfd, result=mine, fs=fs)
             finally:
                 os.close(cfd)
 
@@ -195,7 +195,7 @@ class _Removal(traverse.Visitor):
         result = self.result
         if f.incomplete:
             parent.incomplete = True
-        elif f is t.target and not _same_entry(parent.fd, f):
+        elif f is t.target and not _same_entry(t.fs, parent.fd, f):
             # The target's name in its parent now names another directory
             # (swapped after we opened it, R4): leave that alone.
             result.fail(b"", None, "was replaced by another directory during removal")
@@ -221,23 +221,23 @@ class _Removal(traverse.Visitor):
         survivor.incomplete = True
 
 
-def remove_tree(parent_fd, name, dir_fd, result=None, mnt=None):
+def remove_tree(parent_fd, name, dir_fd, result=None, fs=None):
     """Remove the directory ``name`` of ``parent_fd`` and everything below it.
 
     ``dir_fd`` is an open (O_RDONLY) fd of that directory, obtained with
-    ``fsops.open_beneath``; it stays owned by the caller, as does
+    ``Fs.open_beneath``; it stays owned by the caller, as does
     ``parent_fd``.  Returns a WalkResult; paths in it are relative to the
     removed directory, which itself is ``b""``.
     """
     result = WalkResult() if result is None else result
-    traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, mnt).run(_Removal(result))
+    traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs).run(_Removal(result))
     return result
 
 
-def _same_entry(dirfd, frame):
+def _same_entry(fs, dirfd, frame):
     """Whether ``frame.name`` in ``dirfd`` is still the directory we hold."""
     try:
-        st = fsops.lstat_beneath(dirfd, frame.name)
+        st = fs.lstat_beneath(dirfd, frame.name)
     except FileNotFoundError:
         return True  # gone already: rmdir will say so
     except OSError:
@@ -327,7 +327,7 @@ class _Count(traverse.Visitor):
             # Listed as a directory, now a symlink or a file (swapped in):
             # count what is there, without following it or crossing a mount.
             try:
-                kind = _kind_of(fsops.lstat_beneath(f.fd, child, parent_mnt=t.mnt).st_mode)
+                kind = _kind_of(t.fs.lstat_beneath(f.fd, child, parent_mnt=t.mnt).st_mode)
             except OSError as e2:
                 e = e2
             else:
@@ -351,17 +351,17 @@ class _Count(traverse.Visitor):
         self.count.fail(rel, None, "directory was moved during listing")
 
 
-def count_tree(parent_fd, name, dir_fd, mnt=None):
+def count_tree(parent_fd, name, dir_fd, fs=None):
     """Count the entries of the directory ``name`` of ``parent_fd`` and
     everything below it, deleting nothing; return a TreeCount.
 
     ``dir_fd`` as for ``remove_tree``: the directory opened with
-    ``fsops.open_beneath``, owned by the caller.  The walk is the removal's
+    ``Fs.open_beneath``, owned by the caller.  The walk is the removal's
     (same defences, same fd bound): no symlink is followed and no mount
     entered; a directory that is a mount point is listed in ``mounts``.
     Mounts on non-directories (a bind-mounted file) are counted as what
     they look like: ``mounts.mounts_at_or_below`` finds every mount.
     """
     count = TreeCount()
-    traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, mnt).run(_Count(count))
+    traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs).run(_Count(count))
     return count
