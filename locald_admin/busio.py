@@ -146,6 +146,10 @@ class Connection:
 
     def __init__(self, bus):
         self._bus = bus
+        # dbus-next ends the connection by setting an exception (EOFError) on
+        # a future that nobody may be waiting for; retrieve it, or asyncio
+        # logs "Future exception was never retrieved" with a traceback.
+        bus._disconnect_future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     @classmethod
     async def open(cls, address=None):

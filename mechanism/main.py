@@ -14,6 +14,10 @@ from .settings import Settings
 
 log = logging.getLogger("locald_admin.mechanism")
 
+# After the bus connection is lost, how long a stop signal may take to
+# arrive for the loss to count as part of being stopped (seconds).
+STOP_GRACE = 1.0
+
 
 def _nonneg(text):
     v = float(text)
@@ -133,18 +137,31 @@ async def serve(settings):
     for t in pending:
         t.cancel()
     if why == "disconnected":
-        # Never hang on a dead connection: exit non-zero so that bus
-        # activation or systemd starts a fresh instance.
-        log.error("lost the bus connection; exiting")
-        return 1
+        # At shutdown the bus may go at the same moment as our own stop (or
+        # just before it): a stop signal within STOP_GRACE means we were being
+        # stopped, which is no failure.  Otherwise never hang on a dead
+        # connection: exit non-zero so that bus activation or systemd starts
+        # a fresh instance.
+        try:
+            await asyncio.wait_for(stop.wait(), STOP_GRACE)
+        except asyncio.TimeoutError:
+            log.error("lost the bus connection; exiting")
+            return 1
+        why = "signal"
+    if not bus.connected:
+        # Being stopped and the bus is gone too: the calls in flight finish
+        # (their replies cannot be sent), one line says so.
+        await service.drain()
+        log.info("%s: stopping; the bus is gone (%d replies could not be sent)", why, service.unsent)
+        return 0
     # Release the name first so that new calls go to a new instance, then
     # answer every call that was already queued to us, then exit.  Calls that
     # reached us before the release are read before its reply arrives.
     log.info("%s: releasing %s", why, i.BUS_NAME)
     try:
         await bus.release_name(i.BUS_NAME)
-    except BusError as e:
-        log.warning("could not release %s: %s", i.BUS_NAME, e)
+    except BusError:
+        pass  # the bus went away meanwhile; drain() still lets the calls finish
     await service.drain()
     bus.close()
     return 0

@@ -78,6 +78,7 @@ class CleanupService:
         # then every call fails closed, naming the problem.
         self.config = config
         self.in_flight = 0
+        self.unsent = 0  # replies the bus connection could not take
         self.last_done = time.monotonic()
         self._tasks = set()
         self._creds = collections.OrderedDict()  # unique name -> (uid, pid), LRU
@@ -134,7 +135,9 @@ class CleanupService:
             try:
                 await send(*args)
             except BusError as e:  # the connection is gone; main() notices
-                log.warning("could not send the reply to %s: %s", call.sender, e)
+                self.unsent += 1
+                if self.bus.connected:
+                    log.warning("could not send the reply to %s: %s", call.sender, e)
         finally:
             self.in_flight -= 1
             self.last_done = time.monotonic()

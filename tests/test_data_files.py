@@ -340,6 +340,22 @@ def test_unit_keeps_callers_view_of_tmp_and_home(setting):
             assert setting not in line, line
 
 
+def test_unit_stops_before_the_bus():
+    """Units stop in the reverse order of After=: with it, the bus outlives
+    the mechanism at shutdown (tests/test_stopping.py has what happens
+    without it)."""
+    assert "dbus.service" in _only(_ini(UNIT), "Unit", "After").split()
+
+
+def test_unit_lets_openat2_through_and_forbids_mode_changes():
+    """RestrictSUIDSGID= makes systemd block openat2 (ENOSYS): seccomp cannot
+    read its flags.  The unit forbids chmod instead."""
+    entries = _ini(UNIT)
+    assert not [k for _, k, _ in entries if k == "RestrictSUIDSGID"]
+    denied = [v[1:].split() for _, k, v in entries if k == "SystemCallFilter" and v.startswith("~")]
+    assert any({"chmod", "fchmod", "fchmodat"} <= set(d) for d in denied), denied
+
+
 def test_unit_capability_bounding_set_is_exact():
     entries = _ini(UNIT)
     caps = _only(entries, "Service", "CapabilityBoundingSet").split()
