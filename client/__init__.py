@@ -3,7 +3,7 @@
 from .cleanup import (AdminClient, absolute_path, force_remove_dir_all, force_remove_dir_all_async,
                       request_cleanup, shared_client)
 from .errors import (CleanupError, CleanupFailedError, InteractiveAuthorizationRequiredError,
-                     InvalidPathError, MechanismUnavailable, MountPointError, NotAuthorizedError,
+                     InUseError, InvalidPathError, MechanismUnavailable, MountPointError, NotAuthorizedError,
                      OutsideScopeError)
 
 __all__ = [
@@ -11,5 +11,5 @@ __all__ = [
     "AdminClient", "shared_client",
     "CleanupError", "CleanupFailedError", "NotAuthorizedError",
     "InteractiveAuthorizationRequiredError", "InvalidPathError", "OutsideScopeError",
-    "MountPointError", "MechanismUnavailable",
+    "MountPointError", "InUseError", "MechanismUnavailable",
 ]

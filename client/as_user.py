@@ -18,6 +18,8 @@ What the caller sees (``remove``):
 * done, or nothing there (a missing entry, or a non-directory where the path
   needs a directory): returns;
 * a mount at or below the target: ``MountPointError``, nothing removed;
+* a mount in another namespace using it (a running container): ``InUseError``,
+  nothing removed;
 * every failure EACCES or EPERM (root-owned leftovers): ``PermissionError``
   of the first one, which ``force_remove_dir_all`` answers by asking the
   mechanism;
@@ -31,7 +33,7 @@ import os
 from locald_admin import pathrules
 from locald_admin.fs import fsops
 from locald_admin.fs import remove as fsremove
-from .errors import MountPointError
+from .errors import InUseError, MountPointError
 
 # One thread: two interpreter threads trading the GIL on every system call
 # are slower than one (docs/performance.md).
@@ -50,9 +52,11 @@ def remove(path):
             return  # nothing there to remove
         raise
     try:
-        fsremove.remove_entry(parent_fd, parts[-1], shown, threads=THREADS, fs=fs)
+        fsremove.remove_entry(parent_fd, parts[-1], shown, os.getuid(), threads=THREADS, fs=fs)
     except fsremove.MountInTheWay as e:
         raise MountPointError(e.message) from None
+    except fsremove.InUse as e:
+        raise InUseError(e.message) from None
     except fsremove.RemoveFailed as e:
         raise _first_error(e) from None
     finally:

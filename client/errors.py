@@ -33,6 +33,7 @@ InteractiveAuthorizationRequiredError = _declare(i.INTERACTIVE_AUTH_REQUIRED)
 InvalidPathError = _declare(i.INVALID_PATH)
 OutsideScopeError = _declare(i.OUTSIDE_SCOPE)
 MountPointError = _declare(i.MOUNT_POINT)
+InUseError = _declare(i.IN_USE)
 
 
 class MechanismUnavailable(Exception):

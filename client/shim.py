@@ -3,7 +3,7 @@
 Exit codes (locald_admin.interface): 0 done or nothing there; 1 failed;
 2 usage; 3 not authorized; 4 invalid path (a relative path included: the
 shim never resolves one against its working directory); 5 outside scope;
-6 mount point; 7 no mechanism to ask.  On failure one plain line on stderr.
+6 mount point; 7 no mechanism to ask; 8 in use (a running container).  On failure one plain line on stderr.
 """
 
 import argparse

@@ -111,8 +111,11 @@ OUTSIDE_SCOPE = ErrorSpec(
 MOUNT_POINT = ErrorSpec(
     "org.locald.Admin1.Error.MountPoint", 6, "MountPoint", "MountPointError", OSError,
     "a mount at or below the target, or the anchor is a mount point")
+IN_USE = ErrorSpec(
+    "org.locald.Admin1.Error.InUse", 8, "InUse", "InUseError", OSError,
+    "a mount in another mount namespace (a running container's) uses the target")
 
-ERRORS = (FAILED, NOT_AUTHORIZED, INTERACTIVE_AUTH_REQUIRED, INVALID_PATH, OUTSIDE_SCOPE, MOUNT_POINT)
+ERRORS = (FAILED, NOT_AUTHORIZED, INTERACTIVE_AUTH_REQUIRED, INVALID_PATH, OUTSIDE_SCOPE, MOUNT_POINT, IN_USE)
 ERROR_BY_NAME = {e.dbus_name: e for e in ERRORS}
 
 # The names and codes as constants, for readable call sites.
@@ -122,6 +125,7 @@ ERROR_INTERACTIVE_AUTH_REQUIRED = INTERACTIVE_AUTH_REQUIRED.dbus_name
 ERROR_INVALID_PATH = INVALID_PATH.dbus_name
 ERROR_OUTSIDE_SCOPE = OUTSIDE_SCOPE.dbus_name
 ERROR_MOUNT_POINT = MOUNT_POINT.dbus_name
+ERROR_IN_USE = IN_USE.dbus_name
 
 # locald-shim exit codes: the table's, plus three that are no bus error.
 EXIT_OK = 0
@@ -132,6 +136,7 @@ EXIT_NOT_AUTHORIZED = NOT_AUTHORIZED.exit_code
 EXIT_INVALID_PATH = INVALID_PATH.exit_code
 EXIT_OUTSIDE_SCOPE = OUTSIDE_SCOPE.exit_code
 EXIT_MOUNT_POINT = MOUNT_POINT.exit_code
+EXIT_IN_USE = IN_USE.exit_code
 
 EXIT_CODE_BY_ERROR = {e.dbus_name: e.exit_code for e in ERRORS}
 

@@ -14,7 +14,7 @@ from locald_admin.fs import remove as fsremove
 from locald_admin.fs import walk
 from . import scope
 from .config import Config
-from .errors import Failed, InvalidPath, MountPoint, OutsideScope
+from .errors import Failed, InUse, InvalidPath, MountPoint, OutsideScope
 from .settings import Settings
 
 DEFAULT_WALK_THREADS = Settings().walk_threads
@@ -70,10 +70,12 @@ def remove(target, progress=None, threads=DEFAULT_WALK_THREADS):
     for progress reports.  ``threads``: for the target's subdirectories.
     """
     try:
-        return fsremove.remove_entry(target.parent_fd, target.name, target.display, held_fd=target.anchor_fd,
-                                     progress=progress, threads=threads, fs=target.fs)
+        return fsremove.remove_entry(target.parent_fd, target.name, target.display, target.caller_uid,
+                                     held_fd=target.anchor_fd, progress=progress, threads=threads, fs=target.fs)
     except fsremove.MountInTheWay as e:
         raise MountPoint(e.message, removed=e.removed) from None
+    except fsremove.InUse as e:
+        raise InUse(e.message) from None
     except fsremove.RemoveError as e:
         raise Failed(e.message, removed=e.removed) from None
     finally:

@@ -38,6 +38,7 @@ class Target:
     # directory swapped in after the check).
     anchor_fd: Optional[int] = None
     fs: fsops.Fs = field(default_factory=fsops.default)  # how it was opened, and is to be removed
+    caller_uid: int = -1  # whose request it is (their containers count for the in-use check)
 
     def close(self):
         for fd in reversed(self.fds):
@@ -153,7 +154,7 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Conf
     anchor = parsed.anchor
     aname = anchor.decode()
     fs = fsops.default() if fs is None else fs
-    t = Target(parent_fd=-1, name=b"", display=shown, fs=fs)
+    t = Target(parent_fd=-1, name=b"", display=shown, fs=fs, caller_uid=caller_uid)
     try:
         # 1. The prefix, from /.  Magic links (/proc/<pid>/root, .../cwd)
         #    would reach into other processes' views of the file system.

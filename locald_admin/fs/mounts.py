@@ -13,7 +13,7 @@ import re
 _ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 
-def _unescape(field):
+def unescape(field):
     # mountinfo escapes space, tab, newline and backslash as \ooo.
     return _ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), field)
 
@@ -23,7 +23,7 @@ def mount_points(mountinfo=b"/proc/self/mountinfo"):
     with open(mountinfo, "rb") as f:
         for line in f:
             fields = line.split(b" ")
-            yield int(fields[0]), _unescape(fields[4])
+            yield int(fields[0]), unescape(fields[4])
 
 
 class LocationUnknown(OSError):

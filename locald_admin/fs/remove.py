@@ -24,7 +24,7 @@ import os
 import stat
 
 from .. import pathrules
-from . import fsops, mounts, walk
+from . import fsops, inuse, mounts, walk
 
 MAX_NAMED_FAILURES = 5
 MAX_TYPE_RETRIES = 3  # the target flips between file and directory under us
@@ -50,6 +50,11 @@ class MountInTheWay(RemoveError):
     one appeared during the walk and was left in place."""
 
 
+class InUse(RemoveError):
+    """A mount in another mount namespace (a running container's) uses the
+    target: refused before deleting anything."""
+
+
 class RemoveFailed(RemoveError):
     """Entries could not be removed.  ``failures``: (path for messages,
     errno or None) of each, in the order found; ``errno`` None means a race
@@ -60,10 +65,11 @@ class RemoveFailed(RemoveError):
         self.failures = list(failures)
 
 
-def remove_entry(parent_fd, name, shown, held_fd=None, progress=None, threads=1, fs=None):
+def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None, threads=1, fs=None):
     """Remove the entry ``name`` of ``parent_fd``; return entries removed.
 
-    ``shown``: the entry's path for messages.  ``held_fd``: an already open,
+    ``shown``: the entry's path for messages.  ``caller_uid``: whose
+    containers count for the in-use check (``inuse.py``).  ``held_fd``: an already open,
     checked fd of the directory ``name`` (the mechanism's anchor), used
     instead of looking the name up again.  ``progress``: a walk.WalkResult
     to count into (read by another thread for progress reports).
@@ -73,16 +79,16 @@ def remove_entry(parent_fd, name, shown, held_fd=None, progress=None, threads=1,
     """
     fs = fsops.default() if fs is None else fs
     for _ in range(MAX_TYPE_RETRIES):
-        done = _remove_once(fs, parent_fd, name, shown, held_fd, progress, threads)
+        done = _remove_once(fs, parent_fd, name, shown, caller_uid, held_fd, progress, threads)
         if done is not None:
             return done
     raise RemoveFailed(f"{shown}: kept changing type while being removed", [(shown, errno.EAGAIN)])
 
 
-def _remove_once(fs, parent_fd, name, shown, held_fd, progress, threads):
+def _remove_once(fs, parent_fd, name, shown, caller_uid, held_fd, progress, threads):
     """One attempt; None means 'it changed type, try again'."""
     if held_fd is not None:
-        return _remove_dir(fs, parent_fd, name, shown, held_fd, progress, threads)
+        return _remove_dir(fs, parent_fd, name, shown, caller_uid, held_fd, progress, threads)
     try:
         st = fs.lstat_beneath(parent_fd, name)
     except OSError as e:
@@ -111,7 +117,7 @@ def _remove_once(fs, parent_fd, name, shown, held_fd, progress, threads):
             return None  # a symlink or file swapped in since the lstat: look again
         raise _open_error(shown, e) from None
     try:
-        return _remove_dir(fs, parent_fd, name, shown, dir_fd, progress, threads)
+        return _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, progress, threads)
     finally:
         os.close(dir_fd)
 
@@ -122,18 +128,23 @@ def _open_error(shown, e):
     return RemoveFailed(f"{shown}: {e.strerror}", [(shown, e.errno)])
 
 
-def _remove_dir(fs, parent_fd, name, shown, dir_fd, progress, threads):
+def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, progress, threads):
     # A mount at or below the target (a container's volume, its tmpfs):
     # refuse before deleting anything, and without looking into it
-    # (mountinfo, not stat: a hung FUSE daemon cannot stall us).
+    # (mountinfo, not stat: a hung FUSE daemon cannot stall us).  Then the
+    # same for mounts in other namespaces: a running container's.
     try:
         found = mounts.mounts_at_or_below(dir_fd)
+        used = [] if found else inuse.uses(dir_fd, caller_uid)
     except mounts.LocationUnknown as e:
         raise RemoveFailed(f"{shown}: {e.strerror}, so mounts below it cannot be ruled out; "
                            "nothing was removed", [(shown, None)]) from None
     if found:
         names = ", ".join(pathrules.display(m) for m in found[:MAX_NAMED_FAILURES])
         raise MountInTheWay(f"{shown}: mount point at or below the target: {names}; nothing was removed")
+    if used:
+        more = f" (and {len(used) - 1} more)" if len(used) > 1 else ""
+        raise InUse(f"{shown} is in use: {used[0].describe()}{more}; nothing was removed")
     res = walk.WalkResult() if progress is None else progress
     walk.remove_subdirs_in_parallel(dir_fd, res, threads, fs)
     walk.remove_tree(parent_fd, name, dir_fd, result=res, fs=fs)

@@ -1,0 +1,162 @@
+"""Is a held directory in use by a mount in another mount namespace?
+
+A running container's mounts live in its own mount namespace, invisible in
+ours (``mounts.py`` sees only ours).  Deleting the directories they hang on
+from the host detaches them while the container runs: its ``/proc``,
+``/dev``, ``/sys``, bind mounts and tmpfs vanish under it.  So before
+anything is deleted, every *other* mount namespace is looked at through
+``/proc/<pid>/mountinfo`` (readable without any ptrace right), and the target
+is **in use** when a mount there
+
+* has its source at or below the target: same device, and its ``root``
+  field (the mounted directory, relative to its file system's root) at or
+  below the target's own place in that file system, as runc's bind mount of
+  ``rootfs`` as the container's ``/``, or of the project's source; or
+* has its mount point at or below the target: the namespace's ``/`` mount
+  says where its tree lies on the host (device and ``root``), so a mount
+  point ``/run/shm`` there lies at ``<that root>/run/shm`` here.
+
+Only the namespaces of processes owned by root, by the caller, or by the
+caller's subordinate uids (``/etc/subuid``: their rootless containers)
+count, so that no other user can make a victim's directory "in use" with an
+``unshare -Urm`` of their own.  A pid is named only for processes of the
+caller or of root.
+
+Limits (documented, not defended): a process whose root or working directory
+is inside the target but that holds no mount there; a container started
+after the check; a single file bind-mounted into a container (only
+directories are checked).
+"""
+
+import os
+import pwd
+from dataclasses import dataclass
+from typing import Optional
+
+from .. import pathrules
+from . import fsops, mounts
+
+SUBUID = "/etc/subuid"
+PROC = "/proc"
+
+
+@dataclass(frozen=True)
+class Use:
+    """One mount in another namespace that uses the target."""
+
+    what: str  # what kind of use, for the message
+    where: bytes  # its mount point in that namespace
+    pid: Optional[int]  # only for processes of the caller or of root
+
+    def describe(self):
+        by = f" (pid {self.pid})" if self.pid is not None else ""
+        return f"{self.what}, mounted at {pathrules.display(self.where)} in another mount namespace{by}"
+
+
+def _parse(raw):
+    """(mount id, "major:minor", root, mount point) of each line of a mountinfo."""
+    out = []
+    for line in raw.splitlines():
+        fields = line.split(b" ")
+        out.append((int(fields[0]), fields[2], mounts.unescape(fields[3]), mounts.unescape(fields[4])))
+    return out
+
+
+def _mountinfo(path):
+    with open(path, "rb") as f:
+        return _parse(f.read())
+
+
+def _at_or_below(path, top):
+    return path == top or path.startswith(top.rstrip(b"/") + b"/")
+
+
+def _join(root, path):
+    return root.rstrip(b"/") + path if path != b"/" else root
+
+
+def place(dirfd):
+    """(device, path within its file system) of the held directory, from our
+    own mount table, or None when it has been removed."""
+    loc = mounts.fd_location(dirfd)
+    if loc is None:
+        return None
+    mnt = fsops.mount_id(dirfd)
+    for mid, dev, root, mp in _mountinfo(f"{PROC}/self/mountinfo"):
+        if mid == mnt and _at_or_below(loc, mp):
+            rest = loc[len(mp.rstrip(b"/")):] if mp != b"/" else loc
+            return dev, _join(root, rest) if rest else root
+    raise mounts.LocationUnknown(0, "its mount is not in this process' mount table")
+
+
+def subordinate_uids(uid):
+    """The ranges (start, count) of ``uid``'s subordinate uids."""
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = None
+    ranges = []
+    try:
+        with open(SUBUID, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.strip().split(":")
+                if len(parts) != 3 or parts[0] not in (name, str(uid)):
+                    continue
+                try:
+                    ranges.append((int(parts[1]), int(parts[2])))
+                except ValueError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return ranges
+
+
+def uses(dirfd, caller_uid, limit=5):
+    """Mounts in other namespaces that use the held directory (at most
+    ``limit``), or []."""
+    here = place(dirfd)
+    if here is None:
+        return []
+    dev, rel = here
+    subs = subordinate_uids(caller_uid)
+
+    def counts(owner):
+        return owner in (0, caller_uid) or any(s <= owner < s + n for s, n in subs)
+
+    ours = {mid for mid, *_ in _mountinfo(f"{PROC}/self/mountinfo")}
+    seen, found = set(), []
+    for entry in os.listdir(PROC):
+        if not entry.isdigit():
+            continue
+        try:
+            owner = os.stat(f"{PROC}/{entry}").st_uid
+            if not counts(owner):
+                continue
+            with open(f"{PROC}/{entry}/mountinfo", "rb", buffering=0) as f:
+                # Mount ids are unique system-wide: a table whose first mount
+                # is one of ours is our own namespace (the usual case), known
+                # from its first bytes without making the kernel print it all.
+                head = f.read(64)
+                first = head.split(b" ", 1)[0]
+                if not first.isdigit() or int(first) in ours:
+                    continue
+                raw = head + f.readall()
+        except OSError:
+            # Gone meanwhile (ENOENT, ESRCH), exiting (EINVAL: it has no
+            # mount namespace any more, so it holds no mount), or hidden.
+            continue
+        table = _parse(raw)
+        ids = frozenset(mid for mid, *_ in table)
+        if ids & ours or ids in seen:
+            continue
+        seen.add(ids)
+        top = next(((d, r) for _, d, r, mp in table if mp == b"/"), None)
+        pid = int(entry) if owner in (0, caller_uid) else None
+        for _, d, r, mp in table:
+            if d == dev and _at_or_below(r, rel):
+                found.append(Use("the source of a mount (a container's root or a bind mount)", mp, pid))
+            elif top is not None and top[0] == dev and _at_or_below(_join(top[1], mp), rel):
+                found.append(Use("a mount point of a container", mp, pid))
+            if len(found) >= limit:
+                return found
+    return found
