@@ -1,0 +1,160 @@
+"""A real systemd: Debian 12 booted with systemd-nspawn, for the installed
+product as a distribution user meets it.
+
+On this kind of machine PID 1 is not systemd and /sys/fs/cgroup is a
+cgroup-v1 tmpfs.  What works: ``systemd-nspawn -D IMAGE --boot
+--register=no --keep-unit --console=pipe`` inside ``unshare -m
+--propagation private`` after mounting a tmpfs over /run/systemd (so the
+host's /run/systemd is never touched), with the process moved into cgroups
+of its own under /sys/fs/cgroup/{systemd,unified}/.  Commands run inside
+with ``nsenter -t <its PID 1> -a``.
+
+The base image (debootstrap --variant=minbase with systemd, dbus, polkitd,
+libpam-systemd and python3, from the configured Debian mirror) is cached in
+``CACHE`` (about a minute to build on a fresh machine); each ``Machine`` boots
+a copy of it with the product staged in by ``make install DESTDIR=...
+PREFIX=/usr``.
+"""
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from . import ROOT
+
+CACHE = Path(os.environ.get("LOCALD_ADMIN_IMAGE_CACHE", "/var/cache/locald-admin-tests"))
+BASE = CACHE / "bookworm-minbase"
+PACKAGES = "systemd,systemd-sysv,dbus,polkitd,libpam-systemd,python3"
+MIRROR = "http://deb.debian.org/debian"
+TOOLS = ("systemd-nspawn", "debootstrap", "unshare", "nsenter")
+
+BOOT = r"""
+set -e
+mount -t tmpfs tmpfs /run/systemd
+for h in systemd unified; do
+    if [ -d /sys/fs/cgroup/$h ]; then mkdir -p /sys/fs/cgroup/$h/$CG; echo $$ > /sys/fs/cgroup/$h/$CG/cgroup.procs; fi
+done
+exec systemd-nspawn -D "$IMAGE" --boot --register=no --keep-unit --console=pipe
+"""
+
+
+def unavailable():
+    """None when a machine can be booted here, else why not."""
+    if os.geteuid() != 0:
+        return "booting a machine needs root"
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        return f"missing {', '.join(missing)} (Debian packages systemd-container, debootstrap; scripts/bootstrap)"
+    if not Path("/sys/fs/cgroup").is_dir():
+        return "no /sys/fs/cgroup"
+    return None
+
+
+def base_image():
+    """The cached base image, built on first use."""
+    if (BASE / "usr/lib/systemd/systemd").exists():
+        return BASE
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = CACHE / "bookworm-minbase.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    r = subprocess.run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", "bookworm", str(tmp), MIRROR],
+                       capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        raise RuntimeError(f"debootstrap failed: {r.stdout[-2000:]}{r.stderr[-2000:]}")
+    tmp.rename(BASE)
+    return BASE
+
+
+class Machine:
+    """A booted copy of the base image with the product installed."""
+
+    def __init__(self, workdir, prepare=None):
+        self.image = Path(workdir) / "image"
+        subprocess.run(["cp", "-a", str(base_image()), str(self.image)], check=True)
+        r = subprocess.run(["make", "-C", str(ROOT), "install", f"DESTDIR={self.image}", "PREFIX=/usr"],
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            raise RuntimeError(f"make install failed: {r.stderr[-3000:]}")
+        if prepare is not None:
+            prepare(self.image)
+        self.cgroup = f"locald-admin-nspawn-{os.getpid()}-{time.monotonic_ns()}"
+        self.log_path = Path(workdir) / "nspawn.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", BOOT],
+                                         env=dict(os.environ, IMAGE=str(self.image), CG=self.cgroup),
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        self.leader = self._wait_for_leader()
+        self.wait_running()
+
+    def _wait_for_leader(self, timeout=60):
+        """PID 1 of the machine (the nspawn process's child)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"systemd-nspawn exited: {self.log_path.read_text(errors='replace')[-3000:]}")
+            for pid in _children(self.proc.pid):
+                for child in _children(pid):
+                    if _comm(child) == "systemd":
+                        return child
+                if _comm(pid) == "systemd":
+                    return pid
+            time.sleep(0.05)
+        raise RuntimeError("the machine's systemd never started")
+
+    def run(self, *argv, check=False, timeout=120, input=None):
+        """Run ``argv`` inside the machine (as root, outside any service)."""
+        r = subprocess.run(["nsenter", "-t", str(self.leader), "-a", *argv], capture_output=True, text=True,
+                           timeout=timeout, input=input)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{argv} failed ({r.returncode}): {r.stdout}{r.stderr}")
+        return r
+
+    def sh(self, script, **kw):
+        return self.run("sh", "-c", script, **kw)
+
+    def wait_running(self, timeout=90):
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            state = self.run("systemctl", "is-system-running").stdout.strip()
+            if state in ("running", "degraded"):
+                return state
+            time.sleep(0.2)
+        raise RuntimeError(f"the machine did not finish booting ({state})")
+
+    def journal(self, unit):
+        return self.run("journalctl", "-u", unit, "--no-pager", "-o", "cat").stdout
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.run("systemctl", "poweroff", timeout=30)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for h in ("systemd", "unified"):
+            d = Path("/sys/fs/cgroup") / h / self.cgroup
+            for sub in sorted(d.glob("**/"), key=lambda p: len(str(p)), reverse=True):
+                try:
+                    sub.rmdir()
+                except OSError:
+                    pass
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def _comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
