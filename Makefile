@@ -16,6 +16,7 @@ LIBDIR     ?= $(PREFIX)/lib/locald-admin
 BINDIR     ?= $(PREFIX)/bin
 DATADIR    ?= $(PREFIX)/share
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
+GENDIR     ?= $(PREFIX)/lib/systemd/system-generators
 SYSCONFDIR ?= /etc
 
 MECHANISM  := $(LIBDIR)/locald-admin-mechanism
@@ -24,8 +25,9 @@ ACTIVATION := $(DATADIR)/dbus-1/system-services/org.locald.Admin1.service
 POLICY     := $(DATADIR)/polkit-1/actions/org.locald.admin1.policy
 UNIT       := $(UNITDIR)/locald-admin.service
 SHIM       := $(BINDIR)/locald-shim
+GENERATOR  := $(GENDIR)/locald-admin-generator
 ADMINCONF  := $(SYSCONFDIR)/locald/admin.conf
-INSTALLED  := $(BUSCONF) $(ACTIVATION) $(POLICY) $(UNIT) $(SHIM)
+INSTALLED  := $(BUSCONF) $(ACTIVATION) $(POLICY) $(UNIT) $(SHIM) $(GENERATOR)
 
 .PHONY: all install uninstall demo test
 
@@ -41,7 +43,7 @@ test:
 install:
 	rm -rf '$(DESTDIR)$(LIBDIR)'
 	install -d '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(dir $(BUSCONF))' \
-		'$(DESTDIR)$(dir $(ACTIVATION))' '$(DESTDIR)$(dir $(POLICY))' '$(DESTDIR)$(UNITDIR)'
+		'$(DESTDIR)$(dir $(ACTIVATION))' '$(DESTDIR)$(dir $(POLICY))' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(GENDIR)'
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
 		--target '$(DESTDIR)$(LIBDIR)/site' .
 	rm -rf '$(DESTDIR)$(LIBDIR)/site/bin'
@@ -49,8 +51,11 @@ install:
 		data/launcher/launcher.in > '$(DESTDIR)$(MECHANISM)'
 	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@MODULE@|locald_admin.client.shim|' \
 		data/launcher/launcher.in > '$(DESTDIR)$(LIBDIR)/locald-shim'
-	chmod 755 '$(DESTDIR)$(MECHANISM)' '$(DESTDIR)$(LIBDIR)/locald-shim'
+	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@MODULE@|locald_admin.mechanism.generator|' \
+		data/launcher/launcher.in > '$(DESTDIR)$(LIBDIR)/locald-admin-generator'
+	chmod 755 '$(DESTDIR)$(MECHANISM)' '$(DESTDIR)$(LIBDIR)/locald-shim' '$(DESTDIR)$(LIBDIR)/locald-admin-generator'
 	ln -sfr '$(DESTDIR)$(LIBDIR)/locald-shim' '$(DESTDIR)$(SHIM)'
+	ln -sfr '$(DESTDIR)$(LIBDIR)/locald-admin-generator' '$(DESTDIR)$(GENERATOR)'
 	install -m 644 data/dbus-1/system.d/org.locald.Admin1.conf '$(DESTDIR)$(BUSCONF)'
 	install -m 644 data/polkit-1/actions/org.locald.admin1.policy '$(DESTDIR)$(POLICY)'
 	sed -e 's|^Exec=/usr/bin/locald-admin-mechanism|Exec=$(MECHANISM)|' \

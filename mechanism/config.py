@@ -2,7 +2,7 @@
 
     [scope]
     # Anchors may only be below these directories ...
-    allow = / /dev/shm
+    allow = /home /var/home /srv /tmp /var/tmp /mnt /media /run/media /dev/shm
     # ... and never below these.  The nearest listed ancestor decides.
     deny = /proc /sys /dev /run /boot /etc /usr
     [owner]
@@ -25,7 +25,11 @@ from dataclasses import dataclass
 from typing import Tuple
 
 DEFAULT_PATH = "/etc/locald/admin.conf"
-DEFAULT_ALLOW = ("/", "/dev/shm")
+# Exactly what the unit makes writable (its ReadWritePaths=, plus /dev/shm,
+# which PrivateDevices= keeps writable): tests/test_data_files.py holds the two
+# together.  More roots: list them in admin.conf and run systemctl
+# daemon-reload (mechanism/generator.py widens the unit to match).
+DEFAULT_ALLOW = ("/home", "/var/home", "/srv", "/tmp", "/var/tmp", "/mnt", "/media", "/run/media", "/dev/shm")
 DEFAULT_DENY = ("/proc", "/sys", "/dev", "/run", "/boot", "/etc", "/usr")
 
 

@@ -200,6 +200,14 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Conf
         if why is not None:
             raise OutsideScope(f"{shown}: the administrator's configuration ({config.source}) excludes "
                                f"this anchor: {why}")
+        # An allowed root the service's sandbox keeps read-only (the unit's
+        # ReadWritePaths= does not list it): refuse up front, naming the fix,
+        # rather than fail halfway with EROFS for every entry.
+        if os.fstatvfs(anchor_fd).f_flag & os.ST_RDONLY:
+            raise OutsideScope(f"{shown}: the anchor's file system is read-only for locald-admin; if it is "
+                               f"below an allowed root of {config.source}, run 'systemctl daemon-reload' after "
+                               "listing that root there (locald-admin-generator makes it writable for the "
+                               "service), see docs/operator-guide.md")
 
         # 3. Below the anchor: one component at a time, relative to the fd of
         #    the one before; never a symlink, never across a mount.

@@ -32,6 +32,8 @@ from pathlib import Path
 import pytest
 
 from locald_admin import interface as i
+from locald_admin.mechanism import config as cfgmod
+from locald_admin.mechanism import engine
 from harness import IS_ROOT
 from harness.calls import cleanup
 from harness.mechanism import stack as mechanism_stack
@@ -498,7 +500,9 @@ def test_root_level_anchor_that_does_not_exist_is_success(stack, clients, caller
 @pytest.mark.skipif(not IS_ROOT, reason="creating /.locald needs root")
 def test_root_level_anchor_that_exists(stack, clients):
     """A root-owned /.locald: outside a user's scope (OutsideScope, nothing
-    removed); root's raw call removes below it and the anchor itself."""
+    removed).  "/" is no default allowed root (the defaults are what the
+    unit makes writable), so root's raw call is refused too, by the
+    configuration; allowed, it removes below it and the anchor itself."""
     try:
         os.mkdir("/.locald", 0o755)
     except FileExistsError:
@@ -510,9 +514,13 @@ def test_root_level_anchor_that_exists(stack, clients):
             out = call(caller, stack, clients, "/.locald/x")
             assert out.error == OUTSIDE, (caller, out)
             assert Path("/.locald/x/f").exists()
-        assert call("raw", stack, clients, "/.locald/x").error is OK
+        out = call("raw", stack, clients, "/.locald/x")
+        assert out.error == OUTSIDE and "not below any allowed root" in out.message, out
+        assert Path("/.locald/x/f").exists()
+        everywhere = cfgmod.parse("[scope]\nallow = /\n")
+        assert engine.cleanup("/.locald/x", 0, everywhere) == 2
         assert os.listdir("/.locald") == []
-        assert call("raw", stack, clients, "/.locald").error is OK
+        assert engine.cleanup("/.locald", 0, everywhere) == 1
         assert not os.path.lexists("/.locald")
     finally:
         if os.path.lexists("/.locald"):

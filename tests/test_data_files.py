@@ -340,6 +340,14 @@ def test_unit_keeps_callers_view_of_tmp_and_home(setting):
             assert setting not in line, line
 
 
+def test_default_roots_are_exactly_what_the_unit_makes_writable():
+    """Finding 5: a default root the sandbox keeps read-only fails every
+    deletion below it with EROFS.  /dev/shm is writable under PrivateDevices=."""
+    from locald_admin.mechanism import config as cfgmod
+    rw = [p.lstrip("-") for p in _only(_ini(UNIT), "Service", "ReadWritePaths").split()]
+    assert tuple(rw) + ("/dev/shm",) == cfgmod.DEFAULT_ALLOW
+
+
 def test_unit_stops_before_the_bus():
     """Units stop in the reverse order of After=: with it, the bus outlives
     the mechanism at shutdown (tests/test_stopping.py has what happens

@@ -24,7 +24,6 @@ import functools
 import importlib.util
 import json
 import os
-import re
 import select
 import shutil
 import signal
@@ -454,10 +453,12 @@ def test_immutable_file_as_the_target(bus, mechanism, ext4_project, clients):
 # -- (e) a read-only file system ----------------------------------------------------------
 
 @needs_root
-def test_read_only_file_system_is_failed_naming_entries(bus, mechanism, clients):
+def test_read_only_file_system_is_refused_up_front_naming_the_fix(bus, mechanism, clients):
     """The project lives on a tmpfs remounted read-only (the anchor is not
-    the mount point, the target contains no mount): every unlink fails with
-    EROFS, Failed names the entries, nothing is removed."""
+    the mount point, the target contains no mount).  Every unlink would fail
+    with EROFS (Failed naming entries, as before finding 5 of issue 9); now
+    the read-only anchor is refused before anything is tried: OutsideScope,
+    one line naming the fix, nothing removed, for a tree and a single entry."""
     top = world_tmpdir("locald-admin-faults-")
     try:
         with mounted_tmpfs(top / "rofs", "size=16m,mode=755") as fs:
@@ -469,15 +470,12 @@ def test_read_only_file_system_is_failed_naming_entries(bus, mechanism, clients)
             (anchor / "single").write_text("x")
             subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True, capture_output=True)
             before = sorted(p for p in anchor.rglob("*"))
-            cp = shim(clients, bus, t)
-            assert cp.returncode == i.EXIT_FAILED, cp.stderr
-            assert cp.stderr.count("\n") == 1 and "Read-only file system" in cp.stderr
-            named = re.findall(r"(/\S+): Read-only file system", cp.stderr)
-            assert named and all(Path(n).is_relative_to(t) and Path(n).exists() for n in named), cp.stderr
-            assert "0 entries removed" in cp.stderr
-            cp = shim(clients, bus, anchor / "single")
-            assert cp.returncode == i.EXIT_FAILED and "Read-only file system" in cp.stderr, cp.stderr
-            assert raw_call(bus, str(t))[0] == i.ERROR_FAILED
+            for target in (t, anchor / "single"):
+                cp = shim(clients, bus, target)
+                assert cp.returncode == i.EXIT_OUTSIDE_SCOPE, cp.stderr
+                assert cp.stderr.count("\n") == 1 and "read-only for locald-admin" in cp.stderr, cp.stderr
+                assert "daemon-reload" in cp.stderr and "Read-only file system" not in cp.stderr
+            assert raw_call(bus, str(t))[0] == i.ERROR_OUTSIDE_SCOPE
             assert sorted(p for p in anchor.rglob("*")) == before
             check_canary(anchor)
     finally:

@@ -42,6 +42,7 @@ def test_files_land_where_the_system_reads_them(staged):
                 "usr/lib/systemd/system/locald-admin.service",
                 "usr/lib/locald-admin/locald-admin-mechanism",
                 "usr/bin/locald-shim",
+                "usr/lib/systemd/system-generators/locald-admin-generator",
                 "etc/locald/admin.conf"):
         assert (staged / rel).exists(), rel
         assert (ROOT / "data").as_posix() not in (staged / rel).read_text(errors="replace")

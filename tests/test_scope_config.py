@@ -32,7 +32,7 @@ needs_root = pytest.mark.skipif(not IS_ROOT, reason="root tier: needs other user
 
 def test_no_file_means_the_defaults(tmp_path):
     c = cfgmod.load(str(tmp_path / "missing.conf"))
-    assert c.allow == ("/", "/dev/shm")
+    assert c.allow == ("/home", "/var/home", "/srv", "/tmp", "/var/tmp", "/mnt", "/media", "/run/media", "/dev/shm")
     assert c.deny == ("/proc", "/sys", "/dev", "/run", "/boot", "/etc", "/usr")
     assert c.root_skips_owner_check is True
 
@@ -306,3 +306,23 @@ def test_malformed_config_at_sighup_keeps_the_old_one(conf_stack, roots):
         assert name == i.ERROR_OUTSIDE_SCOPE  # the old roots still apply
     finally:
         m.stop()
+
+
+@needs_root
+def test_an_allowed_root_that_is_read_only_here_is_refused_up_front_naming_the_fix(tmp_path):
+    """Finding 5: under the unit a root outside ReadWritePaths= is read-only
+    for the service; every entry failed with EROFS.  Now nothing is tried."""
+    ro = tmp_path / "ro"
+    t = ro / "proj" / ".locald" / "svc"
+    (t / "d").mkdir(parents=True)
+    (t / "d" / "f").write_text("x")
+    subprocess.run(["mount", "--bind", str(ro), str(ro)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True)
+        allow = cfgmod.parse(f"[scope]\nallow = {tmp_path}\n")
+        with pytest.raises(OutsideScope) as ei:
+            engine.cleanup(str(t), 0, allow)
+        assert "read-only for locald-admin" in ei.value.message and "daemon-reload" in ei.value.message
+        assert (t / "d" / "f").read_text() == "x"
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)

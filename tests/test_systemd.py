@@ -115,6 +115,34 @@ def test_a_running_stand_in_container_is_in_use_under_the_unit(machine, uid):
         machine.sh(f"kill $(cat {pidfile})", check=True)
 
 
+def test_projects_in_opt_take_one_step_admin_conf_and_daemon_reload(machine):
+    """Finding 5: /opt is neither a default root nor writable in the unit's
+    sandbox.  Listed in admin.conf alone it is refused up front with the fix
+    named (not EROFS noise); after systemctl daemon-reload the generator has
+    made it writable and the cleanup lands."""
+    svc = leftovers(machine, "/opt/proj")
+    cp = shim_as(machine, "tester", svc)
+    assert cp.returncode == 5 and "not below any allowed root" in cp.stderr, (cp.returncode, cp.stderr)
+    shipped = machine.run("cat", "/etc/locald/admin.conf", check=True).stdout
+    machine.run("tee", "/etc/locald/admin.conf", check=True, input="[scope]\nallow = "
+                "/home /var/home /srv /tmp /var/tmp /mnt /media /run/media /dev/shm /opt\n")
+    try:
+        machine.run("systemctl", "stop", "locald-admin.service", check=True)  # the next call starts afresh
+        cp = shim_as(machine, "tester", svc)
+        assert cp.returncode == 5 and "read-only for locald-admin" in cp.stderr and "daemon-reload" in cp.stderr, \
+            (cp.returncode, cp.stderr)
+        assert "Read-only file system" not in cp.stderr
+        machine.run("systemctl", "daemon-reload", check=True)
+        machine.run("systemctl", "stop", "locald-admin.service", check=True)
+        cp = shim_as(machine, "tester", svc)
+        assert cp.returncode == 0, cp.stderr
+        assert not exists(machine, svc) and exists(machine, "/opt/proj/.locald")
+    finally:
+        machine.run("tee", "/etc/locald/admin.conf", check=True, input=shipped)
+        machine.run("systemctl", "daemon-reload", check=True)
+        machine.run("systemctl", "stop", "locald-admin.service", check=True)
+
+
 def test_one_audit_record_per_request_and_a_clean_stop(machine):
     before = len(audits(machine))
     for k in range(3):
