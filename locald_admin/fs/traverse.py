@@ -26,7 +26,6 @@ consumed from its end; a child the visitor enters is walked completely
 before the next entry of its parent is looked at.
 """
 
-import errno
 import os
 import stat
 
@@ -135,7 +134,7 @@ class Traversal:
                     try:
                         cfd = self.fs.open_beneath(f.fd, child, parent_mnt=mnt)
                     except OSError as e:
-                        if e.errno != errno.ENOENT:
+                        if fsops.refusal(e) is not fsops.GONE:
                             visitor.on_enter_failed(self, f, child, e)
                         continue
                     stack.append(make(cfd, os.fstat(cfd), child))

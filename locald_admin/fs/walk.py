@@ -174,7 +174,7 @@ class _Removal(traverse.Visitor):
         return False
 
     def on_enter_failed(self, t, f, child, e):
-        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+        if fsops.refusal(e) is fsops.NOT_FOLLOWED:
             # Not a directory any more: a symlink or a file was swapped in
             # (R1).  Remove the name itself; never follow it.
             try:
@@ -185,7 +185,7 @@ class _Removal(traverse.Visitor):
                 return
             except OSError as e2:
                 e = e2
-        if e.errno == errno.EXDEV:  # a mount appeared on it (M3): left in place
+        if fsops.refusal(e) is fsops.MOUNT:  # a mount appeared on it (M3): left in place
             self.result.mounts.append(t.rel(child))
         else:
             self.result.fail(t.rel(child), e)
@@ -323,7 +323,7 @@ class _Count(traverse.Visitor):
 
     def on_enter_failed(self, t, f, child, e):
         c = self.count
-        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+        if fsops.refusal(e) is fsops.NOT_FOLLOWED:
             # Listed as a directory, now a symlink or a file (swapped in):
             # count what is there, without following it or crossing a mount.
             try:
@@ -336,9 +336,10 @@ class _Count(traverse.Visitor):
                 else:
                     self.on_entry(t, f, child, kind)
                 return
-        if e.errno == errno.ENOENT:
+        why = fsops.refusal(e)
+        if why is fsops.GONE:
             return
-        if e.errno == errno.EXDEV:
+        if why is fsops.MOUNT:
             c.mounts.append(t.rel(child))
         else:
             c.fail(t.rel(child), e)
