@@ -110,8 +110,8 @@ def staged():
         pytest.skip("make is not installed")
     top = world_tmpdir("locald-admin-stage-")
     src, dest = top / "src", top / "root"
-    ignore = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "tests",
-                                    "harness")
+    ignore = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache",
+                                    ".hypothesis", "tests", "harness")
     shutil.copytree(Path(__file__).resolve().parent.parent, src, ignore=ignore)
     cp = subprocess.run(["make", "-C", str(src), "install", f"DESTDIR={dest}"], capture_output=True, text=True,
                         timeout=300)
