@@ -13,7 +13,7 @@ from harness import IS_ROOT  # noqa: E402
 from harness import fsmode  # noqa: E402
 from harness import mechanism as started_mechanisms  # noqa: E402
 from harness.buses import PolkitMock, PrivateBus  # noqa: E402
-from harness.trees import rm_rf, world_tmpdir  # noqa: E402
+from harness.trees import rm_rf, umount, world_tmpdir  # noqa: E402
 from harness.users import ClientRunner  # noqa: E402
 
 from locald_admin.fs import fsops  # noqa: E402
@@ -58,6 +58,27 @@ def mode(request):
         fsops._raw_openat2 = real
     if request.param == "openat2":
         assert calls, "openat2 mode, but openat2 was never called"
+
+
+@pytest.fixture
+def mounter(tmp_path):
+    """mount(*args, target): run mount(8); ``mount.bind(src, target)``.
+    Everything it mounted is unmounted in teardown, lazily if busy."""
+    done = []
+
+    def mount(*args, target):
+        subprocess.run(["mount", *args, os.fsdecode(target)], check=True, capture_output=True)
+        done.append(target)
+
+    def bind(src, target):
+        mount("--bind", os.fsdecode(src), target=target)
+
+    mount.bind = bind
+    try:
+        yield mount
+    finally:
+        for target in reversed(done):
+            umount(target, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -51,26 +51,6 @@ def tmp(tmp_path):
 
 
 @pytest.fixture
-def mounter(tmp):
-    """mount(*args, target): run mount(8); unmounted in teardown, always."""
-    done = []
-
-    def mount(*args, target):
-        subprocess.run(["mount", *args, os.fsdecode(target)], check=True, capture_output=True)
-        done.append(target)
-
-    def bind(src, target):
-        mount("--bind", os.fsdecode(src), target=target)
-
-    mount.bind = bind
-    try:
-        yield mount
-    finally:
-        for target in reversed(done):
-            umount(target, check=False)
-
-
-@pytest.fixture
 def canary(tmp):
     c = Canary(tmp / "canary")
     yield c

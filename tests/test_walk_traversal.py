@@ -314,23 +314,6 @@ def test_a_failing_visitor_leaves_no_fd_open(mode, tmp_path):
 
 # -- mounts (root) -----------------------------------------------------------------
 
-@pytest.fixture
-def mounter(tmp_path):
-    """mount(*args, target): run mount(8); unmounted in teardown, always."""
-    done = []
-
-    def mount(*args, target):
-        subprocess.run(["mount", *args, os.fsdecode(target)], check=True, capture_output=True)
-        done.append(target)
-
-    try:
-        yield mount
-    finally:
-        for target in reversed(done):
-            if subprocess.run(["umount", os.fsdecode(target)], capture_output=True).returncode:
-                subprocess.run(["umount", "-l", os.fsdecode(target)], capture_output=True)
-
-
 @needs_root
 @pytest.mark.parametrize("kind", ["bind", "tmpfs"])
 def test_count_reports_a_mount_and_does_not_enter_it(mode, tmp_path, held, outside, mounter, kind):

@@ -75,14 +75,14 @@ def _join(root, path):
     return root.rstrip(b"/") + path if path != b"/" else root
 
 
-def place(dirfd):
+def place(dirfd, own):
     """(device, path within its file system) of the held directory, from our
-    own mount table, or None when it has been removed."""
+    own mount table ``own`` (parsed), or None when it has been removed."""
     loc = mounts.fd_location(dirfd)
     if loc is None:
         return None
     mnt = fsops.mount_id(dirfd)
-    for mid, dev, root, mp in _mountinfo(f"{PROC}/self/mountinfo"):
+    for mid, dev, root, mp in own:
         if mid == mnt and _at_or_below(loc, mp):
             rest = loc[len(mp.rstrip(b"/")):] if mp != b"/" else loc
             return dev, _join(root, rest) if rest else root
@@ -114,7 +114,8 @@ def subordinate_uids(uid):
 def uses(dirfd, caller_uid, limit=5):
     """Mounts in other namespaces that use the held directory (at most
     ``limit``), or []."""
-    here = place(dirfd)
+    own = _mountinfo(f"{PROC}/self/mountinfo")
+    here = place(dirfd, own)
     if here is None:
         return []
     dev, rel = here
@@ -123,7 +124,7 @@ def uses(dirfd, caller_uid, limit=5):
     def counts(owner):
         return owner in (0, caller_uid) or any(s <= owner < s + n for s, n in subs)
 
-    ours = {mid for mid, *_ in _mountinfo(f"{PROC}/self/mountinfo")}
+    ours = {mid for mid, *_ in own}
     seen, found = set(), []
     for entry in os.listdir(PROC):
         if not entry.isdigit():
