@@ -2,7 +2,7 @@
 
 from .cleanup import (AdminClient, absolute_path, force_remove_dir_all, force_remove_dir_all_async,
                       request_cleanup, shared_client)
-from .errors import (CleanupError, CleanupFailedError, InteractiveAuthorizationRequiredError,
+from .errors import (BusyError, CleanupError, CleanupFailedError, InteractiveAuthorizationRequiredError,
                      InUseError, InvalidPathError, MechanismUnavailable, MountPointError, NotAuthorizedError,
                      OutsideScopeError)
 
@@ -11,5 +11,5 @@ __all__ = [
     "AdminClient", "shared_client",
     "CleanupError", "CleanupFailedError", "NotAuthorizedError",
     "InteractiveAuthorizationRequiredError", "InvalidPathError", "OutsideScopeError",
-    "MountPointError", "InUseError", "MechanismUnavailable",
+    "MountPointError", "InUseError", "BusyError", "MechanismUnavailable",
 ]

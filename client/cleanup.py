@@ -8,7 +8,9 @@ refused before anything is deleted); when that fails with PermissionError
 """
 
 import asyncio
+import itertools
 import os
+import random
 import weakref
 
 from locald_admin import interface as i
@@ -17,6 +19,12 @@ from locald_admin.busio import BusError, Connection
 from . import as_user
 from .errors import (NO_SERVICE_ERRORS, CleanupError, CleanupFailedError, InvalidPathError,
                      MechanismUnavailable, from_dbus)
+
+# Busy (the mechanism holds as many of this user's requests as it takes):
+# retried after a pause that doubles from the first to the last, within the
+# call's own timeout.
+BUSY_BACKOFF_FIRST = 0.05
+BUSY_BACKOFF_MAX = 2.0
 
 HINT = ("locald-admin could not be asked to remove it ({why}); "
         "install locald-admin (see its README) or remove the directory as root")
@@ -56,7 +64,7 @@ class AdminClient:
     dropped.  The connection is made on first use and again if it was lost.
     """
 
-    def __init__(self, address=None, max_in_flight=64):
+    def __init__(self, address=None, max_in_flight=i.CLIENT_MAX_IN_FLIGHT):
         self.address = address
         self._slots = asyncio.Semaphore(max_in_flight)
         self._bus = None
@@ -117,13 +125,33 @@ class AdminClient:
         Raises a CleanupError subclass for the mechanism's errors, or
         MechanismUnavailable when there is no mechanism to ask.
         ``on_progress(removed, elapsed)`` is called for Progress signals.
+        ``Busy`` is retried with backoff until ``timeout``; BusyError only
+        when the mechanism stays busy that long.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for attempt in itertools.count():
+            reply = await self._call_once(path, interactive, deadline - loop.time(), timeout, on_progress)
+            if reply.error_name != i.ERROR_BUSY:
+                break
+            # The mechanism has as many of this user's requests queued as it
+            # takes: come back later, sooner at first, never past our timeout.
+            pause = min(BUSY_BACKOFF_MAX, BUSY_BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.5, 1.0)
+            if loop.time() + pause >= deadline:
+                break
+            await asyncio.sleep(pause)
+        if reply.sender and reply.error_name not in NO_SERVICE_ERRORS:
+            self._owner = reply.sender  # e.g. after an activation or a restart
+        if reply.error_name is not None:
+            raise from_dbus(reply.error_name, reply.text)
+
+    async def _call_once(self, path, interactive, remaining, timeout, on_progress):
         async with self._slots:
             bus = await self._connection()
             if on_progress is not None:
                 self._progress.setdefault(path, set()).add(on_progress)
             try:
-                reply = await bus.call(messages.cleanup(path, interactive), timeout)
+                return await bus.call(messages.cleanup(path, interactive), max(remaining, 0.001))
             except asyncio.TimeoutError:
                 raise CleanupFailedError(f"no answer from {i.BUS_NAME} within {timeout:g} s") from None
             except BusError as e:  # connection lost mid-call
@@ -134,10 +162,6 @@ class AdminClient:
                     callbacks.discard(on_progress)
                     if not callbacks:
                         self._progress.pop(path, None)
-        if reply.sender and reply.error_name not in NO_SERVICE_ERRORS:
-            self._owner = reply.sender  # e.g. after an activation or a restart
-        if reply.error_name is not None:
-            raise from_dbus(reply.error_name, reply.text)
 
     def close(self):
         if self._bus is not None:

@@ -34,6 +34,7 @@ InvalidPathError = _declare(i.INVALID_PATH)
 OutsideScopeError = _declare(i.OUTSIDE_SCOPE)
 MountPointError = _declare(i.MOUNT_POINT)
 InUseError = _declare(i.IN_USE)
+BusyError = _declare(i.BUSY)
 
 
 class MechanismUnavailable(Exception):

@@ -3,13 +3,18 @@
 Exit codes (locald_admin.interface): 0 done or nothing there; 1 failed;
 2 usage; 3 not authorized; 4 invalid path (a relative path included: the
 shim never resolves one against its working directory); 5 outside scope;
-6 mount point; 7 no mechanism to ask; 8 in use (a running container).  On failure one plain line on stderr.
+6 mount point; 7 no mechanism to ask; 8 in use (a running container); 9 busy
+(the caller's queue at the mechanism stayed full); 130 / 143 interrupted by
+SIGINT / SIGTERM (the connection closes, so the mechanism stops the walk, and
+a pkttyagent the shim started is stopped).  On failure one plain line on
+stderr.
 """
 
 import argparse
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -41,6 +46,16 @@ def _parser():
     c.add_argument("--timeout", type=float, default=i.DEFAULT_CALL_TIMEOUT, metavar="SECONDS",
                    help=f"give up after this long (default {i.DEFAULT_CALL_TIMEOUT:g})")
     return p
+
+
+class _Terminated(SystemExit):
+    """SIGTERM arrived.  A SystemExit, which asyncio lets through from any
+    callback (another BaseException landing in one would be logged and
+    swallowed), so that it ends the call wherever it lands."""
+
+
+def _terminated(signum, frame):
+    raise _Terminated()
 
 
 def _fail(code, message):
@@ -88,9 +103,11 @@ def main(argv=None):
         shown.append(removed)
         print(f"\r{PROG}: {removed} entries removed, {elapsed:.0f} s", end="", file=sys.stderr, flush=True)
 
-    agent = _start_agent() if interactive else None
+    agent = None
     failure = None
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
+        agent = _start_agent() if interactive else None
         asyncio.run(request_cleanup(args.path, interactive=interactive, timeout=args.timeout,
                                     on_progress=on_progress if show_progress else None))
     except CleanupError as e:
@@ -98,8 +115,13 @@ def main(argv=None):
     except MechanismUnavailable as e:
         failure = (i.EXIT_NO_SERVICE, f"locald-admin is not available: {e}")
     except KeyboardInterrupt:
-        failure = (130, "interrupted")
+        # The bus connection is closed on the way out: the mechanism sees
+        # the caller leave and stops the walk (or drops the queued call).
+        failure = (i.EXIT_SIGINT, "interrupted; locald-admin stops what it was doing for this call")
+    except _Terminated:
+        failure = (i.EXIT_SIGTERM, "terminated; locald-admin stops what it was doing for this call")
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if agent is not None:
             agent.terminate()
             agent.wait()

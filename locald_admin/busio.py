@@ -5,7 +5,7 @@ Everything else speaks ``locald_admin.messages`` (plain data) through a
 ``serve`` the service's object, ``on_signal`` for the client.  Changing the
 D-Bus library means changing this file.
 
-Two defects of dbus-next 0.2.3 are handled here, and only here:
+Three defects of dbus-next 0.2.3 are handled here, and only here:
 
 * It writes to a non-blocking socket and treats *any* exception from
   ``send()`` as fatal: when the kernel socket buffer is full the write raises
@@ -15,16 +15,26 @@ Two defects of dbus-next 0.2.3 are handled here, and only here:
 * A call that times out or is cancelled leaves its reply handler in the
   library's table for the connection's lifetime; ``Connection.call`` removes
   it.
+* It reads every incoming message whole into memory, however big the bus
+  lets it be (32 MiB on the system bus), then decodes it: a flood of calls
+  with a 30 MB path took the service to gigabytes.  ``_GuardedUnmarshaller``
+  reads the fixed header first; a message longer than ``MAX_INCOMING`` has
+  its header fields read (they are bounded too) and its body dropped as it
+  streams in, never kept; the service answers such a call from its header
+  alone (``Incoming.oversized``).
 """
 
 import array
 import asyncio
 import socket
+import struct
 
 from dbus_next import BusType, Message, MessageFlag, MessageType, NameFlag, RequestNameReply
 from dbus_next import Variant as _Variant
+from dbus_next._private.unmarshaller import MarshallerStreamEndError, Unmarshaller
 from dbus_next.aio import MessageBus
-from dbus_next.errors import DBusError
+from dbus_next.errors import DBusError, InvalidMessageError
+from dbus_next.signature import SignatureTree
 
 from . import interface as i
 from . import messages as m
@@ -63,8 +73,97 @@ def _write_pending(writer):
             writer.fut.set_result(None)
 
 
+# -- bounded reading ----------------------------------------------------------------------
+
+# The longest message read into memory.  Everything the service legitimately
+# receives (a 4,096-byte path, the bus daemon's and polkit's replies) is a
+# few KiB; the credentials of a caller in every group there is (65,536 gids)
+# are 256 KiB.
+MAX_INCOMING = 1 << 20
+MAX_HEADER = 64 << 10  # header fields of an oversized message, read to answer it
+_DROP_CHUNK = 64 << 10
+
+
+class _GuardedUnmarshaller(Unmarshaller):
+    """dbus-next's unmarshaller, reading at most MAX_INCOMING bytes of one
+    message.  A longer one is answered from its header: the body is received
+    and thrown away in chunks.  (The library calls ``unmarshall`` again, on
+    the same object, each time more bytes arrive, until a message is whole.)"""
+
+    def __init__(self, stream, sock=None):
+        super().__init__(stream, sock)
+        self._drop = 0  # body bytes of an oversized message still to throw away
+        self._header_only = None  # what to deliver once they are gone (None: nothing)
+        self._dropping = False
+
+    def _recv(self, n):
+        try:
+            data = self.sock.recv(n) if self.sock is not None else self.stream.read(n)
+        except BlockingIOError:
+            raise MarshallerStreamEndError() from None
+        if data is None:
+            raise MarshallerStreamEndError()
+        if data == b"":
+            raise EOFError()
+        return data
+
+    def _unmarshall(self):
+        while True:
+            if self._dropping:
+                while self._drop > 0:
+                    self._drop -= len(self._recv(min(self._drop, _DROP_CHUNK)))
+                self._dropping = False
+                if self._header_only is not None:
+                    self.message = self._header_only
+                    return
+                # Nothing to answer: read the next message.
+                self.buf, self.offset, self.unix_fds = bytearray(), 0, []
+            self.offset = 0
+            self.read(16, prefetch=True)
+            endian = self.buf[0]
+            if endian not in (ord("l"), ord("B")):
+                raise InvalidMessageError("Expecting endianness as the first byte")
+            body_len, serial, header_len = struct.unpack_from("<III" if endian == ord("l") else ">III",
+                                                              self.buf, 4)
+            header_end = 16 + header_len + self._padding(16 + header_len, 8)
+            if header_end + body_len <= MAX_INCOMING:
+                return super()._unmarshall()
+            self._header_only = None
+            if header_len <= MAX_HEADER:
+                self.read(header_end, prefetch=True)
+                try:
+                    self._header_only = self._header_message(endian, serial, header_end + body_len)
+                except Exception:  # header fields the library cannot make a message of: just drop it
+                    self._header_only = None
+                self._drop = body_len
+            else:
+                self._drop = header_end + body_len - 16
+            self.buf = bytearray()
+            self._dropping = True
+
+    def _header_message(self, endian, serial, total):
+        self.endian = endian
+        self.offset = 12
+        fields = {}
+        for code, variant in self.read_argument(SignatureTree._get("a(yv)").types[0]):
+            fields[code] = variant.value
+        # Header field codes (D-Bus specification): 1 path, 2 interface,
+        # 3 member, 6 destination, 7 sender, 8 signature.
+        msg = Message(destination=fields.get(6), path=fields.get(1), interface=fields.get(2),
+                      member=fields.get(3), message_type=MessageType(self.buf[1]), flags=MessageFlag(self.buf[2]),
+                      sender=fields.get(7), signature=fields.get(8, ""), body=[], serial=serial)
+        msg.locald_oversized = total
+        return msg
+
+
 def harden(bus):
-    """Make ``bus`` survive a full socket buffer (see module docstring)."""
+    """Make ``bus`` survive a full socket buffer and read bounded messages
+    (see module docstring)."""
+    def guarded():
+        return _GuardedUnmarshaller(bus._stream, bus._sock if bus._negotiate_unix_fd else None)
+
+    bus._create_unmarshaller = guarded
+    bus._unmarshaller = guarded()
     writer = bus._writer
 
     def write_callback():
@@ -136,7 +235,8 @@ def _incoming(msg):
     return m.Incoming(
         sender=msg.sender, path=msg.path, interface=msg.interface, member=msg.member, signature=msg.signature,
         body=tuple(msg.body), allow_interactive=bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION),
-        no_reply=bool(msg.flags & MessageFlag.NO_REPLY_EXPECTED), handle=msg)
+        no_reply=bool(msg.flags & MessageFlag.NO_REPLY_EXPECTED), handle=msg,
+        oversized=getattr(msg, "locald_oversized", 0))
 
 
 # -- the connection ------------------------------------------------------------------------
@@ -210,7 +310,7 @@ class Connection:
     def on_signal(self, callback):
         """Call ``callback(Signal)`` for every signal this connection gets."""
         def handler(msg):
-            if msg.message_type == MessageType.SIGNAL:
+            if msg.message_type == MessageType.SIGNAL and not getattr(msg, "locald_oversized", 0):
                 callback(m.Signal(msg.destination, msg.path, msg.interface, msg.member, msg.signature,
                                   tuple(_from_library(list(msg.body))), sender=msg.sender))
             return False
@@ -218,17 +318,32 @@ class Connection:
 
     def serve(self, dispatch):
         """Serve ``interface.OBJECT_PATH``: method calls to it on the
-        service's interface (or none) go to ``dispatch(Incoming)``, which
-        returns False for a member it does not have (the library then
-        answers UnknownMethod).  Introspection of it and its ancestors is
-        answered from the member tables (``messages.introspection_xml``)."""
+        service's interface go to ``dispatch(Incoming)``, which returns False
+        for a member it does not have (the library then answers
+        UnknownMethod); a call naming no interface is refused, as the bus
+        policy refuses it.  Introspection of it and its ancestors is answered
+        from the member tables (``messages.introspection_xml``), Properties
+        from ``messages.properties_reply``."""
         def handler(msg):
+            oversized = getattr(msg, "locald_oversized", 0)
             if msg.message_type != MessageType.METHOD_CALL:
-                return False
+                return bool(oversized)  # an oversized signal is dropped: its body was never read
+            if oversized and (msg.path != i.OBJECT_PATH or msg.interface != i.INTERFACE):
+                return Message.new_error(msg, m.LIMITS_EXCEEDED, f"a message of {oversized} bytes is refused")
             if (msg.interface == m.INTROSPECTABLE and msg.member == "Introspect" and msg.signature == ""
                     and m.introspects(msg.path)):
                 return Message.new_method_return(msg, "s", [m.introspection_xml(msg.path)])
-            if msg.path != i.OBJECT_PATH or msg.interface not in (None, i.INTERFACE):
+            if msg.path != i.OBJECT_PATH:
+                return False
+            if msg.interface == m.PROPERTIES:
+                error, signature, body = m.properties_reply(msg.member, msg.signature, msg.body)
+                return (Message.new_method_return(msg, signature, list(body)) if error is None
+                        else Message.new_error(msg, error, body[0]))
+            if msg.interface is None:
+                # As the bus policy does (it allows only named interfaces):
+                # a call must say which interface it means.
+                return Message.new_error(msg, m.ACCESS_DENIED, f"calls to {i.OBJECT_PATH} must name the interface")
+            if msg.interface != i.INTERFACE:
                 return False
             return dispatch(_incoming(msg))
         self._bus.add_message_handler(handler)

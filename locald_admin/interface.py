@@ -69,8 +69,14 @@ ANCHOR_NAME = ".locald"
 # environment).
 DATA_DIR_NAME = ".local/share/locald"
 
-# Longest path accepted, in bytes of UTF-8 (PATH_MAX on Linux).
+# Longest path accepted, in bytes of UTF-8 (PATH_MAX on Linux).  Checked on
+# arrival, before anything else is done for the call.
 MAX_PATH_BYTES = 4096
+# The most requests one uid may have queued at the mechanism (credentials,
+# polkit, waiting for a worker, running): past it, Busy.  Twice what one
+# client library keeps in flight (AdminClient's max_in_flight).
+MAX_QUEUED_PER_UID = 128
+CLIENT_MAX_IN_FLIGHT = 64
 
 # -- the error table ------------------------------------------------------------
 # Every error of the contract, once: the mechanism's and the client's
@@ -114,8 +120,13 @@ MOUNT_POINT = ErrorSpec(
 IN_USE = ErrorSpec(
     "org.locald.Admin1.Error.InUse", 8, "InUse", "InUseError", OSError,
     "a mount in another mount namespace (a running container's) uses the target")
+BUSY = ErrorSpec(
+    "org.locald.Admin1.Error.Busy", 9, "Busy", "BusyError", OSError,
+    "the caller already has the most requests queued that one user may have; the client library "
+    "retries with backoff")
 
-ERRORS = (FAILED, NOT_AUTHORIZED, INTERACTIVE_AUTH_REQUIRED, INVALID_PATH, OUTSIDE_SCOPE, MOUNT_POINT, IN_USE)
+ERRORS = (FAILED, NOT_AUTHORIZED, INTERACTIVE_AUTH_REQUIRED, INVALID_PATH, OUTSIDE_SCOPE, MOUNT_POINT, IN_USE,
+          BUSY)
 ERROR_BY_NAME = {e.dbus_name: e for e in ERRORS}
 
 # The names and codes as constants, for readable call sites.
@@ -126,17 +137,21 @@ ERROR_INVALID_PATH = INVALID_PATH.dbus_name
 ERROR_OUTSIDE_SCOPE = OUTSIDE_SCOPE.dbus_name
 ERROR_MOUNT_POINT = MOUNT_POINT.dbus_name
 ERROR_IN_USE = IN_USE.dbus_name
+ERROR_BUSY = BUSY.dbus_name
 
-# locald-shim exit codes: the table's, plus three that are no bus error.
+# locald-shim exit codes: the table's, plus those that are no bus error.
 EXIT_OK = 0
 EXIT_USAGE = 2  # a bad command line
 EXIT_NO_SERVICE = 7  # bus unreachable, mechanism not installed
+EXIT_SIGINT = 130  # interrupted (128 + SIGINT), as shells report it
+EXIT_SIGTERM = 143  # terminated (128 + SIGTERM)
 EXIT_FAILED = FAILED.exit_code
 EXIT_NOT_AUTHORIZED = NOT_AUTHORIZED.exit_code
 EXIT_INVALID_PATH = INVALID_PATH.exit_code
 EXIT_OUTSIDE_SCOPE = OUTSIDE_SCOPE.exit_code
 EXIT_MOUNT_POINT = MOUNT_POINT.exit_code
 EXIT_IN_USE = IN_USE.exit_code
+EXIT_BUSY = BUSY.exit_code
 
 EXIT_CODE_BY_ERROR = {e.dbus_name: e.exit_code for e in ERRORS}
 

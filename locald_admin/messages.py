@@ -23,6 +23,11 @@ POLKIT_NAME = "org.freedesktop.PolicyKit1"
 POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
 POLKIT_IFACE = "org.freedesktop.PolicyKit1.Authority"
 INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
+ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
+UNKNOWN_INTERFACE = "org.freedesktop.DBus.Error.UnknownInterface"
+UNKNOWN_PROPERTY = "org.freedesktop.DBus.Error.UnknownProperty"
+LIMITS_EXCEEDED = "org.freedesktop.DBus.Error.LimitsExceeded"
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,10 @@ class Incoming:
     allow_interactive: bool
     no_reply: bool
     handle: Any = field(default=None, compare=False, repr=False)
+    # When not 0: the message was this many bytes, longer than the service
+    # reads (busio.MAX_INCOMING), and ``body`` is empty: only its header
+    # was read.
+    oversized: int = 0
 
 
 class BadReply(Exception):
@@ -126,6 +135,28 @@ def get_name_owner(name):
 def read_name_owner(reply):
     """The unique name owning the name, or None (no owner yet)."""
     return reply.body[0] if reply.error_name is None and reply.body else None
+
+
+# Every connection that leaves the bus: the daemon's NameOwnerChanged for a
+# unique name whose new owner is empty.  (arg2='' matches exactly that.)
+NAME_LOST_RULE = ("type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
+                  "interface='org.freedesktop.DBus',member='NameOwnerChanged',arg2=''")
+
+
+def add_match(rule):
+    return Call(DBUS_NAME, DBUS_PATH, DBUS_NAME, "AddMatch", "s", (rule,))
+
+
+def read_name_lost(signal):
+    """The unique name of a connection that left the bus, when ``signal``
+    is the bus daemon's NameOwnerChanged saying so; else None.  Only the
+    daemon's own signal counts (``sender``): anyone may send a signal
+    that looks like it."""
+    if (signal.member != "NameOwnerChanged" or signal.interface != DBUS_NAME or signal.sender != DBUS_NAME
+            or signal.signature != "sss"):
+        return None
+    name, _old, new = signal.body
+    return name if name.startswith(":") and new == "" else None
 
 
 def get_connection_credentials(name):
@@ -177,6 +208,31 @@ def read_authorization(reply):
     return Authorization(authorized is True, bool(challenge))
 
 
+# -- org.freedesktop.DBus.Properties on the service's object ---------------------------
+
+_PROPERTIES_SIGNATURES = {"Get": "ss", "GetAll": "s", "Set": "ssv"}
+_STANDARD_INTERFACES = (INTROSPECTABLE, PEER, PROPERTIES)
+
+
+def properties_reply(member, signature, body):
+    """The answer to a Properties call on the service's object, as
+    ``(error name or None, signature, body)``.  The interface declares no
+    properties: GetAll of it is empty, Get and Set name the property that
+    does not exist, and nothing is ever an unhandled call with a traceback
+    in the log."""
+    want = _PROPERTIES_SIGNATURES.get(member)
+    if want is None:
+        return UNKNOWN_METHOD, "s", (f"{PROPERTIES} has no method {member!r}",)
+    if signature != want:
+        return INVALID_ARGS, "s", (f"{PROPERTIES}.{member} takes signature '{want}', got '{signature}'",)
+    interface = body[0]
+    if interface not in (i.INTERFACE, "") + _STANDARD_INTERFACES:
+        return UNKNOWN_INTERFACE, "s", (f"{i.OBJECT_PATH} has no interface {interface!r}",)
+    if member == "GetAll":
+        return None, "a{sv}", ({},)
+    return UNKNOWN_PROPERTY, "s", (f"{interface or i.INTERFACE} has no property {body[1]!r}",)
+
+
 # -- introspection -------------------------------------------------------------------
 
 def introspection_xml(path):
@@ -203,6 +259,18 @@ def introspection_xml(path):
     out.append("  </interface>\n")
     out.append(f'  <interface name="{INTROSPECTABLE}">\n    <method name="Introspect">\n'
                '      <arg name="xml_data" type="s" direction="out"/>\n    </method>\n  </interface>\n')
+    out.append(f'  <interface name="{PROPERTIES}">\n'
+               '    <method name="Get">\n      <arg name="interface_name" type="s" direction="in"/>\n'
+               '      <arg name="property_name" type="s" direction="in"/>\n'
+               '      <arg name="value" type="v" direction="out"/>\n    </method>\n'
+               '    <method name="GetAll">\n      <arg name="interface_name" type="s" direction="in"/>\n'
+               '      <arg name="props" type="a{sv}" direction="out"/>\n    </method>\n'
+               '    <method name="Set">\n      <arg name="interface_name" type="s" direction="in"/>\n'
+               '      <arg name="property_name" type="s" direction="in"/>\n'
+               '      <arg name="value" type="v" direction="in"/>\n    </method>\n'
+               '    <signal name="PropertiesChanged">\n      <arg name="interface_name" type="s"/>\n'
+               '      <arg name="changed_properties" type="a{sv}"/>\n'
+               '      <arg name="invalidated_properties" type="as"/>\n    </signal>\n  </interface>\n')
     out.append(f'  <interface name="{PEER}">\n    <method name="Ping"/>\n    <method name="GetMachineId">\n'
                '      <arg name="machine_uuid" type="s" direction="out"/>\n    </method>\n  </interface>\n')
     out.append("</node>\n")

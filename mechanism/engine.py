@@ -8,6 +8,7 @@ anchor would freeze every caller).
 import concurrent.futures
 import os
 import threading
+from dataclasses import dataclass, field
 
 from locald_admin import pathrules
 from locald_admin.fs import remove as fsremove
@@ -21,17 +22,49 @@ DEFAULT_WALK_THREADS = Settings().walk_threads
 
 
 class Progress:
-    """What a running request has removed so far (read from the loop while
-    the walk runs in its thread)."""
+    """One request as its walk sees it: what it has removed so far (read
+    from the loop while the walk runs in its thread), and ``cancelled``, set
+    when the caller has left the bus."""
 
-    __slots__ = ("walk",)
+    __slots__ = ("walk", "cancelled", "started")
 
-    def __init__(self):
+    def __init__(self, cancelled=None):
         self.walk = walk.WalkResult()
+        self.cancelled = threading.Event() if cancelled is None else cancelled
+        self.started = False
 
     @property
     def removed(self):
         return self.walk.removed_total
+
+
+class Cancelled(Exception):
+    """Every caller of the walk left the bus, so it stopped.  Not an error
+    of the contract: nobody is left to answer."""
+
+    def __init__(self, removed=0):
+        super().__init__(f"cancelled after {removed} entries")
+        self.removed = removed
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished request did: entries removed, and fields for its
+    audit record (``anchor_kept``)."""
+
+    removed: int
+    notes: dict = field(default_factory=dict)
+
+
+class _AllLeft:
+    """The cancel flag of a shared walk: set once every request sharing it
+    has its own ``cancelled`` set."""
+
+    def __init__(self, first):
+        self.events = [first]
+
+    def is_set(self):
+        return all(e.is_set() for e in self.events)
 
 
 def parse(path):
@@ -98,40 +131,58 @@ class Engine:
 
     Two concurrent requests of the same uid for the same resolved target
     (same st_dev, st_ino) share one walk: the second waits for the first's
-    result instead of racing it through the same tree.
+    result instead of racing it through the same tree.  A shared walk stops
+    only when every request sharing it was cancelled (its caller left the
+    bus); a request whose caller is still there and that finds the walk it
+    joined cancelled runs its own.
     """
 
     def __init__(self, walk_threads=DEFAULT_WALK_THREADS, fs=None):
         self.walk_threads = walk_threads
         self.fs = fs  # fsops.Fs (None: the kernel's default)
-        self._shared = {}  # (uid, st_dev, st_ino) -> (Future, Progress)
+        self._shared = {}  # (uid, st_dev, st_ino) -> (Future, Progress, _AllLeft)
         self._lock = threading.Lock()
         self.shared_walks = 0  # requests that joined another's walk
 
     def cleanup(self, path, uid, config, progress):
-        """Cleanup(path) for ``uid``, in a worker thread; returns entries
-        removed or raises a MechanismError."""
-        target = resolve(path, uid, config, self.fs)
-        if target is None:
-            return 0
-        ident = identity(target)
-        if ident is None:
-            return remove(target, progress.walk, self.walk_threads)
-        key = (uid,) + ident
-        with self._lock:
-            shared = self._shared.get(key)
+        """Cleanup(path) for ``uid``, in a worker thread; returns an Outcome
+        or raises a MechanismError, or Cancelled."""
+        while True:
+            if progress.cancelled.is_set():
+                raise Cancelled(0)  # the caller left before its turn came
+            progress.started = True
+            target = resolve(path, uid, config, self.fs)
+            if target is None:
+                return Outcome(0)
+            ident = identity(target)
+            if ident is None:
+                return Outcome(remove(target, progress.walk, self.walk_threads))
+            key = (uid,) + ident
+            with self._lock:
+                shared = self._shared.get(key)
+                if shared is None:
+                    mine = concurrent.futures.Future()
+                    stop = _AllLeft(progress.cancelled)
+                    self._shared[key] = (mine, progress, stop)
+                else:
+                    shared[2].events.append(progress.cancelled)
             if shared is None:
-                mine = concurrent.futures.Future()
-                self._shared[key] = (mine, progress)
-        if shared is not None:
+                break
             target.close()
             self.shared_walks += 1
             progress.walk = shared[1].walk  # report the shared walk's progress
-            return shared[0].result()
+            try:
+                return shared[0].result()
+            except Cancelled:
+                if progress.cancelled.is_set():
+                    raise
+                # Everyone else left just as we joined: do it ourselves.
         try:
-            removed = remove(target, progress.walk, self.walk_threads)
-            mine.set_result(removed)
-            return removed
+            if stop.is_set():
+                raise Cancelled(0)
+            outcome = Outcome(remove(target, progress.walk, self.walk_threads))
+            mine.set_result(outcome)
+            return outcome
         except BaseException as e:
             mine.set_exception(e)
             raise

@@ -69,14 +69,29 @@ class Jobs:
     def running(self):
         return sum(self._running_per_uid.values())
 
-    async def submit(self, uid, fn, *args):
-        """Run ``fn(*args)`` in a thread when ``uid``'s turn comes."""
+    async def submit(self, uid, fn, *args, on_start=None):
+        """Run ``fn(*args)`` in a thread when ``uid``'s turn comes;
+        ``on_start()`` is called (on the loop) when it gets its thread.
+
+        Cancelling the awaiting task before then takes the job out of the
+        queue; once it runs, the job is not interrupted (the caller's own
+        function decides when to stop) and the task waits for it."""
         loop = asyncio.get_running_loop()
-        job = {"uid": uid, "fn": fn, "args": args,
+        job = {"uid": uid, "fn": fn, "args": args, "on_start": on_start,
                "future": loop.create_future(), "counted": False, "timer": None}
         self._waiting.setdefault(uid, collections.deque()).append(job)
         self._dispatch(loop)
-        return await job["future"]
+        try:
+            return await asyncio.shield(job["future"])
+        except asyncio.CancelledError:
+            queue = self._waiting.get(uid)
+            if queue is not None and job in queue:
+                queue.remove(job)
+                if not queue:
+                    del self._waiting[uid]
+                raise
+            # Already running: its thread cannot be interrupted from here.
+            return await job["future"]
 
     # -- scheduling (event loop thread only) -----------------------------------
     def _dispatch(self, loop):
@@ -95,6 +110,8 @@ class Jobs:
 
     def _start(self, loop, job):
         self.started += 1
+        if job["on_start"] is not None:
+            job["on_start"]()
         self._running_per_uid[job["uid"]] += 1
         self._counted += 1
         job["counted"] = True

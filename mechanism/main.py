@@ -110,7 +110,11 @@ async def serve(settings):
         log.error("cannot connect to the bus: %s", e)
         return 1
     service = CleanupService(bus, settings, load_config(settings.config_path))
-    service.install()
+    try:
+        await service.start()
+    except BusError as e:
+        log.error("%s", e)
+        return 1
     # Signal handlers before the name: whoever sees the name may signal us
     # (systemctl reload right after activation), and SIGHUP's default action
     # would kill the service.

@@ -5,29 +5,34 @@ The interface's members are declared once, in ``locald_admin.interface``
 does, and that one table drives dispatch here and introspection in
 ``busio``/``messages``.
 
-Per call: sender (from the message header) -> uid and pid (from the bus
-daemon, never from arguments) -> polkit for the method's action -> the
-operation, which queues the work (``jobs``) for the engine in a worker
-thread -> reply -> one audit line.  Every exception becomes a named D-Bus
-error with a one-line message, never a traceback.
+Per call: the size of the argument (on arrival: nothing is asked of anyone
+for an oversized one) -> sender (from the message header) -> uid and pid
+(from the bus daemon, never from arguments) -> the caller's queue bound
+(Busy) -> polkit for the method's action -> the operation, which queues the
+work (``jobs``) for the engine in a worker thread -> reply -> one audit
+record.  Every exception becomes a named D-Bus error with a one-line
+message, never a traceback.  A caller that leaves the bus (the daemon's
+NameOwnerChanged) has its polkit checks and queued requests cancelled and
+its walks stopped; the record then says ``result=cancelled``.
 """
 
 import asyncio
 import collections
-import json
 import logging
 import sys
+import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 from locald_admin import interface as i
 from locald_admin import messages
 from locald_admin.busio import BusError
 from locald_admin.fs import fsops
 from .config import ConfigError
-from .engine import Engine, Progress
-from .errors import Failed, MechanismError, NotAuthorized
+from . import memory
+from .engine import Cancelled, Engine, Progress
+from .errors import Busy, Failed, InvalidPath, MechanismError, NotAuthorized
 from .jobs import Jobs
 from .polkit import Authority
 from .settings import Settings
@@ -47,23 +52,69 @@ class Caller:
 @dataclass(frozen=True)
 class Method:
     """A member of the interface and the coroutine method of CleanupService
-    that performs it: ``run(service, caller, incoming, start)`` returns
-    (entries removed, reply body)."""
+    that performs it: ``run(service, caller, incoming, request, start)``
+    returns (entries removed, reply body, extra audit fields)."""
 
     spec: i.MethodSpec
     run: Callable
 
 
-def audit(**fields):
-    """One key=value line per request on stderr (the journal under systemd).
-    Values are JSON-quoted where needed so that a path cannot forge a line."""
+# How much of an argument an audit record shows (the whole path up to the
+# contract's limit; an oversized call is refused before it is decoded).
+AUDIT_PATH_CHARS = i.MAX_PATH_BYTES
+
+
+def _quote(text):
+    """``text`` as a double-quoted string in which every character that is
+    not printable (control characters, U+0085, U+2028, U+2029, lone
+    surrogates, ...) is escaped JSON-style, so that nothing in it can end
+    the line or be read as another record; ``json.loads`` gives it back."""
+    out = ['"']
+    for c in text:
+        if c == '"' or c == "\\":
+            out.append("\\" + c)
+        elif c.isprintable():
+            out.append(c)
+        else:
+            code = ord(c)
+            if code > 0xFFFF:  # as a surrogate pair, as JSON spells it
+                code -= 0x10000
+                out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+            else:
+                out.append(f"\\u{code:04x}")
+    out.append('"')
+    return "".join(out)
+
+
+def audit_line(**fields):
+    """One request as one line of ``key=value`` fields; a value that is
+    empty or holds anything but plain printable characters is quoted
+    (``_quote``)."""
     parts = []
     for k, v in fields.items():
         s = v if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
         if isinstance(s, str) and (not s or any(c in s for c in ' "=\\') or not s.isprintable()):
-            s = json.dumps(s, ensure_ascii=False)
+            s = _quote(s)
         parts.append(f"{k}={s}")
-    print("audit " + " ".join(parts), file=sys.stderr, flush=True)
+    return "audit " + " ".join(parts)
+
+
+def audit(**fields):
+    """One audit record per request on stderr (the journal under systemd)."""
+    print(audit_line(**fields), file=sys.stderr, flush=True)
+
+
+@dataclass(eq=False)
+class Request:
+    """A call being served, from arrival to reply.  ``cancelled`` is set
+    when the caller leaves the bus (the walk reads it from its thread);
+    ``running`` once its job has a worker (from then on the task is not
+    cancelled: the walk stops itself and the record says how far it got)."""
+
+    sender: str
+    task: Optional[asyncio.Task] = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    running: bool = False
 
 
 class CleanupService:
@@ -73,7 +124,9 @@ class CleanupService:
         self.engine = Engine(walk_threads=settings.walk_threads, fs=fsops.choose(settings.openat2))
         self.jobs = Jobs(max_running=settings.workers, per_uid=settings.per_uid,
                          long_after=settings.long_job_after)
-        self.authority = Authority(bus, max_in_flight=settings.polkit_checks_in_flight)
+        self.authority = Authority(bus, max_in_flight=settings.polkit_checks_in_flight,
+                                   plain_per_uid=settings.polkit_checks_per_uid,
+                                   interactive_per_uid=settings.polkit_interactive_per_uid)
         # A Config, or the ConfigError that made the configuration unusable:
         # then every call fails closed, naming the problem.
         self.config = config
@@ -82,10 +135,19 @@ class CleanupService:
         self.last_done = time.monotonic()
         self._tasks = set()
         self._creds = collections.OrderedDict()  # unique name -> (uid, pid), LRU
+        self._queued = collections.Counter()  # uid -> requests past the credentials step
+        self._requests = {}  # unique name -> set of its Requests in flight
         self._idle = asyncio.Event()
         self._idle.set()
+        self._trim = None  # the pending return of freed memory (memory.trim) once idle
 
-    def install(self):
+    async def start(self):
+        """Serve the object, and learn from the bus daemon when a caller
+        leaves (their checks and walks are then cancelled)."""
+        self.bus.on_signal(self._on_signal)
+        reply = await self.bus.call(messages.add_match(messages.NAME_LOST_RULE))
+        if reply.error_name is not None:
+            raise BusError(f"cannot watch callers leaving the bus: {reply.error_name}")
         self.bus.serve(self.dispatch)
 
     # -- dispatch ---------------------------------------------------------
@@ -94,77 +156,147 @@ class CleanupService:
         method = METHODS.get(call.member)
         if method is None:
             return False
-        if call.signature != method.spec.in_signature:
+        if not call.oversized and call.signature != method.spec.in_signature:
             self._spawn(self.bus.reply_error(
                 call, messages.INVALID_ARGS,
                 f"{method.spec.name} takes signature '{method.spec.in_signature}', got '{call.signature}'"))
             return True
         self.in_flight += 1
         self._idle.clear()
-        self._spawn(self._serve(method, call))
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
+        request = Request(call.sender)
+        self._requests.setdefault(call.sender, set()).add(request)
+        request.task = self._spawn(self._serve(method, call, request))
         return True
 
     def _spawn(self, coro):
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    async def _serve(self, method, call):
+    async def _serve(self, method, call, request):
         start = time.monotonic()
-        path = call.body[0]
+        path = call.body[0] if call.body else ""
         uid = pid = "-"
-        result, removed = "ok", 0
+        result, removed, note = "ok", 0, {}
+        counted = None
+        reply = None
         try:
             try:
+                # 1. On arrival, before anything is asked of anyone: an
+                #    argument over the contract's size says nothing about the
+                #    file system, and a big one costs memory everywhere it
+                #    goes (polkit, Progress, the log).
+                if call.oversized:
+                    note = {"message_bytes": call.oversized}
+                    raise InvalidPath(f"the call is {call.oversized} bytes long; a path is at most "
+                                      f"{i.MAX_PATH_BYTES} bytes")
+                size = len(path.encode("utf-8", "surrogatepass"))
+                if size > i.MAX_PATH_BYTES:
+                    path = ""
+                    note = {"path_bytes": size}
+                    raise InvalidPath(f"the path is {size} bytes long; at most {i.MAX_PATH_BYTES} are accepted")
                 uid, pid = await self._credentials(call.sender)
                 caller = Caller(call.sender, uid, pid)
+                # 2. One user's flood queues at most this many requests: past
+                #    it they are told to come back, before polkit is asked.
+                if self._queued[uid] >= self.settings.max_queued_per_uid:
+                    raise Busy(f"uid {uid} already has {self._queued[uid]} requests queued; try again later")
+                self._queued[uid] += 1
+                counted = uid
                 await self.authority.authorize(call.sender, uid, method.spec.action, call.allow_interactive,
-                                               self.settings.polkit_timeout_for(call.allow_interactive))
-                removed, body = await method.run(self, caller, call, start)
+                                               self.settings.polkit_timeout_for(call.allow_interactive),
+                                               gone=request.cancelled)
+                if request.cancelled.is_set():
+                    raise asyncio.CancelledError()  # it left as polkit said yes
+                removed, body, note = await method.run(self, caller, call, request, start)
                 reply = (self.bus.reply, (call, method.spec.out_signature, body))
             except MechanismError as e:
                 result, removed = e.dbus_name, e.removed
                 reply = (self.bus.reply_error, (call, e.dbus_name, e.message))
+            except Cancelled as e:  # the caller left while its walk ran: nobody to answer
+                result, removed = "cancelled", e.removed
+            except asyncio.CancelledError:  # it left while waiting for polkit or for a worker
+                result = "cancelled"
             except Exception:
                 log.exception("internal error while serving %s", call.sender)
                 result = i.ERROR_FAILED
                 reply = (self.bus.reply_error, (call, i.ERROR_FAILED, "internal error in locald-admin; see its log"))
             audit(sender=call.sender, uid=uid, pid=pid, path=path, result=result, removed=removed,
-                  duration_ms=round((time.monotonic() - start) * 1000, 3))
-            send, args = reply
-            try:
-                await send(*args)
-            except BusError as e:  # the connection is gone; main() notices
-                self.unsent += 1
-                if self.bus.connected:
-                    log.warning("could not send the reply to %s: %s", call.sender, e)
+                  duration_ms=round((time.monotonic() - start) * 1000, 3), **note)
+            if reply is not None:
+                send, args = reply
+                try:
+                    await send(*args)
+                except BusError as e:  # the connection is gone; main() notices
+                    self.unsent += 1
+                    if self.bus.connected:
+                        log.warning("could not send the reply to %s: %s", call.sender, e)
         finally:
+            if counted is not None:
+                self._queued[counted] -= 1
+                if not self._queued[counted]:
+                    del self._queued[counted]
+            mine = self._requests.get(call.sender)
+            if mine is not None:
+                mine.discard(request)
+                if not mine:
+                    del self._requests[call.sender]
             self.in_flight -= 1
             self.last_done = time.monotonic()
             if self.in_flight == 0:
                 self._idle.set()
+                # Give the memory of a big walk or a flood back to the
+                # system once things have been quiet for a moment.
+                self._trim = asyncio.get_running_loop().call_later(memory.TRIM_AFTER, memory.trim)
+
+    # -- callers leaving ----------------------------------------------------
+    def _on_signal(self, signal):
+        name = messages.read_name_lost(signal)
+        if name is not None:
+            self.caller_left(name)
+
+    def caller_left(self, name):
+        """``name`` has left the bus: its cached credentials go, its checks
+        and queued requests are cancelled, its walks told to stop (a walk
+        shared with a caller still there goes on)."""
+        self._creds.pop(name, None)
+        for request in self._requests.get(name, ()):
+            request.cancelled.set()
+            if not request.running:
+                request.task.cancel()
 
     # -- the methods ----------------------------------------------------------
-    async def _cleanup(self, caller, call, start):
+    async def _cleanup(self, caller, call, request, start):
         config = self.config
         if isinstance(config, ConfigError):
             raise Failed(f"locald-admin is not configured correctly: {config}")
         path = call.body[0]
-        progress = Progress()
+        progress = Progress(request.cancelled)
         reporter = asyncio.get_running_loop().create_task(
             self._report_progress(caller.name, path, progress, start))
+
+        def started():
+            request.running = True
+
         try:
-            return await self.jobs.submit(caller.uid, self.engine.cleanup, path, caller.uid, config, progress), ()
+            outcome = await self.jobs.submit(caller.uid, self.engine.cleanup, path, caller.uid, config, progress,
+                                             on_start=started)
         finally:
             reporter.cancel()
+        return outcome.removed, (), outcome.notes
 
     async def _report_progress(self, sender, path, progress, start):
         """Every progress_interval, tell the caller (only the caller: paths
         are private, so the signal is unicast, never broadcast) how far the
-        deletion got."""
+        deletion got, once it runs."""
         while True:
             await asyncio.sleep(self.settings.progress_interval)
-            self.bus.post(messages.progress(sender, path, progress.removed, time.monotonic() - start))
+            if progress.started:
+                self.bus.post(messages.progress(sender, path, progress.removed, time.monotonic() - start))
 
     async def _credentials(self, sender):
         """uid and pid of ``sender``, from the bus daemon itself.
@@ -172,7 +304,8 @@ class CleanupService:
         Cached per unique name: the daemon never reuses a unique name and
         vouches for the sender of every message, so a cached answer for
         ``:1.42`` stays true for as long as this connection lives (only
-        polkit's answers must never be cached, and are not)."""
+        polkit's answers must never be cached, and are not).  Dropped when
+        the name leaves the bus."""
         cached = self._creds.get(sender)
         if cached is not None:
             self._creds.move_to_end(sender)

@@ -10,6 +10,8 @@ documented in ``--help`` like the others.
 from dataclasses import dataclass
 from typing import Optional
 
+from locald_admin.interface import MAX_QUEUED_PER_UID
+
 from .config import DEFAULT_PATH
 
 
@@ -26,6 +28,9 @@ class Settings:
     polkit_timeout: float = 15.0
     polkit_interactive_timeout: float = 300.0
     polkit_checks_in_flight: int = 96  # below the bus' 128 pending replies per connection
+    polkit_checks_per_uid: int = 12  # non-interactive checks of one uid in flight
+    polkit_interactive_per_uid: int = 4  # checks of one uid that may show an authentication dialog
+    max_queued_per_uid: int = MAX_QUEUED_PER_UID  # requests of one uid at once; past it, Busy
     progress_interval: float = 1.0  # seconds between Progress signals
     openat2: bool = True  # False: the fallback even where the kernel has openat2
 

@@ -318,8 +318,10 @@ def test_the_private_bus_does_enforce_128_pending_replies(top, bus, start_mechan
 
 
 def test_bursts_from_several_connections_are_all_authorized(top, bus, start_mechanism, clients):
-    """Four locald processes (or users) each firing within their own bound:
-    256 calls in flight at the mechanism; every one must be answered ok."""
+    """Four locald processes of one user, each firing within its own bound:
+    256 calls in flight, twice what one user may have queued at the
+    mechanism.  The excess is told Busy and the client library retries it:
+    every call ends ok, and nothing else is refused."""
     mech = start_mechanism()
     anchor = make_anchor(top, clients.uid, clients.gid)
     with probes() as start:
@@ -327,7 +329,8 @@ def test_bursts_from_several_connections_are_all_authorized(top, bus, start_mech
                             "max_in_flight": 64, "connections": 4}, bus.address)
         done = p.until("done", 120)
     assert done["max_outstanding"] == [64] * 4
-    assert len(mech.audits()) == N_PATHS
+    assert len(mech.audits(result="ok")) == N_PATHS
+    assert {f["result"] for f in mech.audits()} <= {"ok", i.ERROR_BUSY}
     refused = [(r["type"], r["message"]) for r in p.replies() if not r["ok"]]
     assert refused == [], f"{len(refused)} refused, e.g. {refused[0]}"
 

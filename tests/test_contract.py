@@ -32,7 +32,8 @@ def test_each_error_has_its_class_on_both_sides(spec):
 
 def test_exit_codes_are_distinct_except_for_refinements():
     general = [s for s in i.ERRORS if s.refines is None]
-    codes = [s.exit_code for s in general] + [i.EXIT_OK, i.EXIT_USAGE, i.EXIT_NO_SERVICE]
+    codes = [s.exit_code for s in general] + [i.EXIT_OK, i.EXIT_USAGE, i.EXIT_NO_SERVICE, i.EXIT_SIGINT,
+                                              i.EXIT_SIGTERM]
     assert len(codes) == len(set(codes)), codes
     for s in i.ERRORS:
         if s.refines is not None:
