@@ -88,6 +88,20 @@ def make_flat(root, dirs, per):
     return 1 + dirs + dirs * per
 
 
+def make_wide(root, count, name_len=200):
+    """One directory ``root`` holding ``count`` empty files whose names are
+    ``name_len`` bytes long; returns the number of entries, root included."""
+    os.mkdir(root)
+    fd = os.open(root, DIR_FLAGS)
+    try:
+        for n in range(count):
+            name = f"{n:08d}".ljust(name_len, "x")
+            os.close(os.open(name, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=fd))
+    finally:
+        os.close(fd)
+    return count + 1
+
+
 def make_chain(base, depth, name="d", leaf=None, data=b"leaf", create_base=False):
     """``depth`` nested directories ``name`` below the directory ``base``
     (made first with ``create_base``), built fd-relative (the path may be far

@@ -39,6 +39,11 @@ class Target:
     anchor_fd: Optional[int] = None
     fs: fsops.Fs = field(default_factory=fsops.default)  # how it was opened, and is to be removed
     caller_uid: int = -1  # whose request it is (their containers count for the in-use check)
+    # The anchor as target, in a directory where someone else could swap it
+    # for a directory of theirs before its final rmdir by name: its contents
+    # are removed through the held fd, the anchor itself stays.
+    keep_anchor: bool = False
+    owner_uid: int = -1  # whose tree it is: the caller, or for a root caller the anchor's owner
 
     def close(self):
         for fd in reversed(self.fds):
@@ -112,6 +117,31 @@ def _not_the_callers(parsed, prefix_fd, st, caller_uid, config):
     if holder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"{why}, and others may write to the directory holding it (mode {stat.S_IMODE(holder.st_mode):04o})"
     return None
+
+
+def others_could_swap(holder_fd, owner_uid):
+    """Whether anyone but ``owner_uid`` and root could rename entries of the
+    held directory ``holder_fd`` (and so exchange the anchor with a
+    directory of their own, ``renameat2(RENAME_EXCHANGE)``, between our
+    identity check and the ``rmdir`` by name).
+
+    Sticky directories are safe: there, renaming an entry needs owning it
+    (or the directory).  Otherwise: another owner with write permission,
+    group or other write permission, or an extended ACL (read as "may be
+    writable by others": conservative).
+    """
+    st = os.fstat(holder_fd)
+    if st.st_mode & stat.S_ISVTX:
+        return False
+    if st.st_uid not in (0, owner_uid) and st.st_mode & stat.S_IWUSR:
+        return True
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return True
+    try:
+        os.getxattr(holder_fd, "system.posix_acl_access")
+        return True
+    except OSError:
+        return False  # ENODATA: no ACL; ENOTSUP: the file system has none
 
 
 def _config_excludes(anchor_fd, config):
@@ -211,8 +241,15 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Conf
 
         # 3. Below the anchor: one component at a time, relative to the fd of
         #    the one before; never a symlink, never across a mount.
+        anchor_st = os.fstat(anchor_fd)
+        t.owner_uid = anchor_st.st_uid if caller_uid == 0 else caller_uid
         if not parsed.below:
             t.parent_fd, t.name, t.anchor_fd = prefix_fd, anchor, anchor_fd
+            # Removing the anchor itself ends with an rmdir by name in the
+            # directory holding it.  Where someone else could exchange the
+            # anchor for an empty directory of theirs just before (R8), the
+            # contents go and the anchor stays.
+            t.keep_anchor = others_could_swap(prefix_fd, t.owner_uid)
             return t
         dirfd = anchor_fd
         for comp in parsed.below[:-1]:
