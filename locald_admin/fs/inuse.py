@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .. import pathrules
-from . import fsops, mounts
+from . import mounts
 
 SUBUID = "/etc/subuid"
 PROC = "/proc"
@@ -53,40 +53,11 @@ class Use:
         return f"{self.what}, mounted at {pathrules.display(self.where)} in another mount namespace{by}"
 
 
-def _parse(raw):
-    """(mount id, "major:minor", root, mount point) of each line of a mountinfo."""
-    out = []
-    for line in raw.splitlines():
-        fields = line.split(b" ")
-        out.append((int(fields[0]), fields[2], mounts.unescape(fields[3]), mounts.unescape(fields[4])))
-    return out
-
-
-def _mountinfo(path):
-    with open(path, "rb") as f:
-        return _parse(f.read())
-
-
-def _at_or_below(path, top):
-    return path == top or path.startswith(top.rstrip(b"/") + b"/")
-
-
-def _join(root, path):
-    return root.rstrip(b"/") + path if path != b"/" else root
-
-
-def place(dirfd, own):
-    """(device, path within its file system) of the held directory, from our
-    own mount table ``own`` (parsed), or None when it has been removed."""
-    loc = mounts.fd_location(dirfd)
-    if loc is None:
-        return None
-    mnt = fsops.mount_id(dirfd)
-    for mid, dev, root, mp in own:
-        if mid == mnt and _at_or_below(loc, mp):
-            rest = loc[len(mp.rstrip(b"/")):] if mp != b"/" else loc
-            return dev, _join(root, rest) if rest else root
-    raise mounts.LocationUnknown(0, "its mount is not in this process' mount table")
+# Parsing and placing are shared with our own namespace's check (mounts.py).
+_parse = mounts.parse
+_at_or_below = mounts.at_or_below
+_join = mounts.join
+place = mounts.place
 
 
 def subordinate_uids(uid):
@@ -111,10 +82,11 @@ def subordinate_uids(uid):
     return ranges
 
 
-def uses(dirfd, caller_uid, limit=5):
+def uses(dirfd, caller_uid, limit=5, own=None):
     """Mounts in other namespaces that use the held directory (at most
-    ``limit``), or []."""
-    own = _mountinfo(f"{PROC}/self/mountinfo")
+    ``limit``), or [].  ``own``: our own mount table if already read
+    (``mounts.table()``), so that one check reads it once."""
+    own = mounts.table(f"{PROC}/self/mountinfo") if own is None else own
     here = place(dirfd, own)
     if here is None:
         return []
@@ -124,7 +96,7 @@ def uses(dirfd, caller_uid, limit=5):
     def counts(owner):
         return owner in (0, caller_uid) or any(s <= owner < s + n for s, n in subs)
 
-    ours = {mid for mid, *_ in own}
+    ours = {m.id for m in own}
     seen, found = set(), []
     for entry in os.listdir(PROC):
         if not entry.isdigit():
@@ -147,13 +119,13 @@ def uses(dirfd, caller_uid, limit=5):
             # mount namespace any more, so it holds no mount), or hidden.
             continue
         table = _parse(raw)
-        ids = frozenset(mid for mid, *_ in table)
+        ids = frozenset(m.id for m in table)
         if ids & ours or ids in seen:
             continue
         seen.add(ids)
-        top = next(((d, r) for _, d, r, mp in table if mp == b"/"), None)
+        top = next(((m.dev, m.root) for m in table if m.mount_point == b"/"), None)
         pid = int(entry) if owner in (0, caller_uid) else None
-        for _, d, r, mp in table:
+        for _, _, d, r, mp in table:
             if d == dev and _at_or_below(r, rel):
                 found.append(Use("the source of a mount (a container's root or a bind mount)", mp, pid))
             elif top is not None and top[0] == dev and _at_or_below(_join(top[1], mp), rel):
