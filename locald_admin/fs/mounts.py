@@ -1,14 +1,29 @@
 """Find mounts at or below a directory that the mechanism holds open.
 
-The directory is identified by its fd, not by the string the caller sent:
-its location is what the kernel reports for the fd (``/proc/self/fd/N``),
-compared with the mount points in ``/proc/self/mountinfo`` (both relative to
-this process' root, both from the kernel).  Nothing is stat'ed, so a hung
-FUSE mount below the target cannot stall this check.
+The directory is identified by its fd, not by the string the caller sent,
+and mounts are compared with it in two ways, both from the kernel and both
+from one reading of ``/proc/self/mountinfo`` (``table``):
 
-The table is parsed once (``table``: ``Mount`` tuples) and shared with the
-in-use check (``inuse.py``), as is ``place``, the held directory's device and
-path within its file system.
+* **by location**: the kernel's location of the held fd
+  (``/proc/self/fd/N``) against the mount points, as strings (both relative
+  to this process' root): a mount point at or below the location;
+* **by identity**: the held directory's *place* (``place``: the device
+  "major:minor" of its file system and its path within that file system) is
+  compared with each mount's mount point, expressed the same way within its
+  parent mount's file system.  This finds what a second view of the same tree
+  hides from the first comparison: with the project bind-mounted again at
+  ``alias``, a volume mounted at ``proj/.locald/x/vol`` is on the same
+  directory as ``alias/.locald/x/vol``, and removing ``alias/.locald/x``
+  would delete its entries, then meet the volume (``rmdir``: EBUSY).
+
+A mount found either way counts, and so does every mount on top of or below
+one found (it hangs in the same place in that view).  Nothing is stat'ed, so
+a hung FUSE mount below the target cannot stall this check.
+
+Mounts compared by location only, where their mount point cannot be placed:
+the root mount of this namespace (its parent is outside the table) and any
+mount whose parent mount is not in our table (only when this process' root
+directory is not a mount's root: a chroot).
 """
 
 import os
@@ -20,6 +35,8 @@ from . import fsops
 MOUNTINFO = b"/proc/self/mountinfo"
 
 _ESCAPE = re.compile(rb"\\([0-7]{3})")
+# dentry_path() marks the root of a mount whose directory was removed.
+_DELETED_ROOT = b"//deleted"
 
 
 def unescape(field):
@@ -124,13 +141,56 @@ def place(dirfd, mounts):
     return None if found is None else found[1]
 
 
+def mount_point_place(m, by_id):
+    """(device, path within its file system) of the directory the mount
+    ``m`` is mounted on: its mount point within its parent mount's file
+    system.  ``by_id``: the table by mount id.  None where that cannot be
+    told: the root mount, a parent not in the table."""
+    p = by_id.get(m.parent)
+    if p is None or p.id == m.id or not at_or_below(m.mount_point, p.mount_point):
+        return None
+    if p.root.endswith(_DELETED_ROOT):
+        # The parent's directory was removed: it is empty for good, and
+        # nothing mounted on it lies in a tree that still exists.
+        return None
+    return p.dev, join(p.root, _below(m.mount_point, p.mount_point))
+
+
 def mounts_at_or_below(dirfd, mounts=None):
-    """Mount points at or below the directory held by ``dirfd`` (sorted).
-    ``mounts``: this process' mount table if already read (``table()``), so
-    that one check reads it once.  Raises LocationUnknown when that cannot
-    be known."""
-    top = fd_location(dirfd)
-    if top is None:
-        return []
+    """Mount points at or below the directory held by ``dirfd`` (sorted,
+    each once), in any view of it: by location or by identity (module
+    docstring).  ``mounts``: this process' mount table if already read
+    (``table()``), so that one check reads it once.  Raises LocationUnknown
+    when that cannot be known."""
     mounts = table() if mounts is None else mounts
-    return sorted({m.mount_point for m in mounts if at_or_below(m.mount_point, top)})
+    here = _locate(dirfd, mounts)
+    if here is None:
+        return []
+    top, (dev, rel) = here
+    by_id = {m.id: m for m in mounts}
+    found = set()
+    for m in mounts:
+        if at_or_below(m.mount_point, top):
+            found.add(m.id)
+            continue
+        p = by_id.get(m.parent)
+        if p is None or p.dev != dev:
+            continue  # (the common case, decided without building a path)
+        mp = mount_point_place(m, by_id)
+        if mp is not None and at_or_below(mp[1], rel):
+            found.add(m.id)
+    if not found:
+        return []
+    # What is mounted on (or below) a mount found hangs in the same place of
+    # that view: it counts too (stacked mounts, a volume's own submounts).
+    children = {}
+    for m in mounts:
+        if m.parent != m.id:
+            children.setdefault(m.parent, []).append(m.id)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return sorted({by_id[i].mount_point for i in found})
