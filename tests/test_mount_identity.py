@@ -22,7 +22,7 @@ from harness.trees import Canary, is_mount_point, make_anchor, snapshot, umount,
 from locald_admin.fs import fsops, inuse, mounts, remove
 from locald_admin.mechanism import config as cfgmod
 from locald_admin.mechanism import engine
-from locald_admin.mechanism.errors import MountPoint
+from locald_admin.mechanism.errors import InUse, MountPoint
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="root tier: needs uid 0 to mount --bind and -t tmpfs")
 
@@ -280,6 +280,59 @@ def test_an_alias_without_mounts_is_removed(mode, tmp, mnt):
     assert engine.cleanup(str(v.aliased()), USER, _config(tmp)) == n + 1
     assert not os.path.lexists(v.original())
     assert os.listdir(v.anchor) == []
+
+
+# -- the same in another mount namespace (M7) ------------------------------------------------
+
+@pytest.fixture
+def container(tmp):
+    """container(script): a stand-in container, root's process in a private
+    mount namespace of its own that has run ``script`` (sh) and sleeps;
+    killed in teardown, which takes its mounts with it."""
+    procs = []
+
+    def start(script):
+        p = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                              f"{script} && echo ready && exec sleep 60"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs.append(p)
+        if p.stdout.readline() != b"ready\n":
+            p.wait()
+            pytest.skip(f"cannot make a mount namespace with mounts here: {p.stderr.read().decode().strip()}")
+        return p.pid
+
+    try:
+        yield start
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            p.stdout.close()
+            p.stderr.close()
+
+
+@pytest.mark.parametrize("kind", ["bind", "tmpfs"])
+def test_a_volume_inside_a_containers_bind_of_the_project_makes_the_target_in_use(mode, tmp, container, kind):
+    """The container binds .locald at /app-like place (its source is above
+    the target, so it is not "the source of a mount") and mounts a volume at
+    app/x/vol: its mount point is not below the container's / either, but the
+    directory it is mounted on is the target's x/vol."""
+    anchor = make_anchor(tmp, USER, USER)
+    x = anchor / "x"
+    (x / "vol").mkdir(parents=True)
+    write(x / "keep", b"in scope, must stay")
+    src = Canary(tmp / "src")
+    app = tmp / "app"
+    app.mkdir()
+    volume = f"--bind {src.path}" if kind == "bind" else "-t tmpfs none"
+    pid = container(f"mount --bind {anchor} {app} && mount {volume} {app}/x/vol")
+    before = snapshot(tmp)
+    with pytest.raises(InUse) as ei:
+        engine.cleanup(str(x), USER, _config(tmp))
+    assert f"mounted at {app}/x/vol" in ei.value.message and f"pid {pid}" in ei.value.message, ei.value.message
+    assert "nothing was removed" in ei.value.message
+    assert snapshot(tmp) == before
+    src.check()
 
 
 # -- the comparison itself ------------------------------------------------------------------

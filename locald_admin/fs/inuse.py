@@ -14,7 +14,10 @@ is **in use** when a mount there
   ``rootfs`` as the container's ``/``, or of the project's source; or
 * has its mount point at or below the target: the namespace's ``/`` mount
   says where its tree lies on the host (device and ``root``), so a mount
-  point ``/run/shm`` there lies at ``<that root>/run/shm`` here.
+  point ``/run/shm`` there lies at ``<that root>/run/shm`` here; or, placed
+  through its parent mount as ``mounts.py`` places ours, the directory it is
+  mounted on is at or below the target (a volume at ``/app/x/vol`` inside
+  the container's bind of the project at ``/app``).
 
 Only the namespaces of processes owned by root, by the caller, or by the
 caller's subordinate uids (``/etc/subuid``: their rootless containers)
@@ -58,6 +61,15 @@ _parse = mounts.parse
 _at_or_below = mounts.at_or_below
 _join = mounts.join
 place = mounts.place
+
+
+def _placed_at_or_below(m, by_id, dev, rel):
+    """Whether the directory the mount ``m`` is mounted on, placed through
+    its parent mount (``mounts.mount_point_place``), is at or below the
+    place (``dev``, ``rel``): a volume mounted inside a container's bind of a
+    directory above the target, which the namespace's ``/`` cannot place."""
+    pl = mounts.mount_point_place(m, by_id)
+    return pl is not None and pl[0] == dev and _at_or_below(pl[1], rel)
 
 
 def subordinate_uids(uid):
@@ -125,10 +137,13 @@ def uses(dirfd, caller_uid, limit=5, own=None):
         seen.add(ids)
         top = next(((m.dev, m.root) for m in table if m.mount_point == b"/"), None)
         pid = int(entry) if owner in (0, caller_uid) else None
-        for _, _, d, r, mp in table:
+        by_id = {m.id: m for m in table}
+        for m in table:
+            d, r, mp = m.dev, m.root, m.mount_point
             if d == dev and _at_or_below(r, rel):
                 found.append(Use("the source of a mount (a container's root or a bind mount)", mp, pid))
-            elif top is not None and top[0] == dev and _at_or_below(_join(top[1], mp), rel):
+            elif (top is not None and top[0] == dev and _at_or_below(_join(top[1], mp), rel)
+                  or _placed_at_or_below(m, by_id, dev, rel)):
                 found.append(Use("a mount point of a container", mp, pid))
             if len(found) >= limit:
                 return found
