@@ -14,7 +14,10 @@ is **in use** when a mount there
   ``rootfs`` as the container's ``/``, or of the project's source; or
 * has its mount point at or below the target: the namespace's ``/`` mount
   says where its tree lies on the host (device and ``root``), so a mount
-  point ``/run/shm`` there lies at ``<that root>/run/shm`` here.
+  point ``/run/shm`` there lies at ``<that root>/run/shm`` here; or, placed
+  through its parent mount as ``mounts.py`` places ours, the directory it is
+  mounted on is at or below the target (a volume at ``/app/x/vol`` inside
+  the container's bind of the project at ``/app``).
 
 Only the namespaces of processes owned by root, by the caller, or by the
 caller's subordinate uids (``/etc/subuid``: their rootless containers)
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .. import pathrules
-from . import fsops, mounts
+from . import mounts
 
 SUBUID = "/etc/subuid"
 PROC = "/proc"
@@ -53,40 +56,20 @@ class Use:
         return f"{self.what}, mounted at {pathrules.display(self.where)} in another mount namespace{by}"
 
 
-def _parse(raw):
-    """(mount id, "major:minor", root, mount point) of each line of a mountinfo."""
-    out = []
-    for line in raw.splitlines():
-        fields = line.split(b" ")
-        out.append((int(fields[0]), fields[2], mounts.unescape(fields[3]), mounts.unescape(fields[4])))
-    return out
+# Parsing and placing are shared with our own namespace's check (mounts.py).
+_parse = mounts.parse
+_at_or_below = mounts.at_or_below
+_join = mounts.join
+place = mounts.place
 
 
-def _mountinfo(path):
-    with open(path, "rb") as f:
-        return _parse(f.read())
-
-
-def _at_or_below(path, top):
-    return path == top or path.startswith(top.rstrip(b"/") + b"/")
-
-
-def _join(root, path):
-    return root.rstrip(b"/") + path if path != b"/" else root
-
-
-def place(dirfd, own):
-    """(device, path within its file system) of the held directory, from our
-    own mount table ``own`` (parsed), or None when it has been removed."""
-    loc = mounts.fd_location(dirfd)
-    if loc is None:
-        return None
-    mnt = fsops.mount_id(dirfd)
-    for mid, dev, root, mp in own:
-        if mid == mnt and _at_or_below(loc, mp):
-            rest = loc[len(mp.rstrip(b"/")):] if mp != b"/" else loc
-            return dev, _join(root, rest) if rest else root
-    raise mounts.LocationUnknown(0, "its mount is not in this process' mount table")
+def _placed_at_or_below(m, by_id, dev, rel):
+    """Whether the directory the mount ``m`` is mounted on, placed through
+    its parent mount (``mounts.mount_point_place``), is at or below the
+    place (``dev``, ``rel``): a volume mounted inside a container's bind of a
+    directory above the target, which the namespace's ``/`` cannot place."""
+    pl = mounts.mount_point_place(m, by_id)
+    return pl is not None and pl[0] == dev and _at_or_below(pl[1], rel)
 
 
 def subordinate_uids(uid):
@@ -111,10 +94,11 @@ def subordinate_uids(uid):
     return ranges
 
 
-def uses(dirfd, caller_uid, limit=5):
+def uses(dirfd, caller_uid, limit=5, own=None):
     """Mounts in other namespaces that use the held directory (at most
-    ``limit``), or []."""
-    own = _mountinfo(f"{PROC}/self/mountinfo")
+    ``limit``), or [].  ``own``: our own mount table if already read
+    (``mounts.table()``), so that one check reads it once."""
+    own = mounts.table(f"{PROC}/self/mountinfo") if own is None else own
     here = place(dirfd, own)
     if here is None:
         return []
@@ -124,7 +108,7 @@ def uses(dirfd, caller_uid, limit=5):
     def counts(owner):
         return owner in (0, caller_uid) or any(s <= owner < s + n for s, n in subs)
 
-    ours = {mid for mid, *_ in own}
+    ours = {m.id for m in own}
     seen, found = set(), []
     for entry in os.listdir(PROC):
         if not entry.isdigit():
@@ -147,16 +131,19 @@ def uses(dirfd, caller_uid, limit=5):
             # mount namespace any more, so it holds no mount), or hidden.
             continue
         table = _parse(raw)
-        ids = frozenset(mid for mid, *_ in table)
+        ids = frozenset(m.id for m in table)
         if ids & ours or ids in seen:
             continue
         seen.add(ids)
-        top = next(((d, r) for _, d, r, mp in table if mp == b"/"), None)
+        top = next(((m.dev, m.root) for m in table if m.mount_point == b"/"), None)
         pid = int(entry) if owner in (0, caller_uid) else None
-        for _, d, r, mp in table:
+        by_id = {m.id: m for m in table}
+        for m in table:
+            d, r, mp = m.dev, m.root, m.mount_point
             if d == dev and _at_or_below(r, rel):
                 found.append(Use("the source of a mount (a container's root or a bind mount)", mp, pid))
-            elif top is not None and top[0] == dev and _at_or_below(_join(top[1], mp), rel):
+            elif (top is not None and top[0] == dev and _at_or_below(_join(top[1], mp), rel)
+                  or _placed_at_or_below(m, by_id, dev, rel)):
                 found.append(Use("a mount point of a container", mp, pid))
             if len(found) >= limit:
                 return found

@@ -1,35 +1,104 @@
 """Find mounts at or below a directory that the mechanism holds open.
 
-The directory is identified by its fd, not by the string the caller sent:
-its location is what the kernel reports for the fd (``/proc/self/fd/N``),
-compared with the mount points in ``/proc/self/mountinfo`` (both relative to
-this process' root, both from the kernel).  Nothing is stat'ed, so a hung
-FUSE mount below the target cannot stall this check.
+The directory is identified by its fd, not by the string the caller sent,
+and mounts are compared with it in two ways, both from the kernel and both
+from one reading of ``/proc/self/mountinfo`` (``table``):
+
+* **by location**: the kernel's location of the held fd
+  (``/proc/self/fd/N``) against the mount points, as strings (both relative
+  to this process' root): a mount point at or below the location;
+* **by identity**: the held directory's *place* (``place``: the device
+  "major:minor" of its file system and its path within that file system) is
+  compared with each mount's mount point, expressed the same way within its
+  parent mount's file system.  This finds what a second view of the same tree
+  hides from the first comparison: with the project bind-mounted again at
+  ``alias``, a volume mounted at ``proj/.locald/x/vol`` is on the same
+  directory as ``alias/.locald/x/vol``, and removing ``alias/.locald/x``
+  would delete its entries, then meet the volume (``rmdir``: EBUSY).
+
+A mount found either way counts, and so does every mount on top of or below
+one found (it hangs in the same place in that view).  Nothing is stat'ed, so
+a hung FUSE mount below the target cannot stall this check.
+
+Mounts compared by location only, where their mount point cannot be placed:
+the root mount of this namespace (its parent is outside the table) and any
+mount whose parent mount is not in our table (only when this process' root
+directory is not a mount's root: a chroot).
 """
 
 import os
 import re
+from typing import NamedTuple
+
+from . import fsops
+
+MOUNTINFO = b"/proc/self/mountinfo"
 
 _ESCAPE = re.compile(rb"\\([0-7]{3})")
+# dentry_path() marks the root of a mount whose directory was removed.
+_DELETED_ROOT = b"//deleted"
 
 
 def unescape(field):
     # mountinfo escapes space, tab, newline and backslash as \ooo.
+    if b"\\" not in field:
+        return field
     return _ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), field)
 
 
-def mount_points(mountinfo=b"/proc/self/mountinfo"):
-    """Yield (mount_id, mount_point) for every mount in this namespace."""
+class Mount(NamedTuple):
+    """One line of a mountinfo table (fields unescaped)."""
+
+    id: int
+    parent: int  # the mount it is mounted on (itself, or not in the table, for a namespace's root)
+    dev: bytes  # b"major:minor" of its file system
+    root: bytes  # the mounted directory, within its file system
+    mount_point: bytes  # where it is mounted, relative to the reader's root
+
+
+def parse(raw):
+    """The Mounts of the mountinfo text ``raw`` (bytes), in its order."""
+    out = []
+    for line in raw.splitlines():
+        f = line.split(b" ", 5)
+        out.append(Mount(int(f[0]), int(f[1]), f[2], unescape(f[3]), unescape(f[4])))
+    return out
+
+
+def table(mountinfo=MOUNTINFO):
+    """This process' mount table (or the one at ``mountinfo``), read once:
+    one consistent picture for every comparison of a check."""
     with open(mountinfo, "rb") as f:
-        for line in f:
-            fields = line.split(b" ")
-            yield int(fields[0]), unescape(fields[4])
+        return parse(f.read())
+
+
+def mount_points(mountinfo=MOUNTINFO):
+    """Yield (mount_id, mount_point) for every mount in this namespace."""
+    for m in table(mountinfo):
+        yield m.id, m.mount_point
+
+
+def at_or_below(path, top):
+    """Whether ``path`` is ``top`` or below it (whole components)."""
+    return path == top or path.startswith(top.rstrip(b"/") + b"/")
+
+
+def join(root, rest):
+    """``rest`` (b"" or b"/a/b") below ``root``."""
+    return root.rstrip(b"/") + rest if rest not in (b"", b"/") else root
+
+
+def _below(path, top):
+    """The part of ``path`` below ``top`` (b"" or b"/a/b"); ``path`` must be
+    at or below ``top``."""
+    return path[len(top.rstrip(b"/")):]
 
 
 class LocationUnknown(OSError):
     """The kernel cannot name where a held directory is (longer than
-    PATH_MAX, or outside this process' root): mounts below it cannot be
-    ruled out, so callers must refuse rather than guess."""
+    PATH_MAX, or outside this process' root, or on a mount missing from our
+    table): mounts below it cannot be ruled out, so callers must refuse rather
+    than guess."""
 
 
 def fd_location(fd):
@@ -50,11 +119,78 @@ def fd_location(fd):
     return loc
 
 
-def mounts_at_or_below(dirfd):
-    """Mount points at or below the directory held by ``dirfd`` (sorted).
-    Raises LocationUnknown when that cannot be known."""
-    top = fd_location(dirfd)
-    if top is None:
+def _locate(dirfd, mounts):
+    """(location, (device, path within its file system)) of the held
+    directory, from the mount table ``mounts``; None when it has been
+    removed."""
+    loc = fd_location(dirfd)
+    if loc is None:
+        return None
+    mnt = fsops.mount_id(dirfd)
+    for m in mounts:
+        if m.id == mnt and at_or_below(loc, m.mount_point):
+            return loc, (m.dev, join(m.root, _below(loc, m.mount_point)))
+    raise LocationUnknown(0, "its mount is not in this process' mount table")
+
+
+def place(dirfd, mounts):
+    """(device, path within its file system) of the held directory, from
+    our own mount table ``mounts`` (a ``table()``), or None when it has been
+    removed.  Raises LocationUnknown."""
+    found = _locate(dirfd, mounts)
+    return None if found is None else found[1]
+
+
+def mount_point_place(m, by_id):
+    """(device, path within its file system) of the directory the mount
+    ``m`` is mounted on: its mount point within its parent mount's file
+    system.  ``by_id``: the table by mount id.  None where that cannot be
+    told: the root mount, a parent not in the table."""
+    p = by_id.get(m.parent)
+    if p is None or p.id == m.id or not at_or_below(m.mount_point, p.mount_point):
+        return None
+    if p.root.endswith(_DELETED_ROOT):
+        # The parent's directory was removed: it is empty for good, and
+        # nothing mounted on it lies in a tree that still exists.
+        return None
+    return p.dev, join(p.root, _below(m.mount_point, p.mount_point))
+
+
+def mounts_at_or_below(dirfd, mounts=None):
+    """Mount points at or below the directory held by ``dirfd`` (sorted,
+    each once), in any view of it: by location or by identity (module
+    docstring).  ``mounts``: this process' mount table if already read
+    (``table()``), so that one check reads it once.  Raises LocationUnknown
+    when that cannot be known."""
+    mounts = table() if mounts is None else mounts
+    here = _locate(dirfd, mounts)
+    if here is None:
         return []
-    prefix = top.rstrip(b"/") + b"/"
-    return sorted({mp for _, mp in mount_points() if mp == top or mp.startswith(prefix)})
+    top, (dev, rel) = here
+    by_id = {m.id: m for m in mounts}
+    found = set()
+    for m in mounts:
+        if at_or_below(m.mount_point, top):
+            found.add(m.id)
+            continue
+        p = by_id.get(m.parent)
+        if p is None or p.dev != dev:
+            continue  # (the common case, decided without building a path)
+        mp = mount_point_place(m, by_id)
+        if mp is not None and at_or_below(mp[1], rel):
+            found.add(m.id)
+    if not found:
+        return []
+    # What is mounted on (or below) a mount found hangs in the same place of
+    # that view: it counts too (stacked mounts, a volume's own submounts).
+    children = {}
+    for m in mounts:
+        if m.parent != m.id:
+            children.setdefault(m.parent, []).append(m.id)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return sorted({by_id[i].mount_point for i in found})
