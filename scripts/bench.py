@@ -22,6 +22,12 @@ What it measures (docs/performance.md explains each figure):
 4. Cold start: spawn the mechanism, time to its first Cleanup reply (the
    client polls for the name), median of 5; also the installed launcher.
 5. Idle RSS of the mechanism after a few calls and 1 s idle.
+6. Under attack (``harness.attack``): one user at once floods interactive
+   checks never answered, 8 MB paths, deletes of two directories of 1,000,000
+   entries with 200-byte names and of a 1,000,000-deep chain, and kills a
+   caller 0.4 s into a third such delete, while a second user makes small
+   calls: their latency against the same calls before the attack, and the
+   mechanism's memory (idle, peak, 10 s after).
 
 Everything it starts, mounts, installs or creates is undone in ``finally``.
 """
@@ -48,9 +54,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the test harness, harness/ (not part of the product)
 
 from harness import PROGRAMS, realsystem, trees  # noqa: E402
+from harness.attack import Attack  # noqa: E402
 from harness.buses import PolkitMock, PrivateBus, wait_for_no_owner  # noqa: E402
 from harness.mechanism import Mechanism  # noqa: E402
-from harness.users import TEST_USER, ClientRunner  # noqa: E402
+from harness.users import OTHER_USER, TEST_USER, ClientRunner  # noqa: E402
 from harness.waiting import terminate  # noqa: E402
 
 DIRF = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -66,7 +73,11 @@ TARGETS = {
     "throughput_ratio": 0.9,  # >= 0.9 x direct polkit
     "cold_start_ms": 300.0,
     "idle_rss_mb": 30.0,
+    "attack_peak_mib": 64.0,  # peak RSS <= idle + 64 MiB under attack
+    "attack_after_mib": 5.0,  # <= idle + 5 MiB ten seconds after
 }
+ATTACK_WIDE = 1_000_000
+ATTACK_DEEP = 1_000_000
 
 TREES = {
     "a": {"label": "(a) 100k files in 1,000 dirs", "dirs": 1000, "files": 100},
@@ -712,6 +723,38 @@ class Bench:
         self.flush()
         return out
 
+    # -- 6. under attack ------------------------------------------------------------------
+    def phase_attack(self):
+        """Private bus, the silent-agent polkit mock, a fresh mechanism, a tmpfs."""
+        log("phase 3: under attack (building 3 x 1,000,000 entries and a 1,000,000-deep chain)")
+        top = Path(tempfile.mkdtemp(prefix="locald-bench-attack-", dir="/tmp"))
+        os.chmod(top, 0o755)
+        self.cleanup_cb("remove attack mount point", os.rmdir, top)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12g,nr_inodes=8m,mode=755", "locald-bench", str(top)],
+                       check=True)
+        do_unmount = self.cleanup_cb("unmount attack tmpfs", unmount, top)
+        victim = ClientRunner(OTHER_USER)
+        self.cleanup_cb("remove victim stage", victim.close)
+        bus = self.enter("attack bus", PrivateBus())
+        self.enter("silent-agent polkit mock",
+                   PolkitMock(bus, str(ROOT / "tests" / "templates" / "polkitd_silent_agent.py")))
+        mech = self.enter("attack mechanism", Mechanism(bus))
+        attack = Attack(bus, mech, self.runner, victim, top, wide=ATTACK_WIDE, deep=ATTACK_DEEP)
+        log("  attacking")
+        out = attack.run()
+        lat = [t for _, t in out.victim]
+        res = {"idle_mib": out.idle_kib / 1024, "peak_mib": out.peak_kib / 1024, "after_mib": out.after_kib / 1024,
+               "victim_ms": stats([t * 1000 for t in lat]),
+               "victim_quiet_ms": stats([t * 1000 for t in out.victim_quiet]),
+               "victim_errors": [r for r, _ in out.victim if not r["ok"]],
+               "walks": out.walks, "killed_walk_stopped": out.wide_left > 0}
+        self.results["attack"] = res
+        log(f"  memory: idle {res['idle_mib']:.1f} MiB, peak {res['peak_mib']:.1f} MiB, "
+            f"10 s after {res['after_mib']:.1f} MiB; victim p50 {res['victim_ms']['median']:.0f} ms "
+            f"(quiet {res['victim_quiet_ms']['median']:.0f} ms)")
+        self.flush()
+        do_unmount()
+
     # -- phases -----------------------------------------------------------------------
     def want(self, section):
         return self.args.only is None or section in self.args.only
@@ -860,6 +903,11 @@ class Bench:
                 self.phase_real()
             except Exception as e:
                 self.note_error("phase 2 (real polkitd)", e)
+        if self.want("attack"):
+            try:
+                self.phase_attack()
+            except Exception as e:
+                self.note_error("phase 3 (under attack)", e)
         self.results["machine"]["loadavg_end"] = os.getloadavg()
         self.results["machine"]["background_busy_cores_end"] = background_load()
         self.results["wall_seconds"] = time.monotonic() - t0
@@ -1005,6 +1053,18 @@ def table(res):
             ok = r["VmRSS_MB"] is not None and r["VmRSS_MB"] <= TARGETS["idle_rss_mb"]
         rows.append((f"idle RSS, {label}", "-" if r["VmRSS_MB"] is None else f"{r['VmRSS_MB']:.1f} MB",
                      f"peak {r['VmHWM_kB'] / 1024:.1f} MB" if r.get("VmHWM_kB") else "", target, verdict(ok)))
+    a = res.get("attack")
+    if a:
+        rows.append(("under attack: mechanism peak RSS above idle", f"{a['peak_mib'] - a['idle_mib']:.1f} MiB",
+                     f"idle {a['idle_mib']:.1f} MiB, peak {a['peak_mib']:.1f} MiB",
+                     f"<= {TARGETS['attack_peak_mib']:.0f} MiB",
+                     verdict(a["peak_mib"] - a["idle_mib"] <= TARGETS["attack_peak_mib"])))
+        rows.append(("under attack: RSS above idle 10 s after", f"{a['after_mib'] - a['idle_mib']:.1f} MiB", "",
+                     f"<= {TARGETS['attack_after_mib']:.0f} MiB",
+                     verdict(a["after_mib"] - a["idle_mib"] <= TARGETS["attack_after_mib"])))
+        rows.append(("under attack: another user's small call", fmt_ms(a["victim_ms"]["median"]),
+                     f"quiet {fmt_ms(a['victim_quiet_ms']['median'])}, {len(a['victim_errors'])} errors", "no error",
+                     verdict(not a["victim_errors"])))
     head = ("figure", "value (median (min-max))", "vs rm -rf / note", "target", "met?")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(5)]
     lines = [" | ".join(str(c).ljust(w) for c, w in zip(head, widths)),
@@ -1022,7 +1082,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, help="rounds per method for trees (a), (c), (d) (default 5; --long 9)")
     p.add_argument("--out", type=Path, default=ROOT / "bench-results.json",
                    help="JSON results (default bench-results.json in the repository, git-ignored)")
-    p.add_argument("--only", help="comma-separated sections to run: delete, latency, throughput, coldstart, rss")
+    p.add_argument("--only", help="comma-separated sections to run: delete, latency, throughput, coldstart, rss, "
+                                  "attack")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: must run as root (tmpfs mount, real polkitd, installed polkit action and rule, clients "
@@ -1037,7 +1098,7 @@ def main(argv=None):
     args.pairs = 3 if args.long else 2
     if args.only:
         args.only = {s.strip() for s in args.only.split(",") if s.strip()}
-        unknown = args.only - {"delete", "latency", "throughput", "coldstart", "rss"}
+        unknown = args.only - {"delete", "latency", "throughput", "coldstart", "rss", "attack"}
         if unknown:
             p.error(f"unknown sections: {', '.join(sorted(unknown))}")
     args.out = args.out.resolve()

@@ -155,6 +155,8 @@ def test_a_path_over_4096_bytes_is_refused_on_arrival(bus, polkit, clients, top)
             assert tally(p)["answers"] == {i.ERROR_INVALID_PATH: 1}
         with flood(clients, bus, calls=12, connections=4, path=str(anchor / "a"), pad_to=8_000_000) as p:
             assert tally(p, 120)["answers"] == {i.ERROR_INVALID_PATH: 12}
+        # Read in bounded chunks, never whole: a few MiB at most.
+        assert rss_kib(mech.proc.pid, "VmHWM") - idle < 16 * 1024
         assert polkit.checks() == []
         records = mech.audit_lines()
         assert len(records) == 13
@@ -164,8 +166,6 @@ def test_a_path_over_4096_bytes_is_refused_on_arrival(bus, polkit, clients, top)
             assert len(line) < 500, line[:200]
         assert int(audit_fields(records[0])["path_bytes"]) == i.MAX_PATH_BYTES + 1
         assert all(int(audit_fields(ln)["message_bytes"]) > 8_000_000 for ln in records[1:])
-        # Read in bounded chunks, never whole: a few MiB at most.
-        assert rss_kib(mech.proc.pid, "VmHWM") - idle < 16 * 1024
         assert mech.proc.poll() is None and "Traceback" not in mech.log()
 
 
