@@ -337,16 +337,17 @@ def test_bursts_from_several_connections_are_all_authorized(top, bus, start_mech
 
 # -- 2. small requests are not stuck behind a huge one -----------------------------
 
-# The huge tree: a few flat directories (deleted first, in parallel: the
-# delete is visibly under way at once) and a deep chain (about 8 s to delete
-# here, well past the 5 s long-job mark).
-HUGE_DEPTH = 450_000
+# The huge tree: a few flat directories (made first, so deleted first, in
+# parallel: the delete is visibly under way at once) and deep chains (about
+# 8 s to delete here, well past the 5 s long-job mark), each within the
+# walk's depth limit (walk.MAX_DEPTH).
+HUGE_CHAINS, HUGE_DEPTH = 7, 64_300
 HUGE_FLAT = (10, 2000)
 
 
 @needs_root
 def test_small_requests_are_answered_while_a_huge_delete_runs(top, bus, start_mechanism, clients, other_clients):
-    """With --workers 1, user A's huge delete (a 450,000-deep chain and
+    """With --workers 1, user A's huge delete (seven 64,300-deep chains and
     20,000 files on a tmpfs) holds the only worker; small requests of another
     user, of root and of A itself, sent as soon as it is under way, queue;
     once it has run 5 s it stops counting and they are answered while it
@@ -354,9 +355,11 @@ def test_small_requests_are_answered_while_a_huge_delete_runs(top, bus, start_me
     anchor = make_anchor(top, clients.uid, clients.gid)
     huge = anchor / "huge"
     huge.mkdir()
-    huge_entries = 1 + make_chain(huge / "chain", HUGE_DEPTH, create_base=True)
+    huge_entries = 1
     for k in range(HUGE_FLAT[0]):
         huge_entries += make_flat(huge / f"flat{k}", 1, HUGE_FLAT[1])
+    for k in range(HUGE_CHAINS):
+        huge_entries += make_chain(huge / f"chain{k}", HUGE_DEPTH, create_base=True)
     small_a, small_root = anchor / "small-a", anchor / "small-root"
     make_leftover(small_a, clients)
     make_leftover(small_root, clients)
@@ -389,7 +392,7 @@ def test_small_requests_are_answered_while_a_huge_delete_runs(top, bus, start_me
     huge_s = max([float(x["duration_ms"]) / 1000 for x in lines if x["path"] == str(huge)], default=0)
     if done["ok"] and huge_s < 6:
         pytest.skip(f"inconclusive: the huge delete took only {huge_s:.1f} s, not well past the 5 s "
-                    "long-job mark, on this machine; raise HUGE_DEPTH")
+                    "long-job mark, on this machine; raise HUGE_CHAINS")
     assert small_reply_a["phase"] == 1 and small_reply_a["ok"], small_reply_a
     assert reply_b["ok"], reply_b
     assert root_result == {"error": None}
@@ -548,7 +551,9 @@ def test_progress_is_unicast_to_the_caller(top, bus, start_mechanism, clients):
     caller's unique name."""
     anchor = make_anchor(top, clients.uid, clients.gid)
     target = anchor / "big"
-    entries = make_chain(target, 80_000, create_base=True)  # over a second to delete
+    target.mkdir()
+    # Over a second to delete; two chains, each within the walk's depth limit.
+    entries = 1 + sum(make_chain(target / f"chain{k}", 40_000, create_base=True) for k in range(2))
     mech = start_mechanism(progress_interval=0.05)
     listener = SignalListener(bus.address)
     try:

@@ -353,13 +353,13 @@ def test_fds_stay_bounded_during_a_deep_walk(mode, anchor, rmrf, monkeypatch, ma
     make_chain(t, depth, leaf="leaf")
 
     seen = []
-    real_list = walk._list
+    real_list = walk._read
 
-    def counting_list(fd):
+    def counting_list(fd, it, n):
         seen.append(len(os.listdir("/proc/self/fd")))  # no gc.collect() per directory
-        return real_list(fd)
+        return real_list(fd, it, n)
 
-    monkeypatch.setattr(walk, "_list", counting_list)
+    monkeypatch.setattr(walk, "_read", counting_list)
     baseline = open_fds()
     assert engine.cleanup(str(t), ME) == depth + 2
     # every directory was listed once, the target once more by the parallel
@@ -382,13 +382,13 @@ def test_parallel_walk_keeps_fds_bounded_per_thread(mode, anchor, rmrf, monkeypa
         (t / side).mkdir(parents=True)
         make_chain(t / side, 500, leaf="leaf")
     seen = []
-    real_list = walk._list
+    real_list = walk._read
 
-    def counting_list(fd):
+    def counting_list(fd, it, n):
         seen.append(len(os.listdir("/proc/self/fd")))
-        return real_list(fd)
+        return real_list(fd, it, n)
 
-    monkeypatch.setattr(walk, "_list", counting_list)
+    monkeypatch.setattr(walk, "_read", counting_list)
     baseline = open_fds()
     assert engine.cleanup(str(t), ME, threads=2) == 2 * (500 + 1 + 1) + 1
     assert max(seen) - baseline <= 2 * walk.MAX_HELD_FDS + 8, (max(seen), baseline)
@@ -448,10 +448,10 @@ def test_5000_files(mode, anchor):
 
 # -- races during the walk -----------------------------------------------------------
 
-def _dirs_last(entries):
-    # walk pops from the end: this makes it enter subdirectories before it
-    # unlinks the files next to them.
-    return sorted(entries, key=lambda e: e[1])
+def _dirs_first(entries):
+    # The walk visits a batch in order: this makes it enter subdirectories
+    # before it unlinks the files next to them.
+    return sorted(entries, key=lambda e: not e.is_dir(follow_symlinks=False))
 
 
 @pytest.mark.parametrize("moved", ["d", "b"])
@@ -484,16 +484,16 @@ def test_tree_moved_during_walk_climb_identity_check(mode, tmp_path, anchor, mon
     write(outside / "sub" / "f1", b"canary sub")
     canary_before = snapshot(outside)
 
-    real_list = walk._list
+    real_list = walk._read
     done = []
 
-    def racing_list(fd):
+    def racing_list(fd, it, n):
         if not done and os.fstat(fd).st_ino == e_ino:
             os.rename(src, outside / moved)  # the attacker moves the tree
             done.append(True)
-        return _dirs_last(real_list(fd))
+        return _dirs_first(real_list(fd, it, n))
 
-    monkeypatch.setattr(walk, "_list", racing_list)
+    monkeypatch.setattr(walk, "_read", racing_list)
     with pytest.raises(Failed) as ei:
         engine.cleanup(str(t), ME)
     assert done, "the rename never happened: the test did not test anything"
@@ -521,19 +521,19 @@ def test_directory_swapped_for_symlink_during_walk(mode, tmp_path, anchor, canar
     write(t / "file")
     t_ino = os.stat(t).st_ino
     moved_away = tmp_path / "moved_away"
-    real_list = walk._list
+    real_list = walk._read
     done = []
 
-    def racing_list(fd):
-        entries = real_list(fd)
+    def racing_list(fd, it, n):
+        entries = real_list(fd, it, n)
         if not done and os.fstat(fd).st_ino == t_ino:
-            assert (b"sub", True) in entries
+            assert any(e.name == "sub" and e.is_dir(follow_symlinks=False) for e in entries)
             os.rename(t / "sub", moved_away)
             (t / "sub").symlink_to(canary.path)
             done.append(True)
         return entries
 
-    monkeypatch.setattr(walk, "_list", racing_list)
+    monkeypatch.setattr(walk, "_read", racing_list)
     assert engine.cleanup(str(t), ME) == 3  # file, the symlink, t
     assert done
     assert not os.path.lexists(t)
@@ -545,16 +545,16 @@ def test_directory_swapped_for_symlink_to_file_during_walk(mode, tmp_path, ancho
     t = anchor / "t"
     (t / "sub").mkdir(parents=True)
     t_ino = os.stat(t).st_ino
-    real_list = walk._list
+    real_list = walk._read
 
-    def racing_list(fd):
-        entries = real_list(fd)
+    def racing_list(fd, it, n):
+        entries = real_list(fd, it, n)
         if os.fstat(fd).st_ino == t_ino and (t / "sub").is_dir() and not (t / "sub").is_symlink():
             os.rename(t / "sub", tmp_path / "moved_away")
             (t / "sub").symlink_to(canary.path / "data")
         return entries
 
-    monkeypatch.setattr(walk, "_list", racing_list)
+    monkeypatch.setattr(walk, "_read", racing_list)
     assert engine.cleanup(str(t), ME) == 2
     canary.check()
 
@@ -564,17 +564,17 @@ def test_directory_refilled_during_walk_is_rescanned(mode, anchor, monkeypatch):
     (t / "sub").mkdir(parents=True)
     write(t / "sub" / "f0")
     sub_ino = os.stat(t / "sub").st_ino
-    real_list = walk._list
+    real_list = walk._read
     refills = []
 
-    def refilling_list(fd):
-        entries = real_list(fd)
+    def refilling_list(fd, it, n):
+        entries = real_list(fd, it, n)
         if os.fstat(fd).st_ino == sub_ino and len(refills) < 2:
             refills.append(True)
             write(t / "sub" / f"late{len(refills)}")
         return entries
 
-    monkeypatch.setattr(walk, "_list", refilling_list)
+    monkeypatch.setattr(walk, "_read", refilling_list)
     assert engine.cleanup(str(t), ME) == 5  # f0, late1, late2, sub, t
     assert not os.path.lexists(t)
 
@@ -583,17 +583,17 @@ def test_endless_refill_gives_up_after_max_rescans(mode, anchor, monkeypatch):
     t = anchor / "t"
     (t / "sub").mkdir(parents=True)
     sub_ino = os.stat(t / "sub").st_ino
-    real_list = walk._list
+    real_list = walk._read
     calls = []
 
-    def refilling_list(fd):
-        entries = real_list(fd)
+    def refilling_list(fd, it, n):
+        entries = real_list(fd, it, n)
         if os.fstat(fd).st_ino == sub_ino:
             calls.append(True)
             write(t / "sub" / f"late{len(calls)}")
         return entries
 
-    monkeypatch.setattr(walk, "_list", refilling_list)
+    monkeypatch.setattr(walk, "_read", refilling_list)
     with pytest.raises(Failed) as ei:
         engine.cleanup(str(t), ME)
     assert len(calls) == walk.MAX_RESCANS + 1
@@ -700,18 +700,18 @@ def test_target_replaced_during_walk_by_an_empty_directory_is_left_alone(mode, t
     make_tree(t)
     target = t if which == "t" else anchor
     target_ino = os.stat(target).st_ino
-    real_list = walk._list
+    real_list = walk._read
     swapped = []
 
-    def racing_list(fd):
-        entries = real_list(fd)
+    def racing_list(fd, it, n):
+        entries = real_list(fd, it, n)
         if not swapped and os.fstat(fd).st_ino == target_ino:
             os.rename(target, tmp_path / "renamed_away")
             os.mkdir(target)  # somebody else's empty directory
             swapped.append(os.stat(target).st_ino)
         return entries
 
-    monkeypatch.setattr(walk, "_list", racing_list)
+    monkeypatch.setattr(walk, "_read", racing_list)
     try:
         engine.cleanup(str(target), ME)
     except MechanismError as e:

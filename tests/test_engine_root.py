@@ -378,16 +378,16 @@ def test_mount_appearing_on_a_subdirectory_not_yet_entered(mode, anchor, canary,
         (t / d).mkdir(parents=True)
         write(t / d / "f", b"ours")
     t_ino = os.stat(t).st_ino
-    real_list = walk._list
+    real_list = walk._read
     done = []
 
-    def racing_list(fd):
+    def racing_list(fd, it, n):
         if not done and os.fstat(fd).st_ino == t_ino:
             mounter.bind(canary.path, t / "b")  # after the pre-check, before the walk reaches b
             done.append(True)
-        return real_list(fd)
+        return real_list(fd, it, n)
 
-    monkeypatch.setattr(walk, "_list", racing_list)
+    monkeypatch.setattr(walk, "_read", racing_list)
     with pytest.raises(MountPoint) as ei:
         engine.cleanup(str(t), USER)
     assert done
@@ -405,16 +405,16 @@ def test_mount_appearing_on_the_directory_being_listed(mode, anchor, canary, mou
     write(t / "b" / "data", b"ours, covered by the mount")
     write(t / "b" / "other", b"ours")
     b_ino = os.stat(t / "b").st_ino
-    real_list = walk._list
+    real_list = walk._read
     done = []
 
-    def racing_list(fd):
+    def racing_list(fd, it, n):
         if not done and os.fstat(fd).st_ino == b_ino:
             mounter.bind(canary.path, t / "b")
             done.append(True)
-        return real_list(fd)
+        return real_list(fd, it, n)
 
-    monkeypatch.setattr(walk, "_list", racing_list)
+    monkeypatch.setattr(walk, "_read", racing_list)
     with pytest.raises(MountPoint) as ei:
         engine.cleanup(str(t), USER)
     assert done

@@ -152,21 +152,21 @@ def test_directory_swapped_for_a_symlink_to_outside_is_not_entered(mode, tmp_pat
     (t / "sub").mkdir(parents=True)
     write(t / "sub" / "data")
     t_ino = os.stat(t).st_ino
-    real = walk._list_kinds
+    real = walk._read
     listed, swapped = [], []
 
-    def racing(fd):
+    def racing(fd, it, n):
         st = os.fstat(fd)
         listed.append((st.st_dev, st.st_ino))
-        entries = real(fd)
+        entries = real(fd, it, n)
         if not swapped and st.st_ino == t_ino:
-            assert (b"sub", "dir") in entries
+            assert any(e.name == "sub" and e.is_dir(follow_symlinks=False) for e in entries)
             os.rename(t / "sub", tmp_path / "moved_away")
             (t / "sub").symlink_to(outside)
             swapped.append(True)
         return entries
 
-    monkeypatch.setattr(walk, "_list_kinds", racing)
+    monkeypatch.setattr(walk, "_read", racing)
     c = held(t).count()
     assert swapped
     assert counts(c) == {"files": 0, "dirs": 1, "symlinks": 1, "others": 0}
@@ -188,13 +188,13 @@ def test_10000_deep_chain_is_counted_with_bounded_fds(mode, tmp_path, held, rmrf
     make_chain(t, depth, leaf="leaf")
     h = held(t)
     seen = []
-    real = walk._list_kinds
+    real = walk._read
 
-    def sampling(fd):
+    def sampling(fd, it, n):
         seen.append(len(os.listdir("/proc/self/fd")))
-        return real(fd)
+        return real(fd, it, n)
 
-    monkeypatch.setattr(walk, "_list_kinds", sampling)
+    monkeypatch.setattr(walk, "_read", sampling)
     baseline = open_fds()
     c = h.count()
     assert counts(c) == {"files": 1, "dirs": depth + 1, "symlinks": 0, "others": 0}
@@ -203,7 +203,7 @@ def test_10000_deep_chain_is_counted_with_bounded_fds(mode, tmp_path, held, rmrf
     assert limit <= max(seen) - baseline <= limit + 4, (max(seen), baseline, limit)
     assert open_fds() == baseline
     # The same traversal removes it, within the same bound.
-    monkeypatch.setattr(walk, "_list_kinds", real)
+    monkeypatch.setattr(walk, "_read", real)
     assert h.remove().removed == c.total
 
 
@@ -218,18 +218,18 @@ def test_branch_moved_out_while_its_fds_are_closed_is_abandoned(mode, tmp_path, 
     for rel in ("f", "a/f", "a/b/f", "a/b/c/f", "a/b/c/d/f"):
         write(t / rel)
     d_ino = os.stat(t / "a/b/c/d").st_ino
-    real = walk._list_kinds
+    real = walk._read
     listed, moved = [], []
 
-    def racing(fd):
+    def racing(fd, it, n):
         st = os.fstat(fd)
         listed.append(st.st_ino)
         if not moved and st.st_ino == d_ino:
             os.rename(t / "a" / "b", outside / "b")
             moved.append(True)
-        return sorted(real(fd), key=lambda e: e[1] == "dir")  # consumed from the end: directories first
+        return sorted(real(fd, it, n), key=lambda e: not e.is_dir(follow_symlinks=False))  # in order: directories first
 
-    monkeypatch.setattr(walk, "_list_kinds", racing)
+    monkeypatch.setattr(walk, "_read", racing)
     baseline = open_fds()
     try:
         c = held(t).count()
@@ -253,10 +253,7 @@ class EnterEverything(traverse.Visitor):
     def __init__(self):
         self.entered, self.refused, self.left = [], [], []
 
-    def list(self, fd):
-        return [(e, None) for e in map(os.fsencode, os.listdir(fd))]
-
-    def on_entry(self, t, f, name, info):
+    def on_entry(self, t, f, name, entry):
         return True
 
     def on_enter_failed(self, t, f, name, err):
@@ -295,7 +292,7 @@ def test_a_failing_visitor_leaves_no_fd_open(mode, tmp_path):
     make_chain(t, 200, leaf="leaf")
 
     class Boom(EnterEverything):
-        def on_entry(self, tr, f, name, info):
+        def on_entry(self, tr, f, name, entry):
             if name == b"leaf":
                 raise RuntimeError("visitor failed")
             return True
@@ -342,16 +339,16 @@ def test_count_reports_a_mount_that_appears_during_the_listing(mode, tmp_path, h
         (t / d).mkdir(parents=True)
         write(t / d / "f")
     t_ino = os.stat(t).st_ino
-    real = walk._list_kinds
+    real = walk._read
     done = []
 
-    def racing(fd):
+    def racing(fd, it, n):
         if not done and os.fstat(fd).st_ino == t_ino:
             mounter("--bind", os.fsdecode(outside), target=t / "b")
             done.append(True)
-        return real(fd)
+        return real(fd, it, n)
 
-    monkeypatch.setattr(walk, "_list_kinds", racing)
+    monkeypatch.setattr(walk, "_read", racing)
     c = held(t).count()
     assert done
     assert c.mounts == [b"b"]

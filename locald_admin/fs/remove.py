@@ -27,9 +27,10 @@ from .. import pathrules
 from . import fsops, inuse, mounts, walk
 
 MAX_NAMED_FAILURES = 5
+MAX_SHOWN_PATH = 1024  # characters of one path in a message; longer ones are cut in the middle
 MAX_TYPE_RETRIES = 3  # the target flips between file and directory under us
 # Failures that more privilege can fix: the client asks the mechanism.
-PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+PERMISSION_ERRNOS = walk.PERMISSION_ERRNOS
 
 
 class RemoveError(Exception):
@@ -57,8 +58,10 @@ class InUse(RemoveError):
 
 class RemoveFailed(RemoveError):
     """Entries could not be removed.  ``failures``: (path for messages,
-    errno or None) of each, in the order found; ``errno`` None means a race
-    the walk detected itself (a directory moved or replaced under it)."""
+    errno or None) of the first of them (``walk.MAX_FAILURES``, and the
+    first that is not a permission error), in the order found; ``errno``
+    None means something the walk decided itself (a directory moved or
+    replaced under it, too deep)."""
 
     def __init__(self, message, failures=(), removed=0):
         super().__init__(message, removed)
@@ -78,17 +81,18 @@ def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None
     missing entry is success with 0 removed.  Raises RemoveError.
     """
     fs = fsops.default() if fs is None else fs
+    how = (progress, threads)
     for _ in range(MAX_TYPE_RETRIES):
-        done = _remove_once(fs, parent_fd, name, shown, caller_uid, held_fd, progress, threads)
+        done = _remove_once(fs, parent_fd, name, shown, caller_uid, held_fd, how)
         if done is not None:
             return done
     raise RemoveFailed(f"{shown}: kept changing type while being removed", [(shown, errno.EAGAIN)])
 
 
-def _remove_once(fs, parent_fd, name, shown, caller_uid, held_fd, progress, threads):
+def _remove_once(fs, parent_fd, name, shown, caller_uid, held_fd, how):
     """One attempt; None means 'it changed type, try again'."""
     if held_fd is not None:
-        return _remove_dir(fs, parent_fd, name, shown, caller_uid, held_fd, progress, threads)
+        return _remove_dir(fs, parent_fd, name, shown, caller_uid, held_fd, how)
     try:
         st = fs.lstat_beneath(parent_fd, name)
     except OSError as e:
@@ -117,7 +121,7 @@ def _remove_once(fs, parent_fd, name, shown, caller_uid, held_fd, progress, thre
             return None  # a symlink or file swapped in since the lstat: look again
         raise _open_error(shown, e) from None
     try:
-        return _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, progress, threads)
+        return _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how)
     finally:
         os.close(dir_fd)
 
@@ -128,7 +132,8 @@ def _open_error(shown, e):
     return RemoveFailed(f"{shown}: {e.strerror}", [(shown, e.errno)])
 
 
-def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, progress, threads):
+def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
+    progress, threads = how
     # A mount at or below the target (a container's volume, its tmpfs):
     # refuse before deleting anything, and without looking into it
     # (mountinfo, not stat: a hung FUSE daemon cannot stall us).  Then the
@@ -152,17 +157,32 @@ def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, progress, thread
     return res.removed
 
 
+def _shorten(text):
+    """``text`` (a path for a message), cut in the middle if it is longer
+    than MAX_SHOWN_PATH: a 65,536-deep path would make a line of 128 KiB."""
+    if len(text) <= MAX_SHOWN_PATH:
+        return text
+    half = MAX_SHOWN_PATH // 2
+    return f"{text[:half]}...({len(text) - 2 * half} characters)...{text[-half:]}"
+
+
 def _raise_for(shown, res):
     def full(rel):
         return pathrules.display(shown.encode("utf-8", "surrogateescape") + (b"/" + rel if rel else b""))
 
+    def more(count, named):
+        return f" (and {count - named} more)" if count > named else ""
+
     if res.mounts:
-        names = ", ".join(full(m) for m in res.mounts[:MAX_NAMED_FAILURES])
-        raise MountInTheWay(f"a mount point appeared during removal and was left in place: {names}; "
-                            f"{res.removed} entries removed", removed=res.removed)
+        named = res.mounts[:MAX_NAMED_FAILURES]
+        names = ", ".join(_shorten(full(m)) for m in named)
+        raise MountInTheWay(f"a mount point appeared during removal and was left in place: {names}"
+                            f"{more(res.mount_count, len(named))}; {res.removed} entries removed",
+                            removed=res.removed)
     if res.failures:
         items = [(full(rel), err, why) for rel, (err, why) in res.failures.items()]
-        named = "; ".join(f"{path}: {why}" for path, _, why in items[:MAX_NAMED_FAILURES])
-        more = f" (and {len(items) - MAX_NAMED_FAILURES} more)" if len(items) > MAX_NAMED_FAILURES else ""
-        raise RemoveFailed(f"could not remove {len(items)} entries: {named}{more}; {res.removed} entries removed",
+        count = res.failure_count
+        named = "; ".join(f"{_shorten(path)}: {why}" for path, _, why in items[:MAX_NAMED_FAILURES])
+        raise RemoveFailed(f"could not remove {count} entries: {named}"
+                           f"{more(count, min(len(items), MAX_NAMED_FAILURES))}; {res.removed} entries removed",
                            [(path, err) for path, err, _ in items], removed=res.removed)

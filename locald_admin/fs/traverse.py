@@ -13,63 +13,131 @@ same defences, which live here and nowhere else:
   entered (bind mounts share st_dev, so only a mount-aware open can tell);
   the visitor is told (``on_enter_failed``) and decides what that means.
 * Every directory's ``(st_dev, st_ino)`` is recorded when it is entered.
-* At most ``max_held`` fds of directories below the target are open,
-  whatever the depth (the oldest are closed first).  A parent whose fd was
-  closed is reopened through ``..`` of its child and accepted only if it is
-  the directory recorded on the way down (as gnulib's fts does).  A mismatch
-  means the tree was moved while we walked it: the whole closed part of the
-  branch is abandoned (``on_abandon``), nothing outside is ever looked at.
-* Iterative, so a 10,000-deep chain does not hit Python's recursion limit.
+* At most ``max_held`` fds of ours are open whatever the depth and width,
+  plus the current directory's listing: the fds of the directories below
+  the target and of their listings still open (when there are more, the
+  oldest are closed, a few at a time; never the current directory's).  A
+  parent whose fd was closed is reopened through ``..`` of its child and
+  accepted only if it is the directory recorded on the way down (as
+  gnulib's fts does).  A mismatch means the tree was moved while we walked
+  it: the whole closed part of the branch is abandoned (``on_abandon``),
+  nothing outside is ever looked at.
+* Nothing deeper than ``max_depth`` levels below the target is entered
+  (``on_too_deep``), so the per-level state, a few hundred bytes each, is
+  bounded too.
+* Iterative, so a 65,536-deep chain does not hit Python's recursion limit.
 
-Order (which the removal's behaviour depends on): a directory's listing is
-consumed from its end; a child the visitor enters is walked completely
-before the next entry of its parent is looked at.
+Memory is bounded whatever the tree: a directory is read in batches of at
+most ``batch`` entries from an ``os.scandir`` iterator kept open while its
+fd is held (as fts reads at most a bounded number of entries at a time).  A
+directory whose fd is closed to bound the fd count drops its iterator and
+the rest of its batch and keeps constant state only; when the walk comes
+back to it, it is listed again from the start (``on_resume``).  What the
+visitor left in place of what it already visited is skipped then: the
+visitor says so with ``t.keep(frame, ino)`` (the traversal does itself for
+what it did not enter), and a directory with more than ``MAX_KEPT`` such entries
+is not listed again at all.  That is what makes every walk end: without it,
+a child directory deeper than the fd bound that cannot be emptied would
+close its parent's fd each time it is walked, and be found and walked again
+by the parent's next listing, forever.
+
+Order (which the removal's behaviour depends on): a directory's entries are
+visited in the order its listing returns them; a child the visitor enters is
+walked completely before the next entry of its parent is looked at.
 """
 
 import os
 import stat
+import sys
+from array import array
+from itertools import islice
 
 from . import fsops
+
+DEFAULT_MAX_DEPTH = 65536  # levels below the target
+DEFAULT_BATCH = 1024  # entries read from a listing at a time, at most
+FIRST_BATCH = 256  # the first batch of a listing; each next one doubles
+MAX_KEPT = 32  # entries left in place a directory's listing remembers
+
+
+
+class _Overflow:
+    """What a frame's ``kept`` is once more than MAX_KEPT entries were left
+    in it: it passes over nothing."""
+
+    __slots__ = ()
+
+    def __contains__(self, ino):
+        return False
+
+    def __repr__(self):
+        return "OVERFLOW"
+
+
+OVERFLOW = _Overflow()
+
+_ENCODING, _ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 class Frame:
     """A directory on the traversal's stack.  ``fd`` is None while it was
-    closed to bound the fd count; ``pending`` holds the entries of its
-    listing still to be visited (None: not listed yet)."""
+    closed to bound the fd count.  ``dino``: the inode number its parent's
+    listing shows for it (what a resumed listing of the parent passes over).
 
-    __slots__ = ("fd", "dev", "ino", "name", "pending")
+    Its listing: ``it`` is the open ``os.scandir`` iterator (None when none
+    is open), ``batch`` the entries read and not yet visited (consumed from
+    its end), ``pos`` how many entries were read from the listing, ``done``
+    whether it was read to its end, ``kept`` (an array, or OVERFLOW) the
+    inode numbers of its entries left in place, which are passed over."""
 
-    def __init__(self, fd, st, name):
+    __slots__ = ("fd", "dev", "ino", "dino", "name", "it", "batch", "pos", "done", "kept")
+
+    def __init__(self, fd, st, name, dino=None):
         self.fd = fd
-        self.dev, self.ino = st.st_dev, st.st_ino
+        self.dev = st.st_dev
+        self.ino = ino = st.st_ino
+        # The same int object when they agree (as they do but on some
+        # overlayfs setups): a deep chain holds one frame per level.
+        self.dino = ino if dino is None or dino == ino else dino
         self.name = name
-        self.pending = None
+        self.it = self.batch = self.kept = None
+        self.pos = 0
+        self.done = False
 
 
 class Visitor:
     """What is done per entry.  The traversal calls these hooks; ``t`` is the
     Traversal (``t.rel(name)`` names an entry of the current directory in
-    messages, ``t.target`` is the target's frame)."""
+    messages, ``t.target`` is the target's frame, ``t.keep`` records an
+    entry left in place)."""
 
     Frame = Frame  # frames are made with this class: a visitor may add slots
 
-    def list(self, fd):
-        """The entries of the directory ``fd``: a list of ``(name, info)``,
-        consumed from its end; ``info`` is passed to ``on_entry`` only."""
-        raise NotImplementedError
+    def read(self, fd, it, n):
+        """The next at most ``n`` entries (``os.DirEntry``) of the directory
+        ``fd`` from ``it``, its open ``os.scandir`` iterator; fewer only at
+        the end of the listing."""
+        return list(islice(it, n))
 
     def on_list_failed(self, t, frame, err):
-        """Listing ``frame`` raised ``err``; it is treated as empty."""
+        """Reading ``frame``'s listing raised ``err``; what was not read is
+        treated as absent."""
 
-    def on_entry(self, t, frame, name, info):
-        """The entry ``name`` of ``frame``: act on it; True to enter it as a
-        directory (opened with ``open_beneath``)."""
+    def on_entry(self, t, frame, name, entry):
+        """The entry ``name`` (bytes; ``entry`` its ``os.DirEntry``) of
+        ``frame``: act on it; True to enter it as a directory (opened with
+        ``open_beneath``)."""
         raise NotImplementedError
 
     def on_enter_failed(self, t, frame, name, err):
         """``name`` could not be entered: ``err`` is ELOOP or ENOTDIR for a
         symlink or a non-directory, EXDEV for a mount point, or any other
-        error of the open.  (ENOENT, gone meanwhile, is not reported.)"""
+        error of the open.  (ENOENT, gone meanwhile, is not reported.)
+        True if the visitor removed the entry; otherwise it stays."""
+
+    def on_too_deep(self, t, frame, name):
+        """The directory ``name`` of ``frame`` would be deeper than
+        ``max_depth`` levels below the target: it is not entered."""
 
     def on_leave(self, t, frame, parent):
         """Every entry of ``frame`` was visited; ``parent.fd`` is open (its
@@ -81,50 +149,95 @@ class Visitor:
         of it ended there; ``frame`` (the deepest ancestor still held) is
         the current directory again."""
 
+    def on_resume(self, t, frame):
+        """``frame`` lost its listing while its fd was closed and is listed
+        again from the start.  Return how many entries at the start of the
+        new listing to pass over, or None to end its listing here (it is
+        then left as if read to its end).  The default, ``frame.pos``
+        (the entries visited before), is right for a visitor that changes
+        nothing; one that removes entries returns 0 and relies on what it
+        kept (``t.keep``) being skipped, and returns None when
+        ``frame.kept`` is OVERFLOW."""
+        return frame.pos
+
 
 class Traversal:
     """One walk below the held ``dir_fd`` (the directory ``name`` of the held
     ``parent_fd``; both stay owned by the caller)."""
 
-    def __init__(self, parent_fd, name, dir_fd, max_held, fs=None):
+    def __init__(self, parent_fd, name, dir_fd, max_held, fs=None, max_depth=DEFAULT_MAX_DEPTH,
+                 batch=DEFAULT_BATCH):
         self.fs = fsops.default() if fs is None else fs
         self.mnt = self.fs.parent_mount(dir_fd)  # what the fallback compares with
-        self.max_held = max_held
+        self.max_held, self.max_depth, self.batch = max_held, max_depth, max(1, batch)
         self.parent_fd, self.name, self.dir_fd = parent_fd, name, dir_fd
         # stack[0]: the parent, stack[1]: the target (both fds owned by the
         # caller); stack[2:]: directories below, whose fds are ours.
         self.stack = []
         self.target = None
+        self.visitor = None
+        self.held = 0  # fds of ours open: of stack[2:], and of listings but the current one
+        self.first_open = 2  # stack[2:first_open] have had their fds closed
 
     def rel(self, name=None):
         """The path of ``name`` in the current directory (of the current
         directory itself when None), relative to the target (``b""``)."""
         return _path(self.stack, name)
 
+    def keep(self, frame, ino):
+        """The entry of ``frame`` with inode number ``ino`` (as its listing
+        shows it: ``DirEntry.inode()``, a child frame's ``dino``) is left in
+        place: should ``frame``'s listing be lost and resumed, it is passed
+        over (and so is any other entry with that inode number, a hard link
+        of it).  Beyond MAX_KEPT such entries ``frame.kept`` is OVERFLOW,
+        and nothing is passed over."""
+        kept = frame.kept
+        if kept is None:
+            frame.kept = array("Q", (ino,))
+        elif kept is not OVERFLOW:
+            if len(kept) < MAX_KEPT:
+                kept.append(ino)
+            else:
+                frame.kept = OVERFLOW
+
     def run(self, visitor):
         make = visitor.Frame
         stack = self.stack
-        stack[:] = [make(self.parent_fd, os.fstat(self.parent_fd), b""),
-                    make(self.dir_fd, os.fstat(self.dir_fd), self.name)]
+        top = make(self.parent_fd, os.fstat(self.parent_fd), b"")
+        stack[:] = [top, make(self.dir_fd, os.fstat(self.dir_fd), self.name)]
         self.target = stack[1]
-        # Of stack[2:], stack[2:first_open] have had their fds closed to
-        # bound the fd count (V1); the rest are open.
-        first_open = 2
-        max_held, mnt = self.max_held, self.mnt
-        listing, on_entry = visitor.list, visitor.on_entry
+        self.held, self.first_open = 0, 2
+        self.visitor = visitor
+        too_deep, mnt, max_held = self.max_depth + 1, self.mnt, self.max_held
+        on_entry, read, open_beneath = visitor.on_entry, visitor.read, self.fs.open_beneath
+        encoding, errors = _ENCODING, _ERRORS
         try:
-            while len(stack) > 1:
+            # "while True": the loop's jump back is what lets CPython 3.11
+            # specialise this long-running frame ("while <test>" does not).
+            while True:
+                if len(stack) < 2:
+                    return
                 f = stack[-1]
-                if f.pending is None:
-                    try:
-                        f.pending = listing(f.fd)
-                    except OSError as e:
-                        f.pending = []
-                        visitor.on_list_failed(self, f, e)
-                pending = f.pending
-                while pending:
-                    child, info = pending.pop()
-                    if not on_entry(self, f, child, info):
+                batch = f.batch
+                if not batch and not f.done:
+                    if f.it is None and f.pos:
+                        self._resume(visitor, f)
+                    else:
+                        self._next_batch(read, f)
+                    batch = f.batch
+                kept = f.kept
+                while batch:
+                    entry = batch.pop()
+                    if kept is not None and entry.inode() in kept:
+                        continue  # left in place before this listing was resumed
+                    child = entry.name.encode(encoding, errors)
+                    if not on_entry(self, f, child, entry):
+                        continue
+                    if len(stack) > too_deep:  # the child's depth would be len(stack) - 1
+                        # A chain deeper than the limit is left as it is: the
+                        # state kept per level stays bounded (V1).
+                        visitor.on_too_deep(self, f, child)
+                        self.keep(f, entry.inode())
                         continue
                     # Entered only with open_beneath relative to the held fd
                     # of the directory that was listed: a symlink swapped in
@@ -132,48 +245,156 @@ class Traversal:
                     # followed (ELOOP/ENOTDIR, threat model R1), and so is a
                     # mount that appeared on it (EXDEV, M3).
                     try:
-                        cfd = self.fs.open_beneath(f.fd, child, parent_mnt=mnt)
+                        cfd = open_beneath(f.fd, child, parent_mnt=mnt)
                     except OSError as e:
                         if fsops.refusal(e) is not fsops.GONE:
-                            visitor.on_enter_failed(self, f, child, e)
+                            if not visitor.on_enter_failed(self, f, child, e):
+                                self.keep(f, entry.inode())
                         continue
-                    stack.append(make(cfd, os.fstat(cfd), child))
-                    if len(stack) - first_open > max_held:
-                        # A 10,000-deep chain must not exhaust the fd table
-                        # (V1): close the oldest held fd; _climb reopens it
-                        # on the way back, checked (R2).
-                        os.close(stack[first_open].fd)
-                        stack[first_open].fd = None
-                        first_open += 1
-                    break
-                if stack[-1] is not f:
-                    continue  # walk the child first
-
-                parent = stack[-2]
-                if parent.fd is None:
-                    if not self._climb(f, parent):
-                        # The branch was moved elsewhere while the parent's
-                        # fd was closed, so '..' no longer leads to it (R2):
-                        # abandon the branch, every closed ancestor with it,
-                        # rather than work in whatever '..' is now.
-                        rel = _path(stack[:-1])
-                        os.close(stack.pop().fd)
-                        while stack[-1].fd is None:
-                            stack.pop()
-                        first_open = len(stack)
-                        visitor.on_abandon(self, stack[-1], rel)
+                    stack.append(make(cfd, os.fstat(cfd), child, entry.inode()))
+                    # The child's fd, and f's listing if it is still open:
+                    # f is no longer the current directory.
+                    self.held += 1 if f.it is None else 2
+                    if self.held > max_held:
+                        self._bound()
+                    break  # walk the child first
+                else:
+                    if not f.done:
+                        continue  # read the next batch
+                    parent = stack[-2]
+                    if parent.fd is None:
+                        if not self._climb(f, parent):
+                            # The branch was moved elsewhere while the
+                            # parent's fd was closed, so '..' no longer leads
+                            # to it (R2): abandon the branch, every closed
+                            # ancestor with it, rather than work in whatever
+                            # '..' is now.
+                            rel = _path(stack[:-1])
+                            os.close(stack.pop().fd)
+                            self.held -= 1
+                            while stack[-1].fd is None:
+                                stack.pop()
+                            self.first_open = len(stack)
+                            survivor = stack[-1]
+                            if survivor.it is not None:
+                                self.held -= 1  # the current directory's listing again
+                            visitor.on_abandon(self, survivor, rel)
+                            continue
+                        self.held += 1
+                        self.first_open = len(stack) - 2
+                    if visitor.on_leave(self, f, parent):
+                        # List it again, from the start: a new listing.
+                        f.pos, f.done, f.kept = 0, False, None
                         continue
-                    first_open = len(stack) - 2
-                if visitor.on_leave(self, f, parent):
-                    f.pending = None  # list it again
-                    continue
-                stack.pop()
-                if len(stack) >= 2:
-                    os.close(f.fd)
+                    stack.pop()
+                    if len(stack) >= 2:
+                        os.close(f.fd)
+                        self.held -= 1
+                        if parent.it is not None:
+                            self.held -= 1  # the current directory's listing again
         finally:
+            for f in stack[1:]:
+                if f.it is not None:
+                    f.it.close()
+                    f.it = None
             for f in stack[2:]:
                 if f.fd is not None:
                     os.close(f.fd)
+                    f.fd = None
+
+    def _next_batch(self, read, f):
+        """Read ``f``'s next batch into ``f.batch`` (reversed, so that it is
+        consumed in the listing's order), opening its listing first if none
+        is open; sets ``f.done`` at its end."""
+        it = f.it
+        if it is None:
+            try:
+                it = f.it = os.scandir(f.fd)
+            except OSError as e:
+                f.batch, f.done = None, True
+                self.visitor.on_list_failed(self, f, e)
+                return
+        # The first batch of a listing is small, each next one twice the
+        # last: a listing dropped when its fd is closed wastes at most what
+        # was visited of it.
+        n = f.pos
+        if n < FIRST_BATCH:
+            n = FIRST_BATCH
+        elif n > self.batch:
+            n = self.batch
+        try:
+            batch = read(f.fd, it, n)
+        except OSError as e:
+            f.batch = None
+            self._end_listing(f)
+            self.visitor.on_list_failed(self, f, e)
+            return
+        got = len(batch)
+        f.pos += got
+        if got < n:  # the end (the iterator has closed itself; a visitor's read may not)
+            f.done = True
+            it.close()
+            f.it = None
+        batch.reverse()
+        f.batch = batch
+
+    def _resume(self, visitor, f):
+        """``f``'s listing was dropped when its fd was closed: list it again
+        from the start, passing over what the visitor says (``on_resume``),
+        read in the same batches as before, so that it sees the same listing;
+        what was kept (``t.keep``) is passed over as it comes."""
+        drop = visitor.on_resume(self, f)
+        if drop is None:
+            f.batch, f.done = None, True
+            return
+        f.pos = 0
+        while True:
+            self._next_batch(visitor.read, f)
+            batch = f.batch
+            if not drop or batch is None:
+                return
+            if drop < len(batch):
+                del batch[len(batch) - drop:]  # reversed: the first entries are at its end
+                return
+            drop -= len(batch)
+            batch.clear()
+            if f.done:
+                return
+
+    @staticmethod
+    def _end_listing(f):
+        f.done = True
+        if f.it is not None:
+            f.it.close()
+            f.it = None
+
+    def _bound(self):
+        """Close the oldest fds of ours (never the current directory's)
+        until at most ``max_held`` are open (``held`` counts them, and not
+        the current directory's listing).  A 65,536-deep chain must not
+        exhaust the fd table (V1); ``_climb`` reopens them on the way back,
+        checked (R2)."""
+        stack, first, held = self.stack, self.first_open, self.held
+        last = len(stack) - 1
+        # Down to a little below the bound: a deep chain then closes a few
+        # fds at a time rather than one per directory entered.
+        goal = self.max_held - self.max_held // 8
+        while held > goal and first < last:
+            f = stack[first]
+            if f.it is not None:
+                f.it.close()
+                f.it = None
+                held -= 1
+            if f.batch:
+                # The rest of its batch is dropped: it will be listed again.
+                f.pos -= len(f.batch)
+                f.done = False
+                f.batch = None
+            os.close(f.fd)
+            f.fd = None
+            held -= 1
+            first += 1
+        self.first_open, self.held = first, held
 
     @staticmethod
     def _climb(f, parent):

@@ -5,7 +5,9 @@ and owns the defences of the walk itself: every directory entered with
 ``Fs.open_beneath`` (never a symlink, never a mount), at most
 ``MAX_HELD_FDS`` fds open whatever the depth, a closed parent reopened
 through ``..`` only if it is the directory recorded on the way down, a moved
-branch abandoned, no recursion.  What is done with each entry is a visitor:
+branch abandoned, nothing deeper than ``MAX_DEPTH`` levels entered, every
+directory read in batches of at most ``BATCH`` entries, no recursion.  What
+is done with each entry is a visitor:
 
 * ``remove_tree``: the removal (``_Removal``).  Entries are removed with
   ``unlinkat``/``rmdir`` relative to the held fd of the directory that was
@@ -19,6 +21,10 @@ branch abandoned, no recursion.  What is done with each entry is a visitor:
 * ``count_tree``: a listing that deletes nothing (``_Count``): how many
   entries of each kind, and the mounts it did not enter.
 
+What a walk reports is bounded too: the first ``MAX_FAILURES`` failures and
+mounts are kept with their errnos (and the first failure that is not a
+permission error, wherever it comes), the rest are counted.
+
 Names are handled as bytes (via surrogateescape), so names that are not
 UTF-8 are removed too; messages escape them.
 """
@@ -26,32 +32,83 @@ UTF-8 are removed too; messages escape them.
 import errno
 import os
 import stat
+import sys
 import threading
+from itertools import chain, islice
 
 from . import fsops, traverse
 
 MAX_HELD_FDS = 48
 MAX_RESCANS = 3  # an attacker refilling a directory cannot keep us busy forever
+MAX_DEPTH = traverse.DEFAULT_MAX_DEPTH  # levels below the target that are entered
+BATCH = traverse.DEFAULT_BATCH  # entries of a directory read at a time, at most
+MAX_FAILURES = 64  # failures (and mounts) kept with their paths; the rest are counted
+# Failures that more privilege can fix: the client asks the mechanism.
+PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+
+_ENCODING, _ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
-class WalkResult:
-    __slots__ = ("removed", "failures", "mounts", "helpers")
+class Findings:
+    """Failures and mounts found by a walk, bounded.  ``failures``: path
+    (bytes, relative) -> (errno or None, reason), the first MAX_FAILURES
+    and the first that is not EACCES/EPERM; ``more_failures`` counts the
+    rest.  ``mounts``: paths of mounts left in place, the first
+    MAX_FAILURES; ``more_mounts`` counts the rest."""
+
+    __slots__ = ("failures", "more_failures", "mounts", "more_mounts", "_other")
 
     def __init__(self):
-        self.removed = 0
-        # path (bytes, relative) -> (errno or None, reason).  The errno lets
-        # the caller tell "permission denied" (the client then asks the
-        # mechanism) from any other failure (which it passes on unchanged).
+        # The errno lets the caller tell "permission denied" (the client then
+        # asks the mechanism) from any other failure (which it passes on
+        # unchanged).
         self.failures = {}
-        self.mounts = []  # paths (bytes, relative) of mounts left in place
-        self.helpers = []  # WalkResults of parallel helper threads (counts only)
+        self.more_failures = 0
+        self.mounts = []
+        self.more_mounts = 0
+        self._other = False  # a failure that is not a permission error is kept
 
     def fail(self, rel, err, reason=None):
-        """Record the first failure at ``rel``: an OSError, or an errno
-        (None for a race the walk detected itself) and its reason."""
+        """Record the first failure at ``rel`` (bytes, or a function that
+        makes them: a deep path costs its depth to build, so it is built only
+        when kept): an OSError, or an errno (None for a race the walk
+        detected itself) and its reason."""
         if isinstance(err, OSError):
             err, reason = err.errno, err.strerror
-        self.failures.setdefault(rel, (err, reason))
+        other = err not in PERMISSION_ERRNOS
+        if len(self.failures) >= MAX_FAILURES and (self._other or not other):
+            self.more_failures += 1
+            return
+        if callable(rel):
+            rel = rel()
+        if rel in self.failures:
+            return
+        self.failures[rel] = (err, reason)
+        self._other = self._other or other
+
+    def mount(self, rel):
+        """Record a mount left in place at ``rel`` (as for ``fail``)."""
+        if len(self.mounts) >= MAX_FAILURES:
+            self.more_mounts += 1
+        else:
+            self.mounts.append(rel() if callable(rel) else rel)
+
+    @property
+    def failure_count(self):
+        return len(self.failures) + self.more_failures
+
+    @property
+    def mount_count(self):
+        return len(self.mounts) + self.more_mounts
+
+
+class WalkResult(Findings):
+    __slots__ = ("removed", "helpers")
+
+    def __init__(self):
+        super().__init__()
+        self.removed = 0
+        self.helpers = []  # WalkResults of parallel helper threads (counts only)
 
     @property
     def removed_total(self):
@@ -60,68 +117,89 @@ class WalkResult:
         return self.removed + sum(h.removed for h in self.helpers)
 
 
-def remove_subdirs_in_parallel(dir_fd, result, threads, fs=None):
+def _read(fd, it, n):
+    """The next at most ``n`` entries (os.DirEntry) of the directory ``fd``
+    from its scandir iterator ``it``.  One function for every listing of
+    this module, looked up per call: the tests replace it."""
+    return list(islice(it, n))
+
+
+def _is_dir(entry):
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False  # gone already; unlink will say ENOENT
+
+
+def _subdirs(dir_fd, it):
+    """The names of the subdirectories of ``dir_fd``, read from ``it`` in
+    batches."""
+    n = traverse.FIRST_BATCH
+    while True:
+        batch = _read(dir_fd, it, n)
+        for e in batch:
+            if _is_dir(e):
+                yield e.name.encode(_ENCODING, _ERRORS)
+        if len(batch) < n:
+            return
+        n = min(BATCH, 2 * n)
+
+
+def remove_subdirs_in_parallel(dir_fd, result, threads, fs=None, max_depth=None):
     """Empty and remove the subdirectories of ``dir_fd`` with ``threads``
     threads (this one included) before the ordinary walk of ``dir_fd``.
 
     Each subdirectory is walked by ``remove_tree`` relative to the same held
     ``dir_fd``, so every safety property of the walk holds per thread.
-    Only counts are kept: whatever a helper could not remove is still there
-    for the ordinary walk that follows, which finds it again and reports it.
-    unlinkat and getdents release the GIL, so the threads overlap in the
-    kernel.  Returns the number of entries removed.
+    ``max_depth``: the levels below ``dir_fd`` that may be entered (default
+    MAX_DEPTH).  The names are read from one listing shared by the
+    threads, in batches.  Only counts are kept: whatever a helper could not
+    remove is still there for the ordinary walk that follows, which finds it
+    again and reports it.  unlinkat and getdents release the GIL, so the
+    threads overlap in the kernel.  Returns the number of entries removed.
     """
     if threads < 2:
         return 0
-    names = [name for name, is_dir in _list(dir_fd) if is_dir]
-    if len(names) < 2:
-        return 0
+    max_depth = MAX_DEPTH if max_depth is None else max_depth
     fs = fsops.default() if fs is None else fs
-    mnt = fs.parent_mount(dir_fd)
-    pending = iter(names)
-    lock = threading.Lock()
-    counts = [WalkResult() for _ in range(min(threads, len(names)))]
-    result.helpers.extend(counts)
+    with os.scandir(dir_fd) as it:
+        names = _subdirs(dir_fd, it)
+        first = list(islice(names, 2))
+        if len(first) < 2:
+            return 0  # fewer than two: not worth a thread
+        mnt = fs.parent_mount(dir_fd)
+        pending = chain(first, names)
+        lock = threading.Lock()
+        counts = [WalkResult() for _ in range(threads)]
+        result.helpers.extend(counts)
 
-    def work(mine):
-        while True:
-            with lock:
-                name = next(pending, None)
-            if name is None:
-                return
-            try:
-                cfd = fs.open_beneath(dir_fd, name, parent_mnt=mnt)
-            except OSError:
-                continue  # a symlink, mount or gone: the ordinary walk deals with it
-            try:
-                remove_tree(dir_fd, name, cfd, result=mine, fs=fs)
-            finally:
-                os.close(cfd)
+        def work(mine):
+            while True:
+                with lock:
+                    name = next(pending, None)
+                if name is None:
+                    return
+                try:
+                    cfd = fs.open_beneath(dir_fd, name, parent_mnt=mnt)
+                except OSError:
+                    continue  # a symlink, mount or gone: the ordinary walk deals with it
+                try:
+                    remove_tree(dir_fd, name, cfd, result=mine, fs=fs, max_depth=max_depth - 1)
+                finally:
+                    os.close(cfd)
 
-    helpers = [threading.Thread(target=work, args=(c,), daemon=True) for c in counts[1:]]
-    for h in helpers:
-        h.start()
-    try:
-        work(counts[0])
-    finally:
+        helpers = [threading.Thread(target=work, args=(c,), daemon=True) for c in counts[1:]]
         for h in helpers:
-            h.join()
+            h.start()
+        try:
+            work(counts[0])
+        finally:
+            for h in helpers:
+                h.join()
     removed = sum(c.removed for c in counts)
     del result.helpers[-len(counts):]
     result.removed += removed
     return removed
-
-
-def _list(fd):
-    entries = []
-    with os.scandir(fd) as it:
-        for e in it:
-            try:
-                is_dir = e.is_dir(follow_symlinks=False)
-            except OSError:
-                is_dir = False  # gone already; unlink will say ENOENT
-            entries.append((os.fsencode(e.name), is_dir))
-    return entries
 
 
 # -- the removal: a visitor of the traversal ---------------------------------------
@@ -129,14 +207,16 @@ def _list(fd):
 class _RemovalFrame(traverse.Frame):
     __slots__ = ("rescans", "incomplete")
 
-    def __init__(self, fd, st, name):
+    def __init__(self, fd, st, name, dino=None):
         # traverse.Frame.__init__, inlined: this runs once per directory.
         self.fd = fd
-        self.dev, self.ino = st.st_dev, st.st_ino
+        self.dev = st.st_dev
+        self.ino = ino = st.st_ino
+        self.dino = ino if dino is None or dino == ino else dino
         self.name = name
-        self.pending = None
-        self.rescans = 0
-        self.incomplete = False  # something below could not be removed
+        self.it = self.batch = self.kept = None
+        self.pos = self.rescans = 0
+        self.done = self.incomplete = False  # incomplete: something below could not be removed
 
 
 class _Removal(traverse.Visitor):
@@ -147,17 +227,18 @@ class _Removal(traverse.Visitor):
 
     def __init__(self, result):
         self.result = result
-
-    def list(self, fd):
-        return _list(fd)  # looked up per call: the tests replace it
+        self.read = _read  # looked up per walk: the tests replace it
 
     def on_list_failed(self, t, f, err):
-        self.result.fail(t.rel(), err)
+        self.result.fail(t.rel, err)
         f.incomplete = True
 
-    def on_entry(self, t, f, child, is_dir):
-        if is_dir:
-            return True
+    def on_entry(self, t, f, child, entry):
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                return True
+        except OSError:
+            pass  # gone already; unlink will say ENOENT
         try:
             # unlinkat relative to the held fd of the listed directory: a
             # symlink goes as a name, its target is never touched; a hard
@@ -169,8 +250,9 @@ class _Removal(traverse.Visitor):
         except IsADirectoryError:
             return True  # it became a directory: handle it as one
         except OSError as e:
-            self.result.fail(t.rel(child), e)
+            self.result.fail(lambda: t.rel(child), e)
             f.incomplete = True
+            t.keep(f, entry.inode())
         return False
 
     def on_enter_failed(self, t, f, child, e):
@@ -180,57 +262,79 @@ class _Removal(traverse.Visitor):
             try:
                 os.unlink(child, dir_fd=f.fd)
                 self.result.removed += 1
-                return
+                return True
             except FileNotFoundError:
-                return
+                return True
             except OSError as e2:
                 e = e2
         if fsops.refusal(e) is fsops.MOUNT:  # a mount appeared on it (M3): left in place
-            self.result.mounts.append(t.rel(child))
+            self.result.mount(lambda: t.rel(child))
         else:
-            self.result.fail(t.rel(child), e)
+            self.result.fail(lambda: t.rel(child), e)
+        f.incomplete = True
+        return False
+
+    def on_too_deep(self, t, f, child):
+        self.result.fail(lambda: t.rel(child), None, f"deeper than {t.max_depth} levels; left in place")
         f.incomplete = True
 
     def on_leave(self, t, f, parent):
         result = self.result
         if f.incomplete:
             parent.incomplete = True
-        elif f is t.target and not _same_entry(t.fs, parent.fd, f):
+            t.keep(parent, f.dino)
+            return False
+        if f is t.target and not _same_entry(t.fs, parent.fd, f):
             # The target's name in its parent now names another directory
             # (swapped after we opened it, R4): leave that alone.
             result.fail(b"", None, "was replaced by another directory during removal")
-        else:
-            try:
-                os.rmdir(f.name, dir_fd=parent.fd)
-                result.removed += 1
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                if e.errno == errno.ENOTEMPTY and f.rescans < MAX_RESCANS:
-                    f.rescans += 1  # refilled while we walked: look again (R5)
-                    return True
-                if e.errno == errno.EBUSY:  # a mount appeared on it (M3): left in place
-                    result.mounts.append(t.rel())
-                else:
-                    result.fail(t.rel(), e)
-                parent.incomplete = True
+            return False
+        try:
+            os.rmdir(f.name, dir_fd=parent.fd)
+            result.removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno == errno.ENOTEMPTY and f.rescans < MAX_RESCANS:
+                f.rescans += 1  # refilled while we walked: look again (R5)
+                return True
+            if e.errno == errno.EBUSY:  # a mount appeared on it (M3): left in place
+                result.mount(t.rel)
+            else:
+                result.fail(t.rel, e)
+            parent.incomplete = True
+            t.keep(parent, f.dino)
         return False
 
     def on_abandon(self, t, survivor, rel):
         self.result.fail(rel, None, "directory was moved during removal")
         survivor.incomplete = True
 
+    def on_resume(self, t, f):
+        # What was removed is gone; what was left in place is skipped (kept).
+        # A directory that left too many in place to remember is not listed
+        # again: that ends every walk, even one whose child, deeper than the
+        # fd bound, cannot be emptied and so closes this fd each time.
+        if f.kept is traverse.OVERFLOW:
+            self.result.fail(t.rel, None, f"more than {traverse.MAX_KEPT} of its entries could not be "
+                             "removed, too many to list it again; the rest left in place")
+            f.incomplete = True
+            return None
+        return 0
 
-def remove_tree(parent_fd, name, dir_fd, result=None, fs=None):
+
+def remove_tree(parent_fd, name, dir_fd, result=None, fs=None, max_depth=None):
     """Remove the directory ``name`` of ``parent_fd`` and everything below it.
 
     ``dir_fd`` is an open (O_RDONLY) fd of that directory, obtained with
     ``Fs.open_beneath``; it stays owned by the caller, as does
-    ``parent_fd``.  Returns a WalkResult; paths in it are relative to the
-    removed directory, which itself is ``b""``.
+    ``parent_fd``.  ``max_depth``: levels below it that are entered
+    (default MAX_DEPTH).  Returns a WalkResult; paths in it are
+    relative to the removed directory, which itself is ``b""``.
     """
     result = WalkResult() if result is None else result
-    traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs).run(_Removal(result))
+    traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs,
+                       max_depth=MAX_DEPTH if max_depth is None else max_depth, batch=BATCH).run(_Removal(result))
     return result
 
 
@@ -247,20 +351,17 @@ def _same_entry(fs, dirfd, frame):
 
 # -- a listing that deletes nothing: another visitor of the traversal ----------------
 
-class TreeCount:
+class TreeCount(Findings):
     """What ``count_tree`` saw.  ``dirs`` counts the directories listed to
     the end, the target included, so on a quiet tree ``total`` is what
     ``remove_tree`` would remove.  ``mounts`` and ``failures`` as in
     WalkResult (paths relative to the target)."""
 
-    __slots__ = ("files", "dirs", "symlinks", "others", "mounts", "failures")
+    __slots__ = ("files", "dirs", "symlinks", "others")
 
     def __init__(self):
+        super().__init__()
         self.files = self.dirs = self.symlinks = self.others = 0
-        self.mounts = []  # directories that are mount points: not entered
-        self.failures = {}
-
-    fail = WalkResult.fail
 
     @property
     def total(self):
@@ -270,25 +371,19 @@ class TreeCount:
 _DIR, _FILE, _SYMLINK, _OTHER = "dir", "file", "symlink", "other"
 
 
-def _list_kinds(fd):
-    """Like ``_list``, with the kind of each entry (from the directory entry
-    itself where the file system records it; None: gone meanwhile)."""
-    entries = []
-    with os.scandir(fd) as it:
-        for e in it:
-            try:
-                if e.is_dir(follow_symlinks=False):
-                    kind = _DIR
-                elif e.is_symlink():
-                    kind = _SYMLINK
-                elif e.is_file(follow_symlinks=False):
-                    kind = _FILE
-                else:
-                    kind = _OTHER
-            except OSError:
-                kind = None
-            entries.append((os.fsencode(e.name), kind))
-    return entries
+def _kind(entry):
+    """The kind of a listed entry (from the directory entry itself where
+    the file system records it; None: gone meanwhile)."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            return _DIR
+        if entry.is_symlink():
+            return _SYMLINK
+        if entry.is_file(follow_symlinks=False):
+            return _FILE
+        return _OTHER
+    except OSError:
+        return None
 
 
 def _kind_of(mode):
@@ -302,14 +397,15 @@ def _kind_of(mode):
 class _Count(traverse.Visitor):
     def __init__(self, count):
         self.count = count
-
-    def list(self, fd):
-        return _list_kinds(fd)
+        self.read = _read  # looked up per walk: the tests replace it
 
     def on_list_failed(self, t, f, err):
-        self.count.fail(t.rel(), err)
+        self.count.fail(t.rel, err)
 
-    def on_entry(self, t, f, child, kind):
+    def on_entry(self, t, f, child, entry):
+        return self._counted(_kind(entry))
+
+    def _counted(self, kind):
         c = self.count
         if kind is _DIR:
             return True
@@ -332,17 +428,21 @@ class _Count(traverse.Visitor):
                 e = e2
             else:
                 if kind is _DIR:  # and back again: its entries are not counted
-                    c.fail(t.rel(child), None, "kept changing type while being listed")
+                    c.fail(lambda: t.rel(child), None, "kept changing type while being listed")
                 else:
-                    self.on_entry(t, f, child, kind)
-                return
+                    self._counted(kind)
+                return False
         why = fsops.refusal(e)
         if why is fsops.GONE:
-            return
+            return False
         if why is fsops.MOUNT:
-            c.mounts.append(t.rel(child))
+            c.mount(lambda: t.rel(child))
         else:
-            c.fail(t.rel(child), e)
+            c.fail(lambda: t.rel(child), e)
+        return False
+
+    def on_too_deep(self, t, f, child):
+        self.count.fail(lambda: t.rel(child), None, f"deeper than {t.max_depth} levels; not listed")
 
     def on_leave(self, t, f, parent):
         self.count.dirs += 1
@@ -352,17 +452,18 @@ class _Count(traverse.Visitor):
         self.count.fail(rel, None, "directory was moved during listing")
 
 
-def count_tree(parent_fd, name, dir_fd, fs=None):
+def count_tree(parent_fd, name, dir_fd, fs=None, max_depth=None):
     """Count the entries of the directory ``name`` of ``parent_fd`` and
     everything below it, deleting nothing; return a TreeCount.
 
     ``dir_fd`` as for ``remove_tree``: the directory opened with
     ``Fs.open_beneath``, owned by the caller.  The walk is the removal's
-    (same defences, same fd bound): no symlink is followed and no mount
-    entered; a directory that is a mount point is listed in ``mounts``.
-    Mounts on non-directories (a bind-mounted file) are counted as what
-    they look like: ``mounts.mounts_at_or_below`` finds every mount.
+    (same defences, same fd and depth bounds): no symlink is followed and no
+    mount entered; a directory that is a mount point is listed in
+    ``mounts``.  Mounts on non-directories (a bind-mounted file) are counted
+    as what they look like: ``mounts.mounts_at_or_below`` finds every mount.
     """
     count = TreeCount()
-    traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs).run(_Count(count))
+    traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs,
+                       max_depth=MAX_DEPTH if max_depth is None else max_depth, batch=BATCH).run(_Count(count))
     return count

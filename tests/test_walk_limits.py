@@ -1,0 +1,374 @@
+"""The walk's bounds: memory, depth, and what it reports.
+
+* Memory: a directory is read in batches (``walk.BATCH``) from a listing
+  kept open while its fd is held; the tracemalloc peak of removing 200,000
+  entries with 200-byte names stays far below what one list of them costs
+  (about 300 bytes an entry before).
+* Depth: nothing deeper than ``walk.MAX_DEPTH`` levels below the target is
+  entered; it is named as a failure, left in place, and so are its
+  ancestors, nothing outside the tree is touched.
+* Termination: a directory whose fd is closed to bound the fd count loses
+  its listing and is listed again when the walk comes back; what was left
+  in place is passed over then, so an undeletable child deeper than the fd
+  bound cannot make the walk loop, and a directory that left too many in
+  place is not listed again at all.
+* Reports: the first ``walk.MAX_FAILURES`` failures are kept, the rest
+  counted; the first failure that is not a permission error is kept too
+  (the client passes it on); a path 65,537 levels deep is cut in messages.
+"""
+
+import errno
+import gc
+import os
+import tracemalloc
+
+import pytest
+
+from harness.trees import Canary, make_chain, rm_rf, snapshot, write
+from locald_admin.client import as_user
+from locald_admin.fs import fsops, remove, traverse, walk
+
+
+def open_fds():
+    gc.collect()
+    return len(os.listdir("/proc/self/fd"))
+
+
+class Parent:
+    """The held parent directory of a target, as the mechanism and the
+    client hold it."""
+
+    def __init__(self, target):
+        self.target = target
+        self.name = os.fsencode(target.name)
+        self.fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+
+    def remove(self, **kw):
+        return remove.remove_entry(self.fd, self.name, str(self.target), os.getuid(), **kw)
+
+    def close(self):
+        os.close(self.fd)
+
+
+@pytest.fixture
+def parent():
+    held = []
+
+    def hold(target):
+        p = Parent(target)
+        held.append(p)
+        return p
+
+    yield hold
+    for p in held:
+        p.close()
+
+
+@pytest.fixture
+def roomy(tmp_path, mounter):
+    """A directory for 200,000 entries: a tmpfs of its own as root (the
+    disk's /tmp would make these tests slow), else tmp_path."""
+    if os.geteuid() != 0:
+        return tmp_path
+    d = tmp_path / "tmpfs"
+    d.mkdir()
+    mounter("-t", "tmpfs", "-o", "size=1g,mode=700", "tmpfs", target=d)
+    return d
+
+
+@pytest.fixture
+def rmrf():
+    """Trees removed with rm -rf however the test ends (a deep chain defeats
+    pytest's own, recursive, cleanup)."""
+    paths = []
+    yield paths.append
+    for p in paths:
+        rm_rf(p)
+
+
+def dirs_first(entries):
+    # A batch is visited in order: this enters subdirectories before the
+    # files next to them are removed, so that the directory's listing is
+    # not at its end when its fd is closed.
+    return sorted(entries, key=lambda e: not e.is_dir(follow_symlinks=False))
+
+
+def chain_at(base, depth):
+    """The fd of the directory ``depth`` levels of "d" below ``base``
+    (opened fd-relative: beyond PATH_MAX)."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    return fd
+
+
+# -- memory --------------------------------------------------------------------------
+
+ENTRIES = 200_000
+NAME = 200  # bytes
+# Measured: about 0.33 MiB with one thread and 0.65 MiB with two (the
+# parallel pre-pass reads the top directory too), 2-4 bytes an entry; before
+# batches, 57 MiB (297 bytes an entry).  The bound leaves a wide margin and
+# is still 14 times below the old figure.
+PEAK_LIMIT = 4 * 2**20
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_memory_stays_bounded_for_a_directory_of_200000_long_names(roomy, parent, threads):
+    t = roomy / "huge"
+    t.mkdir()
+    fd = os.open(t, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(ENTRIES - 30):
+            name = f"{i:010d}".ljust(NAME, "x")
+            os.close(os.open(name, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=fd))
+        for i in range(10):  # a few subdirectories, so that the parallel pre-pass runs
+            d = f"sub{i:03d}".ljust(NAME, "y")
+            os.mkdir(d, dir_fd=fd)
+            for j in range(2):
+                os.close(os.open(f"{d}/f{j}", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=fd))
+    finally:
+        os.close(fd)
+    p = parent(t)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        removed = p.remove(threads=threads)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert removed == ENTRIES + 1
+    assert not os.path.lexists(t)
+    assert peak < PEAK_LIMIT, f"peak {peak} bytes, {peak / ENTRIES:.1f} bytes an entry"
+
+
+# -- depth ---------------------------------------------------------------------------
+
+def test_a_real_chain_of_65537_levels_stops_at_the_limit(tmp_path, parent, rmrf):
+    assert walk.MAX_DEPTH == 65536
+    canary = Canary(tmp_path / "canary")
+    t = tmp_path / "deep"
+    t.mkdir()
+    rmrf(t)
+    depth = walk.MAX_DEPTH + 1
+    make_chain(t, depth, leaf="leaf", data=b"deepest")
+    for level in (1, walk.MAX_DEPTH):  # files next to the chain go
+        fd = chain_at(t, level)
+        os.close(os.open("f", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd))
+        os.close(fd)
+    p = parent(t)
+    baseline = open_fds()
+    with pytest.raises(remove.RemoveFailed) as ei:
+        p.remove()
+    e = ei.value
+    assert open_fds() == baseline
+    assert e.removed == 2
+    [(path, err)] = e.failures
+    assert err is None
+    assert path == str(t) + "/d" * depth  # the directory that would be deeper
+    assert f"deeper than {walk.MAX_DEPTH} levels; left in place" in e.message
+    assert "\n" not in e.message and len(e.message) < 2 * remove.MAX_SHOWN_PATH + 300
+    # The directory at the limit and everything above it stay (not empty);
+    # what is below the limit was never entered.
+    fd = chain_at(t, depth)
+    try:
+        assert os.listdir(fd) == ["leaf"]
+        assert os.read(lfd := os.open("leaf", os.O_RDONLY, dir_fd=fd), 100) == b"deepest"
+        os.close(lfd)
+    finally:
+        os.close(fd)
+    for level in (1, walk.MAX_DEPTH):
+        fd = chain_at(t, level)
+        assert os.listdir(fd) == ["d"]
+        os.close(fd)
+    canary.check()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_nothing_deeper_than_max_depth_is_entered(mode, tmp_path, parent, monkeypatch, threads):
+    """With MAX_DEPTH 5: t/x/c/d/e/f are levels 1 to 5 and are emptied; g,
+    level 6, is not entered.  The depth counts from the target with the
+    parallel helpers too (each walks a subdirectory of it)."""
+    monkeypatch.setattr(walk, "MAX_DEPTH", 5)
+    canary = Canary(tmp_path / "canary")
+    t = tmp_path / "t"
+    for x in ("a", "b"):
+        d = t / x
+        for name in ("c", "d", "e", "f", "g"):
+            d = d / name
+        (d / "h").mkdir(parents=True)
+        write(d / "h" / "leaf", b"not entered")
+        d = t / x
+        for name in ("c", "d", "e", "f"):
+            d = d / name
+            write(d / "file")
+    write(t / "top")
+    with pytest.raises(remove.RemoveFailed) as ei:
+        parent(t).remove(threads=threads)
+    e = ei.value
+    assert sorted(e.failures) == [(f"{t}/a/c/d/e/f/g", None), (f"{t}/b/c/d/e/f/g", None)]
+    assert "deeper than 5 levels; left in place" in e.message
+    assert e.removed == 9  # top, and c/file d/file e/file f/file in a and b
+    expected = set()
+    for x in ("a", "b"):
+        parts = [x, "c", "d", "e", "f", "g", "h", "leaf"]
+        expected |= {"/".join(parts[:k]).encode() for k in range(1, len(parts) + 1)}
+    assert set(snapshot(t)) == expected
+    canary.check()
+    # The count keeps to the same limit.
+    pfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    dfd = fsops.default().open_beneath(pfd, b"t")
+    try:
+        c = walk.count_tree(pfd, b"t", dfd)
+    finally:
+        os.close(dfd)
+        os.close(pfd)
+    assert sorted(c.failures) == [b"a/c/d/e/f/g", b"b/c/d/e/f/g"]
+    assert c.failures[b"a/c/d/e/f/g"] == (None, "deeper than 5 levels; not listed")
+
+
+# -- termination when listings are lost ------------------------------------------------
+
+def undeletable_children(p, n, depth):
+    """``n`` chains p/c<k>/d/d/... ``depth`` levels deep, and 20 files."""
+    for k in range(n):
+        (p / f"c{k:02d}").mkdir(parents=True)
+        make_chain(p / f"c{k:02d}", depth)
+    for k in range(20):
+        write(p / f"f{k:02d}")
+
+
+def counting_listings_of(monkeypatch, path, limit):
+    """Count the batches read of the directory ``path`` (directories first in
+    each); fail instead of looping when there are more than ``limit``."""
+    ino = os.stat(path).st_ino
+    real = walk._read
+    seen = []
+
+    def reading(fd, it, n):
+        if os.fstat(fd).st_ino == ino:
+            seen.append(n)
+            if len(seen) > limit:
+                raise AssertionError(f"{path} listed more than {limit} times: the walk loops")
+        return dirs_first(real(fd, it, n))
+
+    monkeypatch.setattr(walk, "_read", reading)
+    return seen
+
+
+def test_an_undeletable_child_deeper_than_the_fd_bound_cannot_make_the_walk_loop(mode, tmp_path, parent,
+                                                                                monkeypatch):
+    """p's children c00..c02 are chains deeper than MAX_DEPTH below the target:
+    none can be emptied, and walking each closes p's fd (MAX_HELD_FDS 2), so
+    p loses its listing every time and is listed again from the start.
+    Without the entries left in place being passed over, c00 would be found
+    and walked again each time, forever."""
+    monkeypatch.setattr(walk, "MAX_HELD_FDS", 2)
+    monkeypatch.setattr(walk, "MAX_DEPTH", 6)
+    t = tmp_path / "t"
+    p = t / "p"
+    undeletable_children(p, 3, 6)  # c<k> is level 2, its chain reaches level 8
+    listings = counting_listings_of(monkeypatch, p, 20)
+    held = parent(t)
+    baseline = open_fds()
+    with pytest.raises(remove.RemoveFailed) as ei:
+        held.remove()
+    assert open_fds() == baseline
+    e = ei.value
+    too_deep = [f"{p}/c{k:02d}/d/d/d/d/d" for k in range(3)]
+    assert sorted(path for path, _ in e.failures) == too_deep
+    # p was listed once, and once more for each child that closed its fd.
+    assert 2 <= len(listings) <= 1 + 3 + 1
+    assert sorted(os.listdir(p)) == ["c00", "c01", "c02"]  # every file went
+    assert e.removed == 20
+
+
+def test_a_directory_that_left_too_many_in_place_is_not_listed_again(mode, tmp_path, parent, monkeypatch):
+    """More than MAX_KEPT undeletable children that each close p's fd: p's
+    listing cannot be resumed without retrying one of them, so it ends
+    there, named; the walk ends."""
+    monkeypatch.setattr(walk, "MAX_HELD_FDS", 2)
+    monkeypatch.setattr(walk, "MAX_DEPTH", 4)
+    t = tmp_path / "t"
+    p = t / "p"
+    n = traverse.MAX_KEPT + 3
+    undeletable_children(p, n, 4)
+    listings = counting_listings_of(monkeypatch, p, 3 * n)
+    with pytest.raises(remove.RemoveFailed) as ei:
+        parent(t).remove()
+    e = ei.value
+    # The first MAX_KEPT + 1 children were tried (each closed p's fd); then p.
+    assert len(e.failures) == traverse.MAX_KEPT + 2
+    assert all(path.endswith("/d/d/d") for path, _ in e.failures[:-1])
+    assert e.failures[-1] == (str(p), None)
+    assert len(listings) <= 2 * (traverse.MAX_KEPT + 3)  # batches of p: once, then once or twice a resumption
+    res = walk.WalkResult()
+    pfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    dfd = fsops.default().open_beneath(pfd, b"t")
+    try:
+        walk.remove_tree(pfd, b"t", dfd, result=res)  # again: the same end
+    finally:
+        os.close(dfd)
+        os.close(pfd)
+    assert res.failures[b"p"] == (None, f"more than {traverse.MAX_KEPT} of its entries could not be removed, "
+                                        "too many to list it again; the rest left in place")
+
+
+def test_many_failures_in_a_directory_that_keeps_its_fd_are_each_tried(mode, tmp_path, parent, monkeypatch):
+    """The bound on what a listing remembers only matters when the listing
+    is lost: a directory that keeps its fd tries every entry."""
+    monkeypatch.setattr(walk, "MAX_DEPTH", 2)
+    t = tmp_path / "t"
+    p = t / "p"
+    n = traverse.MAX_KEPT + 8
+    undeletable_children(p, n, 1)  # p/c<k>/d is level 3
+    with pytest.raises(remove.RemoveFailed) as ei:
+        parent(t).remove()
+    e = ei.value
+    assert len(e.failures) == n
+    assert "too many to list it again" not in e.message
+    assert sorted(os.listdir(p)) == [f"c{k:02d}" for k in range(n)]
+
+
+# -- what is reported ---------------------------------------------------------------------
+
+def test_failures_are_bounded_and_counted(mode, tmp_path, parent, monkeypatch):
+    monkeypatch.setattr(walk, "MAX_DEPTH", 1)
+    t = tmp_path / "t"
+    n = walk.MAX_FAILURES + 36
+    for k in range(n):
+        (t / f"x{k:03d}" / "y").mkdir(parents=True)
+    with pytest.raises(remove.RemoveFailed) as ei:
+        parent(t).remove()
+    e = ei.value
+    assert len(e.failures) == walk.MAX_FAILURES
+    assert f"could not remove {n} entries: " in e.message
+    assert f"(and {n - remove.MAX_NAMED_FAILURES} more)" in e.message
+
+
+def test_the_first_failure_that_is_not_a_permission_error_is_kept_among_many():
+    res = walk.WalkResult()
+    for k in range(walk.MAX_FAILURES + 6):
+        res.fail(b"denied%d" % k, errno.EACCES, os.strerror(errno.EACCES))
+    res.fail(b"readonly", errno.EROFS, os.strerror(errno.EROFS))
+    res.fail(b"later", errno.EIO, os.strerror(errno.EIO))
+    assert len(res.failures) == walk.MAX_FAILURES + 1
+    assert res.failures[b"readonly"] == (errno.EROFS, os.strerror(errno.EROFS))
+    assert res.failure_count == walk.MAX_FAILURES + 8
+    with pytest.raises(remove.RemoveFailed) as ei:
+        remove._raise_for("/x", res)
+    # The client passes on the error more privilege would not fix.
+    err = as_user._first_error(ei.value)
+    assert (err.errno, err.filename) == (errno.EROFS, "/x/readonly")
+
+
+def test_mounts_left_in_place_are_bounded_and_counted():
+    res = walk.WalkResult()
+    for k in range(walk.MAX_FAILURES + 3):
+        res.mount(b"m%d" % k)
+    assert len(res.mounts) == walk.MAX_FAILURES and res.mount_count == walk.MAX_FAILURES + 3
+    with pytest.raises(remove.MountInTheWay) as ei:
+        remove._raise_for("/x", res)
+    assert f"(and {walk.MAX_FAILURES + 3 - remove.MAX_NAMED_FAILURES} more)" in ei.value.message
