@@ -15,6 +15,10 @@ parent, every mount at or below it is looked up in this process' mount table
 and, if there is one, the request is refused before anything is deleted; then
 the fd-anchored walk (``walk.py``) removes it.
 
+With an owner rule (``owners.OwnerRule``: the mechanism's), another user's
+directory where the caller could have had it put is left in place, the
+target included.
+
 Errors are neutral (``RemoveError`` and its subclasses), each with a one-line
 message naming the paths; each side turns them into its own errors.
 """
@@ -61,14 +65,15 @@ class RemoveFailed(RemoveError):
     errno or None) of the first of them (``walk.MAX_FAILURES``, and the
     first that is not a permission error), in the order found; ``errno``
     None means something the walk decided itself (a directory moved or
-    replaced under it, too deep)."""
+    replaced under it, too deep, another user's)."""
 
     def __init__(self, message, failures=(), removed=0):
         super().__init__(message, removed)
         self.failures = list(failures)
 
 
-def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None, threads=1, fs=None):
+def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None, threads=1, fs=None,
+                 owners=None):
     """Remove the entry ``name`` of ``parent_fd``; return entries removed.
 
     ``shown``: the entry's path for messages.  ``caller_uid``: whose
@@ -77,11 +82,13 @@ def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None
     instead of looking the name up again.  ``progress``: a walk.WalkResult
     to count into (read by another thread for progress reports).
     ``threads``: threads for the target's subdirectories.  ``fs``: the
-    fsops.Fs to open with (default: openat2 where the kernel has it).  A
-    missing entry is success with 0 removed.  Raises RemoveError.
+    fsops.Fs to open with (default: openat2 where the kernel has it).
+    ``owners``: an ``owners.OwnerRule`` for every directory entered, the
+    target included (None: none; the kernel decides, as for the client's own
+    attempt).  A missing entry is success with 0 removed.  Raises RemoveError.
     """
     fs = fsops.default() if fs is None else fs
-    how = (progress, threads)
+    how = (progress, threads, owners)
     for _ in range(MAX_TYPE_RETRIES):
         done = _remove_once(fs, parent_fd, name, shown, caller_uid, held_fd, how)
         if done is not None:
@@ -133,7 +140,15 @@ def _open_error(shown, e):
 
 
 def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
-    progress, threads = how
+    progress, threads, owners = how
+    # Another user's directory where the caller could have had it put
+    # (S13): nothing is removed, not even what the parallel helpers would.
+    if owners is not None:
+        why = owners.refusal(parent_fd, os.fstat(dir_fd))
+        if why is not None:
+            refused = walk.WalkResult()
+            refused.fail(b"", None, why)
+            _raise_for(shown, refused)
     # A mount at or below the target (a container's volume, its tmpfs):
     # refuse before deleting anything, and without looking into it
     # (mountinfo, not stat: a hung FUSE daemon cannot stall us).  Then the
@@ -151,8 +166,8 @@ def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
         more = f" (and {len(used) - 1} more)" if len(used) > 1 else ""
         raise InUse(f"{shown} is in use: {used[0].describe()}{more}; nothing was removed")
     res = walk.WalkResult() if progress is None else progress
-    walk.remove_subdirs_in_parallel(dir_fd, res, threads, fs)
-    walk.remove_tree(parent_fd, name, dir_fd, result=res, fs=fs)
+    walk.remove_subdirs_in_parallel(dir_fd, res, threads, fs, owners=owners)
+    walk.remove_tree(parent_fd, name, dir_fd, result=res, fs=fs, owners=owners)
     _raise_for(shown, res)
     return res.removed
 

@@ -12,6 +12,8 @@ same defences, which live here and nowhere else:
   followed (CVE-2018-6954, CVE-2022-21658 style) and a mount point is never
   entered (bind mounts share st_dev, so only a mount-aware open can tell);
   the visitor is told (``on_enter_failed``) and decides what that means.
+  The visitor sees the ``fstat`` of every directory opened, the target
+  included, before it is walked (``on_enter``), and may refuse it.
 * Every directory's ``(st_dev, st_ino)`` is recorded when it is entered.
 * At most ``max_held`` fds of ours are open whatever the depth and width,
   plus the current directory's listing: the fds of the directories below
@@ -35,7 +37,7 @@ the rest of its batch and keeps constant state only; when the walk comes
 back to it, it is listed again from the start (``on_resume``).  What the
 visitor left in place of what it already visited is skipped then: the
 visitor says so with ``t.keep(frame, ino)`` (the traversal does itself for
-what it did not enter), and a directory with more than ``MAX_KEPT`` such entries
+what it refused), and a directory with more than ``MAX_KEPT`` such entries
 is not listed again at all.  That is what makes every walk end: without it,
 a child directory deeper than the fd bound that cannot be emptied would
 close its parent's fd each time it is walked, and be found and walked again
@@ -129,6 +131,14 @@ class Visitor:
         ``open_beneath``)."""
         raise NotImplementedError
 
+    def on_enter(self, t, parent, name, st):
+        """The directory ``name`` of ``parent`` was opened (``parent.fd`` is
+        open) and ``st`` is its ``fstat``; False not to walk it (it is left
+        as it is, the traversal closes its fd).  Asked of the target too,
+        with ``t.stack[0]`` as its parent, before anything is walked.  A
+        visitor that refuses nothing may set it to None."""
+        return True
+
     def on_enter_failed(self, t, frame, name, err):
         """``name`` could not be entered: ``err`` is ELOOP or ENOTDIR for a
         symlink or a non-directory, EXDEV for a mount point, or any other
@@ -204,10 +214,16 @@ class Traversal:
         make = visitor.Frame
         stack = self.stack
         top = make(self.parent_fd, os.fstat(self.parent_fd), b"")
-        stack[:] = [top, make(self.dir_fd, os.fstat(self.dir_fd), self.name)]
+        st = os.fstat(self.dir_fd)
+        stack[:] = [top, make(self.dir_fd, st, self.name)]
         self.target = stack[1]
         self.held, self.first_open = 0, 2
         self.visitor = visitor
+        on_enter = visitor.on_enter  # None: every directory is walked
+        if getattr(on_enter, "__func__", None) is Visitor.on_enter:
+            on_enter = None
+        if on_enter is not None and not on_enter(self, top, self.name, st):
+            return
         too_deep, mnt, max_held = self.max_depth + 1, self.mnt, self.max_held
         on_entry, read, open_beneath = visitor.on_entry, visitor.read, self.fs.open_beneath
         encoding, errors = _ENCODING, _ERRORS
@@ -251,7 +267,17 @@ class Traversal:
                             if not visitor.on_enter_failed(self, f, child, e):
                                 self.keep(f, entry.inode())
                         continue
-                    stack.append(make(cfd, os.fstat(cfd), child, entry.inode()))
+                    try:
+                        cst = os.fstat(cfd)
+                        refused = on_enter is not None and not on_enter(self, f, child, cst)
+                    except BaseException:
+                        os.close(cfd)
+                        raise
+                    if refused:
+                        os.close(cfd)
+                        self.keep(f, entry.inode())
+                        continue
+                    stack.append(make(cfd, cst, child, entry.inode()))
                     # The child's fd, and f's listing if it is still open:
                     # f is no longer the current directory.
                     self.held += 1 if f.it is None else 2

@@ -17,7 +17,9 @@ is done with each entry is a visitor:
   refilled while we walked it is rescanned at most ``MAX_RESCANS`` times.
   The target's final ``rmdir`` happens only if its name still refers to the
   directory that was emptied.  A mount that appears during the walk is left
-  in place and reported.
+  in place and reported.  With an ``owners.OwnerRule``, another user's
+  directory in a directory the caller could write is left in place and
+  reported.
 * ``count_tree``: a listing that deletes nothing (``_Count``): how many
   entries of each kind, and the mounts it did not enter.
 
@@ -145,14 +147,15 @@ def _subdirs(dir_fd, it):
         n = min(BATCH, 2 * n)
 
 
-def remove_subdirs_in_parallel(dir_fd, result, threads, fs=None, max_depth=None):
+def remove_subdirs_in_parallel(dir_fd, result, threads, fs=None, owners=None, max_depth=None):
     """Empty and remove the subdirectories of ``dir_fd`` with ``threads``
     threads (this one included) before the ordinary walk of ``dir_fd``.
 
     Each subdirectory is walked by ``remove_tree`` relative to the same held
-    ``dir_fd``, so every safety property of the walk holds per thread.
-    ``max_depth``: the levels below ``dir_fd`` that may be entered (default
-    MAX_DEPTH).  The names are read from one listing shared by the
+    ``dir_fd``, so every safety property of the walk holds per thread, the
+    owner rule ``owners`` included (the caller has applied it to ``dir_fd``
+    itself).  ``max_depth``: the levels below ``dir_fd`` that may be entered
+    (default MAX_DEPTH).  The names are read from one listing shared by the
     threads, in batches.  Only counts are kept: whatever a helper could not
     remove is still there for the ordinary walk that follows, which finds it
     again and reports it.  unlinkat and getdents release the GIL, so the
@@ -184,7 +187,7 @@ def remove_subdirs_in_parallel(dir_fd, result, threads, fs=None, max_depth=None)
                 except OSError:
                     continue  # a symlink, mount or gone: the ordinary walk deals with it
                 try:
-                    remove_tree(dir_fd, name, cfd, result=mine, fs=fs, max_depth=max_depth - 1)
+                    remove_tree(dir_fd, name, cfd, result=mine, fs=fs, owners=owners, max_depth=max_depth - 1)
                 finally:
                     os.close(cfd)
 
@@ -225,9 +228,12 @@ class _Removal(traverse.Visitor):
 
     Frame = _RemovalFrame
 
-    def __init__(self, result):
+    def __init__(self, result, owners=None):
         self.result = result
+        self.owners = owners
         self.read = _read  # looked up per walk: the tests replace it
+        if owners is None:
+            self.on_enter = None  # no rule: every directory is walked
 
     def on_list_failed(self, t, f, err):
         self.result.fail(t.rel, err)
@@ -253,6 +259,18 @@ class _Removal(traverse.Visitor):
             self.result.fail(lambda: t.rel(child), e)
             f.incomplete = True
             t.keep(f, entry.inode())
+        return False
+
+    def on_enter(self, t, parent, child, st):
+        # Another user's directory where the caller could have had it put
+        # (S13): left in place, with everything in it.
+        if self.owners is None:
+            return True
+        why = self.owners.refusal(parent.fd, st)
+        if why is None:
+            return True
+        self.result.fail(b"" if parent is t.stack[0] else lambda: t.rel(child), None, why)
+        parent.incomplete = True
         return False
 
     def on_enter_failed(self, t, f, child, e):
@@ -323,18 +341,19 @@ class _Removal(traverse.Visitor):
         return 0
 
 
-def remove_tree(parent_fd, name, dir_fd, result=None, fs=None, max_depth=None):
+def remove_tree(parent_fd, name, dir_fd, result=None, fs=None, owners=None, max_depth=None):
     """Remove the directory ``name`` of ``parent_fd`` and everything below it.
 
     ``dir_fd`` is an open (O_RDONLY) fd of that directory, obtained with
     ``Fs.open_beneath``; it stays owned by the caller, as does
-    ``parent_fd``.  ``max_depth``: levels below it that are entered
-    (default MAX_DEPTH).  Returns a WalkResult; paths in it are
+    ``parent_fd``.  ``owners``: an ``owners.OwnerRule`` applied to every
+    directory entered, this one included (None: no rule).  ``max_depth``:
+    levels below it that are entered (default MAX_DEPTH).  Returns a WalkResult; paths in it are
     relative to the removed directory, which itself is ``b""``.
     """
     result = WalkResult() if result is None else result
     traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs,
-                       max_depth=MAX_DEPTH if max_depth is None else max_depth, batch=BATCH).run(_Removal(result))
+                       max_depth=MAX_DEPTH if max_depth is None else max_depth, batch=BATCH).run(_Removal(result, owners))
     return result
 
 
