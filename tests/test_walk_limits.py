@@ -1,4 +1,4 @@
-"""The walk's bounds: memory, depth, and what it reports.
+"""The walk's bounds: memory, depth, what it reports, and cancellation.
 
 * Memory: a directory is read in batches (``walk.BATCH``) from a listing
   kept open while its fd is held; the tracemalloc peak of removing 200,000
@@ -15,11 +15,15 @@
 * Reports: the first ``walk.MAX_FAILURES`` failures are kept, the rest
   counted; the first failure that is not a permission error is kept too
   (the client passes it on); a path 65,537 levels deep is cut in messages.
+* Cancellation (``cancel``): the walk stops within a batch, closes its fds,
+  and ``remove.Cancelled`` says how much was removed; the next call goes on.
 """
 
 import errno
 import gc
 import os
+import threading
+import time
 import tracemalloc
 
 import pytest
@@ -372,3 +376,83 @@ def test_mounts_left_in_place_are_bounded_and_counted():
     with pytest.raises(remove.MountInTheWay) as ei:
         remove._raise_for("/x", res)
     assert f"(and {walk.MAX_FAILURES + 3 - remove.MAX_NAMED_FAILURES} more)" in ei.value.message
+
+
+# -- cancellation ---------------------------------------------------------------------------
+
+DIRS, PER = 200, 1000  # 200,200 entries below the target
+
+
+def big_tree(t):
+    t.mkdir()
+    fd = os.open(t, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for d in range(DIRS):
+            os.mkdir(f"d{d:03d}", dir_fd=fd)
+            dfd = os.open(f"d{d:03d}", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            try:
+                for n in range(PER):
+                    wfd = os.open(f"f{n:04d}", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+                    os.write(wfd, b"%d/%d" % (d, n))
+                    os.close(wfd)
+            finally:
+                os.close(dfd)
+    finally:
+        os.close(fd)
+    return DIRS * (PER + 1) + 1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cancel_stops_the_walk_promptly_and_the_next_call_finishes(roomy, parent, threads):
+    t = roomy / "t"
+    total = big_tree(t)
+    p = parent(t)
+    progress, cancel = walk.WalkResult(), threading.Event()
+    at_set = []
+
+    def watch():
+        while not cancel.is_set():
+            n = progress.removed_total
+            if n > 1000:
+                at_set.append(n)
+                cancel.set()
+                return
+            time.sleep(0.0002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    baseline = open_fds()
+    watcher.start()
+    try:
+        with pytest.raises(remove.Cancelled) as ei:
+            p.remove(threads=threads, progress=progress, cancel=cancel)
+    finally:
+        cancel.set()
+        watcher.join()
+    assert open_fds() == baseline
+    removed = ei.value.removed
+    assert at_set and 1000 < at_set[0] <= removed < total
+    assert removed - at_set[0] <= threads * (walk.BATCH + 64), "the walk went on after the cancel"
+    assert "cancelled" in ei.value.message and f"{removed} entries removed" in ei.value.message
+    # What is left is intact: every remaining file with its content.
+    left = snapshot(t)
+    assert len(left) + 1 == total - removed
+    for rel, what in left.items():
+        if what[0] == "file":
+            d, n = rel.split(b"/")
+            assert what == ("file", b"%d/%d" % (int(d[1:]), int(n[1:])))
+    # The next call finishes the job.
+    assert p.remove(threads=threads) == total - removed
+    assert not os.path.lexists(t)
+
+
+def test_cancel_set_before_the_call_removes_nothing(mode, tmp_path, parent):
+    t = tmp_path / "t"
+    (t / "a" / "b").mkdir(parents=True)
+    write(t / "a" / "f")
+    cancel = threading.Event()
+    cancel.set()
+    before = snapshot(t)
+    with pytest.raises(remove.Cancelled) as ei:
+        parent(t).remove(threads=2, cancel=cancel)
+    assert ei.value.removed == 0
+    assert snapshot(t) == before

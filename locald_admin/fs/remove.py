@@ -17,7 +17,7 @@ the fd-anchored walk (``walk.py``) removes it.
 
 With an owner rule (``owners.OwnerRule``: the mechanism's), another user's
 directory where the caller could have had it put is left in place, the
-target included.
+target included.  ``cancel`` stops a removal under way (``Cancelled``).
 
 Errors are neutral (``RemoveError`` and its subclasses), each with a one-line
 message naming the paths; each side turns them into its own errors.
@@ -60,6 +60,11 @@ class InUse(RemoveError):
     target: refused before deleting anything."""
 
 
+class Cancelled(RemoveError):
+    """``cancel`` was set: the removal stopped where it was, ``removed``
+    entries removed; the rest is left as it was (a later call goes on)."""
+
+
 class RemoveFailed(RemoveError):
     """Entries could not be removed.  ``failures``: (path for messages,
     errno or None) of the first of them (``walk.MAX_FAILURES``, and the
@@ -73,7 +78,7 @@ class RemoveFailed(RemoveError):
 
 
 def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None, threads=1, fs=None,
-                 owners=None):
+                 owners=None, cancel=None):
     """Remove the entry ``name`` of ``parent_fd``; return entries removed.
 
     ``shown``: the entry's path for messages.  ``caller_uid``: whose
@@ -85,10 +90,12 @@ def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None
     fsops.Fs to open with (default: openat2 where the kernel has it).
     ``owners``: an ``owners.OwnerRule`` for every directory entered, the
     target included (None: none; the kernel decides, as for the client's own
-    attempt).  A missing entry is success with 0 removed.  Raises RemoveError.
+    attempt).  ``cancel``: an object with ``is_set()`` (a
+    ``threading.Event``); once set, the removal stops and raises
+    ``Cancelled``.  A missing entry is success with 0 removed.  Raises RemoveError.
     """
     fs = fsops.default() if fs is None else fs
-    how = (progress, threads, owners)
+    how = (progress, threads, owners, cancel)
     for _ in range(MAX_TYPE_RETRIES):
         done = _remove_once(fs, parent_fd, name, shown, caller_uid, held_fd, how)
         if done is not None:
@@ -140,7 +147,7 @@ def _open_error(shown, e):
 
 
 def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
-    progress, threads, owners = how
+    progress, threads, owners, cancel = how
     # Another user's directory where the caller could have had it put
     # (S13): nothing is removed, not even what the parallel helpers would.
     if owners is not None:
@@ -166,8 +173,12 @@ def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
         more = f" (and {len(used) - 1} more)" if len(used) > 1 else ""
         raise InUse(f"{shown} is in use: {used[0].describe()}{more}; nothing was removed")
     res = walk.WalkResult() if progress is None else progress
-    walk.remove_subdirs_in_parallel(dir_fd, res, threads, fs, owners=owners)
-    walk.remove_tree(parent_fd, name, dir_fd, result=res, fs=fs, owners=owners)
+    if cancel is not None and cancel.is_set():
+        res.cancelled = True
+    else:
+        walk.remove_subdirs_in_parallel(dir_fd, res, threads, fs, owners=owners, cancel=cancel)
+    if not res.cancelled:
+        walk.remove_tree(parent_fd, name, dir_fd, result=res, fs=fs, owners=owners, cancel=cancel)
     _raise_for(shown, res)
     return res.removed
 
@@ -188,6 +199,8 @@ def _raise_for(shown, res):
     def more(count, named):
         return f" (and {count - named} more)" if count > named else ""
 
+    if res.cancelled:
+        raise Cancelled(f"{shown}: the removal was cancelled; {res.removed} entries removed", removed=res.removed)
     if res.mounts:
         named = res.mounts[:MAX_NAMED_FAILURES]
         names = ", ".join(_shorten(full(m)) for m in named)

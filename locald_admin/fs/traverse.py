@@ -43,6 +43,10 @@ a child directory deeper than the fd bound that cannot be emptied would
 close its parent's fd each time it is walked, and be found and walked again
 by the parent's next listing, forever.
 
+``cancel`` (an object with ``is_set()``, a ``threading.Event``) is looked at
+before every batch and every directory entered or left: once it is set the
+walk stops, its fds closed, and ``t.cancelled`` is True.
+
 Order (which the removal's behaviour depends on): a directory's entries are
 visited in the order its listing returns them; a child the visitor enters is
 walked completely before the next entry of its parent is looked at.
@@ -176,10 +180,12 @@ class Traversal:
     ``parent_fd``; both stay owned by the caller)."""
 
     def __init__(self, parent_fd, name, dir_fd, max_held, fs=None, max_depth=DEFAULT_MAX_DEPTH,
-                 batch=DEFAULT_BATCH):
+                 batch=DEFAULT_BATCH, cancel=None):
         self.fs = fsops.default() if fs is None else fs
         self.mnt = self.fs.parent_mount(dir_fd)  # what the fallback compares with
         self.max_held, self.max_depth, self.batch = max_held, max_depth, max(1, batch)
+        self.cancel = cancel
+        self.cancelled = False
         self.parent_fd, self.name, self.dir_fd = parent_fd, name, dir_fd
         # stack[0]: the parent, stack[1]: the target (both fds owned by the
         # caller); stack[2:]: directories below, whose fds are ours.
@@ -224,7 +230,7 @@ class Traversal:
             on_enter = None
         if on_enter is not None and not on_enter(self, top, self.name, st):
             return
-        too_deep, mnt, max_held = self.max_depth + 1, self.mnt, self.max_held
+        too_deep, mnt, cancel, max_held = self.max_depth + 1, self.mnt, self.cancel, self.max_held
         on_entry, read, open_beneath = visitor.on_entry, visitor.read, self.fs.open_beneath
         encoding, errors = _ENCODING, _ERRORS
         try:
@@ -232,6 +238,9 @@ class Traversal:
             # specialise this long-running frame ("while <test>" does not).
             while True:
                 if len(stack) < 2:
+                    return
+                if cancel is not None and cancel.is_set():
+                    self.cancelled = True
                     return
                 f = stack[-1]
                 batch = f.batch

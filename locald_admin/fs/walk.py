@@ -105,12 +105,13 @@ class Findings:
 
 
 class WalkResult(Findings):
-    __slots__ = ("removed", "helpers")
+    __slots__ = ("removed", "helpers", "cancelled")
 
     def __init__(self):
         super().__init__()
         self.removed = 0
         self.helpers = []  # WalkResults of parallel helper threads (counts only)
+        self.cancelled = False  # the walk stopped because ``cancel`` was set
 
     @property
     def removed_total(self):
@@ -147,7 +148,7 @@ def _subdirs(dir_fd, it):
         n = min(BATCH, 2 * n)
 
 
-def remove_subdirs_in_parallel(dir_fd, result, threads, fs=None, owners=None, max_depth=None):
+def remove_subdirs_in_parallel(dir_fd, result, threads, fs=None, owners=None, cancel=None, max_depth=None):
     """Empty and remove the subdirectories of ``dir_fd`` with ``threads``
     threads (this one included) before the ordinary walk of ``dir_fd``.
 
@@ -159,7 +160,9 @@ def remove_subdirs_in_parallel(dir_fd, result, threads, fs=None, owners=None, ma
     threads, in batches.  Only counts are kept: whatever a helper could not
     remove is still there for the ordinary walk that follows, which finds it
     again and reports it.  unlinkat and getdents release the GIL, so the
-    threads overlap in the kernel.  Returns the number of entries removed.
+    threads overlap in the kernel.  With ``cancel`` set, no helper starts
+    another subdirectory and ``result.cancelled`` is set.  Returns the
+    number of entries removed.
     """
     if threads < 2:
         return 0
@@ -178,6 +181,9 @@ def remove_subdirs_in_parallel(dir_fd, result, threads, fs=None, owners=None, ma
 
         def work(mine):
             while True:
+                if cancel is not None and cancel.is_set():
+                    mine.cancelled = True
+                    return
                 with lock:
                     name = next(pending, None)
                 if name is None:
@@ -187,7 +193,8 @@ def remove_subdirs_in_parallel(dir_fd, result, threads, fs=None, owners=None, ma
                 except OSError:
                     continue  # a symlink, mount or gone: the ordinary walk deals with it
                 try:
-                    remove_tree(dir_fd, name, cfd, result=mine, fs=fs, owners=owners, max_depth=max_depth - 1)
+                    remove_tree(dir_fd, name, cfd, result=mine, fs=fs, owners=owners, cancel=cancel,
+                                max_depth=max_depth - 1)
                 finally:
                     os.close(cfd)
 
@@ -202,6 +209,7 @@ def remove_subdirs_in_parallel(dir_fd, result, threads, fs=None, owners=None, ma
     removed = sum(c.removed for c in counts)
     del result.helpers[-len(counts):]
     result.removed += removed
+    result.cancelled = result.cancelled or any(c.cancelled for c in counts)
     return removed
 
 
@@ -341,19 +349,24 @@ class _Removal(traverse.Visitor):
         return 0
 
 
-def remove_tree(parent_fd, name, dir_fd, result=None, fs=None, owners=None, max_depth=None):
+def remove_tree(parent_fd, name, dir_fd, result=None, fs=None, owners=None, cancel=None, max_depth=None):
     """Remove the directory ``name`` of ``parent_fd`` and everything below it.
 
     ``dir_fd`` is an open (O_RDONLY) fd of that directory, obtained with
     ``Fs.open_beneath``; it stays owned by the caller, as does
     ``parent_fd``.  ``owners``: an ``owners.OwnerRule`` applied to every
-    directory entered, this one included (None: no rule).  ``max_depth``:
-    levels below it that are entered (default MAX_DEPTH).  Returns a WalkResult; paths in it are
+    directory entered, this one included (None: no rule).  ``cancel``: an
+    object with ``is_set()``; once set the walk stops and
+    ``result.cancelled`` is True.  ``max_depth``: levels below it that are
+    entered (default MAX_DEPTH).  Returns a WalkResult; paths in it are
     relative to the removed directory, which itself is ``b""``.
     """
     result = WalkResult() if result is None else result
-    traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs,
-                       max_depth=MAX_DEPTH if max_depth is None else max_depth, batch=BATCH).run(_Removal(result, owners))
+    t = traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs,
+                           max_depth=MAX_DEPTH if max_depth is None else max_depth, batch=BATCH, cancel=cancel)
+    t.run(_Removal(result, owners))
+    if t.cancelled:
+        result.cancelled = True
     return result
 
 
