@@ -1,4 +1,5 @@
-"""The walk's bounds: memory, depth, what it reports, and cancellation.
+"""The walk's bounds: memory, depth, what it reports, cancellation, and
+emptying a directory without removing it.
 
 * Memory: a directory is read in batches (``walk.BATCH``) from a listing
   kept open while its fd is held; the tracemalloc peak of removing 200,000
@@ -17,6 +18,7 @@
   (the client passes it on); a path 65,537 levels deep is cut in messages.
 * Cancellation (``cancel``): the walk stops within a batch, closes its fds,
   and ``remove.Cancelled`` says how much was removed; the next call goes on.
+* ``keep_dir``: everything below the directory goes, the directory stays.
 """
 
 import errno
@@ -456,3 +458,69 @@ def test_cancel_set_before_the_call_removes_nothing(mode, tmp_path, parent):
         parent(t).remove(threads=2, cancel=cancel)
     assert ei.value.removed == 0
     assert snapshot(t) == before
+
+
+# -- keep_dir --------------------------------------------------------------------------------
+
+def tree(t):
+    (t / "a" / "b").mkdir(parents=True)
+    (t / "c").mkdir()
+    write(t / "f")
+    write(t / "a" / "g")
+    write(t / "a" / "b" / "h")
+    (t / "link").symlink_to("/etc/passwd")
+    return 7  # a, b, c, f, g, h, link
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_keep_dir_removes_everything_below_and_keeps_the_directory(mode, tmp_path, parent, threads):
+    t = tmp_path / "t"
+    n = tree(t)
+    ino = os.stat(t).st_ino
+    assert parent(t).remove(keep_dir=True, threads=threads) == n
+    assert os.listdir(t) == [] and os.stat(t).st_ino == ino
+    assert parent(t).remove(keep_dir=True) == 0  # empty already
+    assert os.path.isdir(t)
+
+
+def test_keep_dir_with_a_held_fd_as_the_mechanism_removes_an_anchor(mode, tmp_path):
+    anchor = tmp_path / "proj" / ".locald"
+    n = tree(anchor)
+    ino = os.stat(anchor).st_ino
+    fs = fsops.default()
+    prefix_fd = fs.open_prefix(os.fsencode(anchor.parent).lstrip(b"/").split(b"/"))  # O_PATH, as scope holds it
+    anchor_fd = fs.open_beneath(prefix_fd, b".locald")
+    try:
+        assert remove.remove_entry(prefix_fd, b".locald", str(anchor), os.getuid(), held_fd=anchor_fd,
+                                   keep_dir=True, fs=fs) == n
+    finally:
+        os.close(anchor_fd)
+        os.close(prefix_fd)
+    assert os.listdir(anchor) == [] and os.stat(anchor).st_ino == ino
+
+
+def test_keep_dir_looks_again_at_a_directory_refilled_during_the_walk(mode, tmp_path, parent, monkeypatch):
+    t = tmp_path / "t"
+    t.mkdir()
+    write(t / "first")
+    ino = os.stat(t).st_ino
+    real = walk._read
+    refills = []
+
+    def refilling(fd, it, n):
+        entries = real(fd, it, n)
+        if os.fstat(fd).st_ino == ino and len(refills) < 2:
+            refills.append(True)
+            write(t / f"late{len(refills)}")
+        return entries
+
+    monkeypatch.setattr(walk, "_read", refilling)
+    assert parent(t).remove(keep_dir=True) == 3
+    assert os.listdir(t) == []
+
+
+def test_keep_dir_leaves_a_non_directory_target_to_the_ordinary_removal(mode, tmp_path, parent):
+    f = tmp_path / "file"
+    write(f)
+    assert parent(f).remove(keep_dir=True) == 1
+    assert not os.path.lexists(f)

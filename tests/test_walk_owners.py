@@ -269,7 +269,7 @@ def test_a_held_target_owned_by_another_user_in_a_writable_parent_is_left_whole(
     try:
         with pytest.raises(remove.RemoveFailed) as ei:
             remove.remove_entry(prefix_fd, b".locald", str(anchor), CALLER, held_fd=anchor_fd, owners=RULE,
-                                fs=fs)
+                                keep_dir=True, fs=fs)
     finally:
         os.close(anchor_fd)
         os.close(prefix_fd)

@@ -17,7 +17,8 @@ the fd-anchored walk (``walk.py``) removes it.
 
 With an owner rule (``owners.OwnerRule``: the mechanism's), another user's
 directory where the caller could have had it put is left in place, the
-target included.  ``cancel`` stops a removal under way (``Cancelled``).
+target included.  ``cancel`` stops a removal under way (``Cancelled``);
+``keep_dir`` empties a directory without removing it.
 
 Errors are neutral (``RemoveError`` and its subclasses), each with a one-line
 message naming the paths; each side turns them into its own errors.
@@ -78,7 +79,7 @@ class RemoveFailed(RemoveError):
 
 
 def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None, threads=1, fs=None,
-                 owners=None, cancel=None):
+                 owners=None, cancel=None, keep_dir=False):
     """Remove the entry ``name`` of ``parent_fd``; return entries removed.
 
     ``shown``: the entry's path for messages.  ``caller_uid``: whose
@@ -92,10 +93,12 @@ def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None
     target included (None: none; the kernel decides, as for the client's own
     attempt).  ``cancel``: an object with ``is_set()`` (a
     ``threading.Event``); once set, the removal stops and raises
-    ``Cancelled``.  A missing entry is success with 0 removed.  Raises RemoveError.
+    ``Cancelled``.  ``keep_dir``: for a directory, remove everything below
+    it but not the directory itself (a non-directory is removed as ever).
+    A missing entry is success with 0 removed.  Raises RemoveError.
     """
     fs = fsops.default() if fs is None else fs
-    how = (progress, threads, owners, cancel)
+    how = (progress, threads, owners, cancel, keep_dir)
     for _ in range(MAX_TYPE_RETRIES):
         done = _remove_once(fs, parent_fd, name, shown, caller_uid, held_fd, how)
         if done is not None:
@@ -147,7 +150,7 @@ def _open_error(shown, e):
 
 
 def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
-    progress, threads, owners, cancel = how
+    progress, threads, owners, cancel, keep_dir = how
     # Another user's directory where the caller could have had it put
     # (S13): nothing is removed, not even what the parallel helpers would.
     if owners is not None:
@@ -178,7 +181,8 @@ def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
     else:
         walk.remove_subdirs_in_parallel(dir_fd, res, threads, fs, owners=owners, cancel=cancel)
     if not res.cancelled:
-        walk.remove_tree(parent_fd, name, dir_fd, result=res, fs=fs, owners=owners, cancel=cancel)
+        walk.remove_tree(parent_fd, name, dir_fd, result=res, fs=fs, owners=owners, cancel=cancel,
+                         keep_dir=keep_dir)
     _raise_for(shown, res)
     return res.removed
 

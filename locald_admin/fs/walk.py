@@ -236,9 +236,10 @@ class _Removal(traverse.Visitor):
 
     Frame = _RemovalFrame
 
-    def __init__(self, result, owners=None):
+    def __init__(self, result, owners=None, keep_dir=False):
         self.result = result
         self.owners = owners
+        self.keep_dir = keep_dir
         self.read = _read  # looked up per walk: the tests replace it
         if owners is None:
             self.on_enter = None  # no rule: every directory is walked
@@ -310,11 +311,22 @@ class _Removal(traverse.Visitor):
             parent.incomplete = True
             t.keep(parent, f.dino)
             return False
-        if f is t.target and not _same_entry(t.fs, parent.fd, f):
-            # The target's name in its parent now names another directory
-            # (swapped after we opened it, R4): leave that alone.
-            result.fail(b"", None, "was replaced by another directory during removal")
-            return False
+        if f is t.target:
+            if self.keep_dir:
+                # Kept, emptied: a listing that found nothing says it is
+                # empty (what rmdir would say); one that found entries is
+                # looked at again, at most MAX_RESCANS times (R5).
+                if f.pos:
+                    if f.rescans < MAX_RESCANS:
+                        f.rescans += 1
+                        return True
+                    result.fail(b"", errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
+                return False
+            if not _same_entry(t.fs, parent.fd, f):
+                # The target's name in its parent now names another
+                # directory (swapped after we opened it, R4): leave that.
+                result.fail(b"", None, "was replaced by another directory during removal")
+                return False
         try:
             os.rmdir(f.name, dir_fd=parent.fd)
             result.removed += 1
@@ -349,7 +361,8 @@ class _Removal(traverse.Visitor):
         return 0
 
 
-def remove_tree(parent_fd, name, dir_fd, result=None, fs=None, owners=None, cancel=None, max_depth=None):
+def remove_tree(parent_fd, name, dir_fd, result=None, fs=None, owners=None, cancel=None, keep_dir=False,
+                max_depth=None):
     """Remove the directory ``name`` of ``parent_fd`` and everything below it.
 
     ``dir_fd`` is an open (O_RDONLY) fd of that directory, obtained with
@@ -357,14 +370,16 @@ def remove_tree(parent_fd, name, dir_fd, result=None, fs=None, owners=None, canc
     ``parent_fd``.  ``owners``: an ``owners.OwnerRule`` applied to every
     directory entered, this one included (None: no rule).  ``cancel``: an
     object with ``is_set()``; once set the walk stops and
-    ``result.cancelled`` is True.  ``max_depth``: levels below it that are
-    entered (default MAX_DEPTH).  Returns a WalkResult; paths in it are
-    relative to the removed directory, which itself is ``b""``.
+    ``result.cancelled`` is True.  ``keep_dir``: remove everything below
+    the directory but not the directory itself.  ``max_depth``: levels
+    below it that are entered (default MAX_DEPTH).  Returns a WalkResult;
+    paths in it are relative to the removed directory, which itself is
+    ``b""``.
     """
     result = WalkResult() if result is None else result
     t = traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs,
                            max_depth=MAX_DEPTH if max_depth is None else max_depth, batch=BATCH, cancel=cancel)
-    t.run(_Removal(result, owners))
+    t.run(_Removal(result, owners, keep_dir))
     if t.cancelled:
         result.cancelled = True
     return result
