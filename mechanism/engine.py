@@ -11,8 +11,8 @@ import threading
 from dataclasses import dataclass, field
 
 from locald_admin import pathrules
+from locald_admin.fs import owners, walk
 from locald_admin.fs import remove as fsremove
-from locald_admin.fs import walk
 from . import scope
 from .config import Config
 from .errors import Failed, InUse, InvalidPath, MountPoint, OutsideScope
@@ -96,15 +96,31 @@ def identity(target):
     return (st.st_dev, st.st_ino)
 
 
-def remove(target, progress=None, threads=DEFAULT_WALK_THREADS):
-    """Remove a resolved target; return entries removed.  Closes it.
+def owner_rule(target):
+    """The walk's rule for directories of other users (``fs.owners``), for
+    whose tree the target is: the caller's, or for a root caller the
+    anchor owner's.  None for a tree of root's own: the rule protects other
+    users from the caller, and root is no such caller."""
+    return None if target.owner_uid == 0 else owners.OwnerRule.for_caller(target.owner_uid)
+
+
+def remove(target, progress=None, threads=DEFAULT_WALK_THREADS, cancel=None):
+    """Remove a resolved target; return an Outcome.  Closes it.
 
     ``progress``: a walk.WalkResult to count into, read by another thread
     for progress reports.  ``threads``: for the target's subdirectories.
+    ``cancel``: stop when it is set (``is_set()``); raises Cancelled.
+    An anchor whose holder others could write (``Target.keep_anchor``) is
+    emptied and kept (``anchor_kept`` in the Outcome's notes).
     """
     try:
-        return fsremove.remove_entry(target.parent_fd, target.name, target.display, target.caller_uid,
-                                     held_fd=target.anchor_fd, progress=progress, threads=threads, fs=target.fs)
+        removed = fsremove.remove_entry(target.parent_fd, target.name, target.display, target.caller_uid,
+                                        held_fd=target.anchor_fd, progress=progress, threads=threads,
+                                        fs=target.fs, owners=owner_rule(target), cancel=cancel,
+                                        keep_dir=target.keep_anchor)
+        return Outcome(removed, {"anchor_kept": "yes"} if target.keep_anchor else {})
+    except fsremove.Cancelled as e:
+        raise Cancelled(e.removed) from None
     except fsremove.MountInTheWay as e:
         raise MountPoint(e.message, removed=e.removed) from None
     except fsremove.InUse as e:
@@ -122,7 +138,7 @@ def cleanup(path, caller_uid, config=Config(), progress=None, threads=DEFAULT_WA
     A target that does not exist is success with 0 removed.
     """
     target = resolve(path, caller_uid, config, fs)
-    return 0 if target is None else remove(target, progress, threads)
+    return 0 if target is None else remove(target, progress, threads).removed
 
 
 class Engine:
@@ -156,7 +172,7 @@ class Engine:
                 return Outcome(0)
             ident = identity(target)
             if ident is None:
-                return Outcome(remove(target, progress.walk, self.walk_threads))
+                return remove(target, progress.walk, self.walk_threads, progress.cancelled)
             key = (uid,) + ident
             with self._lock:
                 shared = self._shared.get(key)
@@ -179,8 +195,9 @@ class Engine:
                 # Everyone else left just as we joined: do it ourselves.
         try:
             if stop.is_set():
+                target.close()
                 raise Cancelled(0)
-            outcome = Outcome(remove(target, progress.walk, self.walk_threads))
+            outcome = remove(target, progress.walk, self.walk_threads, stop)
             mine.set_result(outcome)
             return outcome
         except BaseException as e:

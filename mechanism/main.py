@@ -9,6 +9,7 @@ import sys
 from locald_admin import interface as i
 from locald_admin.busio import BusError, Connection
 from . import config as configuration
+from . import memory
 from .service import CleanupService
 from .settings import Settings
 
@@ -173,6 +174,7 @@ async def serve(settings):
 
 def main(argv=None):
     settings = parse_args(argv)
+    memory.one_arena()  # before any thread exists
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="locald-admin-mechanism: %(levelname)s: %(message)s")
     try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from locald_admin import pathrules
-from locald_admin.fs import fsops
+from locald_admin.fs import fsops, owners
 from .config import Config
 from .errors import Failed, MountPoint, OutsideScope
 
@@ -137,11 +137,7 @@ def others_could_swap(holder_fd, owner_uid):
         return True
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return True
-    try:
-        os.getxattr(holder_fd, "system.posix_acl_access")
-        return True
-    except OSError:
-        return False  # ENODATA: no ACL; ENOTSUP: the file system has none
+    return owners.has_acl(holder_fd)
 
 
 def _config_excludes(anchor_fd, config):

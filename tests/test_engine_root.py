@@ -9,6 +9,7 @@ here is unmounted in teardown, lazily if need be.
 """
 
 import os
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -221,17 +222,34 @@ def test_a_root_made_data_directory_anchor_does_not_count(tmp):
 
 @pytest.mark.parametrize("owner", [USER, OTHER, 0])
 def test_root_caller_may_clean_any_anchor(mode, anchor, owner):
+    """Root may clean anyone's anchor; the anchor's owner then takes the
+    caller's place for the owner rule (S13): USER's leftovers in OTHER's
+    anchor (which OTHER could write) are left in place, named."""
     os.chown(anchor, owner, owner)
     n = make_root_leftovers(anchor / "t")
+    if owner == OTHER:
+        with pytest.raises(Failed, match=f"owned by uid {USER}, not the caller's"):
+            engine.cleanup(str(anchor / "t"), 0)
+        assert (anchor / "t" / "user_file").exists()
+        return
     assert engine.cleanup(str(anchor / "t"), 0) == n + 1
     assert os.listdir(anchor) == []
 
 
 def test_anchor_owner_is_checked_on_the_anchor_not_the_target(mode, anchor):
-    # Everything below a user-owned anchor is in scope, whoever owns it...
+    # Everything below a user-owned anchor is in scope, root's leftovers
+    # included, but another user's directory in it is left in place (the
+    # caller could have moved it there: the owner rule, S13)...
     t = anchor / "t"
     t.mkdir()
-    os.chown(t, OTHER, OTHER)
+    os.chown(t, USER, USER)
+    (t / "theirs").mkdir()
+    os.chown(t / "theirs", OTHER, OTHER)
+    write(t / "theirs" / "f", uid=OTHER)
+    with pytest.raises(Failed, match=f"theirs: owned by uid {OTHER}"):
+        engine.cleanup(str(t), USER)
+    assert (t / "theirs" / "f").exists()
+    shutil.rmtree(t / "theirs")
     write(t / "f", uid=OTHER)
     assert engine.cleanup(str(t), USER) == 2
     # ... and a user-owned directory below a foreign anchor is not.
@@ -297,7 +315,7 @@ def test_walk_refuses_to_enter_a_mount_the_precheck_missed(mode, anchor, canary,
     else:
         mounter("-t", "tmpfs", "-o", "size=1m", "tmpfs", target=mp)
         inside = Canary(mp)
-    monkeypatch.setattr(mounts, "mounts_at_or_below", lambda fd: [])
+    monkeypatch.setattr(mounts, "mounts_at_or_below", lambda fd, mounts=None: [])
     with pytest.raises(MountPoint) as ei:
         engine.cleanup(str(t), USER)
     assert f"{t}/x/mnt" in ei.value.message
@@ -527,3 +545,31 @@ def test_mount_below_target_named_deleted_removes_nothing(mode, anchor, canary, 
         engine.cleanup(str(t), USER)
     canary.check()
     assert snapshot(t) == before
+
+
+# -- the anchor itself in a directory others may write (R8) -----------------------------
+
+@pytest.mark.parametrize("holder_mode,holder_uid,kept", [
+    (0o777, 0, True),       # anyone may rename entries of it: exchange the anchor before its rmdir
+    (0o775, USER, True),    # the group may
+    (0o755, OTHER, True),   # its owner, another user, may
+    (0o1777, 0, False),     # sticky: renaming the anchor needs owning it
+    (0o755, USER, False),   # only the caller (and root) may
+])
+def test_the_anchor_is_emptied_and_kept_where_others_could_swap_it(mode, anchor, holder_mode, holder_uid, kept):
+    """Removing the anchor itself ends with an rmdir by name in the
+    directory holding it: where someone else could exchange the anchor for
+    an empty directory of theirs just before, that rmdir would remove their
+    directory.  There the contents go and the anchor stays (success, noted
+    ``anchor_kept``); elsewhere it goes."""
+    holder = anchor.parent
+    os.chown(holder, holder_uid, holder_uid)
+    os.chmod(holder, holder_mode)
+    n = make_root_leftovers(anchor / "t")
+    out = engine.Engine().cleanup(str(anchor), USER, cfgmod.Config(), engine.Progress())
+    if kept:
+        assert out.removed == n + 1 and out.notes == {"anchor_kept": "yes"}  # t and below
+        assert anchor.is_dir() and os.listdir(anchor) == []
+    else:
+        assert out.removed == n + 2 and out.notes == {}  # and the anchor
+        assert not os.path.lexists(anchor)

@@ -332,3 +332,20 @@ def test_the_shim_stops_the_agent_it_started_when_terminated(tmp_path, monkeypat
     pid = int(pidfile.read_text())
     assert poll_until(lambda: not Path(f"/proc/{pid}").exists() or
                       Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", 5, 0.05)
+
+
+# -- 5. the anchor in a directory others may write -------------------------------------------
+
+@needs_root
+def test_an_anchor_others_could_swap_is_emptied_kept_and_the_record_says_so(bus, polkit, clients, top):
+    anchor = project_of(top, clients, "shared")
+    os.chown(anchor.parent, 0, 0)
+    os.chmod(anchor.parent, 0o777)  # anyone may rename entries here (not sticky)
+    (anchor / "run" / "shm").mkdir(parents=True)
+    polkit.allow(True)
+    with Mechanism(bus) as mech:
+        cp = clients.shim("admin", "cleanup", "--no-interactive", str(anchor), bus_address=bus.address)
+        assert cp.returncode == 0, cp.stderr
+        [record] = mech.audits(path=str(anchor))
+    assert record["result"] == "ok" and record["anchor_kept"] == "yes" and record["removed"] == "2", record
+    assert anchor.is_dir() and os.listdir(anchor) == []

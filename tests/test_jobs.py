@@ -5,6 +5,7 @@ the test controls, so every assertion is about order, never about time."""
 import asyncio
 import os
 import threading
+import time
 
 import pytest
 
@@ -124,11 +125,11 @@ def test_same_target_twice_shares_one_walk(tmp_path, monkeypatch):
     real_remove = engine.remove
     walks = []
 
-    def slow_remove(target, progress=None, threads=1):
+    def slow_remove(target, progress=None, threads=1, cancel=None):
         walks.append(target.display)
         entered.set()
         assert release.wait(20)
-        return real_remove(target, progress, threads)
+        return real_remove(target, progress, threads, cancel)
 
     monkeypatch.setattr(engine, "remove", slow_remove)
 
@@ -147,3 +148,69 @@ def test_same_target_twice_shares_one_walk(tmp_path, monkeypatch):
     r1, r2, same_progress = run(main())
     assert (r1.removed, r2.removed) == (3, 3) and same_progress
     assert len(walks) == 1 and not (anchor / "t").exists()
+
+
+def test_a_shared_walk_stops_only_when_every_caller_has_left(tmp_path, monkeypatch):
+    """Two requests share one walk.  The first's caller leaves: the walk
+    goes on (the second still wants it).  The second's leaves too: the walk
+    is told to stop, and both requests end Cancelled."""
+    anchor = tmp_path / "p" / ".locald"
+    (anchor / "t").mkdir(parents=True)
+    entered = threading.Event()
+    seen = []
+
+    def watched_remove(target, progress=None, threads=1, cancel=None):
+        entered.set()
+        try:
+            deadline = time.monotonic() + 20
+            while not cancel.is_set():
+                assert time.monotonic() < deadline, "never told to stop"
+                seen.append(False)
+                time.sleep(0.01)
+            raise engine.Cancelled(7)
+        finally:
+            target.close()
+
+    monkeypatch.setattr(engine, "remove", watched_remove)
+
+    async def main():
+        j, eng = jobs.Jobs(max_running=4, per_uid=2), engine.Engine()
+        p1, p2 = engine.Progress(), engine.Progress()
+        uid = os.getuid()
+        first = asyncio.ensure_future(j.submit(uid, eng.cleanup, str(anchor / "t"), uid, engine.Config(), p1))
+        await until(entered.is_set)
+        second = asyncio.ensure_future(j.submit(uid, eng.cleanup, str(anchor / "t"), uid, engine.Config(), p2))
+        await until(lambda: eng.shared_walks == 1)
+        p1.cancelled.set()
+        n = len(seen)
+        await until(lambda: len(seen) > n + 10)  # still walking
+        assert not first.done() and not second.done()
+        p2.cancelled.set()
+        return await asyncio.gather(first, second, return_exceptions=True)
+
+    r1, r2 = run(main())
+    assert isinstance(r1, engine.Cancelled) and isinstance(r2, engine.Cancelled), (r1, r2)
+    assert r1.removed == 7
+
+
+def test_a_cancelled_waiting_job_leaves_the_queue_and_never_runs():
+    """The caller of a queued job left: its task is cancelled, the job is
+    taken out of the queue; a running job is waited for, not abandoned."""
+    async def main():
+        j, g = jobs.Jobs(max_running=1, per_uid=1), Gate()
+        started = []
+        a = asyncio.ensure_future(j.submit(1, g.body, "a", on_start=lambda: started.append("a")))
+        await until(lambda: g.started == ["a"])
+        b = asyncio.ensure_future(j.submit(1, g.body, "b", on_start=lambda: started.append("b")))
+        await asyncio.sleep(0.05)
+        b.cancel()
+        a.cancel()  # running: the task waits for the job to end
+        await asyncio.sleep(0.05)
+        assert not a.done()
+        await g.open("a")
+        assert await a == "a"
+        with pytest.raises(asyncio.CancelledError):
+            await b
+        await asyncio.sleep(0.05)
+        assert g.started == ["a"] and started == ["a"] and j.running == 0
+    run(main())

@@ -26,6 +26,7 @@ cleanup request on random trees.
 
 import contextlib
 import os
+import pwd
 import signal
 import stat
 import tempfile
@@ -365,6 +366,59 @@ def time_limit(seconds):
         signal.signal(signal.SIGALRM, old)
 
 
+def owner_rule_keeps(before, region, caller_uid):
+    """The directories in ``region`` that the owner rule (threat model S13)
+    leaves in place: owned by neither root nor the tree's owner (the caller,
+    or for a root caller the anchor's owner), in a directory that owner
+    owns or may write."""
+    if region is None or region not in before or before[region][0] != stat.S_IFDIR:
+        return []
+    owner = caller_uid
+    if owner == 0:
+        cut = region.find(b"/.locald")
+        anchor = region[:cut + len(b"/.locald")] if cut >= 0 else None
+        owner = before[anchor][2] if anchor in before else os.lstat(anchor).st_uid if anchor else 0
+    if owner == 0:
+        return []
+    try:
+        pw = pwd.getpwuid(owner)
+        groups = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
+    except KeyError:
+        groups = set()
+
+    def writable(rec):
+        _, mode, uid, gid = rec[:4]
+        return uid == owner or mode & 0o002 or (mode & 0o020 and gid in groups)
+
+    kept = []
+    for p, rec in before.items():
+        if rec[0] != stat.S_IFDIR or not (p == region or p.startswith(region + b"/")) or rec[2] in (0, owner):
+            continue
+        parent = os.path.dirname(p)
+        prec = before.get(parent) or full_record(parent)
+        if writable(prec):
+            kept.append(p)
+    return kept
+
+
+def anchor_is_kept(before, region, caller_uid):
+    """Whether the target is an anchor whose holder others could write (not
+    sticky): its contents go, the anchor stays (threat model R8)."""
+    if region is None or not region.endswith(b"/.locald") or region not in before:
+        return False
+    holder = os.path.dirname(region)
+    rec = before.get(holder) or full_record(holder)
+    _, mode, uid, _ = rec[:4]
+    owner = caller_uid if caller_uid != 0 else before[region][2]
+    if mode & stat.S_ISVTX:
+        return False
+    return bool((uid not in (0, owner) and mode & 0o200) or mode & 0o022)
+
+
+def full_record(path):
+    return trees.full(path, os.lstat(path))
+
+
 def check_cleanup(data, base, caller_uid):
     dirs, anchored, every = candidates(base)
     how = data.draw(st.sampled_from(["directory"] * 5 + ["anchored"] * 3 + ["entry"] * 2 + ["random", "relative"]),
@@ -382,6 +436,7 @@ def check_cleanup(data, base, caller_uid):
     region = expected_region(target, caller_uid)
     note(f"target={target!r} region={region!r} openat2={use_openat2}")
     before = snapshot(base)
+    kept = owner_rule_keeps(before, region, caller_uid)
     err = None
     try:
         with time_limit(CALL_SECONDS):
@@ -396,12 +451,21 @@ def check_cleanup(data, base, caller_uid):
         event(f"in scope: a directory {'with' if links else 'without'} symlinks below it")
     diff = changes(before, after, region)
     assert not diff, f"{target!r} (region {region!r}, result {err!r}) changed things outside: {diff[:5]}"
-    if err is None:
+    keep_anchor = anchor_is_kept(before, region, caller_uid)
+    if err is None and keep_anchor:
+        assert os.listdir(region) == [], f"{target!r}: the kept anchor is not empty"
+    elif err is None:
         t = os.fsencode(target)
         assert not (t.startswith(b"/") and os.path.lexists(t)), f"{target!r}: success but it is still there"
-    if region is not None:
+    if region is not None and kept:
+        # Other users' directories the caller could have put there stay,
+        # with everything in them, and the answer names the rule.
+        assert "not the caller's" in str(err), f"{target!r}: {kept[:3]} should be left in place; got {err!r}"
+        for d in kept:
+            assert all(after.get(p) == rec for p, rec in before.items() if p == d or p.startswith(d + b"/")), d
+    elif region is not None:
         assert err is None, f"{target!r} is in scope and exists, yet: {err!r}"
-        assert not os.path.lexists(region)
+        assert keep_anchor or not os.path.lexists(region)
 
 
 @TREE_SETTINGS

@@ -32,12 +32,11 @@ directories are checked).
 """
 
 import os
-import pwd
 from dataclasses import dataclass
 from typing import Optional
 
 from .. import pathrules
-from . import mounts
+from . import mounts, owners
 
 SUBUID = "/etc/subuid"
 PROC = "/proc"
@@ -72,28 +71,6 @@ def _placed_at_or_below(m, by_id, dev, rel):
     return pl is not None and pl[0] == dev and _at_or_below(pl[1], rel)
 
 
-def subordinate_uids(uid):
-    """The ranges (start, count) of ``uid``'s subordinate uids."""
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = None
-    ranges = []
-    try:
-        with open(SUBUID, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                parts = line.strip().split(":")
-                if len(parts) != 3 or parts[0] not in (name, str(uid)):
-                    continue
-                try:
-                    ranges.append((int(parts[1]), int(parts[2])))
-                except ValueError:
-                    continue
-    except FileNotFoundError:
-        pass
-    return ranges
-
-
 def uses(dirfd, caller_uid, limit=5, own=None):
     """Mounts in other namespaces that use the held directory (at most
     ``limit``), or [].  ``own``: our own mount table if already read
@@ -103,10 +80,12 @@ def uses(dirfd, caller_uid, limit=5, own=None):
     if here is None:
         return []
     dev, rel = here
-    subs = subordinate_uids(caller_uid)
+    # Whose namespaces count: root's, the caller's and the caller's
+    # subordinate uids' (the same rule as the walk's, fs/owners.py).
+    rule = owners.OwnerRule.for_caller(caller_uid, subuid_path=SUBUID)
 
     def counts(owner):
-        return owner in (0, caller_uid) or any(s <= owner < s + n for s, n in subs)
+        return owner == 0 or rule.callers(owner)
 
     ours = {m.id for m in own}
     seen, found = set(), []

@@ -164,8 +164,9 @@ def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
     # (mountinfo, not stat: a hung FUSE daemon cannot stall us).  Then the
     # same for mounts in other namespaces: a running container's.
     try:
-        found = mounts.mounts_at_or_below(dir_fd)
-        used = [] if found else inuse.uses(dir_fd, caller_uid)
+        table = mounts.table()  # our own mount table, read once for both checks
+        found = mounts.mounts_at_or_below(dir_fd, table)
+        used = [] if found else inuse.uses(dir_fd, caller_uid, own=table)
     except mounts.LocationUnknown as e:
         raise RemoveFailed(f"{shown}: {e.strerror}, so mounts below it cannot be ruled out; "
                            "nothing was removed", [(shown, None)]) from None
