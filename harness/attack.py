@@ -37,11 +37,12 @@ from .waiting import poll_until
 BIG_PATH = 8_000_000
 
 
-def rss_kib(pid):
+def rss_kib(pid, field="VmRSS"):
+    """``field`` of /proc/<pid>/status in KiB (VmRSS: resident now; VmHWM: its peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 class Sampler(threading.Thread):

@@ -56,9 +56,6 @@ class _PerUid:
         if not entry[1]:
             del self._slots[uid]
 
-    def __len__(self):
-        return len(self._slots)
-
 
 class Authority:
     """polkit as seen from one bus connection."""
@@ -69,12 +66,6 @@ class Authority:
         self._plain = _PerUid(plain_per_uid)
         self._interactive = _PerUid(interactive_per_uid)
         self._cancel_ids = itertools.count(1)
-        self.in_flight = 0  # checks sent to polkit and not answered yet (for tests and stats)
-
-    @property
-    def uids_waiting(self):
-        """uids holding or waiting for check slots (for tests)."""
-        return len(self._plain) + len(self._interactive)
 
     async def authorize(self, sender, uid, action, interactive, timeout, gone=None):
         """Return None if ``sender`` (uid ``uid``) may run ``action``; raise
@@ -119,7 +110,6 @@ class Authority:
         raise NotAuthorized(f"polkit denied {action} to uid {uid}")
 
     async def _ask(self, call, cancel_id, remaining, timeout):
-        self.in_flight += 1
         try:
             return await self.bus.call(call, remaining)
         except asyncio.TimeoutError:
@@ -131,5 +121,3 @@ class Authority:
             raise
         except BusError as e:  # the bus connection itself failed
             raise NotAuthorized(f"polkit could not be asked: {e}") from None
-        finally:
-            self.in_flight -= 1

@@ -59,11 +59,6 @@ class Method:
     run: Callable
 
 
-# How much of an argument an audit record shows (the whole path up to the
-# contract's limit; an oversized call is refused before it is decoded).
-AUDIT_PATH_CHARS = i.MAX_PATH_BYTES
-
-
 def _quote(text):
     """``text`` as a double-quoted string in which every character that is
     not printable (control characters, U+0085, U+2028, U+2029, lone

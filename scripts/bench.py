@@ -352,6 +352,15 @@ class Bench:
         self.cleanup_cb("remove small anchor", trees.rm_rf, self.small_top)
         self.small_anchor = trees.make_anchor(self.small_top, self.runner.uid, self.runner.gid)
 
+    def tmpfs(self, what, options):
+        """A tmpfs mounted for the run on a new directory in /tmp; returns
+        (its path, the undo step that unmounts it)."""
+        top = Path(tempfile.mkdtemp(prefix=f"locald-bench-{what}-", dir="/tmp"))
+        os.chmod(top, 0o755)
+        self.cleanup_cb(f"remove {what} mount point", os.rmdir, top)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "locald-bench", str(top)], check=True)
+        return top, self.cleanup_cb(f"unmount {what} tmpfs", unmount, top)
+
     def spawn_client(self, argv, address, stdin=False):
         self.n_clients += 1
         errpath = self.logdir / f"client-{self.n_clients}.stderr"
@@ -727,12 +736,7 @@ class Bench:
     def phase_attack(self):
         """Private bus, the silent-agent polkit mock, a fresh mechanism, a tmpfs."""
         log("phase 3: under attack (building 3 x 1,000,000 entries and a 1,000,000-deep chain)")
-        top = Path(tempfile.mkdtemp(prefix="locald-bench-attack-", dir="/tmp"))
-        os.chmod(top, 0o755)
-        self.cleanup_cb("remove attack mount point", os.rmdir, top)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12g,nr_inodes=8m,mode=755", "locald-bench", str(top)],
-                       check=True)
-        do_unmount = self.cleanup_cb("unmount attack tmpfs", unmount, top)
+        top, do_unmount = self.tmpfs("attack", "size=12g,nr_inodes=8m,mode=755")
         victim = ClientRunner(OTHER_USER)
         self.cleanup_cb("remove victim stage", victim.close)
         bus = self.enter("attack bus", PrivateBus())
@@ -789,12 +793,7 @@ class Bench:
         rounds = self.args.rounds
         b_rounds = 3 if self.args.long else 1
         trees = [("a", rounds), ("b", b_rounds), ("c", rounds), ("d", rounds)]
-        top = Path(tempfile.mkdtemp(prefix="locald-bench-tmpfs-", dir="/tmp"))
-        os.chmod(top, 0o755)
-        self.cleanup_cb("remove tmpfs mount point", os.rmdir, top)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g,nr_inodes=4m,mode=755", "locald-bench", str(top)],
-                       check=True)
-        do_unmount = self.cleanup_cb("unmount tmpfs", unmount, top)
+        top, do_unmount = self.tmpfs("deletion", "size=4g,nr_inodes=4m,mode=755")
         self.deletion_suite("tmpfs", top, address, trees)
         do_unmount()
         if self.args.long:

@@ -21,6 +21,7 @@ import pytest
 
 from locald_admin import interface as i
 from harness import IS_ROOT, trees
+from harness.attack import rss_kib
 from harness.buses import PolkitMock
 from harness.calls import cleanup as raw_call
 from harness.mechanism import Mechanism, audit_fields
@@ -92,13 +93,6 @@ def user_cleanup(runner, bus, path, interactive=False, timeout=60):
     t0 = time.monotonic()
     r = runner.api("request", str(path), bus.address, interactive=interactive, timeout=timeout)
     return r, time.monotonic() - t0
-
-
-def rss_kib(pid, field="VmRSS"):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
 
 
 # -- 1. polkit check slots are per uid, and freed when the caller leaves ------------------
