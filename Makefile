@@ -47,7 +47,7 @@ install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
 		--target '$(DESTDIR)$(LIBDIR)/site' .
 	rm -rf '$(DESTDIR)$(LIBDIR)/site/bin'
-	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@MODULE@|locald_admin.mechanism.main|' \
+	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@MODULE@|locald_admin.mechanism.start|' \
 		data/launcher/launcher.in > '$(DESTDIR)$(MECHANISM)'
 	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@MODULE@|locald_admin.client.shim|' \
 		data/launcher/launcher.in > '$(DESTDIR)$(LIBDIR)/locald-shim'

@@ -406,7 +406,7 @@ class Bench:
             return None, f"rc {cp.returncode}: {cp.stderr.decode()[-300:]}"
         return r["seconds"], r["error"]
 
-    def deletion_suite(self, fs, base, address, trees, prebuild=False):
+    def deletion_suite(self, fs, base, address, shapes, prebuild=False):
         """Alternate the methods per round on fresh identical trees below an
         anchor in ``base`` (owned by the test user; the trees are root's).
 
@@ -424,7 +424,7 @@ class Bench:
         os.chown(anchor, self.runner.uid, self.runner.gid)
         out = self.results.setdefault("deletion", {}).setdefault(fs, {})
         plan = []
-        for key, rounds in trees:
+        for key, rounds in shapes:
             spec = TREES[key]
             out[key] = {"label": spec["label"], "entries": entries(spec), "rounds": rounds,
                         "methods": {m: {"seconds": [], "errors": [], "by_round": [], "busy_cores": []}
@@ -488,7 +488,7 @@ class Bench:
                 rec["methods"][m]["by_round"].append(seconds)
                 log(f"  round {r} {METHOD_LABEL[m]}: {seconds:.3f} s")
         for key, rec in out.items():
-            if key not in dict(trees):
+            if key not in dict(shapes):
                 continue
             base_rm = rec["methods"]["rm"]["seconds"]
             for m in METHODS:
@@ -692,7 +692,7 @@ class Bench:
         text = (ROOT / "data" / "launcher" / "launcher.in").read_text()
         launcher = d / "locald-admin-mechanism"
         launcher.write_text(text.replace("@PYTHON@", "/usr/bin/python3")
-                            .replace("@MODULE@", "locald_admin.mechanism.main"))
+                            .replace("@MODULE@", "locald_admin.mechanism.start"))
         os.chmod(launcher, 0o755)
         return launcher
 
@@ -792,9 +792,9 @@ class Bench:
     def deletions(self, address):
         rounds = self.args.rounds
         b_rounds = 3 if self.args.long else 1
-        trees = [("a", rounds), ("b", b_rounds), ("c", rounds), ("d", rounds)]
+        shapes = [("a", rounds), ("b", b_rounds), ("c", rounds), ("d", rounds)]
         top, do_unmount = self.tmpfs("deletion", "size=4g,nr_inodes=4m,mode=755")
-        self.deletion_suite("tmpfs", top, address, trees)
+        self.deletion_suite("tmpfs", top, address, shapes)
         do_unmount()
         if self.args.long:
             disk = Path(tempfile.mkdtemp(prefix="locald-bench-disk-", dir="/var/tmp"))
@@ -980,8 +980,8 @@ def verdict(ok):
 
 def table(res):
     rows = []  # (figure, value, vs rm -rf / note, target, verdict)
-    for fs, trees in res.get("deletion", {}).items():
-        for key, rec in trees.items():
+    for fs, shapes in res.get("deletion", {}).items():
+        for key, rec in shapes.items():
             for m in METHODS:
                 mr = rec["methods"][m]
                 ratio = mr.get("ratio_to_rm")

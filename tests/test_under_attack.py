@@ -7,13 +7,13 @@ depth limit (item 3), and a caller killed 0.4 s into its delete (item 7),
 all from one user, while a second user makes small calls.  Asserted: each
 small call is answered without error within 5 s; the wide directories are
 gone; the chain is refused past 65,536 levels; the killed caller's walk
-stopped; the mechanism's peak resident size stays within idle + 64 MiB.
+stopped; the mechanism's peak resident size stays within idle + 64 MiB,
+and ten seconds after the work within idle + 5 MiB.
 
-What is left ten seconds after the work (the issue's target: idle + 5 MiB)
-is not asserted here: it is not met, and it varies from run to run (idle +
-5.7 to 13 MiB seen on this machine, depending on how the walks and the
-floods interleave), so a bound on it would be a flaky test.  The benchmark's
-``attack`` section reports it (docs/performance.md).
+The second bound rests on glibc's malloc (mechanism/memory.py): under
+pymalloc this scenario left idle + 5.7 to 13 MiB (7 runs), under malloc
+idle + 2.5 to 3.7 MiB (7 runs).  The benchmark's ``attack`` section reports
+both figures at the issue's sizes (docs/performance.md).
 """
 
 import os
@@ -29,6 +29,7 @@ from harness.users import OTHER_USER, ClientRunner
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PEAK_BOUND_KIB = 64 * 1024
+AFTER_BOUND_KIB = 5 * 1024
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs uid 0: two users, a tmpfs, killing a client")
 
@@ -52,6 +53,7 @@ def test_everything_at_once_from_one_user(clients):
             assert out.wide_left > 0
             assert "Traceback" not in out.log
             assert out.peak_kib - out.idle_kib <= PEAK_BOUND_KIB, (out.idle_kib, out.peak_kib)
+            assert out.after_kib - out.idle_kib <= AFTER_BOUND_KIB, (out.idle_kib, out.after_kib)
     finally:
         victims.close()
         trees.rm_rf(top)
