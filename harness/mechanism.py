@@ -1,7 +1,11 @@
 """The real mechanism, started as a subprocess on a private bus.
 
 ``Mechanism(bus, *args)`` runs ``python -m locald_admin.mechanism *args``
-(``progress_interval=`` adds ``--progress-interval``).  With ``faults=True``
+(``progress_interval=`` adds ``--progress-interval``).  With
+``journal=PATH`` its stderr counts as the journal (``JOURNAL_STREAM`` names
+the log file) and ``--journal-socket PATH`` is passed: records and log
+messages then go to the datagram socket the test binds at PATH, as under
+systemd, and the log file gets nothing.  With ``faults=True``
 it runs programs/hooked_mechanism.py instead, which patches the mechanism
 before calling the same main(): injected exceptions for a few magic names
 (see that file).
@@ -45,15 +49,20 @@ class Mechanism(_Stoppable):
     """The real mechanism on ``bus``; its stderr (log and audit lines) goes
     to a file in the bus's directory."""
 
-    def __init__(self, bus, *args, progress_interval=None, faults=False):
+    def __init__(self, bus, *args, progress_interval=None, faults=False, journal=None):
         self.bus = bus
         self.stderr_path = bus.dir / f"mechanism-{time.monotonic_ns()}.log"
         if progress_interval is not None:
             args += ("--progress-interval", repr(progress_interval))
         argv = ([sys.executable, str(HOOKED), "--faults", "--"] if faults
                 else [sys.executable, "-m", "locald_admin.mechanism"])
+        if journal is not None:
+            args += ("--journal-socket", str(journal))
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus.address)
         with open(self.stderr_path, "wb") as log:
+            if journal is not None:
+                st = os.fstat(log.fileno())
+                env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
             self.proc = subprocess.Popen([*argv, *args], env=env, stdin=subprocess.DEVNULL, stderr=log)
         self.args = args
         self._final_log = None

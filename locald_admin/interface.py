@@ -81,8 +81,14 @@ CLIENT_MAX_IN_FLIGHT = 64
 # -- the error table ------------------------------------------------------------
 # Every error of the contract, once: the mechanism's and the client's
 # exception classes are made from it (mechanism/errors.py, client/errors.py),
-# locald-shim's exit codes come from it, and the README's error table is
-# checked against it (tests/test_contract.py).
+# locald-shim's exit codes come from it, the audit record's journal priority
+# too, and the README's error table is checked against it
+# (tests/test_contract.py).
+
+# syslog(3) priorities, as the journal's PRIORITY field spells them.
+PRIORITY_ERR, PRIORITY_WARNING, PRIORITY_NOTICE, PRIORITY_INFO = 3, 4, 5, 6
+PRIORITY_OK = PRIORITY_INFO  # a request that succeeded
+PRIORITY_CANCELLED = PRIORITY_NOTICE  # its caller left before the answer
 
 @dataclass(frozen=True)
 class ErrorSpec:
@@ -94,36 +100,37 @@ class ErrorSpec:
     client_class: str  # its class in locald_admin.client.errors
     client_base: type  # the built-in exception the client's class also is
     meaning: str  # when it is answered, in one line
+    priority: int  # of the request's audit record in the journal: a refusal is a notice, ...
     refines: Optional["ErrorSpec"] = None  # a more general error it is a case of
 
 
 FAILED = ErrorSpec(
     "org.locald.Admin1.Error.Failed", 1, "Failed", "CleanupFailedError", OSError,
-    "I/O errors (the message names the first entries that failed), internal errors")
+    "I/O errors (the message names the first entries that failed), internal errors", PRIORITY_ERR)
 NOT_AUTHORIZED = ErrorSpec(
     "org.locald.Admin1.Error.NotAuthorized", 3, "NotAuthorized", "NotAuthorizedError", PermissionError,
-    "polkit said no, or polkit is unavailable or timed out")
+    "polkit said no, or polkit is unavailable or timed out", PRIORITY_NOTICE)
 INTERACTIVE_AUTH_REQUIRED = ErrorSpec(
     "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired", 3, "InteractiveAuthorizationRequired",
     "InteractiveAuthorizationRequiredError", PermissionError,
-    "polkit needs a password but the call did not allow interaction", refines=NOT_AUTHORIZED)
+    "polkit needs a password but the call did not allow interaction", PRIORITY_NOTICE, refines=NOT_AUTHORIZED)
 INVALID_PATH = ErrorSpec(
     "org.locald.Admin1.Error.InvalidPath", 4, "InvalidPath", "InvalidPathError", ValueError,
-    "the path breaks a lexical rule")
+    "the path breaks a lexical rule", PRIORITY_NOTICE)
 OUTSIDE_SCOPE = ErrorSpec(
     "org.locald.Admin1.Error.OutsideScope", 5, "OutsideScope", "OutsideScopeError", PermissionError,
     "under no anchor, the anchor is not a real directory owned by the caller, a symlink or magic link on "
-    "the way, or excluded by the administrator's configuration")
+    "the way, or excluded by the administrator's configuration", PRIORITY_NOTICE)
 MOUNT_POINT = ErrorSpec(
     "org.locald.Admin1.Error.MountPoint", 6, "MountPoint", "MountPointError", OSError,
-    "a mount at or below the target, or the anchor is a mount point")
+    "a mount at or below the target, or the anchor is a mount point", PRIORITY_WARNING)
 IN_USE = ErrorSpec(
     "org.locald.Admin1.Error.InUse", 8, "InUse", "InUseError", OSError,
-    "a mount in another mount namespace (a running container's) uses the target")
+    "a mount in another mount namespace (a running container's) uses the target", PRIORITY_WARNING)
 BUSY = ErrorSpec(
     "org.locald.Admin1.Error.Busy", 9, "Busy", "BusyError", OSError,
     "the caller already has the most requests queued that one user may have; the client library "
-    "retries with backoff")
+    "retries with backoff", PRIORITY_WARNING)
 
 ERRORS = (FAILED, NOT_AUTHORIZED, INTERACTIVE_AUTH_REQUIRED, INVALID_PATH, OUTSIDE_SCOPE, MOUNT_POINT, IN_USE,
           BUSY)

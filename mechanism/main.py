@@ -9,7 +9,8 @@ import sys
 from locald_admin import interface as i
 from locald_admin.busio import BusError, Connection
 from . import config as configuration
-from . import memory
+from . import journal, memory
+from .audit import Recorder
 from .service import CleanupService
 from .settings import Settings
 
@@ -74,6 +75,9 @@ def parser():
     p.add_argument("--config", dest="config_path", default=D.config_path, metavar="FILE",
                    help=f"administrator's configuration (default {D.config_path}; "
                         "missing: built-in defaults; re-read on SIGHUP)")
+    p.add_argument("--journal-socket", default=D.journal_socket, metavar="PATH",
+                   help="the journal's native socket, used when stderr is the journal "
+                        f"(JOURNAL_STREAM; default {D.journal_socket})")
     p.add_argument("--no-openat2", dest="openat2", action="store_false",
                    help="use the O_NOFOLLOW + mount-id fallback even where openat2 exists (testing)")
     return p
@@ -104,13 +108,15 @@ def reload_config(service, path):
         log.error("configuration not reloaded, the previous one stays in force: %s", e)
 
 
-async def serve(settings):
+async def serve(settings, sink=None):
+    """Serve until stopped; ``sink``: the journal.Journal records and log
+    messages go to (None: stderr)."""
     try:
         bus = await Connection.open(settings.address)
     except BusError as e:
         log.error("cannot connect to the bus: %s", e)
         return 1
-    service = CleanupService(bus, settings, load_config(settings.config_path))
+    service = CleanupService(bus, settings, load_config(settings.config_path), Recorder(sink))
     try:
         await service.start()
     except BusError as e:
@@ -175,10 +181,17 @@ async def serve(settings):
 def main(argv=None):
     settings = parse_args(argv)
     memory.one_arena()  # before any thread exists
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="locald-admin-mechanism: %(levelname)s: %(message)s")
+    # Under systemd (stderr is the journal): structured entries through the
+    # journal's socket, each at its own priority; otherwise text on stderr.
+    sink = journal.Journal(settings.journal_socket) if journal.stderr_is_journal() else None
+    if sink is not None:
+        handler = journal.JournalHandler(sink)
+        logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], format="%(message)s")
+    else:
+        logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                            format="locald-admin-mechanism: %(levelname)s: %(message)s")
     try:
-        return asyncio.run(serve(settings))
+        return asyncio.run(serve(settings, sink))
     except KeyboardInterrupt:
         return 130
 

@@ -19,7 +19,6 @@ its walks stopped; the record then says ``result=cancelled``.
 import asyncio
 import collections
 import logging
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from locald_admin.busio import BusError
 from locald_admin.fs import fsops
 from .config import ConfigError
 from . import memory
+from .audit import RESULT_CANCELLED, RESULT_OK, Recorder
 from .engine import Cancelled, Engine, Progress
 from .errors import Busy, Failed, InvalidPath, MechanismError, NotAuthorized
 from .jobs import Jobs
@@ -59,46 +59,6 @@ class Method:
     run: Callable
 
 
-def _quote(text):
-    """``text`` as a double-quoted string in which every character that is
-    not printable (control characters, U+0085, U+2028, U+2029, lone
-    surrogates, ...) is escaped JSON-style, so that nothing in it can end
-    the line or be read as another record; ``json.loads`` gives it back."""
-    out = ['"']
-    for c in text:
-        if c == '"' or c == "\\":
-            out.append("\\" + c)
-        elif c.isprintable():
-            out.append(c)
-        else:
-            code = ord(c)
-            if code > 0xFFFF:  # as a surrogate pair, as JSON spells it
-                code -= 0x10000
-                out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
-            else:
-                out.append(f"\\u{code:04x}")
-    out.append('"')
-    return "".join(out)
-
-
-def audit_line(**fields):
-    """One request as one line of ``key=value`` fields; a value that is
-    empty or holds anything but plain printable characters is quoted
-    (``_quote``)."""
-    parts = []
-    for k, v in fields.items():
-        s = v if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
-        if isinstance(s, str) and (not s or any(c in s for c in ' "=\\') or not s.isprintable()):
-            s = _quote(s)
-        parts.append(f"{k}={s}")
-    return "audit " + " ".join(parts)
-
-
-def audit(**fields):
-    """One audit record per request on stderr (the journal under systemd)."""
-    print(audit_line(**fields), file=sys.stderr, flush=True)
-
-
 @dataclass(eq=False)
 class Request:
     """A call being served, from arrival to reply.  ``cancelled`` is set
@@ -113,9 +73,10 @@ class Request:
 
 
 class CleanupService:
-    def __init__(self, bus, settings=Settings(), config=None):
+    def __init__(self, bus, settings=Settings(), config=None, recorder=None):
         self.bus = bus
         self.settings = settings
+        self.recorder = Recorder() if recorder is None else recorder
         self.engine = Engine(walk_threads=settings.walk_threads, fs=fsops.choose(settings.openat2))
         self.jobs = Jobs(max_running=settings.workers, per_uid=settings.per_uid,
                          long_after=settings.long_job_after)
@@ -176,7 +137,7 @@ class CleanupService:
         start = time.monotonic()
         path = call.body[0] if call.body else ""
         uid = pid = "-"
-        result, removed, note = "ok", 0, {}
+        result, removed, note = RESULT_OK, 0, {}
         counted = None
         reply = None
         try:
@@ -213,15 +174,15 @@ class CleanupService:
                 result, removed = e.dbus_name, e.removed
                 reply = (self.bus.reply_error, (call, e.dbus_name, e.message))
             except Cancelled as e:  # the caller left while its walk ran: nobody to answer
-                result, removed = "cancelled", e.removed
+                result, removed = RESULT_CANCELLED, e.removed
             except asyncio.CancelledError:  # it left while waiting for polkit or for a worker
-                result = "cancelled"
+                result = RESULT_CANCELLED
             except Exception:
                 log.exception("internal error while serving %s", call.sender)
                 result = i.ERROR_FAILED
                 reply = (self.bus.reply_error, (call, i.ERROR_FAILED, "internal error in locald-admin; see its log"))
-            audit(sender=call.sender, uid=uid, pid=pid, path=path, result=result, removed=removed,
-                  duration_ms=round((time.monotonic() - start) * 1000, 3), **note)
+            self.recorder.record(sender=call.sender, uid=uid, pid=pid, path=path, result=result, removed=removed,
+                                 duration_ms=round((time.monotonic() - start) * 1000, 3), **note)
             if reply is not None:
                 send, args = reply
                 try:

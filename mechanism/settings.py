@@ -13,6 +13,7 @@ from typing import Optional
 from locald_admin.interface import MAX_QUEUED_PER_UID
 
 from .config import DEFAULT_PATH
+from .journal import SOCKET as JOURNAL_SOCKET
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Settings:
     idle_timeout: float = 0.0  # exit after this long without a call (0: never)
     log_level: str = "info"
     config_path: str = DEFAULT_PATH  # the administrator's configuration
+    journal_socket: str = JOURNAL_SOCKET  # where records go when stderr is the journal (JOURNAL_STREAM)
     workers: int = 4  # deletions running at once
     per_uid: int = 2  # deletions of one caller running at once
     long_job_after: float = 5.0  # a job running this long stops counting against `workers`

@@ -46,14 +46,18 @@ def test_an_unknown_error_name_is_a_failure_that_names_it():
     assert "org.example.Surprise" in str(raised)
 
 
+PRIORITY_NAMES = {i.PRIORITY_ERR: "err", i.PRIORITY_WARNING: "warning", i.PRIORITY_NOTICE: "notice",
+                  i.PRIORITY_INFO: "info"}
+
+
 def _readme_error_rows():
     text = README.read_text()
     table = text[text.index("### Errors"):text.index("### Python")]
     rows = {}
     for line in table.splitlines():
-        m = re.match(r"\| `([\w.]+)` \| .* \| `(\w+)\((\w+)\)` \| (\d+) \|$", line)
+        m = re.match(r"\| `([\w.]+)` \| .* \| `(\w+)\((\w+)\)` \| (\d+) \| (\w+) \|$", line)
         if m:
-            rows[m.group(1)] = (m.group(2), m.group(3), int(m.group(4)))
+            rows[m.group(1)] = (m.group(2), m.group(3), int(m.group(4)), m.group(5))
     return rows
 
 
@@ -62,4 +66,4 @@ def test_the_readme_error_table_matches_the_contract():
     assert set(rows) == {s.dbus_name for s in i.ERRORS}
     for s in i.ERRORS:
         base = s.refines.client_class if s.refines else s.client_base.__name__
-        assert rows[s.dbus_name] == (s.client_class, base, s.exit_code), s.dbus_name
+        assert rows[s.dbus_name] == (s.client_class, base, s.exit_code, PRIORITY_NAMES[s.priority]), s.dbus_name

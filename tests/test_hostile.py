@@ -223,7 +223,7 @@ FORGERIES = ["\n", "\r", "\u2028", "\u2029", "\u0085", "\x0b", "\x0c", "\x1c", "
 
 @pytest.mark.parametrize("sep", FORGERIES, ids=lambda s: f"U+{ord(s):04X}")
 def test_an_audit_line_is_one_line_whatever_the_path_holds(sep):
-    from locald_admin.mechanism.service import audit_line
+    from locald_admin.mechanism.audit import audit_line
     path = f"/p/.locald/x{sep}audit sender=:1.1 uid=0 pid=1 path=/etc/shadow result=ok removed=1"
     line = audit_line(sender=":1.9", uid=1000, path=path, result="ok")
     assert len(line.splitlines()) == 1 and len(line.encode().splitlines()) == 1
@@ -232,7 +232,7 @@ def test_an_audit_line_is_one_line_whatever_the_path_holds(sep):
 
 
 def test_an_audit_line_keeps_printable_names_readable_and_escapes_the_rest():
-    from locald_admin.mechanism.service import audit_line
+    from locald_admin.mechanism.audit import audit_line
     path = "/p/.locald/caf\u00e9 \u2603 \U0001f600 \U000e0001 \udc80"
     line = audit_line(path=path)
     assert "caf\u00e9 \u2603 \U0001f600" in line and "\\udb40\\udc01" in line and "\\udc80" in line

@@ -11,10 +11,13 @@ Root only; skipped with the reason without systemd-nspawn or debootstrap.
 The base image is cached (harness.machine.CACHE).
 """
 
+import json
 import time
 
 import pytest
 
+from locald_admin import interface as i
+from locald_admin.mechanism import audit
 from harness import ROOT
 from harness import machine as machines
 
@@ -152,6 +155,37 @@ def test_one_audit_record_per_request_and_a_clean_stop(machine):
     result = machine.run("systemctl", "show", "-p", "Result", "-p", "ActiveState", "locald-admin.service").stdout
     assert "Result=success" in result and "ActiveState=inactive" in result, result
     assert "Traceback" not in machine.journal("locald-admin.service")
+
+
+def _journal_value(v):
+    """A field of ``journalctl -o json``: text, or (holding a newline or other
+    control characters) an array of its bytes."""
+    return bytes(v).decode() if isinstance(v, list) else v
+
+
+def test_audit_records_are_journal_entries_with_their_own_fields(machine):
+    """Under systemd each request is one entry sent with the native protocol:
+    ``journalctl MESSAGE_ID=`` lists exactly the audit records, each field
+    its own, the priority the error table's; a path holding newlines and a
+    forged MESSAGE_ID line stays one field of one entry."""
+    forged = f"/home/tester/none/.locald/j\nMESSAGE_ID={audit.MESSAGE_ID}\nLOCALD_PATH=/etc/shadow"
+    assert shim_as(machine, "tester", forged).returncode == 0
+    assert shim_as(machine, "tester", "/etc/locald-admin-test").returncode == i.OUTSIDE_SCOPE.exit_code
+    uid = machine.run("id", "-u", "tester", check=True).stdout.strip()
+    out = machine.run("journalctl", f"MESSAGE_ID={audit.MESSAGE_ID}", "-o", "json", "--no-pager", check=True).stdout
+    entries = [{k: _journal_value(v) for k, v in json.loads(line).items()} for line in out.splitlines()]
+    assert entries and all(e["MESSAGE"].startswith("audit ") for e in entries)
+    assert all(e["_SYSTEMD_UNIT"] == "locald-admin.service" for e in entries)
+    mine = [e for e in entries if e.get("LOCALD_PATH") == forged]
+    assert len(mine) == 1 and not any(e.get("LOCALD_PATH") == "/etc/shadow" for e in entries), entries[-3:]
+    assert mine[0]["LOCALD_RESULT"] == "ok" and mine[0]["PRIORITY"] == "6" and mine[0]["LOCALD_UID"] == uid
+    assert "\n" not in mine[0]["MESSAGE"]
+    [refused] = [e for e in entries if e.get("LOCALD_PATH") == "/etc/locald-admin-test"]
+    assert refused["LOCALD_RESULT"] == i.ERROR_OUTSIDE_SCOPE and refused["PRIORITY"] == "5"
+    # Not also on stderr: the unit's stream got no audit line of its own.
+    stream = machine.run("journalctl", "-u", "locald-admin.service", "_TRANSPORT=stdout", "-o", "cat",
+                         "--no-pager").stdout
+    assert not any(ln.startswith("audit ") for ln in stream.splitlines()), stream[-2000:]
 
 
 def test_idle_exit_after_30_seconds_and_reactivation(machine):
