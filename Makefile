@@ -18,6 +18,9 @@ DATADIR    ?= $(PREFIX)/share
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 GENDIR     ?= $(PREFIX)/lib/systemd/system-generators
 SYSCONFDIR ?= /etc
+MANDIR     ?= $(DATADIR)/man
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+ZSHCOMPDIR ?= $(DATADIR)/zsh/vendor-completions
 
 MECHANISM  := $(LIBDIR)/locald-admin-mechanism
 BUSCONF    := $(DATADIR)/dbus-1/system.d/org.locald.Admin1.conf
@@ -27,7 +30,13 @@ UNIT       := $(UNITDIR)/locald-admin.service
 SHIM       := $(BINDIR)/locald-shim
 GENERATOR  := $(GENDIR)/locald-admin-generator
 ADMINCONF  := $(SYSCONFDIR)/locald/admin.conf
-INSTALLED  := $(BUSCONF) $(ACTIVATION) $(POLICY) $(UNIT) $(SHIM) $(GENERATOR)
+IFACEXML   := $(DATADIR)/dbus-1/interfaces/org.locald.Admin1.xml
+MANPAGES   := $(MANDIR)/man1/locald-shim.1 $(MANDIR)/man8/locald-admin-mechanism.8 \
+              $(MANDIR)/man5/locald-admin.conf.5 $(MANDIR)/man5/org.locald.Admin1.5
+BASHCOMP   := $(BASHCOMPDIR)/locald-shim
+ZSHCOMP    := $(ZSHCOMPDIR)/_locald-shim
+INSTALLED  := $(BUSCONF) $(ACTIVATION) $(POLICY) $(UNIT) $(SHIM) $(GENERATOR) $(IFACEXML) $(MANPAGES) \
+              $(BASHCOMP) $(ZSHCOMP)
 
 .PHONY: all install uninstall demo test
 
@@ -63,6 +72,11 @@ install:
 	sed -e 's|^ExecStart=/usr/bin/locald-admin-mechanism|ExecStart=$(MECHANISM)|' \
 		data/systemd/locald-admin.service > '$(DESTDIR)$(UNIT)'
 	chmod 644 '$(DESTDIR)$(ACTIVATION)' '$(DESTDIR)$(UNIT)'
+	@# Made from the code by scripts/generate and committed (tests/test_generated.py).
+	install -D -m 644 data/dbus-1/interfaces/org.locald.Admin1.xml '$(DESTDIR)$(IFACEXML)'
+	$(foreach p,$(MANPAGES),install -D -m 644 data/man/$(notdir $(p)) '$(DESTDIR)$(p)';)
+	install -D -m 644 data/completions/locald-shim.bash '$(DESTDIR)$(BASHCOMP)'
+	install -D -m 644 data/completions/_locald-shim '$(DESTDIR)$(ZSHCOMP)'
 	@# The commented defaults; an admin's own file is never overwritten.
 	if [ ! -e '$(DESTDIR)$(ADMINCONF)' ]; then \
 		install -D -m 644 data/locald/admin.conf '$(DESTDIR)$(ADMINCONF)'; fi

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 
+from locald_admin import __version__
 from locald_admin import interface as i
 from locald_admin.pathrules import display
 from .cleanup import absolute_path, request_cleanup
@@ -28,12 +29,14 @@ PROG = "locald-shim"
 
 def _parser():
     p = argparse.ArgumentParser(prog=PROG, description="locald's privileged helper commands.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="group", required=True, metavar="admin")
     admin = sub.add_parser("admin", help="privileged operations through locald-admin")
     asub = admin.add_subparsers(dest="command", required=True, metavar="cleanup")
     c = asub.add_parser("cleanup", help="remove root-owned leftovers below a .locald directory",
                         description="Ask the locald-admin mechanism to remove PATH.")
-    c.add_argument("path", metavar="ABSOLUTE-PATH")
+    c.add_argument("path", metavar="ABSOLUTE-PATH",
+                   help="the entry to remove: an absolute path at or below a .locald directory the caller owns")
     inter = c.add_mutually_exclusive_group()
     inter.add_argument("--interactive", dest="interactive", action="store_true", default=None,
                        help="allow polkit to ask for a password (default: when stdin is a terminal)")

@@ -6,3 +6,7 @@ leftovers below a user's ``.locald`` directory.
 ``locald_admin.mechanism`` is the root service; ``locald_admin.client`` is the
 library and CLI that locald uses.
 """
+
+# The release, in one place: pyproject.toml reads it (dynamic version), and
+# --version and the mechanism's Version property show it.
+__version__ = "0.1.0"

@@ -337,7 +337,7 @@ class Connection:
                 return False
             if msg.interface == m.PROPERTIES:
                 error, signature, body = m.properties_reply(msg.member, msg.signature, msg.body)
-                return (Message.new_method_return(msg, signature, list(body)) if error is None
+                return (Message.new_method_return(msg, signature, _to_library(list(body))) if error is None
                         else Message.new_error(msg, error, body[0]))
             if msg.interface is None:
                 # As the bus policy does (it allows only named interfaces):

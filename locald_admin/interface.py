@@ -30,6 +30,7 @@ class MethodSpec:
     in_args: Tuple[Arg, ...]
     out_args: Tuple[Arg, ...]
     action: str  # the polkit action that gates it
+    doc: str = ""  # what it does, for the man page
 
     @property
     def in_signature(self):
@@ -44,18 +45,44 @@ class MethodSpec:
 class SignalSpec:
     name: str
     args: Tuple[Arg, ...]
+    doc: str = ""
 
     @property
     def signature(self):
         return "".join(a.signature for a in self.args)
 
 
-CLEANUP = MethodSpec("Cleanup", (Arg("path", "s"),), (), POLKIT_ACTION)
+@dataclass(frozen=True)
+class PropertySpec:
+    name: str
+    signature: str
+    doc: str = ""
+
+
+CLEANUP = MethodSpec(
+    "Cleanup", (Arg("path", "s"),), (), POLKIT_ACTION,
+    "Remove path, an absolute path at or below a .locald directory the caller owns (or below the "
+    "caller's own ~/.local/share/locald), with everything in it; the anchor itself may be named. A path "
+    "that does not exist is success. Nothing outside the target is touched: no symbolic link is "
+    "followed, no mount entered, and a mount at or below the target, or one of a running container "
+    "that uses it, refuses the call before anything is deleted.")
 # Sent during a long Cleanup, only to the caller's unique name (never
 # broadcast): paths are private.
-PROGRESS = SignalSpec("Progress", (Arg("path", "s"), Arg("removed", "t"), Arg("elapsed_seconds", "d")))
+PROGRESS = SignalSpec(
+    "Progress", (Arg("path", "s"), Arg("removed", "t"), Arg("elapsed_seconds", "d")),
+    "Sent during a long Cleanup, about once a second, to the caller only (never broadcast): the entries "
+    "removed so far.")
+# What a client can ask the mechanism about itself (Properties.Get/GetAll).
+VERSION = PropertySpec("Version", "s", "the mechanism's release, as locald-admin-mechanism --version shows it")
+INTERFACE_REVISION_PROPERTY = PropertySpec(
+    "InterfaceRevision", "u", "the revision of this interface: 1, raised by one for every later method, "
+    "signal, property or error, so that a client can tell what the mechanism has")
 METHODS = (CLEANUP,)
 SIGNALS = (PROGRESS,)
+PROPERTIES = (VERSION, INTERFACE_REVISION_PROPERTY)
+# Raised by one with every method, signal, property or error added (1: this
+# interface, with Busy, Progress, Version and InterfaceRevision).
+INTERFACE_REVISION = 1
 
 METHOD_CLEANUP = CLEANUP.name
 CLEANUP_SIGNATURE = CLEANUP.in_signature

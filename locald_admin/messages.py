@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 from xml.sax.saxutils import quoteattr
 
+from . import __version__
 from . import interface as i
 
 DBUS_NAME = "org.freedesktop.DBus"
@@ -27,6 +28,7 @@ ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
 UNKNOWN_INTERFACE = "org.freedesktop.DBus.Error.UnknownInterface"
 UNKNOWN_PROPERTY = "org.freedesktop.DBus.Error.UnknownProperty"
+PROPERTY_READ_ONLY = "org.freedesktop.DBus.Error.PropertyReadOnly"
 LIMITS_EXCEEDED = "org.freedesktop.DBus.Error.LimitsExceeded"
 
 
@@ -214,12 +216,20 @@ _PROPERTIES_SIGNATURES = {"Get": "ss", "GetAll": "s", "Set": "ssv"}
 _STANDARD_INTERFACES = (INTROSPECTABLE, PEER, PROPERTIES)
 
 
+def property_values():
+    """The service interface's properties (``interface.PROPERTIES``), as
+    Variants by name: all read-only facts about this mechanism."""
+    values = {i.VERSION.name: __version__, i.INTERFACE_REVISION_PROPERTY.name: i.INTERFACE_REVISION}
+    return {p.name: Variant(p.signature, values[p.name]) for p in i.PROPERTIES}
+
+
 def properties_reply(member, signature, body):
     """The answer to a Properties call on the service's object, as
-    ``(error name or None, signature, body)``.  The interface declares no
-    properties: GetAll of it is empty, Get and Set name the property that
-    does not exist, and nothing is ever an unhandled call with a traceback
-    in the log."""
+    ``(error name or None, signature, body)``: Get and GetAll of the
+    service's interface (or of "", which means it) answer from
+    ``property_values``; the standard interfaces have none; every property
+    is read-only; nothing is ever an unhandled call with a traceback in the
+    log."""
     want = _PROPERTIES_SIGNATURES.get(member)
     if want is None:
         return UNKNOWN_METHOD, "s", (f"{PROPERTIES} has no method {member!r}",)
@@ -228,35 +238,54 @@ def properties_reply(member, signature, body):
     interface = body[0]
     if interface not in (i.INTERFACE, "") + _STANDARD_INTERFACES:
         return UNKNOWN_INTERFACE, "s", (f"{i.OBJECT_PATH} has no interface {interface!r}",)
+    values = property_values() if interface in (i.INTERFACE, "") else {}
     if member == "GetAll":
-        return None, "a{sv}", ({},)
-    return UNKNOWN_PROPERTY, "s", (f"{interface or i.INTERFACE} has no property {body[1]!r}",)
+        return None, "a{sv}", (values,)
+    name = body[1]
+    if name not in values:
+        return UNKNOWN_PROPERTY, "s", (f"{interface or i.INTERFACE} has no property {name!r}",)
+    if member == "Set":
+        return PROPERTY_READ_ONLY, "s", (f"{interface or i.INTERFACE}.{name} is read-only",)
+    return None, "v", (values[name],)
 
 
 # -- introspection -------------------------------------------------------------------
 
-def introspection_xml(path):
-    """The introspection document for ``path``: the interface at
-    OBJECT_PATH, made from the member tables in ``interface``, and the
-    nodes that lead there from its ancestors."""
-    head = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
-            ' "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n<node>\n')
-    if path != i.OBJECT_PATH:
-        prefix = path.rstrip("/") + "/"
-        child = i.OBJECT_PATH[len(prefix):].split("/", 1)[0]
-        return head + f"  <node name={quoteattr(child)}/>\n</node>\n"
-
+def interface_element():
+    """The service's interface as an introspection ``<interface>`` element,
+    made from the member tables (also installed alone, as
+    /usr/share/dbus-1/interfaces/org.locald.Admin1.xml)."""
     def args(items, direction=None):
         d = f" direction={quoteattr(direction)}" if direction else ""
         return "".join(f"      <arg name={quoteattr(a.name)} type={quoteattr(a.signature)}{d}/>\n" for a in items)
 
-    out = [head, f"  <interface name={quoteattr(i.INTERFACE)}>\n"]
+    out = [f"  <interface name={quoteattr(i.INTERFACE)}>\n"]
     for m in i.METHODS:
         out.append(f"    <method name={quoteattr(m.name)}>\n{args(m.in_args, 'in')}{args(m.out_args, 'out')}"
                    "    </method>\n")
     for s in i.SIGNALS:
         out.append(f"    <signal name={quoteattr(s.name)}>\n{args(s.args)}    </signal>\n")
+    for p in i.PROPERTIES:
+        out.append(f"    <property name={quoteattr(p.name)} type={quoteattr(p.signature)} access=\"read\"/>\n")
     out.append("  </interface>\n")
+    return "".join(out)
+
+
+INTROSPECT_DOCTYPE = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
+                      ' "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n')
+
+
+def introspection_xml(path):
+    """The introspection document for ``path``: the interface at
+    OBJECT_PATH, made from the member tables in ``interface``, and the
+    nodes that lead there from its ancestors."""
+    head = INTROSPECT_DOCTYPE + "<node>\n"
+    if path != i.OBJECT_PATH:
+        prefix = path.rstrip("/") + "/"
+        child = i.OBJECT_PATH[len(prefix):].split("/", 1)[0]
+        return head + f"  <node name={quoteattr(child)}/>\n</node>\n"
+
+    out = [head, interface_element()]
     out.append(f'  <interface name="{INTROSPECTABLE}">\n    <method name="Introspect">\n'
                '      <arg name="xml_data" type="s" direction="out"/>\n    </method>\n  </interface>\n')
     out.append(f'  <interface name="{PROPERTIES}">\n'

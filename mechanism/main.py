@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 
+from locald_admin import __version__
 from locald_admin import interface as i
 from locald_admin.busio import BusError, Connection
 from . import config as configuration
@@ -49,10 +50,13 @@ def parser():
     p = argparse.ArgumentParser(
         prog="locald-admin-mechanism",
         description=f"Serve {i.BUS_NAME} on the system bus (DBUS_SYSTEM_BUS_ADDRESS is honoured).")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--idle-timeout", type=_nonneg, default=D.idle_timeout, metavar="SECONDS",
                    help="exit after this many seconds without a call in flight (0: never; default 0)")
     p.add_argument("--log-level", default=D.log_level, choices=["debug", "info", "warning", "error"],
-                   help=f"log level on stderr (default {D.log_level}); audit lines are always written")
+                   metavar="LEVEL",
+                   help=f"what is logged: debug, info, warning or error (default {D.log_level}); "
+                        "audit records are always written")
     p.add_argument("--address", default=D.address, help="bus address to use instead of the system bus")
     p.add_argument("--workers", type=_at_least_one, default=D.workers, metavar="N",
                    help=f"deletions running at once (default {D.workers}; one running longer than "

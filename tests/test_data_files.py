@@ -396,7 +396,9 @@ def test_unit_security_exposure():
 
 def test_unit_verifies(tmp_path):
     """systemd-analyze verify, with ExecStart= pointed at an existing binary
-    (the mechanism is not installed where the tests run)."""
+    (the mechanism is not installed where the tests run) and the man pages
+    laid out as `make install` does (verify opens every Documentation=
+    page: each must be one of ours)."""
     analyze = _tool("systemd-analyze")
     true = shutil.which("true") or "/usr/bin/true"
     text = UNIT.read_text()
@@ -404,6 +406,10 @@ def test_unit_verifies(tmp_path):
     assert n == 1
     unit = tmp_path / UNIT_NAME
     unit.write_text(text)
+    for page in (DATA / "man").glob("*.[158]"):
+        section = tmp_path / "man" / f"man{page.suffix[1:]}"
+        section.mkdir(parents=True, exist_ok=True)
+        shutil.copy(page, section)
     r = subprocess.run([analyze, "verify", "--no-pager", str(unit)],
-                       capture_output=True, text=True, env=_clean_env())
+                       capture_output=True, text=True, env=dict(_clean_env(), MANPATH=str(tmp_path / "man")))
     assert r.returncode == 0, r.stdout + r.stderr

@@ -262,11 +262,12 @@ def test_properties_are_answered_without_a_traceback_and_no_interface_is_refused
         try:
             obj = con.get_object(i.BUS_NAME, i.OBJECT_PATH)
             props = dbus.Interface(obj, "org.freedesktop.DBus.Properties")
-            assert props.GetAll(i.INTERFACE) == {}
-            for call in (lambda: props.Set(i.INTERFACE, "Version", "9"), lambda: props.Get(i.INTERFACE, "X")):
+            assert set(props.GetAll(i.INTERFACE)) == {p.name for p in i.PROPERTIES}
+            for call, error in ((lambda: props.Set(i.INTERFACE, "Version", "9"), "PropertyReadOnly"),
+                                (lambda: props.Get(i.INTERFACE, "X"), "UnknownProperty")):
                 with pytest.raises(dbus.exceptions.DBusException) as e:
                     call()
-                assert e.value.get_dbus_name() == "org.freedesktop.DBus.Error.UnknownProperty"
+                assert e.value.get_dbus_name() == "org.freedesktop.DBus.Error." + error
             with pytest.raises(dbus.exceptions.DBusException) as e:
                 props.GetAll("org.example.Nothing")
             assert e.value.get_dbus_name() == "org.freedesktop.DBus.Error.UnknownInterface"

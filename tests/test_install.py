@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from locald_admin import __version__
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
@@ -43,6 +45,11 @@ def test_files_land_where_the_system_reads_them(staged):
                 "usr/lib/locald-admin/locald-admin-mechanism",
                 "usr/bin/locald-shim",
                 "usr/lib/systemd/system-generators/locald-admin-generator",
+                "usr/share/dbus-1/interfaces/org.locald.Admin1.xml",
+                "usr/share/man/man1/locald-shim.1", "usr/share/man/man8/locald-admin-mechanism.8",
+                "usr/share/man/man5/locald-admin.conf.5", "usr/share/man/man5/org.locald.Admin1.5",
+                "usr/share/bash-completion/completions/locald-shim",
+                "usr/share/zsh/vendor-completions/_locald-shim",
                 "etc/locald/admin.conf"):
         assert (staged / rel).exists(), rel
         assert (ROOT / "data").as_posix() not in (staged / rel).read_text(errors="replace")
@@ -69,6 +76,9 @@ def test_staged_launchers_run_with_the_private_site_dir(staged):
     cp = subprocess.run([str(shim), "admin", "cleanup", "relative"], capture_output=True, text=True,
                         env={"PATH": "/usr/bin:/bin"})
     assert cp.returncode == 4 and "absolute" in cp.stderr
+    for launcher, name in ((mech, "locald-admin-mechanism"), (shim, "locald-shim")):
+        cp = subprocess.run([str(launcher), "--version"], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+        assert cp.returncode == 0 and cp.stdout == f"{name} {__version__}\n", cp
 
 
 def test_launchers_ignore_pythonpath(staged, tmp_path):

@@ -1,0 +1,262 @@
+"""Make the files that are made from the code, so that they cannot drift
+from it: the man pages (data/man/*.in + the parsers and the contract ->
+data/man/<page>) and the shell completions of locald-shim (its parser ->
+data/completions/).  The outputs are committed, so that an install needs
+no generator; tests/test_generated.py fails when one is out of date.
+
+    scripts/generate            write every output
+    scripts/generate --check    change nothing; list what is out of date, exit 1 if any
+
+Each man page's prose is its template; what the code knows is filled in:
+@SYNOPSIS@ and @OPTIONS@ from the program's argparse parser, @EXIT_STATUS@
+and @ERRORS@ from the error table, @METHODS@, @SIGNALS@, @PROPERTIES@ from
+the interface's member tables, @EXAMPLE@ from the shipped admin.conf.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ["COLUMNS"] = "100"  # argparse wraps usage lines to the terminal: the same width every time
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+from locald_admin import __version__  # noqa: E402
+from locald_admin import interface as i  # noqa: E402
+from locald_admin import messages as m  # noqa: E402
+from locald_admin.client import shim  # noqa: E402
+from locald_admin.mechanism import audit, config, main as mechanism_main  # noqa: E402
+
+MAN = ROOT / "data" / "man"
+COMPLETIONS = ROOT / "data" / "completions"
+PRIORITY_NAMES = {i.PRIORITY_ERR: "err", i.PRIORITY_WARNING: "warning", i.PRIORITY_NOTICE: "notice",
+                  i.PRIORITY_INFO: "info"}
+
+
+# -- roff -------------------------------------------------------------------------
+
+def esc(text):
+    """``text`` safe in a roff text line: backslashes doubled, hyphens as
+    minus signs (what a reader types), no line starting with a control
+    character."""
+    out = str(text).replace("\\", "\\e").replace("-", "\\-")
+    return "\\&" + out if out[:1] in (".", "'") else out
+
+
+def subparser(parser, *names):
+    """The parser of the subcommand ``names`` of ``parser``."""
+    for name in names:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return parser
+
+
+def usage(parser):
+    """The parser's usage, as ``--help`` shows it, without "usage: " (its
+    continuation lines keep their indentation)."""
+    text = parser.format_usage().rstrip("\n")
+    assert text.startswith("usage: ")
+    return "\n".join(line[len("usage: "):] for line in text.splitlines())
+
+
+def synopsis(*parsers):
+    return ".nf\n" + "\n".join(esc(line) for p in parsers for line in usage(p).splitlines()) + "\n.fi"
+
+
+def version_only(parser):
+    """A parser of ``parser``'s program with only its --version (the
+    top-level options of a command whose work is a subcommand)."""
+    p = argparse.ArgumentParser(prog=parser.prog, add_help=False)
+    for a in parser._actions:
+        if isinstance(a, argparse._VersionAction):
+            p.add_argument(*a.option_strings, action="version", version=a.version)
+    return p
+
+
+def options(parser):
+    items = []
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction) or a.help == argparse.SUPPRESS:
+            continue
+        if not a.option_strings:
+            name = f"\\fI{esc(a.metavar or a.dest)}\\fR"
+        else:
+            takes = a.nargs != 0
+            metavar = a.metavar or (a.dest.upper() if takes else None)
+            if a.choices and takes and not a.metavar:
+                metavar = "{" + ",".join(a.choices) + "}"
+            name = ", ".join(f"\\fB{esc(o)}\\fR" + (f" \\fI{esc(metavar)}\\fR" if takes else "")
+                             for o in a.option_strings)
+        help_text = a.help % {"prog": parser.prog, "default": a.default} if a.help else ""
+        if isinstance(a, argparse._VersionAction):
+            help_text = "show the version and exit"
+        items.append(f".TP\n{name}\n{esc(help_text)}")
+    return "\n".join(items)
+
+
+def exit_status():
+    rows = [(i.EXIT_OK, "success, or the target did not exist"),
+            (i.EXIT_USAGE, "a bad command line"),
+            (i.EXIT_NO_SERVICE, "the bus is unreachable or the mechanism is not installed")]
+    for spec in i.ERRORS:
+        if spec.refines is None:
+            rows.append((spec.exit_code, f"{spec.dbus_name}: {spec.meaning}"))
+    rows += [(i.EXIT_SIGINT, "interrupted (SIGINT)"), (i.EXIT_SIGTERM, "terminated (SIGTERM)")]
+    return "\n".join(f".TP\n.B {code}\n{esc(text)}" for code, text in sorted(rows))
+
+
+def errors():
+    out = []
+    for spec in i.ERRORS:
+        more = f" (a case of {spec.refines.dbus_name})" if spec.refines else ""
+        out.append(f".TP\n.B {esc(spec.dbus_name)}\n{esc(spec.meaning)}{esc(more)}.\n"
+                   f"Exit status {spec.exit_code}, journal priority {PRIORITY_NAMES[spec.priority]}.")
+    return "\n".join(out)
+
+
+def _args(args):
+    return ", ".join(f"{a.signature} {a.name}" for a in args)
+
+
+def methods():
+    return "\n".join(f".TP\n.BI \"{m.name}(\" \"{_args(m.in_args)}\" )\n{esc(m.doc)}" for m in i.METHODS)
+
+
+def signals():
+    return "\n".join(f".TP\n.BI \"{s.name}(\" \"{_args(s.args)}\" )\n{esc(s.doc)}" for s in i.SIGNALS)
+
+
+def properties():
+    return "\n".join(f".TP\n.BI \"{p.name}\" \" {p.signature}\" \" (read-only)\"\n{esc(p.doc)}"
+                     for p in i.PROPERTIES)
+
+
+def example_conf():
+    return "\n".join(esc(line) for line in (ROOT / "data" / "locald" / "admin.conf").read_text().splitlines())
+
+
+def man_pages():
+    """{output path: text} of every man page."""
+    cleanup = subparser(shim._parser(), "admin", "cleanup")
+    mech = mechanism_main.parser()
+    common = {"@VERSION@": __version__, "@MESSAGE_ID@": audit.MESSAGE_ID}
+    fills = {
+        "locald-shim.1": {"@SYNOPSIS@": synopsis(cleanup, version_only(shim._parser())),
+                          "@OPTIONS@": options(cleanup) + "\n" + options(version_only(shim._parser())),
+                          "@EXIT_STATUS@": exit_status()},
+        "locald-admin-mechanism.8": {"@SYNOPSIS@": synopsis(mech), "@OPTIONS@": options(mech)},
+        "locald-admin.conf.5": {"@EXAMPLE@": example_conf(), "@ALLOW@": esc(" ".join(config.DEFAULT_ALLOW)),
+                                "@DENY@": esc(" ".join(config.DEFAULT_DENY))},
+        "org.locald.Admin1.5": {"@BUS_NAME@": i.BUS_NAME, "@OBJECT_PATH@": i.OBJECT_PATH,
+                                "@INTERFACE@": i.INTERFACE, "@ACTION@": i.POLKIT_ACTION, "@METHODS@": methods(),
+                                "@SIGNALS@": signals(), "@PROPERTIES@": properties(), "@ERRORS@": errors()},
+    }
+    out = {}
+    for page, fill in fills.items():
+        text = (MAN / f"{page}.in").read_text()
+        for key, value in {**common, **fill}.items():
+            text = text.replace(key, value)
+        if "@" in "".join(line for line in text.splitlines() if not line.startswith('.\\"')).replace("\\@", ""):
+            leftover = [w for w in text.split() if w.startswith("@") and w.endswith("@")]
+            if leftover:
+                raise SystemExit(f"{page}: unfilled {leftover}")
+        out[MAN / page] = text
+    return out
+
+
+# -- completions --------------------------------------------------------------------
+
+def _flags(parser):
+    return sorted(o for a in parser._actions for o in a.option_strings if o.startswith("--"))
+
+
+def bash_completion():
+    top, cleanup = shim._parser(), subparser(shim._parser(), "admin", "cleanup")
+    return f"""# bash completion for locald-shim.  Made by scripts/generate from its parser: do not edit.
+_locald_shim() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}}
+    case $COMP_CWORD in
+        1) COMPREPLY=($(compgen -W "admin {' '.join(_flags(top))}" -- "$cur")); return ;;
+        2) [[ ${{COMP_WORDS[1]}} == admin ]] && COMPREPLY=($(compgen -W "cleanup" -- "$cur")); return ;;
+    esac
+    [[ ${{COMP_WORDS[1]}} == admin && ${{COMP_WORDS[2]}} == cleanup ]] || return
+    case $prev in
+        --timeout) return ;;
+    esac
+    if [[ $cur == -* ]]; then
+        COMPREPLY=($(compgen -W "{' '.join(_flags(cleanup))}" -- "$cur"))
+    else
+        compopt -o filenames 2>/dev/null
+        COMPREPLY=($(compgen -d -- "$cur"))
+    fi
+}}
+complete -F _locald_shim locald-shim
+"""
+
+
+def zsh_completion():
+    cleanup = subparser(shim._parser(), "admin", "cleanup")
+    specs = []
+    for a in cleanup._actions:
+        if not a.option_strings or a.option_strings == ["-h", "--help"]:
+            continue
+        flag = next(o for o in a.option_strings if o.startswith("--"))
+        text = (a.help or "").split(" (")[0].replace("'", "'\\''").replace("[", "\\[").replace("]", "\\]")
+        value = f":{a.metavar.lower()}:" if a.nargs != 0 else ""
+        specs.append(f"'{flag}[{text}]{value}'")
+    args = " \\\n            ".join(specs)
+    return f"""#compdef locald-shim
+# zsh completion for locald-shim.  Made by scripts/generate from its parser: do not edit.
+_locald_shim() {{
+    local state
+    _arguments -C '--version[show the version and exit]' '(-h --help)'{{-h,--help}}'[show help]' \\
+        '1:group:(admin)' '2:command:(cleanup)' '*::arg:->cleanup'
+    case $state in
+        cleanup)
+            _arguments \\
+            {args} \\
+            '1:absolute path:_directories'
+            ;;
+    esac
+}}
+_locald_shim "$@"
+"""
+
+
+def completions():
+    return {COMPLETIONS / "locald-shim.bash": bash_completion(), COMPLETIONS / "_locald-shim": zsh_completion()}
+
+
+def interface_xml():
+    """The interface alone, as /usr/share/dbus-1/interfaces/ holds it."""
+    return {ROOT / "data" / "dbus-1" / "interfaces" / f"{i.INTERFACE}.xml":
+            m.INTROSPECT_DOCTYPE + "<!-- Made by scripts/generate from locald_admin/interface.py: do not edit. -->\n"
+            "<node>\n" + m.interface_element() + "</node>\n"}
+
+
+def outputs():
+    return {**man_pages(), **completions(), **interface_xml()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="scripts/generate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if an output is out of date")
+    args = p.parse_args(argv)
+    stale = []
+    for path, text in outputs().items():
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        stale.append(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    for rel in stale:
+        print(f"{'out of date' if args.check else 'wrote'}: {rel}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

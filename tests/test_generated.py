@@ -1,0 +1,142 @@
+"""What is made from the code stays what the code says (scripts/generate):
+the man pages, the shell completions and the interface XML are current;
+the man pages render without warnings; the README's synopses are the
+parsers' usage; --version and the Version and InterfaceRevision properties
+say the package's version; the installed interface XML is what the running
+service introspects."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from locald_admin import __version__
+from locald_admin import interface as i
+from locald_admin.client import shim
+from locald_admin.mechanism import main as mechanism_main
+from harness import ROOT
+from harness.buses import PrivateBus
+from harness.mechanism import Mechanism
+
+GENERATE = ROOT / "scripts" / "generate.py"
+MAN = ROOT / "data" / "man"
+PAGES = ["locald-shim.1", "locald-admin-mechanism.8", "locald-admin.conf.5", "org.locald.Admin1.5"]
+BASH = ROOT / "data" / "completions" / "locald-shim.bash"
+ZSH = ROOT / "data" / "completions" / "_locald-shim"
+INTERFACE_XML = ROOT / "data" / "dbus-1" / "interfaces" / "org.locald.Admin1.xml"
+
+
+def test_every_generated_file_is_current():
+    cp = subprocess.run([sys.executable, str(GENERATE), "--check"], capture_output=True, text=True)
+    assert cp.returncode == 0, f"run scripts/generate:\n{cp.stdout}{cp.stderr}"
+
+
+def test_the_check_notices_a_stale_page(tmp_path, monkeypatch):
+    """--check is not a test that cannot fail: a page edited by hand is out of date."""
+    sys.path.insert(0, str(GENERATE.parent))
+    try:
+        import generate
+    finally:
+        sys.path.remove(str(GENERATE.parent))
+    page = next(iter(generate.man_pages()))
+    copy = tmp_path / page.name
+    copy.write_text(page.read_text() + ".\\\" edited by hand\n")
+    monkeypatch.setattr(generate, "man_pages", lambda: {copy: page.read_text()})
+    monkeypatch.setattr(generate, "completions", lambda: {})
+    monkeypatch.setattr(generate, "interface_xml", lambda: {})
+    assert generate.main(["--check"]) == 1
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_man_pages_render_without_warnings(page):
+    if shutil.which("groff") is None:
+        pytest.skip("groff is not installed (package groff-base)")
+    cp = subprocess.run(["groff", "-man", "-ww", "-z", str(MAN / page)], capture_output=True, text=True)
+    assert cp.returncode == 0 and not cp.stderr, cp.stderr
+
+
+def _readme_synopsis(program):
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```\n(" + re.escape(program) + r" .*?)```", text, re.S)
+    assert block, f"no synopsis of {program} in the README"
+    return " ".join(block.group(1).split())
+
+
+def _usage(parser):
+    return " ".join(parser.format_usage().split())[len("usage: "):].replace("[-h] ", "")
+
+
+def test_readme_synopses_are_the_parsers_usage():
+    cleanup = shim._parser()._subparsers._group_actions[0].choices["admin"]
+    cleanup = cleanup._subparsers._group_actions[0].choices["cleanup"]
+    assert _readme_synopsis("locald-shim admin cleanup") == _usage(cleanup)
+    assert _readme_synopsis("locald-admin-mechanism") == _usage(mechanism_main.parser())
+
+
+def test_version_options_say_the_package_version():
+    mech = subprocess.run([sys.executable, "-m", "locald_admin.mechanism", "--version"], capture_output=True,
+                          text=True)
+    assert mech.returncode == 0 and mech.stdout == f"locald-admin-mechanism {__version__}\n", mech
+    cli = subprocess.run([sys.executable, "-m", "locald_admin.client.shim", "--version"], capture_output=True,
+                         text=True)
+    assert cli.returncode == 0 and cli.stdout == f"locald-shim {__version__}\n", cli
+
+
+def _complete(*words):
+    """COMPREPLY of the bash completion for the command line ``words`` (the
+    last one being completed)."""
+    script = (f"source {BASH}; COMP_WORDS=({' '.join(repr(w) for w in words)}); "
+              f"COMP_CWORD={len(words) - 1}; _locald_shim; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
+    cp = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd="/")
+    assert cp.returncode == 0, cp.stderr
+    return [w for w in cp.stdout.splitlines() if w]
+
+
+def test_bash_completion_completes_the_command_its_options_and_directories():
+    assert _complete("locald-shim", "a") == ["admin"]
+    assert _complete("locald-shim", "admin", "c") == ["cleanup"]
+    assert set(_complete("locald-shim", "admin", "cleanup", "--no")) == {"--no-interactive", "--no-progress"}
+    assert "/tmp" in _complete("locald-shim", "admin", "cleanup", "/tm")
+    assert _complete("locald-shim", "admin", "cleanup", "--timeout", "") == []
+
+
+def test_zsh_completion_is_valid_zsh():
+    zsh = shutil.which("zsh")
+    if zsh is None:
+        pytest.skip("zsh is not installed")
+    cp = subprocess.run([zsh, "-n", str(ZSH)], capture_output=True, text=True)
+    assert cp.returncode == 0, cp.stderr
+    assert ZSH.read_text().startswith("#compdef locald-shim\n")
+
+
+def _interface(xml):
+    root = ET.fromstring(xml.split("]>")[-1] if "]>" in xml else re.sub(r"<!DOCTYPE[^>]*>", "", xml))
+    [iface] = [e for e in root.findall("interface") if e.get("name") == i.INTERFACE]
+    return ET.tostring(iface, encoding="unicode").split()
+
+
+def test_busctl_reads_the_properties_and_the_installed_xml_is_what_the_service_introspects():
+    busctl = shutil.which("busctl")
+    if busctl is None:
+        pytest.skip("busctl is not installed (package systemd)")
+    with PrivateBus() as bus, Mechanism(bus):
+        def run(*argv):
+            cp = subprocess.run([busctl, f"--address={bus.address}", *argv], capture_output=True, text=True,
+                                env=dict(os.environ, SYSTEMD_PAGER="cat"))
+            assert cp.returncode == 0, cp.stderr
+            return cp.stdout
+        assert run("get-property", i.BUS_NAME, i.OBJECT_PATH, i.INTERFACE, "Version") == f's "{__version__}"\n'
+        assert run("get-property", i.BUS_NAME, i.OBJECT_PATH, i.INTERFACE, "InterfaceRevision") == \
+            f"u {i.INTERFACE_REVISION}\n"
+        everything = run("call", i.BUS_NAME, i.OBJECT_PATH, "org.freedesktop.DBus.Properties", "GetAll", "s",
+                         i.INTERFACE)
+        assert everything.startswith("a{sv} 2 ") and f'"{__version__}"' in everything, everything
+        live = run("call", i.BUS_NAME, i.OBJECT_PATH, "org.freedesktop.DBus.Introspectable", "Introspect")
+        live = live.split(" ", 1)[1].strip()
+        live = live[1:-1].encode().decode("unicode_escape")  # busctl prints the string quoted and escaped
+    assert _interface(live) == _interface(INTERFACE_XML.read_text())
