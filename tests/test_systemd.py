@@ -5,18 +5,25 @@ meets it: bus activation through ``SystemdService=``, the hardened unit
 really running, the real polkitd with the shipped headless rule, deletions
 landing on the machine's file system (checked from outside the service),
 ``openat2`` in use, running containers in use, a clean ``systemctl stop``,
-one audit record per request, idle exit and re-activation.
+one audit record per request, idle exit and re-activation.  The D-Bus
+library there is Debian's python3-dbus-fast (1.84, ``make install
+DBUS_FAST=system``), so busio's writer and bounded reader are exercised on
+the oldest version it supports, the other tiers running the venv's pin.
 
 Root only; skipped with the reason without systemd-nspawn or debootstrap.
 The base image is cached (harness.machine.CACHE).
 """
 
+import json
+import re
 import time
 
 import pytest
 
 from harness import ROOT
 from harness import machine as machines
+from harness.users import program_source
+from locald_admin import interface as i
 
 pytestmark = pytest.mark.skipif(machines.unavailable() is not None,
                                 reason=f"systemd tier: {machines.unavailable()}")
@@ -141,6 +148,52 @@ def test_projects_in_opt_take_one_step_admin_conf_and_daemon_reload(machine):
         machine.run("tee", "/etc/locald/admin.conf", check=True, input=shipped)
         machine.run("systemctl", "daemon-reload", check=True)
         machine.run("systemctl", "stop", "locald-admin.service", check=True)
+
+
+def main_pid(m):
+    return int(m.run("systemctl", "show", "-p", "MainPID", "--value", "locald-admin.service").stdout.strip())
+
+
+def vm_hwm_kib(m, pid):
+    status = m.run("cat", f"/proc/{pid}/status", check=True).stdout
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1))
+
+
+def test_the_installed_mechanism_runs_debians_dbus_fast(machine):
+    """The package was installed without its own copy of the library; the
+    running mechanism has Debian's compiled modules mapped."""
+    assert shim_as(machine, "tester", "/home/tester/none/.locald/lib").returncode == 0
+    version = machine.run("dpkg-query", "-W", "-f=${Version}", "python3-dbus-fast", check=True).stdout
+    assert version.startswith("1.84."), version
+    assert not exists(machine, "/usr/lib/locald-admin/site/dbus_fast")
+    maps = machine.run("cat", f"/proc/{main_pid(machine)}/maps", check=True).stdout
+    libs = {ln.split()[-1] for ln in maps.splitlines() if "/dbus_fast/" in ln}
+    assert libs and all(p.startswith("/usr/lib/python3/dist-packages/dbus_fast/") for p in libs), libs
+
+
+def test_pipelined_and_oversized_calls_with_debians_dbus_fast(machine):
+    """1,000 calls of 4 KB pipelined on one connection (client and mechanism
+    both on 1.84: without busio's writer a full socket buffer ends the
+    connection), then one call of 8 MB: answered InvalidPath from its
+    header, naming its size, read in chunks (the mechanism's peak memory
+    does not grow by the call), one record with ``message_bytes``."""
+    assert shim_as(machine, "tester", "/home/tester/none/.locald/warm").returncode == 0
+    pid = main_pid(machine)
+    before = vm_hwm_kib(machine, pid)
+    records = len(audits(machine))
+    cp = machine.run("python3", "-I", "-c", program_source("burst.py"), "/usr/lib/locald-admin/site",
+                     "1000", "8000000", timeout=400)
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert out["version"].startswith("1.84.") and out["library"].startswith("/usr/lib/python3/dist-packages/"), out
+    assert sum(out["answers"].values()) == 1000 and len(out["answers"]) == 1, out["answers"]
+    name, message = out["big"]
+    assert name == i.ERROR_INVALID_PATH and any(int(n) > 8_000_000 for n in re.findall(r"\d+", message)), out["big"]
+    assert main_pid(machine) == pid  # the same process answered everything
+    assert vm_hwm_kib(machine, pid) - before < 16 * 1024
+    new = audits(machine)[records:]
+    assert len(new) == 1001 and "message_bytes=" in new[-1], new[-1:]
+    assert "Traceback" not in machine.journal("locald-admin.service")
 
 
 def test_one_audit_record_per_request_and_a_clean_stop(machine):
