@@ -4,11 +4,17 @@
 #   make install [DESTDIR=/stage] [PREFIX=/usr]
 #   make uninstall [DESTDIR=/stage] [PREFIX=/usr]
 #
-# Layout: the package and its one dependency (dbus-next) go into a private
-# directory $(LIBDIR)/site, never into the system's dist-packages (Debian
-# marks it externally managed); two small launchers run them with Debian's
-# python3 in isolated mode.  The activation file and the unit are rewritten to
-# name the mechanism's real path.
+# Layout: the package and its one dependency (dbus-fast, at the version
+# pinned in constraints.txt, as the compiled wheel for $(PYTHON)) go into a
+# private directory $(LIBDIR)/site, never into the system's dist-packages
+# (Debian marks it externally managed); two small launchers run them with
+# Debian's python3 in isolated mode.  The activation file and the unit are
+# rewritten to name the mechanism's real path.
+#
+#   DBUS_FAST=system   leave dbus-fast out of $(LIBDIR)/site: the launchers
+#                      then import the distribution's (Debian 12:
+#                      python3-dbus-fast, 1.84), which a package built this
+#                      way must depend on.  The real-systemd tier installs so.
 
 PREFIX     ?= /usr
 PYTHON     ?= /usr/bin/python3
@@ -21,6 +27,7 @@ SYSCONFDIR ?= /etc
 MANDIR     ?= $(DATADIR)/man
 BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
 ZSHCOMPDIR ?= $(DATADIR)/zsh/vendor-completions
+DBUS_FAST  ?= bundled
 
 MECHANISM  := $(LIBDIR)/locald-admin-mechanism
 BUSCONF    := $(DATADIR)/dbus-1/system.d/org.locald.Admin1.conf
@@ -37,6 +44,9 @@ BASHCOMP   := $(BASHCOMPDIR)/locald-shim
 ZSHCOMP    := $(ZSHCOMPDIR)/_locald-shim
 INSTALLED  := $(BUSCONF) $(ACTIVATION) $(POLICY) $(UNIT) $(SHIM) $(GENERATOR) $(IFACEXML) $(MANPAGES) \
               $(BASHCOMP) $(ZSHCOMP)
+# bundled: the pinned wheel only (never a source build, which could quietly be
+# dbus-fast's slow pure-Python fallback); system: no dependency at all.
+DEPS_ARGS  := $(if $(filter system,$(DBUS_FAST)),--no-deps,-c constraints.txt --only-binary dbus-fast)
 
 .PHONY: all install uninstall demo test
 
@@ -50,11 +60,12 @@ test:
 	scripts/test
 
 install:
+	@case '$(DBUS_FAST)' in bundled|system) ;; *) echo "DBUS_FAST must be bundled or system" >&2; exit 1;; esac
 	rm -rf '$(DESTDIR)$(LIBDIR)'
 	install -d '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(dir $(BUSCONF))' \
 		'$(DESTDIR)$(dir $(ACTIVATION))' '$(DESTDIR)$(dir $(POLICY))' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(GENDIR)'
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
-		--target '$(DESTDIR)$(LIBDIR)/site' .
+		$(DEPS_ARGS) --target '$(DESTDIR)$(LIBDIR)/site' .
 	rm -rf '$(DESTDIR)$(LIBDIR)/site/bin'
 	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@MODULE@|locald_admin.mechanism.start|' \
 		data/launcher/launcher.in > '$(DESTDIR)$(MECHANISM)'

@@ -58,9 +58,9 @@ class AdminClient:
     """One system-bus connection shared by many Cleanup calls.
 
     At most ``max_in_flight`` calls are pending on the connection at once
-    (the system bus allows 128 pending replies per connection, and dbus-next
-    drops a connection whose socket buffer fills), the others wait their
-    turn.  A call that times out leaves nothing behind: its reply handler is
+    (the system bus allows 128 pending replies per connection, and a full
+    socket buffer only makes the writer wait: ``busio._Writer``), the others
+    wait their turn.  A call that times out leaves nothing behind: its reply handler is
     dropped.  The connection is made on first use and again if it was lost.
     """
 

@@ -10,12 +10,17 @@ of its own under /sys/fs/cgroup/{systemd,unified}/.  Commands run inside
 with ``nsenter -t <its PID 1> -a``.
 
 The base image (debootstrap --variant=minbase with systemd, dbus, polkitd,
-libpam-systemd and python3, from the configured Debian mirror) is cached in
-``CACHE`` (about a minute to build on a fresh machine); each ``Machine`` boots
-a copy of it with the product staged in by ``make install DESTDIR=...
-PREFIX=/usr``.
+libpam-systemd, python3, python3-dbus-fast and man-db, from the configured Debian
+mirror) is cached in ``CACHE`` under a name made from the package list, so
+that an image built for another list is never taken for it (about a minute
+to build on a fresh machine); each ``Machine`` boots a copy of it with the
+product staged in by ``make install DESTDIR=... PREFIX=/usr DBUS_FAST=system``:
+the installed mechanism and client run Debian's python3-dbus-fast (1.84), the
+oldest version busio supports, where the other tiers run the venv's pinned
+one.
 """
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -25,8 +30,10 @@ from pathlib import Path
 from . import ROOT
 
 CACHE = Path(os.environ.get("LOCALD_ADMIN_IMAGE_CACHE", "/var/cache/locald-admin-tests"))
-BASE = CACHE / "bookworm-minbase"
-PACKAGES = "systemd,systemd-sysv,dbus,polkitd,libpam-systemd,python3"
+PACKAGES = "systemd,systemd-sysv,dbus,polkitd,libpam-systemd,python3,python3-dbus-fast,man-db"
+BASE = CACHE / f"bookworm-minbase-{hashlib.sha256(PACKAGES.encode()).hexdigest()[:12]}"
+# How the product is installed into it: with Debian's D-Bus library.
+INSTALL_ARGS = ("DESTDIR={image}", "PREFIX=/usr", "DBUS_FAST=system")
 MIRROR = "http://deb.debian.org/debian"
 TOOLS = ("systemd-nspawn", "debootstrap", "unshare", "nsenter")
 
@@ -57,7 +64,7 @@ def base_image():
     if (BASE / "usr/lib/systemd/systemd").exists():
         return BASE
     CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = CACHE / "bookworm-minbase.tmp"
+    tmp = BASE.with_name(BASE.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     r = subprocess.run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", "bookworm", str(tmp), MIRROR],
                        capture_output=True, text=True, timeout=900)
@@ -73,7 +80,7 @@ class Machine:
     def __init__(self, workdir, prepare=None):
         self.image = Path(workdir) / "image"
         subprocess.run(["cp", "-a", str(base_image()), str(self.image)], check=True)
-        r = subprocess.run(["make", "-C", str(ROOT), "install", f"DESTDIR={self.image}", "PREFIX=/usr"],
+        r = subprocess.run(["make", "-C", str(ROOT), "install", *(a.format(image=self.image) for a in INSTALL_ARGS)],
                            capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             raise RuntimeError(f"make install failed: {r.stderr[-3000:]}")

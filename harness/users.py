@@ -85,8 +85,10 @@ class ClientRunner:
             shutil.copytree(Path(locald_admin.__file__).parent, pkg, ignore=ignore)
             shutil.copytree(Path(locald_admin.client.__file__).parent, pkg / "client", ignore=ignore)
             shutil.copytree(Path(locald_admin.mechanism.__file__).parent, pkg / "mechanism", ignore=ignore)
-            import dbus_next
-            shutil.copytree(Path(dbus_next.__file__).parent, self.stage / "dbus_next", ignore=ignore)
+            # The D-Bus library, compiled for this interpreter (the venv's is
+            # made from /usr/bin/python3, so its extension modules load there).
+            import dbus_fast
+            shutil.copytree(Path(dbus_fast.__file__).parent, self.stage / "dbus_fast", ignore=ignore)
             shutil.copytree(PROGRAMS, self.stage / "programs", ignore=ignore)
             subprocess.run(["chmod", "-R", "a+rX", str(self.stage)], check=True)
             self.python = SYSTEM_PYTHON

@@ -1,76 +1,175 @@
-"""The bus boundary: the one module that knows the D-Bus library (dbus-next).
+"""The bus boundary: the one module that knows the D-Bus library (dbus-fast).
 
 Everything else speaks ``locald_admin.messages`` (plain data) through a
 ``Connection``: ``call`` a method and get a ``Reply``, ``send`` a signal,
 ``serve`` the service's object, ``on_signal`` for the client.  Changing the
 D-Bus library means changing this file.
 
-Three defects of dbus-next 0.2.3 are handled here, and only here:
+dbus-fast is supported from 1.84 (Debian 12's python3-dbus-fast) to 2.x
+(the version pinned in constraints.txt); ``_check_library`` refuses any
+other at import, naming it.  Its defects are handled here, and only here,
+by a connection class of our own (``_Bus``) that keeps the library's
+decoding, encoding and dispatch and replaces the two private pieces that
+touch the socket, which are compiled and differ between the two lines (1.84
+reads through a stream and writes its queue last-in first-out; 2.x reads
+the socket itself, greedily), so that one piece of code serves both:
 
-* It writes to a non-blocking socket and treats *any* exception from
-  ``send()`` as fatal: when the kernel socket buffer is full the write raises
-  ``BlockingIOError`` (EAGAIN), the connection is finalized and every later
-  call hangs (a few hundred queued messages are enough).  ``harden()``
-  replaces the writer's callback with one that waits until writable.
+* The library writes to a non-blocking socket and treats *any* exception
+  from ``send()`` as fatal: when the kernel socket buffer is full the write
+  raises ``BlockingIOError`` (EAGAIN), the connection is finalized and every
+  later call hangs (a few hundred pipelined calls are enough).  ``_Writer``
+  queues messages in order and waits until the socket is writable.
+* It reads every incoming message whole into memory, however big the bus
+  lets it be (32 MiB on the system bus), then decodes it: a flood of calls
+  with a 30 MB path would take the service to gigabytes.  ``_GuardedReader``
+  frames the stream itself from each message's fixed header; a message up to
+  ``MAX_INCOMING`` is decoded by the library's unmarshaller once whole, a
+  longer one has its header fields decoded (they are bounded too) and its
+  body dropped in ``_DROP_CHUNK`` pieces as it streams in, never kept; the
+  service answers such a call from its header alone (``Incoming.oversized``).
 * A call that times out or is cancelled leaves its reply handler in the
   library's table for the connection's lifetime; ``Connection.call`` removes
   it.
-* It reads every incoming message whole into memory, however big the bus
-  lets it be (32 MiB on the system bus), then decodes it: a flood of calls
-  with a 30 MB path took the service to gigabytes.  ``_GuardedUnmarshaller``
-  reads the fixed header first; a message longer than ``MAX_INCOMING`` has
-  its header fields read (they are bounded too) and its body dropped as it
-  streams in, never kept; the service answers such a call from its header
-  alone (``Incoming.oversized``).
+* A message handler that raises has its traceback sent to the caller as an
+  error text; ``Connection.serve`` answers with a named error instead.
 """
 
-import array
 import asyncio
-import socket
+import collections
+import io
+import logging
+import re
 import struct
 
-from dbus_next import BusType, Message, MessageFlag, MessageType, NameFlag, RequestNameReply
-from dbus_next import Variant as _Variant
-from dbus_next._private.unmarshaller import MarshallerStreamEndError, Unmarshaller
-from dbus_next.aio import MessageBus
-from dbus_next.errors import DBusError, InvalidMessageError
-from dbus_next.signature import SignatureTree
+import dbus_fast
+from dbus_fast import BusType, Message, MessageFlag, MessageType, NameFlag, RequestNameReply
+from dbus_fast import Variant as _Variant
+from dbus_fast.__version__ import __version__ as LIBRARY_VERSION
+from dbus_fast._private.unmarshaller import Unmarshaller
+from dbus_fast.aio import MessageBus
+from dbus_fast.errors import DBusError, InvalidMessageError
 
 from . import interface as i
 from . import messages as m
+
+log = logging.getLogger(__name__)
 
 
 class BusError(ConnectionError):
     """The connection failed, was lost, or the bus refused a request."""
 
 
+# -- the library: which versions, and what of it is relied on ------------------------------
+
+SUPPORTED = ((1, 84), (3, 0))  # dbus-fast >=1.84,<3, as pyproject.toml says
+
+# The private members of the library's asyncio bus that _Bus uses, the same
+# in 1.84 and 2.x: the handshake, dispatch of a decoded message, the end of
+# the connection, and the connection's state.
+_BUS_MEMBERS = ("_authenticate", "_process_message", "_finalize", "next_serial", "_writer",
+                "_method_return_handlers", "_disconnect_future", "_user_disconnect")
+
+
+def _check_library(version, bus_class=MessageBus):
+    """Raise ImportError unless ``version`` of dbus-fast is one this module
+    was written and tested for (the one place that knows the versions)."""
+    where = getattr(dbus_fast, "__file__", "?")
+    found = re.match(r"(\d+)\.(\d+)", str(version))
+    if not found:
+        raise ImportError(f"locald-admin: cannot read the version of dbus-fast ({version!r}, {where})")
+    have = (int(found.group(1)), int(found.group(2)))
+    low, high = SUPPORTED
+    if not low <= have < high:
+        raise ImportError(f"locald-admin needs dbus-fast >={low[0]}.{low[1]},<{high[0]}; "
+                          f"{version} is installed ({where})")
+    missing = [name for name in _BUS_MEMBERS if not hasattr(bus_class, name)]
+    if not hasattr(Message, "_marshall") or not hasattr(Unmarshaller, "unmarshall"):
+        missing.append("Message._marshall/Unmarshaller.unmarshall")
+    if missing:
+        raise ImportError(f"locald-admin: dbus-fast {version} ({where}) lacks {', '.join(missing)}")
+
+
+_check_library(LIBRARY_VERSION)
+
+
 # -- the EAGAIN-safe writer ------------------------------------------------------------
 
-def _write_pending(writer):
-    """Write queued messages until done or the socket would block.
+class _Writer:
+    """Writes a bus's messages in order; a full socket buffer (EAGAIN) means
+    waiting until the socket is writable, never the end of the connection.
+    Takes the place of the library's writer, whose one entry point used by
+    the library is ``schedule_write``."""
 
-    Returns True when the queue is drained, False when the socket is full.
-    """
-    while True:
-        if writer.buf is None:
-            if writer.messages.qsize() == 0:
-                return True
-            buf, unix_fds, fut = writer.messages.get_nowait()
-            writer.buf, writer.unix_fds, writer.fut = memoryview(buf), unix_fds, fut
-            writer.offset = 0
-        chunk = writer.buf[writer.offset:]
-        if writer.unix_fds and writer.negotiate_unix_fd:
-            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", writer.unix_fds))]
-            sent = writer.sock.sendmsg([chunk], rights)
-            writer.unix_fds = None  # the fds travel with the first byte
-        else:
-            sent = writer.sock.send(chunk)
-        writer.offset += sent
-        if writer.offset < len(writer.buf):
-            return False
-        writer.buf = None
-        if writer.fut is not None and not writer.fut.done():
-            writer.fut.set_result(None)
+    def __init__(self, bus):
+        self._bus = bus
+        self._sock = bus._sock
+        self._loop = bus._loop
+        self._fd = bus._fd
+        self._queue = collections.deque()  # (memoryview of the encoded message, future or None)
+        self._offset = 0  # bytes of the queue's first message already written
+        self._waiting = False  # registered with the loop until writable
+        self._error = None  # set once the connection has failed
+
+    def schedule_write(self, msg=None, future=None, *, before_hello=False):
+        """Queue ``msg`` (its ``future`` is resolved once it is written) and
+        write what the socket takes now.  Until the bus has answered Hello
+        only Hello itself (``before_hello``) is written."""
+        if msg is not None:
+            if self._error is not None:
+                _fail(future, self._error)
+                return
+            self._queue.append((memoryview(msg._marshall(False)), future))
+        if (self._bus.unique_name is None and not before_hello) or self._waiting:
+            return  # the writable callback (or Hello's reply) writes it
+        self._flush()
+
+    def _flush(self):
+        try:
+            drained = self._write_pending()
+        except Exception as exc:  # a real socket error: the connection is gone
+            self._bus._finalize(exc)
+            return
+        if drained and self._waiting:
+            self._loop.remove_writer(self._fd)
+            self._waiting = False
+        elif not drained and not self._waiting:
+            self._loop.add_writer(self._fd, self._flush)
+            self._waiting = True
+
+    def _write_pending(self):
+        """Write queued messages until done (True) or the socket is full (False)."""
+        queue, send = self._queue, self._sock.send
+        while queue:
+            buf, fut = queue[0]
+            try:
+                self._offset += send(buf[self._offset:])
+            except (BlockingIOError, InterruptedError):
+                return False
+            if self._offset < len(buf):
+                return False
+            queue.popleft()
+            self._offset = 0
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        return True
+
+    def close(self, exc):
+        """The connection ended: every queued message fails with ``exc``."""
+        self._error = exc if exc is not None else BusError("the connection is closed")
+        self._waiting = False
+        while self._queue:
+            _, fut = self._queue.popleft()
+            if self._bus._user_disconnect:
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            else:
+                _fail(fut, self._error)
+
+
+def _fail(fut, exc):
+    if fut is not None and not fut.done():
+        fut.set_exception(exc)
+        fut.exception()  # retrieved: nobody may be waiting for it (the library's own sends)
 
 
 # -- bounded reading ----------------------------------------------------------------------
@@ -81,111 +180,174 @@ def _write_pending(writer):
 # are 256 KiB.
 MAX_INCOMING = 1 << 20
 MAX_HEADER = 64 << 10  # header fields of an oversized message, read to answer it
-_DROP_CHUNK = 64 << 10
+_DROP_CHUNK = 64 << 10  # the most read from the socket at once
+_FIXED = 16  # endianness, type, flags, version, body length, serial, length of the header fields
 
 
-class _GuardedUnmarshaller(Unmarshaller):
-    """dbus-next's unmarshaller, reading at most MAX_INCOMING bytes of one
-    message.  A longer one is answered from its header: the body is received
-    and thrown away in chunks.  (The library calls ``unmarshall`` again, on
-    the same object, each time more bytes arrive, until a message is whole.)"""
+def _decode(data):
+    """One whole message (bytes) as the library's Message."""
+    msg = Unmarshaller(io.BytesIO(data)).unmarshall()
+    if msg is None:
+        raise InvalidMessageError("a truncated message")
+    return msg
 
-    def __init__(self, stream, sock=None):
-        super().__init__(stream, sock)
-        self._drop = 0  # body bytes of an oversized message still to throw away
+
+class _Oversized(Message):
+    """A message longer than MAX_INCOMING, from its header alone: no body.
+    ``locald_oversized`` is its length in bytes."""
+
+
+class _GuardedReader:
+    """The bus's socket reader (the loop calls it when the socket is
+    readable): at most ``_DROP_CHUNK`` bytes per call, at most MAX_INCOMING
+    of any one message (plus one chunk) kept, every message whole and in
+    order to the library's dispatch (``_process_message``)."""
+
+    def __init__(self, bus):
+        self._bus = bus
+        self._recv = bus._sock.recv
+        self._buf = bytearray()
+        self._drop = 0  # bytes of an oversized message still to throw away
         self._header_only = None  # what to deliver once they are gone (None: nothing)
-        self._dropping = False
 
-    def _recv(self, n):
+    def __call__(self):
         try:
-            data = self.sock.recv(n) if self.sock is not None else self.stream.read(n)
-        except BlockingIOError:
-            raise MarshallerStreamEndError() from None
-        if data is None:
-            raise MarshallerStreamEndError()
-        if data == b"":
-            raise EOFError()
-        return data
+            self._read()
+        except Exception as exc:  # end of file, a socket error, a stream that is not D-Bus
+            self._bus._finalize(exc)
 
-    def _unmarshall(self):
-        while True:
-            if self._dropping:
-                while self._drop > 0:
-                    self._drop -= len(self._recv(min(self._drop, _DROP_CHUNK)))
-                self._dropping = False
-                if self._header_only is not None:
-                    self.message = self._header_only
-                    return
-                # Nothing to answer: read the next message.
-                self.buf, self.offset, self.unix_fds = bytearray(), 0, []
-            self.offset = 0
-            self.read(16, prefetch=True)
-            endian = self.buf[0]
-            if endian not in (ord("l"), ord("B")):
-                raise InvalidMessageError("Expecting endianness as the first byte")
-            body_len, serial, header_len = struct.unpack_from("<III" if endian == ord("l") else ">III",
-                                                              self.buf, 4)
-            header_end = 16 + header_len + self._padding(16 + header_len, 8)
-            if header_end + body_len <= MAX_INCOMING:
-                return super()._unmarshall()
-            self._header_only = None
-            if header_len <= MAX_HEADER:
-                self.read(header_end, prefetch=True)
-                try:
-                    self._header_only = self._header_message(endian, serial, header_end + body_len)
-                except Exception:  # header fields the library cannot make a message of: just drop it
-                    self._header_only = None
-                self._drop = body_len
-            else:
-                self._drop = header_end + body_len - 16
-            self.buf = bytearray()
-            self._dropping = True
-
-    def _header_message(self, endian, serial, total):
-        self.endian = endian
-        self.offset = 12
-        fields = {}
-        for code, variant in self.read_argument(SignatureTree._get("a(yv)").types[0]):
-            fields[code] = variant.value
-        # Header field codes (D-Bus specification): 1 path, 2 interface,
-        # 3 member, 6 destination, 7 sender, 8 signature.
-        msg = Message(destination=fields.get(6), path=fields.get(1), interface=fields.get(2),
-                      member=fields.get(3), message_type=MessageType(self.buf[1]), flags=MessageFlag(self.buf[2]),
-                      sender=fields.get(7), signature=fields.get(8, ""), body=[], serial=serial)
-        msg.locald_oversized = total
-        return msg
-
-
-def harden(bus):
-    """Make ``bus`` survive a full socket buffer and read bounded messages
-    (see module docstring)."""
-    def guarded():
-        return _GuardedUnmarshaller(bus._stream, bus._sock if bus._negotiate_unix_fd else None)
-
-    bus._create_unmarshaller = guarded
-    bus._unmarshaller = guarded()
-    writer = bus._writer
-
-    def write_callback():
+    def _read(self):
         try:
-            if _write_pending(writer):
-                writer.loop.remove_writer(writer.fd)
+            data = self._recv(min(self._drop, _DROP_CHUNK) if self._drop else _DROP_CHUNK)
         except (BlockingIOError, InterruptedError):
-            return  # the writer stays registered; the loop calls us again
-        except Exception as exc:  # a real socket error: the connection is gone
-            if writer.fut is not None and not writer.fut.done():
-                writer.fut.set_exception(exc)
-            bus._finalize(exc)
+            return
+        if not data:
+            raise EOFError()
+        if self._drop:
+            self._drop -= len(data)
+            if self._drop == 0:
+                self._deliver_header_only()
+            return
+        self._buf += data
+        self._frame()
 
-    writer.write_callback = write_callback
-    return bus
+    def _frame(self):
+        """Deliver every whole message in the buffer; start dropping an
+        oversized one."""
+        buf = self._buf
+        while len(buf) >= _FIXED:
+            endian = buf[0]
+            if endian == 0x6C:  # 'l'
+                order = "<"
+            elif endian == 0x42:  # 'B'
+                order = ">"
+            else:
+                raise InvalidMessageError(f"a message starting with byte {endian}")
+            body_len, serial, header_len = struct.unpack_from(order + "III", buf, 4)
+            header_end = _FIXED + header_len + (-header_len & 7)
+            total = header_end + body_len
+            if total <= MAX_INCOMING:
+                if len(buf) < total:
+                    return
+                msg = _decode(bytes(buf[:total]))
+                del buf[:total]
+                self._deliver(msg)
+                continue
+            if header_len <= MAX_HEADER:
+                if len(buf) < header_end:
+                    return
+                self._header_only = _header_message(buf, order, header_end, total)
+            else:  # not even the header is read: dropped unanswered
+                self._header_only = None
+            taken = min(len(buf), total)
+            del buf[:taken]
+            self._drop = total - taken
+            if self._drop:
+                return
+            self._deliver_header_only()
+
+    def _deliver_header_only(self):
+        msg, self._header_only = self._header_only, None
+        if msg is not None:
+            self._deliver(msg)
+
+    def _deliver(self, msg):
+        try:
+            self._bus._process_message(msg)
+        except Exception as exc:  # as the library's own reader: the connection goes on
+            log.error("a message could not be processed: %s: %s", type(exc).__name__, exc)
+
+
+def _header_message(buf, order, header_end, total):
+    """The message an oversized one's header describes (``_Oversized``), or
+    None when the header is not one the library can decode.  A reply of that
+    size becomes an error reply (LimitsExceeded) to the call it answers."""
+    head = bytearray(buf[:header_end])
+    struct.pack_into(order + "I", head, 4, 0)  # body length 0: the library decodes the header only
+    try:
+        h = _decode(bytes(head))
+        if h.message_type in (MessageType.METHOD_RETURN, MessageType.ERROR):
+            msg = _Oversized(message_type=MessageType.ERROR, error_name=m.LIMITS_EXCEEDED,
+                             reply_serial=h.reply_serial, sender=h.sender, destination=h.destination,
+                             signature="s", body=[f"a reply of {total} bytes is refused"], serial=h.serial)
+        else:
+            msg = _Oversized(message_type=h.message_type, flags=h.flags, destination=h.destination,
+                             path=h.path, interface=h.interface, member=h.member, sender=h.sender,
+                             serial=h.serial, validate=False)
+    except Exception:  # header fields the library cannot make a message of: just drop it
+        return None
+    msg.locald_oversized = total
+    return msg
+
+
+# -- the connection of the library, hardened ---------------------------------------------
+
+class _Bus(MessageBus):
+    """dbus-fast's asyncio bus with our writer and reader (module docstring)."""
+
+    def __init__(self, bus_address=None, bus_type=BusType.SYSTEM):
+        super().__init__(bus_address=bus_address, bus_type=bus_type, negotiate_unix_fd=False)
+        self._writer = _Writer(self)
+
+    async def connect(self):
+        """Authenticate, read with ``_GuardedReader``, say Hello; returns
+        self once the bus has given the connection its unique name."""
+        await self._authenticate()
+        future = self._loop.create_future()
+        self._loop.add_reader(self._fd, _GuardedReader(self))
+
+        def on_hello(reply, err):
+            try:
+                if err is not None:
+                    raise err
+                if reply.message_type != MessageType.METHOD_RETURN or reply.signature != "s":
+                    raise BusError(f"the bus refused Hello: {reply.error_name}: {reply.body[:1]}")
+                self.unique_name = reply.body[0]
+                self._writer.schedule_write()
+                if not future.done():
+                    future.set_result(self)
+            except Exception as e:
+                if not future.done():
+                    future.set_exception(e)
+                self.disconnect()
+                self._finalize(e)
+
+        hello = Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                        interface="org.freedesktop.DBus", member="Hello", serial=self.next_serial())
+        self._method_return_handlers[hello.serial] = on_hello
+        self._writer.schedule_write(hello, before_hello=True)
+        return await future
+
+    def _finalize(self, err=None):
+        self._writer.close(err)
+        super()._finalize(err)
 
 
 async def connect_system_bus(address=None):
-    """The library's own connection to the system bus (``DBUS_SYSTEM_BUS_ADDRESS``
+    """The library's connection to the system bus (``DBUS_SYSTEM_BUS_ADDRESS``
     is honoured) or to ``address``, hardened.  For tests that must send what
     the product never would; the product uses ``Connection``."""
-    bus = harden(MessageBus(bus_address=address, bus_type=BusType.SYSTEM))
+    bus = _Bus(bus_address=address, bus_type=BusType.SYSTEM)
     await bus.connect()
     return bus
 
@@ -246,8 +408,8 @@ class Connection:
 
     def __init__(self, bus):
         self._bus = bus
-        # dbus-next ends the connection by setting an exception (EOFError) on
-        # a future that nobody may be waiting for; retrieve it, or asyncio
+        # The library ends the connection by setting an exception (EOFError)
+        # on a future that nobody may be waiting for; retrieve it, or asyncio
         # logs "Future exception was never retrieved" with a traceback.
         bus._disconnect_future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
@@ -285,7 +447,7 @@ class Connection:
         except Exception as e:
             raise BusError(str(e) or type(e).__name__) from None
         finally:
-            # dbus-next keeps the handler of an unanswered call forever.
+            # The library keeps the handler of an unanswered call forever.
             self._bus._method_return_handlers.pop(msg.serial, None)
         if reply is None:
             return None  # a no_reply call
@@ -346,7 +508,18 @@ class Connection:
             if msg.interface != i.INTERFACE:
                 return False
             return dispatch(_incoming(msg))
-        self._bus.add_message_handler(handler)
+
+        def guarded(msg):
+            # The library would answer a handler's exception with its
+            # traceback as the error text: answer with a named error.
+            try:
+                return handler(msg)
+            except Exception as e:
+                log.error("a call could not be handled: %s: %s", type(e).__name__, e)
+                if msg.message_type != MessageType.METHOD_CALL:
+                    return True
+                return Message.new_error(msg, i.ERROR_FAILED, f"the call could not be handled ({type(e).__name__})")
+        self._bus.add_message_handler(guarded)
 
     async def reply(self, incoming, signature="", body=()):
         if not incoming.no_reply:

@@ -364,7 +364,8 @@ class Bench:
         stage = Path(self.runner.stage)
         self.client_script = self.runner.program("bench_client.py")
         # Precompile, as an installed package would be: the 32 clients would
-        # otherwise each compile dbus-next from source at start-up.
+        # otherwise each compile the pure-Python modules (locald_admin, dbus-fast's
+        # uncompiled parts) from source at start-up.
         subprocess.run([self.runner.python, "-m", "compileall", "-q", str(stage)], check=True,
                        stdout=subprocess.DEVNULL)
         subprocess.run(["chmod", "-R", "a+rX", str(stage)], check=True)
@@ -732,7 +733,7 @@ class Bench:
         site = d / "site"
         site.mkdir()
         stage = Path(self.runner.stage)
-        for pkg in ("locald_admin", "dbus_next"):
+        for pkg in ("locald_admin", "dbus_fast"):
             shutil.copytree(stage / pkg, site / pkg, ignore=shutil.ignore_patterns("__pycache__"))
         subprocess.run(["/usr/bin/python3", "-m", "compileall", "-q", str(site)], check=True,
                        stdout=subprocess.DEVNULL)

@@ -463,7 +463,7 @@ def test_the_anchor_itself_is_removed(stack, project, clients, caller, suffix):
 def test_a_nul_byte_never_reaches_the_mechanism(stack, project, clients):
     """D-Bus strings cannot hold NUL: dbus-python refuses to marshal it;
     ``force_remove_dir_all`` refuses it lexically (InvalidPathError).  (The
-    bare ``request_cleanup`` hands it to dbus-next, whose message the bus
+    bare ``request_cleanup`` hands it to dbus-fast, whose message the bus
     daemon rejects by dropping the connection: MechanismUnavailable, which
     the public helpers turn into the caller's own PermissionError.)"""
     path = f"{project}/run\0/x"

@@ -499,8 +499,8 @@ class SignalListener:
         self.loop.run_forever()
 
     async def _setup(self):
-        from dbus_next import BusType, Message, MessageType
-        from dbus_next.aio import MessageBus
+        from dbus_fast import BusType, Message, MessageType
+        from dbus_fast.aio import MessageBus
 
         for rule, store in ((self.RULE, self.plain), (self.RULE + ",eavesdrop='true'", self.eavesdropped)):
             b = await MessageBus(bus_address=self.address, bus_type=BusType.SYSTEM).connect()

@@ -185,11 +185,11 @@ def test_bus_conf_loads_in_dbus_daemon(private_bus):
 
 
 class _Admin:
-    """dbus-next service objects, built lazily (dbus-next is imported late)."""
+    """dbus-fast service objects, built lazily (dbus-fast is imported late)."""
 
     @staticmethod
     def interfaces():
-        from dbus_next.service import ServiceInterface, method
+        from dbus_fast.service import ServiceInterface, method
 
         class Admin(ServiceInterface):
             def __init__(self):
@@ -213,7 +213,7 @@ class _Admin:
 def _run_on_bus(address, scenario):
     import asyncio
 
-    from dbus_next.aio import MessageBus
+    from dbus_fast.aio import MessageBus
 
     async def run():
         server = await MessageBus(bus_address=address).connect()
@@ -229,8 +229,8 @@ def _run_on_bus(address, scenario):
 
 def test_bus_conf_own_rule(private_bus):
     """root may own the name; anybody else is refused by the bus."""
-    from dbus_next import RequestNameReply
-    from dbus_next.errors import DBusError
+    from dbus_fast import RequestNameReply
+    from dbus_fast.errors import DBusError
 
     async def scenario(server, client):
         if os.geteuid() == 0:
@@ -246,7 +246,7 @@ def test_bus_conf_own_rule(private_bus):
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root may own the name the calls go to")
 def test_bus_conf_send_rules(private_bus):
     """Calls on the four allowed interfaces pass; any other is refused."""
-    from dbus_next import Message, MessageType
+    from dbus_fast import Message, MessageType
 
     async def call(bus, interface, member, signature="", body=()):
         return await bus.call(Message(destination=i.BUS_NAME, path=i.OBJECT_PATH,

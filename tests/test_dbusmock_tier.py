@@ -351,7 +351,7 @@ def test_a_burst_of_pipelined_calls_on_one_connection_is_all_answered(bus, mecha
     dbus-next 0.2.3 drops the connection on EAGAIN unless busio.harden() is
     in place (client and service both use it)."""
     import asyncio
-    from dbus_next import Message, MessageType
+    from dbus_fast import Message, MessageType
     from locald_admin.busio import connect_system_bus
 
     async def burst(n):

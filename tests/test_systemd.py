@@ -5,21 +5,27 @@ meets it: bus activation through ``SystemdService=``, the hardened unit
 really running, the real polkitd with the shipped headless rule, deletions
 landing on the machine's file system (checked from outside the service),
 ``openat2`` in use, running containers in use, a clean ``systemctl stop``,
-one audit record per request, idle exit and re-activation.
+one audit record per request, idle exit and re-activation.  The D-Bus
+library there is Debian's python3-dbus-fast (1.84, ``make install
+DBUS_FAST=system``), so busio's writer and bounded reader are exercised on
+the oldest version it supports, the other tiers running the venv's pin.
 
 Root only; skipped with the reason without systemd-nspawn or debootstrap.
 The base image is cached (harness.machine.CACHE).
 """
 
 import json
+import re
 import time
 
 import pytest
 
+from locald_admin import __version__
 from locald_admin import interface as i
 from locald_admin.mechanism import audit
 from harness import ROOT
 from harness import machine as machines
+from harness.users import program_source
 
 pytestmark = pytest.mark.skipif(machines.unavailable() is not None,
                                 reason=f"systemd tier: {machines.unavailable()}")
@@ -146,6 +152,52 @@ def test_projects_in_opt_take_one_step_admin_conf_and_daemon_reload(machine):
         machine.run("systemctl", "stop", "locald-admin.service", check=True)
 
 
+def main_pid(m):
+    return int(m.run("systemctl", "show", "-p", "MainPID", "--value", "locald-admin.service").stdout.strip())
+
+
+def vm_hwm_kib(m, pid):
+    status = m.run("cat", f"/proc/{pid}/status", check=True).stdout
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1))
+
+
+def test_the_installed_mechanism_runs_debians_dbus_fast(machine):
+    """The package was installed without its own copy of the library; the
+    running mechanism has Debian's compiled modules mapped."""
+    assert shim_as(machine, "tester", "/home/tester/none/.locald/lib").returncode == 0
+    version = machine.run("dpkg-query", "-W", "-f=${Version}", "python3-dbus-fast", check=True).stdout
+    assert version.startswith("1.84."), version
+    assert not exists(machine, "/usr/lib/locald-admin/site/dbus_fast")
+    maps = machine.run("cat", f"/proc/{main_pid(machine)}/maps", check=True).stdout
+    libs = {ln.split()[-1] for ln in maps.splitlines() if "/dbus_fast/" in ln}
+    assert libs and all(p.startswith("/usr/lib/python3/dist-packages/dbus_fast/") for p in libs), libs
+
+
+def test_pipelined_and_oversized_calls_with_debians_dbus_fast(machine):
+    """1,000 calls of 4 KB pipelined on one connection (client and mechanism
+    both on 1.84: without busio's writer a full socket buffer ends the
+    connection), then one call of 8 MB: answered InvalidPath from its
+    header, naming its size, read in chunks (the mechanism's peak memory
+    does not grow by the call), one record with ``message_bytes``."""
+    assert shim_as(machine, "tester", "/home/tester/none/.locald/warm").returncode == 0
+    pid = main_pid(machine)
+    before = vm_hwm_kib(machine, pid)
+    records = len(audits(machine))
+    cp = machine.run("python3", "-I", "-c", program_source("burst.py"), "/usr/lib/locald-admin/site",
+                     "1000", "8000000", timeout=400)
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert out["version"].startswith("1.84.") and out["library"].startswith("/usr/lib/python3/dist-packages/"), out
+    assert sum(out["answers"].values()) == 1000 and len(out["answers"]) == 1, out["answers"]
+    name, message = out["big"]
+    assert name == i.ERROR_INVALID_PATH and any(int(n) > 8_000_000 for n in re.findall(r"\d+", message)), out["big"]
+    assert main_pid(machine) == pid  # the same process answered everything
+    assert vm_hwm_kib(machine, pid) - before < 16 * 1024
+    new = audits(machine)[records:]
+    assert len(new) == 1001 and "message_bytes=" in new[-1], new[-1:]
+    assert "Traceback" not in machine.journal("locald-admin.service")
+
+
 def test_one_audit_record_per_request_and_a_clean_stop(machine):
     before = len(audits(machine))
     for k in range(3):
@@ -186,6 +238,26 @@ def test_audit_records_are_journal_entries_with_their_own_fields(machine):
     stream = machine.run("journalctl", "-u", "locald-admin.service", "_TRANSPORT=stdout", "-o", "cat",
                          "--no-pager").stdout
     assert not any(ln.startswith("audit ") for ln in stream.splitlines()), stream[-2000:]
+
+
+def test_what_an_administrator_meets_version_property_man_pages_and_docs(machine):
+    """busctl reads the Version (activating the service as a user's call
+    would), --version says the same, and the unit's Documentation= pages
+    are installed where man finds them."""
+    got = machine.run("setpriv", "--reuid=tester", "--regid=tester", "--init-groups", "busctl", "get-property",
+                      i.BUS_NAME, i.OBJECT_PATH, i.INTERFACE, "Version", check=True).stdout
+    assert got == f's "{__version__}"\n', got
+    revision = machine.run("busctl", "get-property", i.BUS_NAME, i.OBJECT_PATH, i.INTERFACE, "InterfaceRevision",
+                           check=True).stdout
+    assert revision == f"u {i.INTERFACE_REVISION}\n", revision
+    assert machine.run("locald-shim", "--version", check=True).stdout == f"locald-shim {__version__}\n"
+    docs = machine.run("systemctl", "show", "-p", "Documentation", "locald-admin.service", check=True).stdout
+    pages = [d.split(":", 1)[1] for d in docs.split("=", 1)[1].split()]
+    assert pages, docs
+    for page in pages:  # man -w: where the page is; it fails if man cannot find it
+        name, section = page.rstrip(")").split("(")
+        where = machine.run("man", "-w", section, name).stdout.strip()
+        assert where.endswith(f"/man{section}/{name}.{section}") and exists(machine, where), (page, where)
 
 
 def test_idle_exit_after_30_seconds_and_reactivation(machine):

@@ -18,7 +18,7 @@ OP ``calls``: ``AdminClient.cleanup`` calls, started in ``phases`` (lists
   {"event": "ready", "senders": [...]} once connected, {"event": "reply",
   ...} per answer in the order answers arrive, then {"event": "done", ...}
   with the most calls ever outstanding on each connection and what is left
-  in dbus-next's reply table.
+  in the D-Bus library's reply table.
 """
 
 import asyncio

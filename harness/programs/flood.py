@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from dbus_next import Message, MessageFlag
+from dbus_fast import Message, MessageFlag
 
 from locald_admin import interface as i
 from locald_admin.busio import connect_system_bus

@@ -1,4 +1,4 @@
-"""Raw D-Bus messages sent by the client user with dbus-next.
+"""Raw D-Bus messages sent by the client user with dbus-fast.
 
 Usage: raw_client.py MESSAGES_JSON
 
@@ -11,7 +11,7 @@ import asyncio
 import json
 import sys
 
-from dbus_next import Message
+from dbus_fast import Message
 
 from locald_admin.busio import connect_system_bus
 
