@@ -12,6 +12,11 @@ import itertools
 import os
 import random
 import weakref
+from typing import Callable, Optional, Union
+
+PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+# on_progress(entries removed so far, seconds since the call started)
+ProgressCallback = Callable[[int, float], None]
 
 from locald_admin import interface as i
 from locald_admin import messages, pathrules
@@ -30,7 +35,7 @@ HINT = ("locald-admin could not be asked to remove it ({why}); "
         "install locald-admin (see its README) or remove the directory as root")
 
 
-def absolute_path(path):
+def absolute_path(path: PathLike) -> str:
     """``path`` made absolute against the working directory, not normalised.
 
     Refuses (InvalidPathError) what the mechanism would refuse lexically,
@@ -64,7 +69,7 @@ class AdminClient:
     dropped.  The connection is made on first use and again if it was lost.
     """
 
-    def __init__(self, address=None, max_in_flight=i.CLIENT_MAX_IN_FLIGHT):
+    def __init__(self, address: Optional[str] = None, max_in_flight: int = i.CLIENT_MAX_IN_FLIGHT) -> None:
         self.address = address
         self._slots = asyncio.Semaphore(max_in_flight)
         self._bus = None
@@ -72,13 +77,13 @@ class AdminClient:
         self._progress = {}  # path -> set of callbacks
         self._owner = None  # unique name of org.locald.Admin1's owner
 
-    async def connect(self):
+    async def connect(self) -> "AdminClient":
         """Connect now (calls connect on first use anyway); returns self."""
         await self._connection()
         return self
 
     @property
-    def unique_name(self):
+    def unique_name(self) -> Optional[str]:
         return self._bus.unique_name if self._bus is not None else None
 
     async def _connection(self):
@@ -119,7 +124,8 @@ class AdminClient:
             except Exception:
                 pass
 
-    async def cleanup(self, path, *, interactive=False, timeout=i.DEFAULT_CALL_TIMEOUT, on_progress=None):
+    async def cleanup(self, path: str, *, interactive: bool = False, timeout: float = i.DEFAULT_CALL_TIMEOUT,
+                      on_progress: Optional[ProgressCallback] = None) -> None:
         """Call ``Cleanup(path)``; return None on success.
 
         Raises a CleanupError subclass for the mechanism's errors, or
@@ -163,14 +169,14 @@ class AdminClient:
                     if not callbacks:
                         self._progress.pop(path, None)
 
-    def close(self):
+    def close(self) -> None:
         if self._bus is not None:
             self._bus.close()
             self._bus = None
 
 
-async def request_cleanup(path, *, interactive=False, timeout=i.DEFAULT_CALL_TIMEOUT, bus=None,
-                          on_progress=None):
+async def request_cleanup(path: str, *, interactive: bool = False, timeout: float = i.DEFAULT_CALL_TIMEOUT,
+                          bus: Optional[AdminClient] = None, on_progress: Optional[ProgressCallback] = None) -> None:
     """Call ``Cleanup(path)`` once; return None on success.
 
     Raises a CleanupError subclass for the mechanism's errors, or
@@ -188,7 +194,7 @@ async def request_cleanup(path, *, interactive=False, timeout=i.DEFAULT_CALL_TIM
 _shared_clients = weakref.WeakKeyDictionary()  # event loop -> AdminClient
 
 
-def shared_client():
+def shared_client() -> AdminClient:
     """The AdminClient shared by every call made in the running event loop."""
     loop = asyncio.get_running_loop()
     client = _shared_clients.get(loop)
@@ -210,7 +216,7 @@ def _raise_delegated(exc, original):
     raise exc from original
 
 
-def force_remove_dir_all(path, *, interactive=False, timeout=i.DEFAULT_CALL_TIMEOUT):
+def force_remove_dir_all(path: PathLike, *, interactive: bool = False, timeout: float = i.DEFAULT_CALL_TIMEOUT) -> None:
     """Remove ``path`` (a directory tree or a single entry), delegating to
     the mechanism on PermissionError.  Synchronous: do not call it from a
     running event loop; use ``force_remove_dir_all_async`` there."""
@@ -224,7 +230,9 @@ def force_remove_dir_all(path, *, interactive=False, timeout=i.DEFAULT_CALL_TIME
             _raise_delegated(exc, original)
 
 
-async def force_remove_dir_all_async(path, *, interactive=False, timeout=i.DEFAULT_CALL_TIMEOUT, bus=None):
+async def force_remove_dir_all_async(path: PathLike, *, interactive: bool = False,
+                                     timeout: float = i.DEFAULT_CALL_TIMEOUT,
+                                     bus: Optional[AdminClient] = None) -> None:
     """The asyncio twin of ``force_remove_dir_all`` (the user's own removal
     runs in a thread, so the loop keeps serving).  All calls in one event
     loop share one bus connection with a bound on calls in flight, so

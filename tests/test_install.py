@@ -7,6 +7,7 @@ import configparser
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,46 @@ def test_other_prefix_says_what_to_link(tmp_path):
     assert "/etc/dbus-1/system.d/" in cp.stdout and "/usr/share/polkit-1/actions/" in cp.stdout
     act = (tmp_path / "stage/opt/locald/share/dbus-1/system-services/org.locald.Admin1.service").read_text()
     assert "Exec=/opt/locald/lib/locald-admin/locald-admin-mechanism --idle-timeout 30" in act
+
+
+TYPED_USE = '''
+import asyncio
+from locald_admin.client import AdminClient, force_remove_dir_all, force_remove_dir_all_async, request_cleanup
+
+
+def progress(removed: int, elapsed: float) -> None:
+    print(removed, elapsed)
+
+
+async def main() -> None:
+    client: AdminClient = await AdminClient().connect()
+    await client.cleanup("/home/me/p/.locald/x", on_progress=progress)
+    await request_cleanup("/home/me/p/.locald/y", timeout=10)
+    await force_remove_dir_all_async("/home/me/p/.locald/z", bus=client)
+    client.close()
+
+
+force_remove_dir_all("/home/me/p/.locald/w", interactive=True)
+asyncio.run(main())
+'''
+
+
+def test_the_installed_client_api_is_typed(staged, tmp_path):
+    """PEP 561: the installed package says it is typed (py.typed), and a
+    type checker sees the public client API's hints: correct use passes
+    --strict, a wrong argument type is an error."""
+    pytest.importorskip("mypy")
+    site = staged / "usr/lib/locald-admin/site"
+    assert (site / "locald_admin" / "py.typed").is_file()
+    (tmp_path / "good.py").write_text(TYPED_USE)
+    (tmp_path / "bad.py").write_text('from locald_admin.client import force_remove_dir_all\n'
+                                     'force_remove_dir_all("/x/.locald/w", interactive="yes")\n')
+
+    def mypy(name, *flags):
+        return subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "--follow-imports=silent", *flags,
+                               name], capture_output=True, text=True, cwd=tmp_path,
+                              env=dict(os.environ, MYPYPATH=str(site)))
+    good = mypy("good.py", "--strict")
+    assert good.returncode == 0, good.stdout
+    bad = mypy("bad.py")
+    assert bad.returncode == 1 and 'incompatible type "str"; expected "bool"' in bad.stdout, bad.stdout
