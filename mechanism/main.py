@@ -75,7 +75,10 @@ def parser():
                    help=f"administrator's configuration (default {D.config_path}; "
                         "missing: built-in defaults; re-read on SIGHUP)")
     p.add_argument("--no-openat2", dest="openat2", action="store_false",
-                   help="use the O_NOFOLLOW + mount-id fallback even where openat2 exists (testing)")
+                   help="use the O_NOFOLLOW + mount-id fallback even where openat2 exists (testing); "
+                        "implies the Python walk")
+    p.add_argument("--python-walk", action="store_true",
+                   help="remove with the Python (reference) walk even where the compiled walk is built")
     return p
 
 
@@ -129,7 +132,8 @@ async def serve(settings):
     except BusError as e:
         log.error("cannot own %s: %s", i.BUS_NAME, e)
         return 1
-    log.info("serving %s as %s (openat2: %s)", i.BUS_NAME, bus.unique_name, service.engine.fs.openat2)
+    log.info("serving %s as %s (openat2: %s, compiled walk: %s)", i.BUS_NAME, bus.unique_name,
+             service.engine.fs.openat2, service.engine.fs.compiled)
 
     waiters = {
         loop.create_task(bus.wait_closed()): "disconnected",

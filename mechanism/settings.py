@@ -3,7 +3,7 @@ line (``main.parse_args``) and passed down to whatever needs a value.
 
 No module holds a setting of its own; tests build a ``Settings`` with the
 values they need instead of patching modules.  Options that exist mainly for
-tests (``--no-openat2``, ``--progress-interval``, ``--long-job-after``) are
+tests (``--no-openat2``, ``--python-walk``, ``--progress-interval``, ``--long-job-after``) are
 documented in ``--help`` like the others.
 """
 
@@ -33,6 +33,7 @@ class Settings:
     max_queued_per_uid: int = MAX_QUEUED_PER_UID  # requests of one uid at once; past it, Busy
     progress_interval: float = 1.0  # seconds between Progress signals
     openat2: bool = True  # False: the fallback even where the kernel has openat2
+    python_walk: bool = False  # True: the Python (reference) walk even where the C walk is built
 
     def polkit_timeout_for(self, interactive):
         return self.polkit_interactive_timeout if interactive else self.polkit_timeout

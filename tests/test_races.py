@@ -47,7 +47,7 @@ import time
 
 import pytest
 
-from harness import trees
+from harness import fsmode, trees
 from harness.users import OTHER_USER, SYSTEM_PYTHON, TEST_USER, clean_env, ensure_user, program_source
 from harness.mechanism import stack as mechanism_stack
 from locald_admin import interface as i
@@ -341,7 +341,7 @@ KINDS = {
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_engine_under_attack(racefs, users, monkeypatch, record_property, kind, mode, held_fds):
     attacker, other = users
-    fs = fsops.Fs(openat2=mode == "openat2")
+    fs = fsmode.fs_for(mode)
     if fs.openat2 and not fsops.kernel_has_openat2():
         pytest.skip("this kernel has no openat2 (ENOSYS)")
     monkeypatch.setattr(fsops, "default", lambda: fs)
@@ -392,7 +392,7 @@ def test_engine_under_attack(racefs, users, monkeypatch, record_property, kind, 
 @pytest.mark.parametrize("mode", ["openat2", "fallback"])
 def test_anchor_target_exchanged_with_another_users_dir(racefs, users, record_property, monkeypatch, mode):
     attacker, other = users
-    fs = fsops.Fs(openat2=mode == "openat2")
+    fs = fsmode.fs_for(mode)
     if fs.openat2 and not fsops.kernel_has_openat2():
         pytest.skip("this kernel has no openat2 (ENOSYS)")
     monkeypatch.setattr(fsops, "default", lambda: fs)
@@ -443,9 +443,9 @@ def test_anchor_target_exchanged_with_another_users_dir(racefs, users, record_pr
 
 # -- through the bus: the real mechanism subprocess, an unprivileged client ---------------
 
-@pytest.fixture(scope="module", params=["openat2", "fallback"])
+@pytest.fixture(scope="module", params=fsmode.MODES)
 def mechanism(request):
-    with mechanism_stack(*(["--no-openat2"] if request.param == "fallback" else [])) as (b, _, m):
+    with mechanism_stack(*fsmode.mechanism_args(request.param)) as (b, _, m):
         yield b, m
 
 

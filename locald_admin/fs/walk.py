@@ -50,6 +50,20 @@ PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 
 _ENCODING, _ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
+# What the removal says where it decided itself (errno None), the same words
+# from both walks (this one and ``_cwalk.c``, which is given them).
+MOVED = "directory was moved during removal"
+REPLACED = "was replaced by another directory during removal"
+
+
+def too_deep(max_depth):
+    return f"deeper than {max_depth} levels; left in place"
+
+
+def kept_overflow(max_kept):
+    return (f"more than {max_kept} of its entries could not be removed, too many to list it again; "
+            "the rest left in place")
+
 
 class Findings:
     """Failures and mounts found by a walk, bounded.  ``failures``: path
@@ -69,6 +83,14 @@ class Findings:
         self.mounts = []
         self.more_mounts = 0
         self._other = False  # a failure that is not a permission error is kept
+
+    def keeps(self, err):
+        """Whether a failure with errno ``err`` would be kept with its path
+        (rather than only counted): a walk builds a deep path only then."""
+        return len(self.failures) < MAX_FAILURES or (not self._other and err not in PERMISSION_ERRNOS)
+
+    def keeps_mount(self):
+        return len(self.mounts) < MAX_FAILURES
 
     def fail(self, rel, err, reason=None):
         """Record the first failure at ``rel`` (bytes, or a function that
@@ -123,8 +145,12 @@ class WalkResult(Findings):
 def _read(fd, it, n):
     """The next at most ``n`` entries (os.DirEntry) of the directory ``fd``
     from its scandir iterator ``it``.  One function for every listing of
-    this module, looked up per call: the tests replace it."""
+    this module, looked up per call: the tests replace it (and the C walk
+    then lists through it, see ``_Lister``)."""
     return list(islice(it, n))
+
+
+_plain_read = _read
 
 
 def _is_dir(entry):
@@ -302,7 +328,7 @@ class _Removal(traverse.Visitor):
         return False
 
     def on_too_deep(self, t, f, child):
-        self.result.fail(lambda: t.rel(child), None, f"deeper than {t.max_depth} levels; left in place")
+        self.result.fail(lambda: t.rel(child), None, too_deep(t.max_depth))
         f.incomplete = True
 
     def on_leave(self, t, f, parent):
@@ -325,7 +351,7 @@ class _Removal(traverse.Visitor):
             if not _same_entry(t.fs, parent.fd, f):
                 # The target's name in its parent now names another
                 # directory (swapped after we opened it, R4): leave that.
-                result.fail(b"", None, "was replaced by another directory during removal")
+                result.fail(b"", None, REPLACED)
                 return False
         try:
             os.rmdir(f.name, dir_fd=parent.fd)
@@ -345,7 +371,7 @@ class _Removal(traverse.Visitor):
         return False
 
     def on_abandon(self, t, survivor, rel):
-        self.result.fail(rel, None, "directory was moved during removal")
+        self.result.fail(rel, None, MOVED)
         survivor.incomplete = True
 
     def on_resume(self, t, f):
@@ -354,8 +380,7 @@ class _Removal(traverse.Visitor):
         # again: that ends every walk, even one whose child, deeper than the
         # fd bound, cannot be emptied and so closes this fd each time.
         if f.kept is traverse.OVERFLOW:
-            self.result.fail(t.rel, None, f"more than {traverse.MAX_KEPT} of its entries could not be "
-                             "removed, too many to list it again; the rest left in place")
+            self.result.fail(t.rel, None, kept_overflow(traverse.MAX_KEPT))
             f.incomplete = True
             return None
         return 0
@@ -375,14 +400,79 @@ def remove_tree(parent_fd, name, dir_fd, result=None, fs=None, owners=None, canc
     below it that are entered (default MAX_DEPTH).  Returns a WalkResult;
     paths in it are relative to the removed directory, which itself is
     ``b""``.
+
+    ``fs.compiled`` chooses the walk: the C one (``_cwalk.c``) or the
+    Python one (``python_remove_tree``, the reference); same semantics,
+    same reports (tests/test_walk_differential.py).
     """
     result = WalkResult() if result is None else result
-    t = traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs,
-                           max_depth=MAX_DEPTH if max_depth is None else max_depth, batch=BATCH, cancel=cancel)
+    fs = fsops.default() if fs is None else fs
+    max_depth = MAX_DEPTH if max_depth is None else max_depth
+    if fs.compiled:
+        compiled_remove_tree(parent_fd, name, dir_fd, result, owners, cancel, keep_dir, max_depth)
+    else:
+        python_remove_tree(parent_fd, name, dir_fd, result, fs, owners, cancel, keep_dir, max_depth)
+    return result
+
+
+def python_remove_tree(parent_fd, name, dir_fd, result, fs, owners, cancel, keep_dir, max_depth):
+    """The Python walk: ``traverse.Traversal`` with the ``_Removal`` visitor."""
+    t = traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs, max_depth=max_depth, batch=BATCH,
+                           cancel=cancel)
     t.run(_Removal(result, owners, keep_dir))
     if t.cancelled:
         result.cancelled = True
-    return result
+
+
+def compiled_remove_tree(parent_fd, name, dir_fd, result, owners, cancel, keep_dir, max_depth):
+    """The C walk (``_cwalk.remove_tree``), with the GIL released while it
+    runs.  Its count is a ``_cwalk.Counter`` in ``result.helpers`` while it
+    runs (so ``removed_total`` is current), folded into ``result.removed``
+    at the end.  The owner rule stays in Python: the C walk enters root's
+    and the caller's directories itself and asks ``owners.refusal`` about
+    any other.  With ``_read`` replaced (the tests' races), the listing
+    comes from it (``_Lister``)."""
+    cwalk = fsops.compiled_walk()
+    counter = cwalk.Counter()
+    refuse = None if owners is None else (lambda pfd, cfd: owners.refusal(pfd, os.fstat(cfd)))
+    lister = None if _read is _plain_read else _Lister(_read)
+    reasons = (too_deep(max_depth), kept_overflow(traverse.MAX_KEPT), MOVED, REPLACED)
+    result.helpers.append(counter)
+    try:
+        cancelled = cwalk.remove_tree(parent_fd, name, dir_fd, result, counter,
+                                      -1 if owners is None else owners.uid, refuse, cancel, keep_dir,
+                                      max_depth, MAX_HELD_FDS, MAX_RESCANS, traverse.MAX_KEPT, reasons, lister)
+    finally:
+        result.helpers.remove(counter)
+        result.removed += counter.removed
+    if cancelled:
+        result.cancelled = True
+
+
+class _Lister:
+    """The C walk's listing when the tests replaced ``_read`` (to race it):
+    ``open(fd)`` a listing (an iterator over ``os.scandir`` of it, read at
+    once so that it holds no fd of its own), ``read(fd, it, n)`` the next
+    at most ``n`` entries through ``_read`` as ``(name, ino, is_dir)``.
+    Errors come back as errnos (the C walk reports them as listing
+    failures)."""
+
+    def __init__(self, read):
+        self._read = read
+
+    @staticmethod
+    def open(fd):
+        try:
+            with os.scandir(fd) as it:
+                return iter(list(it))
+        except OSError as e:
+            return e.errno
+
+    def read(self, fd, it, n):
+        try:
+            return [(e.name.encode(_ENCODING, _ERRORS), e.inode(), _is_dir(e)) for e in self._read(fd, it, n)]
+        except OSError as e:
+            return e.errno
 
 
 def _same_entry(fs, dirfd, frame):
