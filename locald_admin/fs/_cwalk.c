@@ -578,6 +578,16 @@ bound(Walk *w)
         Frame *f = &w->fr[w->first_open];
         int consumed = f->state == L_EOF && !(f->batch && f->bi < PyList_GET_SIZE(f->batch))
                        && f->bpos >= f->blen;
+        if (!consumed && !w->lister && f->state == L_OPEN && f->bpos >= f->blen) {
+            /* Every entry read so far was visited: whether there are more
+             * decides if it is listed again (the reference knows, having
+             * read fewer than it asked for). */
+            long got = syscall(SYS_getdents64, f->fd, f->buf, BUFSZ);
+            if (got == 0) {
+                consumed = 1;
+                f->state = L_EOF;
+            }
+        }
         if (!consumed)
             f->state = L_RESUME;  /* listed again from the start when we come back */
         drop_listing(f);

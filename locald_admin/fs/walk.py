@@ -127,19 +127,30 @@ class Findings:
 
 
 class WalkResult(Findings):
-    __slots__ = ("removed", "helpers", "cancelled")
+    __slots__ = ("removed", "helpers", "cancelled", "_fold")
 
     def __init__(self):
         super().__init__()
         self.removed = 0
-        self.helpers = []  # WalkResults of parallel helper threads (counts only)
+        # Counters of walks under way (a C walk's _cwalk.Counter, counts
+        # only), each folded into ``removed`` when it ends (``fold``).
+        self.helpers = []
         self.cancelled = False  # the walk stopped because ``cancel`` was set
+        self._fold = threading.Lock()
 
     @property
     def removed_total(self):
         """Entries removed so far by this walk and its helpers; safe to read
-        from another thread while they run (each counter has one writer)."""
-        return self.removed + sum(h.removed for h in self.helpers)
+        from another thread while they run (each counter has one writer; a
+        counter is folded under the lock, so the total never steps back)."""
+        with self._fold:
+            return self.removed + sum(h.removed for h in self.helpers)
+
+    def fold(self, counter):
+        """``counter`` (in ``helpers``) has stopped: add it to ``removed``."""
+        with self._fold:
+            self.helpers.remove(counter)
+            self.removed += counter.removed
 
 
 def _read(fd, it, n):
@@ -443,8 +454,7 @@ def compiled_remove_tree(parent_fd, name, dir_fd, result, owners, cancel, keep_d
                                       -1 if owners is None else owners.uid, refuse, cancel, keep_dir,
                                       max_depth, MAX_HELD_FDS, MAX_RESCANS, traverse.MAX_KEPT, reasons, lister)
     finally:
-        result.helpers.remove(counter)
-        result.removed += counter.removed
+        result.fold(counter)
     if cancelled:
         result.cancelled = True
 
