@@ -16,8 +16,17 @@ from locald_admin.fs import fsops
 MODES = ("compiled", "openat2", "fallback")
 
 
+def available():
+    """The MODES this machine can run (openat2 in the kernel, the C walk built)."""
+    return [m for m in MODES if (m == "fallback" or fsops.kernel_has_openat2())
+            and (m != "compiled" or fsops.compiled_walk() is not None)]
+
+
 def fs_for(mode):
-    """The Fs of a mode (one of MODES)."""
+    """The Fs of a mode (one of MODES); skips the test if it is not available."""
+    if mode not in available():
+        import pytest
+        pytest.skip(f"{mode} mode is not available here (no openat2, or the C walk is not built)")
     return fsops.Fs(openat2=mode != "fallback", compiled=mode == "compiled")
 
 

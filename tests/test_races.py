@@ -337,7 +337,7 @@ KINDS = {
 
 
 @pytest.mark.parametrize("held_fds", [walk.MAX_HELD_FDS, 1], ids=lambda n: f"fds{n}")
-@pytest.mark.parametrize("mode", ["openat2", "fallback"])
+@pytest.mark.parametrize("mode", fsmode.MODES)
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_engine_under_attack(racefs, users, monkeypatch, record_property, kind, mode, held_fds):
     attacker, other = users
@@ -389,7 +389,7 @@ def test_engine_under_attack(racefs, users, monkeypatch, record_property, kind, 
 # by path here would be a TOCTOU of the test's own (a chown that lands on the
 # victim swapped in meanwhile).
 
-@pytest.mark.parametrize("mode", ["openat2", "fallback"])
+@pytest.mark.parametrize("mode", fsmode.MODES)
 def test_anchor_target_exchanged_with_another_users_dir(racefs, users, record_property, monkeypatch, mode):
     attacker, other = users
     fs = fsmode.fs_for(mode)

@@ -178,7 +178,10 @@ def base():
     rm_rf(d)
 
 
-@settings(max_examples=60 if IS_ROOT else 40, deadline=None,
+EXAMPLES = int(os.environ.get("LOCALD_ADMIN_DIFF_EXAMPLES", "60"))
+
+
+@settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(tree=trees, rule=st.booleans(), keep_dir=st.booleans(), max_depth=st.sampled_from([None, 1, 3, 40]),
        max_held=st.sampled_from([48, 6, 2]))
