@@ -62,7 +62,9 @@ def parser():
                    help=f"a deletion running this long stops counting against --workers "
                         f"(default {D.long_job_after:g})")
     p.add_argument("--walk-threads", type=_at_least_one, default=D.walk_threads, metavar="N",
-                   help=f"threads removing one tree's subdirectories at once (default {D.walk_threads})")
+                   help=f"threads removing one tree at once with the compiled walk: they take the "
+                        f"subdirectories of its first level with two or more (default {D.walk_threads}: "
+                        "one per core, at most 4; the Python walk uses one)")
     p.add_argument("--polkit-timeout", type=_nonneg, default=D.polkit_timeout, metavar="SECONDS",
                    help=f"give up on polkit after this long for non-interactive calls "
                         f"(default {D.polkit_timeout:g})")

@@ -132,13 +132,19 @@ def held(n):
         walk.MAX_HELD_FDS = real
 
 
-def remove(parent, name, fs, **kw):
-    """Remove ``parent/name`` with ``fs``'s walk; the WalkResult."""
+def remove(parent, name, fs, threads=1, **kw):
+    """Remove ``parent/name`` with ``fs``'s walk (with ``threads``: first
+    the parallel split, as remove.remove_entry does); the WalkResult."""
     pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         dfd = fs.open_beneath(pfd, name)
         try:
-            return walk.remove_tree(pfd, name, dfd, fs=fs, **kw)
+            res = kw.pop("result", None) or walk.WalkResult()
+            walk.remove_in_parallel(dfd, res, threads, fs, owners=kw.get("owners"), cancel=kw.get("cancel"),
+                                    max_depth=kw.get("max_depth"))
+            if res.cancelled:
+                return res
+            return walk.remove_tree(pfd, name, dfd, result=res, fs=fs, **kw)
         finally:
             os.close(dfd)
     finally:
@@ -150,13 +156,14 @@ def outcome(res):
             "mounts": list(res.mounts), "more_mounts": res.more_mounts, "cancelled": res.cancelled}
 
 
-def both(base, tree, **kw):
+def both(base, tree, threads=1, **kw):
     """Build two copies of ``tree`` below ``base``, remove one with each
-    walk, check the canary; (C outcome, C survivors, Python outcome, Python
-    survivors)."""
+    walk (the C walk with ``threads``), check the canary; (C outcome, C
+    survivors, Python outcome, Python survivors)."""
     canary = Canary(os.path.join(base, "outside"))
     results = []
     for fs, name in ((C, b"c"), (PY, b"py")):
+        kw["threads"] = threads if fs is C else 1
         built = Built()
         try:
             build(os.path.join(os.fsencode(base), name), tree, os.fsencode(canary.path), built)
@@ -184,14 +191,21 @@ EXAMPLES = int(os.environ.get("LOCALD_ADMIN_DIFF_EXAMPLES", "60"))
 @settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(tree=trees, rule=st.booleans(), keep_dir=st.booleans(), max_depth=st.sampled_from([None, 1, 3, 40]),
-       max_held=st.sampled_from([48, 6, 2]))
-def test_both_walks_remove_the_same_and_report_the_same(base, tree, rule, keep_dir, max_depth, max_held):
+       max_held=st.sampled_from([48, 6, 2]), threads=st.sampled_from([1, 1, 2, 3]))
+def test_both_walks_remove_the_same_and_report_the_same(base, tree, rule, keep_dir, max_depth, max_held, threads):
+    """Single-threaded: the same reports in the same order.  With threads
+    (the C walk's split; the Python walk is single-threaded): the same as
+    sets, the same survivors and count."""
     d = base / "round"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir()
     rule = owners.OwnerRule(CALLER) if rule and IS_ROOT else None
     with held(max_held):
-        c, c_left, py, py_left = both(d, tree, owners=rule, keep_dir=keep_dir, max_depth=max_depth)
+        c, c_left, py, py_left = both(d, tree, threads=threads, owners=rule, keep_dir=keep_dir,
+                                      max_depth=max_depth)
+    if threads > 1:
+        for o in (c, py):
+            o["failures"], o["mounts"] = set(o["failures"]), set(o["mounts"])
     assert c == py
     assert c_left == py_left
     subprocess.run(["chattr", "-R", "-i", str(d)], capture_output=True)
@@ -360,3 +374,67 @@ def test_progress_is_readable_while_the_c_walk_runs(base):
     assert res.removed == total
     assert any(0 < n < total for n in seen), "no count seen while the walk ran"
     assert all(a <= b for a, b in zip(seen, seen[1:])), "the count stepped back"
+
+
+# -- the C walk's parallel split ------------------------------------------------------------
+
+def _recording(monkeypatch):
+    calls = []
+    real = walk.compiled_remove_tree
+
+    def rec(parent_fd, name, *a, **kw):
+        calls.append((name, threading.get_ident(), kw.get("findings") is not None))
+        return real(parent_fd, name, *a, **kw)
+
+    monkeypatch.setattr(walk, "compiled_remove_tree", rec)
+    return calls
+
+
+def test_the_split_descends_to_the_first_level_with_two_subdirectories(base, monkeypatch):
+    y = base / "t" / "x" / "y"
+    y.mkdir(parents=True)
+    write(base / "t" / "file")
+    for i in range(10):
+        (y / f"d{i}").mkdir()
+        for j in range(5):
+            write(y / f"d{i}" / f"f{j}")
+    calls = _recording(monkeypatch)
+    res = remove(os.fsencode(base), b"t", C, threads=2)
+    assert (res.failures, res.removed) == ({}, 10 * 6 + 2 + 1 + 1)
+    helpers = {name for name, _, helper in calls if helper}
+    assert helpers == {f"d{i}".encode() for i in range(10)}  # y's subdirectories, each by a helper walk
+    assert [name for name, _, helper in calls if not helper] == [b"t"]  # then the ordinary walk
+    assert not (base / "t").exists()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs other users' directories")
+def test_the_split_does_not_enter_a_directory_the_owner_rule_refuses(base, monkeypatch):
+    t = base / "t"
+    (t / "x" / "a").mkdir(parents=True)
+    (t / "x" / "b").mkdir()
+    write(t / "x" / "a" / "f")
+    for p in (t, t / "x" / "a", t / "x" / "b", t / "x" / "a" / "f"):
+        os.chown(p, CALLER, CALLER)
+    os.chown(t / "x", OTHER, OTHER)  # another user's, in the caller's t
+    calls = _recording(monkeypatch)
+    res = remove(os.fsencode(base), b"t", C, threads=2, owners=owners.OwnerRule(CALLER))
+    assert [name for name, _, helper in calls] == [b"t"]  # no helper walked below x
+    assert list(res.failures) == [b"x"] and res.removed == 0
+    assert (t / "x" / "a" / "f").exists()
+
+
+def test_a_failure_in_a_helper_is_reported_by_the_ordinary_walk(base):
+    if not IS_ROOT:
+        pytest.skip("chattr +i needs root")
+    t = base / "t"
+    for i in range(4):
+        (t / f"d{i}").mkdir(parents=True)
+        write(t / f"d{i}" / "f")
+    subprocess.run(["chattr", "+i", str(t / "d2" / "f")], check=True)
+    try:
+        res = remove(os.fsencode(base), b"t", C, threads=2)
+    finally:
+        subprocess.run(["chattr", "-i", str(t / "d2" / "f")], check=True)
+    assert list(res.failures.items()) == [(b"d2/f", (errno.EPERM, os.strerror(errno.EPERM)))]
+    assert res.removed == 3 * 2
+    assert sorted(os.listdir(t)) == ["d2"]

@@ -146,6 +146,11 @@ class WalkResult(Findings):
         with self._fold:
             return self.removed + sum(h.removed for h in self.helpers)
 
+    def start(self, counter):
+        """``counter`` (a ``_cwalk.Counter``) counts a walk that starts now."""
+        with self._fold:
+            self.helpers.append(counter)
+
     def fold(self, counter):
         """``counter`` (in ``helpers``) has stopped: add it to ``removed``."""
         with self._fold:
@@ -176,7 +181,7 @@ def _subdirs(dir_fd, it):
     batches."""
     n = traverse.FIRST_BATCH
     while True:
-        batch = _read(dir_fd, it, n)
+        batch = list(islice(it, n))
         for e in batch:
             if _is_dir(e):
                 yield e.name.encode(_ENCODING, _ERRORS)
@@ -185,69 +190,105 @@ def _subdirs(dir_fd, it):
         n = min(BATCH, 2 * n)
 
 
-def remove_subdirs_in_parallel(dir_fd, result, threads, fs=None, owners=None, cancel=None, max_depth=None):
-    """Empty and remove the subdirectories of ``dir_fd`` with ``threads``
-    threads (this one included) before the ordinary walk of ``dir_fd``.
+SPLIT_DESCENT = 64  # single-subdirectory levels the parallel split descends through, at most
 
-    Each subdirectory is walked by ``remove_tree`` relative to the same held
-    ``dir_fd``, so every safety property of the walk holds per thread, the
-    owner rule ``owners`` included (the caller has applied it to ``dir_fd``
-    itself).  ``max_depth``: the levels below ``dir_fd`` that may be entered
-    (default MAX_DEPTH).  The names are read from one listing shared by the
-    threads, in batches.  Only counts are kept: whatever a helper could not
-    remove is still there for the ordinary walk that follows, which finds it
-    again and reports it.  unlinkat and getdents release the GIL, so the
-    threads overlap in the kernel.  With ``cancel`` set, no helper starts
-    another subdirectory and ``result.cancelled`` is set.  Returns the
-    number of entries removed.
+
+def remove_in_parallel(dir_fd, result, threads, fs, owners=None, cancel=None, max_depth=None):
+    """Before the ordinary walk of the target ``dir_fd``: with the C walk
+    (``fs.compiled``) and ``threads`` >= 2, remove the subdirectories of
+    the first level that has two or more with ``threads`` threads.
+
+    From ``dir_fd`` down through levels with a single subdirectory (at most
+    SPLIT_DESCENT; each opened with ``Fs.open_beneath`` and the owner rule
+    applied, as the walk would) to the first level with two or more; each
+    of its subdirectories is then removed by one C walk (GIL released)
+    relative to that level's held fd, in one of ``threads`` Python threads,
+    with the owner rule and what is left of ``max_depth``.  The names come
+    from one listing shared by the threads, in batches.  Only counts are
+    kept (into ``result``, readable while they run): whatever a helper could
+    not remove, and every refusal, is still there for the ordinary
+    single-threaded walk that follows, which finds it again and reports it.
+    With ``cancel`` set, no helper starts another subdirectory and
+    ``result.cancelled`` is set.  The Python walk is single-threaded (it is
+    the fallback and the reference): with it this does nothing.  Returns
+    the number of entries removed.
     """
-    if threads < 2:
+    if threads < 2 or not fs.compiled or _read is not _plain_read:
+        # (The tests that replace ``_read`` race the walk's own listings:
+        # the split would do the walk's work before their race.  The split
+        # is raced by the tests whose attacker is another process.)
         return 0
     max_depth = MAX_DEPTH if max_depth is None else max_depth
-    fs = fsops.default() if fs is None else fs
-    with os.scandir(dir_fd) as it:
-        names = _subdirs(dir_fd, it)
-        first = list(islice(names, 2))
-        if len(first) < 2:
-            return 0  # fewer than two: not worth a thread
-        mnt = fs.parent_mount(dir_fd)
-        pending = chain(first, names)
-        lock = threading.Lock()
-        counts = [WalkResult() for _ in range(threads)]
-        result.helpers.extend(counts)
+    before = result.removed
+    level, opened, depth = dir_fd, [], 0
+    try:
+        while True:
+            if depth >= max_depth or (cancel is not None and cancel.is_set()):
+                return 0  # its subdirectories would be too deep: the walk says so
+            with os.scandir(level) as it:
+                names = _subdirs(level, it)
+                first = list(islice(names, 2))
+                if len(first) == 1:
+                    if depth >= SPLIT_DESCENT:
+                        return 0
+                    try:
+                        cfd = fs.open_beneath(level, first[0])
+                    except OSError:
+                        return 0  # a symlink, mount or gone: the ordinary walk deals with it
+                    if owners is not None and owners.refusal(level, os.fstat(cfd)) is not None:
+                        os.close(cfd)
+                        return 0
+                    if opened:  # only the current level's fd is needed
+                        os.close(opened.pop())
+                    opened.append(cfd)
+                    level, depth = cfd, depth + 1
+                    continue
+                if not first:
+                    return 0
+                _split(level, chain(first, names), result, threads, fs, owners, cancel, max_depth - depth - 1)
+                return result.removed - before
+    finally:
+        for fd in opened:
+            os.close(fd)
 
-        def work(mine):
-            while True:
+
+def _split(level, pending, result, threads, fs, owners, cancel, max_depth):
+    lock = threading.Lock()
+    errors = []  # of any thread: the others stop, the caller's thread raises the first
+
+    def work():
+        try:
+            while not errors:
                 if cancel is not None and cancel.is_set():
-                    mine.cancelled = True
+                    result.cancelled = True
                     return
                 with lock:
                     name = next(pending, None)
                 if name is None:
                     return
                 try:
-                    cfd = fs.open_beneath(dir_fd, name, parent_mnt=mnt)
+                    cfd = fs.open_beneath(level, name)
                 except OSError:
                     continue  # a symlink, mount or gone: the ordinary walk deals with it
                 try:
-                    remove_tree(dir_fd, name, cfd, result=mine, fs=fs, owners=owners, cancel=cancel,
-                                max_depth=max_depth - 1)
+                    # Counts only: the ordinary walk reports what is left.
+                    compiled_remove_tree(level, name, cfd, result, owners, cancel, False, max_depth,
+                                         findings=Findings())
                 finally:
                     os.close(cfd)
+        except BaseException as e:
+            errors.append(e)
 
-        helpers = [threading.Thread(target=work, args=(c,), daemon=True) for c in counts[1:]]
+    helpers = [threading.Thread(target=work, daemon=True) for _ in range(threads - 1)]
+    for h in helpers:
+        h.start()
+    try:
+        work()
+    finally:
         for h in helpers:
-            h.start()
-        try:
-            work(counts[0])
-        finally:
-            for h in helpers:
-                h.join()
-    removed = sum(c.removed for c in counts)
-    del result.helpers[-len(counts):]
-    result.removed += removed
-    result.cancelled = result.cancelled or any(c.cancelled for c in counts)
-    return removed
+            h.join()
+    if errors:
+        raise errors[0]
 
 
 # -- the removal: a visitor of the traversal ---------------------------------------
@@ -435,22 +476,23 @@ def python_remove_tree(parent_fd, name, dir_fd, result, fs, owners, cancel, keep
         result.cancelled = True
 
 
-def compiled_remove_tree(parent_fd, name, dir_fd, result, owners, cancel, keep_dir, max_depth):
+def compiled_remove_tree(parent_fd, name, dir_fd, result, owners, cancel, keep_dir, max_depth, findings=None):
     """The C walk (``_cwalk.remove_tree``), with the GIL released while it
     runs.  Its count is a ``_cwalk.Counter`` in ``result.helpers`` while it
     runs (so ``removed_total`` is current), folded into ``result.removed``
     at the end.  The owner rule stays in Python: the C walk enters root's
     and the caller's directories itself and asks ``owners.refusal`` about
     any other.  With ``_read`` replaced (the tests' races), the listing
-    comes from it (``_Lister``)."""
+    comes from it (``_Lister``).  ``findings``: where failures and mounts
+    go if not into ``result`` (the parallel helpers': dropped)."""
     cwalk = fsops.compiled_walk()
     counter = cwalk.Counter()
     refuse = None if owners is None else (lambda pfd, cfd: owners.refusal(pfd, os.fstat(cfd)))
     lister = None if _read is _plain_read else _Lister(_read)
     reasons = (too_deep(max_depth), kept_overflow(traverse.MAX_KEPT), MOVED, REPLACED)
-    result.helpers.append(counter)
+    result.start(counter)
     try:
-        cancelled = cwalk.remove_tree(parent_fd, name, dir_fd, result, counter,
+        cancelled = cwalk.remove_tree(parent_fd, name, dir_fd, result if findings is None else findings, counter,
                                       -1 if owners is None else owners.uid, refuse, cancel, keep_dir,
                                       max_depth, MAX_HELD_FDS, MAX_RESCANS, traverse.MAX_KEPT, reasons, lister)
     finally:
