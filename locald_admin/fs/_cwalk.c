@@ -47,6 +47,26 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#if PY_VERSION_HEX < 0x030A0000  /* Python 3.9: what 3.10 added */
+static inline PyObject *
+Py_NewRef(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+
+static int
+PyModule_AddObjectRef(PyObject *m, const char *name, PyObject *o)
+{
+    Py_INCREF(o);
+    if (PyModule_AddObject(m, name, o) < 0) {
+        Py_DECREF(o);
+        return -1;
+    }
+    return 0;
+}
+#endif
+
 #ifndef SYS_openat2
 #define SYS_openat2 437
 #endif
