@@ -80,8 +80,8 @@ def measure(method, parent, name, threads):
     b0, c0, t0 = busy(), own_cpu(), time.perf_counter()
     if method == "rm":
         subprocess.run(["rm", "-rf", "--", path], check=True)
-    elif method == "c":
-        run_walk(parent, name.encode(), fsops.Fs(openat2=True, compiled=True), threads)
+    elif method in ("c", "c1"):  # the C walk with --threads, and with one thread
+        run_walk(parent, name.encode(), fsops.Fs(openat2=True, compiled=True), threads if method == "c" else 1)
     else:
         run_walk(parent, name.encode(), fsops.Fs(openat2=True, compiled=False), 1)
     t1, c1, b1 = time.perf_counter(), own_cpu(), busy()
@@ -94,7 +94,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--shapes", default="a,one,chain,targetx")
     ap.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 4)))
-    ap.add_argument("--methods", default="rm,c,py")
+    ap.add_argument("--methods", default="rm,c,c1,py")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_walk: needs root (mounts a tmpfs)")
