@@ -484,3 +484,39 @@ def test_the_c_walks_memory_stays_bounded_for_a_directory_of_long_names(base):
         w.join()
     assert (res.failures, res.removed) == ({}, 100_001)
     assert peak[0] - baseline < 4 * 2 ** 20, (peak[0] - baseline)
+
+
+def test_the_split_does_not_read_a_whole_directory_of_files(base, monkeypatch):
+    """A directory of many files whose subdirectories come late in the
+    listing is not split: the split stops looking after SPLIT_SCAN entries
+    (and the walk alone does it all, faster than a split reading it whole).
+    On a tmpfs, listing order is creation order, one way or the other."""
+    if not IS_ROOT:
+        pytest.skip("mounts a tmpfs")
+    with mounted_tmpfs(base / "tmp", "size=64m,mode=755"):
+        t = base / "tmp" / "t"
+        t.mkdir()
+        (t / "d1").mkdir()
+        (t / "d2").mkdir()
+        for i in range(walk.SPLIT_SCAN * 3):
+            write(t / f"f{i}")
+        names = os.listdir(t)  # the listing's order
+        if min(names.index("d1"), names.index("d2")) < walk.SPLIT_SCAN + walk.BATCH:
+            pytest.skip("this tmpfs lists the subdirectories first")
+        read = []
+        real = walk._subdirs
+
+        def counting(fd, it, scan=None):
+            yield from real(fd, (read.append(1) or e for e in it), scan)
+
+        monkeypatch.setattr(walk, "_subdirs", counting)
+        res = walk.WalkResult()
+        pfd = os.open(base / "tmp", os.O_RDONLY | os.O_DIRECTORY)
+        dfd = C.open_beneath(pfd, b"t")
+        try:
+            walk.remove_in_parallel(dfd, res, 2, C)
+        finally:
+            os.close(dfd)
+            os.close(pfd)
+        assert len(read) <= walk.SPLIT_SCAN + walk.BATCH
+        assert res.removed == 0 and len(os.listdir(t)) == len(names)

@@ -176,21 +176,25 @@ def _is_dir(entry):
         return False  # gone already; unlink will say ENOENT
 
 
-def _subdirs(dir_fd, it):
+def _subdirs(dir_fd, it, scan=None):
     """The names of the subdirectories of ``dir_fd``, read from ``it`` in
-    batches."""
-    n = traverse.FIRST_BATCH
+    batches; with ``scan``, none more once that many entries were read
+    without finding two (a directory of files: the walk is faster alone)."""
+    n, seen, found = traverse.FIRST_BATCH, 0, 0
     while True:
         batch = list(islice(it, n))
         for e in batch:
             if _is_dir(e):
+                found += 1
                 yield e.name.encode(_ENCODING, _ERRORS)
-        if len(batch) < n:
+        seen += len(batch)
+        if len(batch) < n or (scan is not None and seen >= scan and found < 2):
             return
         n = min(BATCH, 2 * n)
 
 
 SPLIT_DESCENT = 64  # single-subdirectory levels the parallel split descends through, at most
+SPLIT_SCAN = 2048  # entries of a level the split reads looking for two subdirectories, at most
 
 
 def remove_in_parallel(dir_fd, result, threads, fs, owners=None, cancel=None, max_depth=None):
@@ -199,7 +203,8 @@ def remove_in_parallel(dir_fd, result, threads, fs, owners=None, cancel=None, ma
     the first level that has two or more with ``threads`` threads.
 
     From ``dir_fd`` down through levels with a single subdirectory (at most
-    SPLIT_DESCENT; each opened with ``Fs.open_beneath`` and the owner rule
+    SPLIT_DESCENT, and looking at no more than SPLIT_SCAN entries of a level
+    for its first two; each opened with ``Fs.open_beneath`` and the owner rule
     applied, as the walk would) to the first level with two or more; each
     of its subdirectories is then removed by one C walk (GIL released)
     relative to that level's held fd, in one of ``threads`` Python threads,
@@ -226,7 +231,7 @@ def remove_in_parallel(dir_fd, result, threads, fs, owners=None, cancel=None, ma
             if depth >= max_depth or (cancel is not None and cancel.is_set()):
                 return 0  # its subdirectories would be too deep: the walk says so
             with os.scandir(level) as it:
-                names = _subdirs(level, it)
+                names = _subdirs(level, it, SPLIT_SCAN)
                 first = list(islice(names, 2))
                 if len(first) == 1:
                     if depth >= SPLIT_DESCENT:
