@@ -67,7 +67,9 @@ def parser():
                    help=f"a deletion running this long stops counting against --workers "
                         f"(default {D.long_job_after:g})")
     p.add_argument("--walk-threads", type=_at_least_one, default=D.walk_threads, metavar="N",
-                   help=f"threads removing one tree's subdirectories at once (default {D.walk_threads})")
+                   help=f"threads removing one tree at once with the compiled walk: they take the "
+                        f"subdirectories of its first level with two or more (default {D.walk_threads}: "
+                        "one per core, at most 4; the Python walk uses one)")
     p.add_argument("--polkit-timeout", type=_nonneg, default=D.polkit_timeout, metavar="SECONDS",
                    help=f"give up on polkit after this long for non-interactive calls "
                         f"(default {D.polkit_timeout:g})")
@@ -83,7 +85,10 @@ def parser():
                    help="the journal's native socket, used when stderr is the journal "
                         f"(JOURNAL_STREAM; default {D.journal_socket})")
     p.add_argument("--no-openat2", dest="openat2", action="store_false",
-                   help="use the O_NOFOLLOW + mount-id fallback even where openat2 exists (testing)")
+                   help="use the O_NOFOLLOW + mount-id fallback even where openat2 exists (testing); "
+                        "implies the Python walk")
+    p.add_argument("--python-walk", action="store_true",
+                   help="remove with the Python (reference) walk even where the compiled walk is built")
     return p
 
 
@@ -139,7 +144,8 @@ async def serve(settings, sink=None):
     except BusError as e:
         log.error("cannot own %s: %s", i.BUS_NAME, e)
         return 1
-    log.info("serving %s as %s (openat2: %s)", i.BUS_NAME, bus.unique_name, service.engine.fs.openat2)
+    log.info("serving %s as %s (openat2: %s, compiled walk: %s)", i.BUS_NAME, bus.unique_name,
+             service.engine.fs.openat2, service.engine.fs.compiled)
 
     waiters = {
         loop.create_task(bus.wait_closed()): "disconnected",

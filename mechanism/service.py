@@ -77,7 +77,8 @@ class CleanupService:
         self.bus = bus
         self.settings = settings
         self.recorder = Recorder() if recorder is None else recorder
-        self.engine = Engine(walk_threads=settings.walk_threads, fs=fsops.choose(settings.openat2))
+        self.engine = Engine(walk_threads=settings.walk_threads,
+                             fs=fsops.choose(settings.openat2, not settings.python_walk))
         self.jobs = Jobs(max_running=settings.workers, per_uid=settings.per_uid,
                          long_after=settings.long_job_after)
         self.authority = Authority(bus, max_in_flight=settings.polkit_checks_in_flight,

@@ -3,11 +3,12 @@ line (``main.parse_args``) and passed down to whatever needs a value.
 
 No module holds a setting of its own; tests build a ``Settings`` with the
 values they need instead of patching modules.  Options that exist mainly for
-tests (``--no-openat2``, ``--progress-interval``, ``--long-job-after``) are
+tests (``--no-openat2``, ``--python-walk``, ``--progress-interval``, ``--long-job-after``) are
 documented in ``--help`` like the others.
 """
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Optional
 
 from locald_admin.interface import MAX_QUEUED_PER_UID
@@ -26,7 +27,10 @@ class Settings:
     workers: int = 4  # deletions running at once
     per_uid: int = 2  # deletions of one caller running at once
     long_job_after: float = 5.0  # a job running this long stops counting against `workers`
-    walk_threads: int = 2  # threads removing one tree's subdirectories
+    # Threads removing one tree with the C walk (walk.remove_in_parallel):
+    # about one per core, at most 4 (beyond that the directory locks of one
+    # tree and the other deletions running at once gain little).
+    walk_threads: int = field(default_factory=lambda: max(1, min(os.cpu_count() or 1, 4)))
     polkit_timeout: float = 15.0
     polkit_interactive_timeout: float = 300.0
     polkit_checks_in_flight: int = 96  # below the bus' 128 pending replies per connection
@@ -35,6 +39,7 @@ class Settings:
     max_queued_per_uid: int = MAX_QUEUED_PER_UID  # requests of one uid at once; past it, Busy
     progress_interval: float = 1.0  # seconds between Progress signals
     openat2: bool = True  # False: the fallback even where the kernel has openat2
+    python_walk: bool = False  # True: the Python (reference) walk even where the C walk is built
 
     def polkit_timeout_for(self, interactive):
         return self.polkit_interactive_timeout if interactive else self.polkit_timeout

@@ -9,6 +9,16 @@ import pytest
 # The test harness (not part of the product) lives in <repository>/harness.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+# scripts/sanitize: the C walk built with ASan/UBSan, loaded in place of the
+# installed one before anything imports it.
+if os.environ.get("LOCALD_ADMIN_CWALK"):
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location("locald_admin.fs._cwalk", os.environ["LOCALD_ADMIN_CWALK"])
+    _mod = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_mod)
+    sys.modules["locald_admin.fs._cwalk"] = _mod
+
 from harness import IS_ROOT  # noqa: E402
 from harness import fsmode  # noqa: E402
 from harness import mechanism as started_mechanisms  # noqa: E402
@@ -16,7 +26,7 @@ from harness.buses import PolkitMock, PrivateBus  # noqa: E402
 from harness.trees import rm_rf, umount, world_tmpdir  # noqa: E402
 from harness.users import ClientRunner  # noqa: E402
 
-from locald_admin.fs import fsops  # noqa: E402
+from locald_admin.fs import fsops, walk  # noqa: E402
 
 needs_root = pytest.mark.skipif(
     not IS_ROOT, reason="root tier: needs uid 0 (root-owned files, other users, mounts); run the suite as root")
@@ -29,35 +39,68 @@ def clients():
     runner.close()
 
 
-@pytest.fixture(params=["openat2", "fallback"])
+@pytest.fixture(params=fsmode.MODES)
 def mode(request):
-    """Run the test with openat2, then with the forced fallback.
+    """Run the test with the compiled walk, with the Python walk and
+    openat2, and with the Python walk and the forced fallback.
 
     In fallback mode openat2 is made unusable (any call fails the test), so
     the fallback code path is provably the one exercised; in openat2 mode the
-    calls are counted, so openat2 is provably used.
+    calls are counted, so openat2 is provably used.  In compiled mode the C
+    walk's calls are counted and the Python walk is made unusable, so the C
+    walk provably ran (whenever the test asked for a removal walk at all: a
+    listing-only test runs the same in compiled and openat2 mode); in the
+    other two the C walk is unusable.
     """
+    param = request.param
     real = fsops._raw_openat2
-    calls = []
-    if request.param == "openat2":
-        if not fsops.kernel_has_openat2():
-            pytest.skip("this kernel has no openat2 (ENOSYS)")
-
+    cwalk = fsops.compiled_walk()
+    real_cwalk = cwalk.remove_tree if cwalk is not None else None
+    real_python, real_remove = walk.python_remove_tree, walk.remove_tree
+    calls, cwalks, removals = [], [], []
+    if param in ("openat2", "compiled") and not fsops.kernel_has_openat2():
+        pytest.skip("this kernel has no openat2 (ENOSYS)")
+    if param == "compiled" and cwalk is None:
+        pytest.skip("the compiled walk is not built (locald_admin.fs._cwalk: no gcc or Python headers "
+                    "at install time; scripts/bootstrap builds it)")
+    if param == "fallback":
+        def forbidden(*a):
+            raise AssertionError("openat2 was called in forced-fallback mode")
+        fsops._raw_openat2 = forbidden
+    else:
         def counting(*a):
             calls.append(a)
             return real(*a)
         fsops._raw_openat2 = counting
-    else:
-        def forbidden(*a):
-            raise AssertionError("openat2 was called in forced-fallback mode")
-        fsops._raw_openat2 = forbidden
+    if param == "compiled":
+        def counting_cwalk(*a):
+            cwalks.append(a[1])
+            return real_cwalk(*a)
+
+        def python_forbidden(*a):
+            raise AssertionError("the Python walk ran in compiled mode")
+        cwalk.remove_tree = counting_cwalk
+        walk.python_remove_tree = python_forbidden
+    elif cwalk is not None:
+        def cwalk_forbidden(*a):
+            raise AssertionError(f"the C walk ran in {param} mode")
+        cwalk.remove_tree = cwalk_forbidden
+    def counting_remove(*a, **kw):
+        removals.append(a[1])
+        return real_remove(*a, **kw)
+    walk.remove_tree = counting_remove
     try:
-        with fsmode.forced(request.param == "openat2"):
-            yield request.param
+        with fsmode.forced(param != "fallback", param == "compiled"):
+            yield param
     finally:
         fsops._raw_openat2 = real
-    if request.param == "openat2":
+        walk.python_remove_tree, walk.remove_tree = real_python, real_remove
+        if cwalk is not None:
+            cwalk.remove_tree = real_cwalk
+    if param == "openat2":
         assert calls, "openat2 mode, but openat2 was never called"
+    if param == "compiled" and removals:  # (a listing-only test asks for none)
+        assert cwalks, "compiled mode, but the C walk never ran"
 
 
 @pytest.fixture

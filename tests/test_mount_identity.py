@@ -18,6 +18,7 @@ import subprocess
 
 import pytest
 
+from harness import fsmode
 from harness.trees import Canary, is_mount_point, make_anchor, snapshot, umount, write
 from locald_admin.fs import fsops, inuse, mounts, remove
 from locald_admin.mechanism import config as cfgmod
@@ -167,7 +168,7 @@ def _remove(parent, name, fs):
 
 
 def _fs(mode):
-    return fsops.Fs(openat2=(mode == "openat2"))
+    return fsmode.fs_for(mode)
 
 
 def _config(tmp):

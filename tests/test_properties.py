@@ -35,10 +35,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
-from harness import trees, users
+from harness import fsmode, trees, users
 from locald_admin import pathrules
 from locald_admin.interface import MAX_PATH_BYTES
-from locald_admin.fs import fsops
 from locald_admin.mechanism import engine
 from locald_admin.mechanism.errors import InvalidPath, MechanismError, OutsideScope
 
@@ -432,15 +431,15 @@ def check_cleanup(data, base, caller_uid):
             target = target.lstrip(b"/")
     if data.draw(st.booleans(), label="as str"):
         target = os.fsdecode(target)
-    use_openat2 = data.draw(st.booleans(), label="openat2") and fsops.kernel_has_openat2()
+    mode = data.draw(st.sampled_from(fsmode.available()), label="mode")
     region = expected_region(target, caller_uid)
-    note(f"target={target!r} region={region!r} openat2={use_openat2}")
+    note(f"target={target!r} region={region!r} mode={mode}")
     before = snapshot(base)
     kept = owner_rule_keeps(before, region, caller_uid)
     err = None
     try:
         with time_limit(CALL_SECONDS):
-            engine.cleanup(target, caller_uid, fs=fsops.Fs(openat2=use_openat2))
+            engine.cleanup(target, caller_uid, fs=fsmode.fs_for(mode))
     except MechanismError as e:  # a named refusal; anything else fails the test
         err = e
         assert "\n" not in str(e)

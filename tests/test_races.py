@@ -47,7 +47,7 @@ import time
 
 import pytest
 
-from harness import trees
+from harness import fsmode, trees
 from harness.users import OTHER_USER, SYSTEM_PYTHON, TEST_USER, clean_env, ensure_user, program_source
 from harness.mechanism import stack as mechanism_stack
 from locald_admin import interface as i
@@ -337,11 +337,11 @@ KINDS = {
 
 
 @pytest.mark.parametrize("held_fds", [walk.MAX_HELD_FDS, 1], ids=lambda n: f"fds{n}")
-@pytest.mark.parametrize("mode", ["openat2", "fallback"])
+@pytest.mark.parametrize("mode", fsmode.MODES)
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_engine_under_attack(racefs, users, monkeypatch, record_property, kind, mode, held_fds):
     attacker, other = users
-    fs = fsops.Fs(openat2=mode == "openat2")
+    fs = fsmode.fs_for(mode)
     if fs.openat2 and not fsops.kernel_has_openat2():
         pytest.skip("this kernel has no openat2 (ENOSYS)")
     monkeypatch.setattr(fsops, "default", lambda: fs)
@@ -389,10 +389,10 @@ def test_engine_under_attack(racefs, users, monkeypatch, record_property, kind, 
 # by path here would be a TOCTOU of the test's own (a chown that lands on the
 # victim swapped in meanwhile).
 
-@pytest.mark.parametrize("mode", ["openat2", "fallback"])
+@pytest.mark.parametrize("mode", fsmode.MODES)
 def test_anchor_target_exchanged_with_another_users_dir(racefs, users, record_property, monkeypatch, mode):
     attacker, other = users
-    fs = fsops.Fs(openat2=mode == "openat2")
+    fs = fsmode.fs_for(mode)
     if fs.openat2 and not fsops.kernel_has_openat2():
         pytest.skip("this kernel has no openat2 (ENOSYS)")
     monkeypatch.setattr(fsops, "default", lambda: fs)
@@ -443,9 +443,9 @@ def test_anchor_target_exchanged_with_another_users_dir(racefs, users, record_pr
 
 # -- through the bus: the real mechanism subprocess, an unprivileged client ---------------
 
-@pytest.fixture(scope="module", params=["openat2", "fallback"])
+@pytest.fixture(scope="module", params=fsmode.MODES)
 def mechanism(request):
-    with mechanism_stack(*(["--no-openat2"] if request.param == "fallback" else [])) as (b, _, m):
+    with mechanism_stack(*fsmode.mechanism_args(request.param)) as (b, _, m):
         yield b, m
 
 

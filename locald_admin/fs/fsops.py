@@ -8,6 +8,10 @@ ever looking into the mounted file system.  Without ``openat2`` (ENOSYS, or
 chosen with ``Fs(openat2=False)``, which ``--no-openat2`` and the tests do) the fallback is
 ``O_NOFOLLOW`` on a single component plus a comparison of the mount id from
 ``/proc/self/fdinfo``.
+
+The ``Fs`` also says which removal walk runs (``compiled``): the C one
+(``_cwalk.c``, which makes its own openat2 calls with the same flags) only
+with openat2; the Python one otherwise, or when ``--python-walk`` asks.
 """
 
 import ctypes
@@ -87,13 +91,33 @@ def mount_id(fd):
 ENTRY_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def compiled_walk():
+    """The compiled walk (the ``_cwalk`` extension module), or None when it
+    was not built (no gcc or Python headers at install time)."""
+    try:
+        from . import _cwalk
+    except ImportError:
+        return None
+    return _cwalk
+
+
 @dataclass(frozen=True)
 class Fs:
     """How this process opens things below a held fd: with ``openat2``
-    (``openat2`` True) or with the fallback.  Immutable; made once where the
-    choice is made (the mechanism's settings, ``choose``) and passed down."""
+    (``openat2`` True) or with the fallback; and which removal walk runs:
+    the compiled one (``compiled`` True: ``_cwalk.c``, openat2 only) or the
+    Python one (``walk.py``, the reference and the fallback's).  Immutable;
+    made once where the choice is made (the mechanism's settings,
+    ``choose``) and passed down."""
 
     openat2: bool
+    compiled: bool = False
+
+    def __post_init__(self):
+        if self.compiled and not self.openat2:
+            raise ValueError("the compiled walk needs openat2")
+        if self.compiled and compiled_walk() is None:
+            raise ValueError("the compiled walk (locald_admin.fs._cwalk) is not built")
 
     def parent_mount(self, dirfd):
         """What the fallback compares entries of ``dirfd`` with (its mount
@@ -172,13 +196,16 @@ class Fs:
             os.close(pfd)
 
 
-def choose(openat2=True):
+def choose(openat2=True, compiled=True):
     """The Fs to use: openat2 where asked for and the kernel has it, else the
-    fallback."""
-    return Fs(openat2=bool(openat2) and kernel_has_openat2())
+    fallback; the compiled walk where asked for, openat2 is used and the
+    extension is built, else the Python walk."""
+    o = bool(openat2) and kernel_has_openat2()
+    return Fs(openat2=o, compiled=o and bool(compiled) and compiled_walk() is not None)
 
 
 def default():
     """The Fs of callers that were given none (the client's own attempt, direct
-    calls of the engine): openat2 where the kernel has it."""
-    return choose(True)
+    calls of the engine): openat2 where the kernel has it, the compiled walk
+    where it is built."""
+    return choose(True, True)

@@ -87,7 +87,9 @@ def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None
     checked fd of the directory ``name`` (the mechanism's anchor), used
     instead of looking the name up again.  ``progress``: a walk.WalkResult
     to count into (read by another thread for progress reports).
-    ``threads``: threads for the target's subdirectories.  ``fs``: the
+    ``threads``: threads for the subdirectories of the first level with two
+    or more (``walk.remove_in_parallel``; the C walk only, the Python walk
+    is single-threaded).  ``fs``: the
     fsops.Fs to open with (default: openat2 where the kernel has it).
     ``owners``: an ``owners.OwnerRule`` for every directory entered, the
     target included (None: none; the kernel decides, as for the client's own
@@ -180,7 +182,7 @@ def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
     if cancel is not None and cancel.is_set():
         res.cancelled = True
     else:
-        walk.remove_subdirs_in_parallel(dir_fd, res, threads, fs, owners=owners, cancel=cancel)
+        walk.remove_in_parallel(dir_fd, res, threads, fs, owners=owners, cancel=cancel)
     if not res.cancelled:
         walk.remove_tree(parent_fd, name, dir_fd, result=res, fs=fs, owners=owners, cancel=cancel,
                          keep_dir=keep_dir)

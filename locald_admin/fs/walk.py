@@ -50,6 +50,20 @@ PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 
 _ENCODING, _ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
+# What the removal says where it decided itself (errno None), the same words
+# from both walks (this one and ``_cwalk.c``, which is given them).
+MOVED = "directory was moved during removal"
+REPLACED = "was replaced by another directory during removal"
+
+
+def too_deep(max_depth):
+    return f"deeper than {max_depth} levels; left in place"
+
+
+def kept_overflow(max_kept):
+    return (f"more than {max_kept} of its entries could not be removed, too many to list it again; "
+            "the rest left in place")
+
 
 class Findings:
     """Failures and mounts found by a walk, bounded.  ``failures``: path
@@ -69,6 +83,14 @@ class Findings:
         self.mounts = []
         self.more_mounts = 0
         self._other = False  # a failure that is not a permission error is kept
+
+    def keeps(self, err):
+        """Whether a failure with errno ``err`` would be kept with its path
+        (rather than only counted): a walk builds a deep path only then."""
+        return len(self.failures) < MAX_FAILURES or (not self._other and err not in PERMISSION_ERRNOS)
+
+    def keeps_mount(self):
+        return len(self.mounts) < MAX_FAILURES
 
     def fail(self, rel, err, reason=None):
         """Record the first failure at ``rel`` (bytes, or a function that
@@ -105,26 +127,46 @@ class Findings:
 
 
 class WalkResult(Findings):
-    __slots__ = ("removed", "helpers", "cancelled")
+    __slots__ = ("removed", "helpers", "cancelled", "_fold")
 
     def __init__(self):
         super().__init__()
         self.removed = 0
-        self.helpers = []  # WalkResults of parallel helper threads (counts only)
+        # Counters of walks under way (a C walk's _cwalk.Counter, counts
+        # only), each folded into ``removed`` when it ends (``fold``).
+        self.helpers = []
         self.cancelled = False  # the walk stopped because ``cancel`` was set
+        self._fold = threading.Lock()
 
     @property
     def removed_total(self):
         """Entries removed so far by this walk and its helpers; safe to read
-        from another thread while they run (each counter has one writer)."""
-        return self.removed + sum(h.removed for h in self.helpers)
+        from another thread while they run (each counter has one writer; a
+        counter is folded under the lock, so the total never steps back)."""
+        with self._fold:
+            return self.removed + sum(h.removed for h in self.helpers)
+
+    def start(self, counter):
+        """``counter`` (a ``_cwalk.Counter``) counts a walk that starts now."""
+        with self._fold:
+            self.helpers.append(counter)
+
+    def fold(self, counter):
+        """``counter`` (in ``helpers``) has stopped: add it to ``removed``."""
+        with self._fold:
+            self.helpers.remove(counter)
+            self.removed += counter.removed
 
 
 def _read(fd, it, n):
     """The next at most ``n`` entries (os.DirEntry) of the directory ``fd``
     from its scandir iterator ``it``.  One function for every listing of
-    this module, looked up per call: the tests replace it."""
+    this module, looked up per call: the tests replace it (and the C walk
+    then lists through it, see ``_Lister``)."""
     return list(islice(it, n))
+
+
+_plain_read = _read
 
 
 def _is_dir(entry):
@@ -134,83 +176,124 @@ def _is_dir(entry):
         return False  # gone already; unlink will say ENOENT
 
 
-def _subdirs(dir_fd, it):
+def _subdirs(dir_fd, it, scan=None):
     """The names of the subdirectories of ``dir_fd``, read from ``it`` in
-    batches."""
-    n = traverse.FIRST_BATCH
+    batches; with ``scan``, none more once that many entries were read
+    without finding two (a directory of files: the walk is faster alone)."""
+    n, seen, found = traverse.FIRST_BATCH, 0, 0
     while True:
-        batch = _read(dir_fd, it, n)
+        batch = list(islice(it, n))
         for e in batch:
             if _is_dir(e):
+                found += 1
                 yield e.name.encode(_ENCODING, _ERRORS)
-        if len(batch) < n:
+        seen += len(batch)
+        if len(batch) < n or (scan is not None and seen >= scan and found < 2):
             return
         n = min(BATCH, 2 * n)
 
 
-def remove_subdirs_in_parallel(dir_fd, result, threads, fs=None, owners=None, cancel=None, max_depth=None):
-    """Empty and remove the subdirectories of ``dir_fd`` with ``threads``
-    threads (this one included) before the ordinary walk of ``dir_fd``.
+SPLIT_DESCENT = 64  # single-subdirectory levels the parallel split descends through, at most
+SPLIT_SCAN = 2048  # entries of a level the split reads looking for two subdirectories, at most
 
-    Each subdirectory is walked by ``remove_tree`` relative to the same held
-    ``dir_fd``, so every safety property of the walk holds per thread, the
-    owner rule ``owners`` included (the caller has applied it to ``dir_fd``
-    itself).  ``max_depth``: the levels below ``dir_fd`` that may be entered
-    (default MAX_DEPTH).  The names are read from one listing shared by the
-    threads, in batches.  Only counts are kept: whatever a helper could not
-    remove is still there for the ordinary walk that follows, which finds it
-    again and reports it.  unlinkat and getdents release the GIL, so the
-    threads overlap in the kernel.  With ``cancel`` set, no helper starts
-    another subdirectory and ``result.cancelled`` is set.  Returns the
-    number of entries removed.
+
+def remove_in_parallel(dir_fd, result, threads, fs, owners=None, cancel=None, max_depth=None):
+    """Before the ordinary walk of the target ``dir_fd``: with the C walk
+    (``fs.compiled``) and ``threads`` >= 2, remove the subdirectories of
+    the first level that has two or more with ``threads`` threads.
+
+    From ``dir_fd`` down through levels with a single subdirectory (at most
+    SPLIT_DESCENT, and looking at no more than SPLIT_SCAN entries of a level
+    for its first two; each opened with ``Fs.open_beneath`` and the owner rule
+    applied, as the walk would) to the first level with two or more; each
+    of its subdirectories is then removed by one C walk (GIL released)
+    relative to that level's held fd, in one of ``threads`` Python threads,
+    with the owner rule and what is left of ``max_depth``.  The names come
+    from one listing shared by the threads, in batches.  Only counts are
+    kept (into ``result``, readable while they run): whatever a helper could
+    not remove, and every refusal, is still there for the ordinary
+    single-threaded walk that follows, which finds it again and reports it.
+    With ``cancel`` set, no helper starts another subdirectory and
+    ``result.cancelled`` is set.  The Python walk is single-threaded (it is
+    the fallback and the reference): with it this does nothing.  Returns
+    the number of entries removed.
     """
-    if threads < 2:
+    if threads < 2 or not fs.compiled or _read is not _plain_read:
+        # (The tests that replace ``_read`` race the walk's own listings:
+        # the split would do the walk's work before their race.  The split
+        # is raced by the tests whose attacker is another process.)
         return 0
     max_depth = MAX_DEPTH if max_depth is None else max_depth
-    fs = fsops.default() if fs is None else fs
-    with os.scandir(dir_fd) as it:
-        names = _subdirs(dir_fd, it)
-        first = list(islice(names, 2))
-        if len(first) < 2:
-            return 0  # fewer than two: not worth a thread
-        mnt = fs.parent_mount(dir_fd)
-        pending = chain(first, names)
-        lock = threading.Lock()
-        counts = [WalkResult() for _ in range(threads)]
-        result.helpers.extend(counts)
+    before = result.removed
+    level, opened, depth = dir_fd, [], 0
+    try:
+        while True:
+            if depth >= max_depth or (cancel is not None and cancel.is_set()):
+                return 0  # its subdirectories would be too deep: the walk says so
+            with os.scandir(level) as it:
+                names = _subdirs(level, it, SPLIT_SCAN)
+                first = list(islice(names, 2))
+                if len(first) == 1:
+                    if depth >= SPLIT_DESCENT:
+                        return 0
+                    try:
+                        cfd = fs.open_beneath(level, first[0])
+                    except OSError:
+                        return 0  # a symlink, mount or gone: the ordinary walk deals with it
+                    if owners is not None and owners.refusal(level, os.fstat(cfd)) is not None:
+                        os.close(cfd)
+                        return 0
+                    if opened:  # only the current level's fd is needed
+                        os.close(opened.pop())
+                    opened.append(cfd)
+                    level, depth = cfd, depth + 1
+                    continue
+                if not first:
+                    return 0
+                _split(level, chain(first, names), result, threads, fs, owners, cancel, max_depth - depth - 1)
+                return result.removed - before
+    finally:
+        for fd in opened:
+            os.close(fd)
 
-        def work(mine):
-            while True:
+
+def _split(level, pending, result, threads, fs, owners, cancel, max_depth):
+    lock = threading.Lock()
+    errors = []  # of any thread: the others stop, the caller's thread raises the first
+
+    def work():
+        try:
+            while not errors:
                 if cancel is not None and cancel.is_set():
-                    mine.cancelled = True
+                    result.cancelled = True
                     return
                 with lock:
                     name = next(pending, None)
                 if name is None:
                     return
                 try:
-                    cfd = fs.open_beneath(dir_fd, name, parent_mnt=mnt)
+                    cfd = fs.open_beneath(level, name)
                 except OSError:
                     continue  # a symlink, mount or gone: the ordinary walk deals with it
                 try:
-                    remove_tree(dir_fd, name, cfd, result=mine, fs=fs, owners=owners, cancel=cancel,
-                                max_depth=max_depth - 1)
+                    # Counts only: the ordinary walk reports what is left.
+                    compiled_remove_tree(level, name, cfd, result, owners, cancel, False, max_depth,
+                                         findings=Findings())
                 finally:
                     os.close(cfd)
+        except BaseException as e:
+            errors.append(e)
 
-        helpers = [threading.Thread(target=work, args=(c,), daemon=True) for c in counts[1:]]
+    helpers = [threading.Thread(target=work, daemon=True) for _ in range(threads - 1)]
+    for h in helpers:
+        h.start()
+    try:
+        work()
+    finally:
         for h in helpers:
-            h.start()
-        try:
-            work(counts[0])
-        finally:
-            for h in helpers:
-                h.join()
-    removed = sum(c.removed for c in counts)
-    del result.helpers[-len(counts):]
-    result.removed += removed
-    result.cancelled = result.cancelled or any(c.cancelled for c in counts)
-    return removed
+            h.join()
+    if errors:
+        raise errors[0]
 
 
 # -- the removal: a visitor of the traversal ---------------------------------------
@@ -302,7 +385,7 @@ class _Removal(traverse.Visitor):
         return False
 
     def on_too_deep(self, t, f, child):
-        self.result.fail(lambda: t.rel(child), None, f"deeper than {t.max_depth} levels; left in place")
+        self.result.fail(lambda: t.rel(child), None, too_deep(t.max_depth))
         f.incomplete = True
 
     def on_leave(self, t, f, parent):
@@ -325,7 +408,7 @@ class _Removal(traverse.Visitor):
             if not _same_entry(t.fs, parent.fd, f):
                 # The target's name in its parent now names another
                 # directory (swapped after we opened it, R4): leave that.
-                result.fail(b"", None, "was replaced by another directory during removal")
+                result.fail(b"", None, REPLACED)
                 return False
         try:
             os.rmdir(f.name, dir_fd=parent.fd)
@@ -345,7 +428,7 @@ class _Removal(traverse.Visitor):
         return False
 
     def on_abandon(self, t, survivor, rel):
-        self.result.fail(rel, None, "directory was moved during removal")
+        self.result.fail(rel, None, MOVED)
         survivor.incomplete = True
 
     def on_resume(self, t, f):
@@ -354,8 +437,7 @@ class _Removal(traverse.Visitor):
         # again: that ends every walk, even one whose child, deeper than the
         # fd bound, cannot be emptied and so closes this fd each time.
         if f.kept is traverse.OVERFLOW:
-            self.result.fail(t.rel, None, f"more than {traverse.MAX_KEPT} of its entries could not be "
-                             "removed, too many to list it again; the rest left in place")
+            self.result.fail(t.rel, None, kept_overflow(traverse.MAX_KEPT))
             f.incomplete = True
             return None
         return 0
@@ -375,14 +457,79 @@ def remove_tree(parent_fd, name, dir_fd, result=None, fs=None, owners=None, canc
     below it that are entered (default MAX_DEPTH).  Returns a WalkResult;
     paths in it are relative to the removed directory, which itself is
     ``b""``.
+
+    ``fs.compiled`` chooses the walk: the C one (``_cwalk.c``) or the
+    Python one (``python_remove_tree``, the reference); same semantics,
+    same reports (tests/test_walk_differential.py).
     """
     result = WalkResult() if result is None else result
-    t = traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs,
-                           max_depth=MAX_DEPTH if max_depth is None else max_depth, batch=BATCH, cancel=cancel)
+    fs = fsops.default() if fs is None else fs
+    max_depth = MAX_DEPTH if max_depth is None else max_depth
+    if fs.compiled:
+        compiled_remove_tree(parent_fd, name, dir_fd, result, owners, cancel, keep_dir, max_depth)
+    else:
+        python_remove_tree(parent_fd, name, dir_fd, result, fs, owners, cancel, keep_dir, max_depth)
+    return result
+
+
+def python_remove_tree(parent_fd, name, dir_fd, result, fs, owners, cancel, keep_dir, max_depth):
+    """The Python walk: ``traverse.Traversal`` with the ``_Removal`` visitor."""
+    t = traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs, max_depth=max_depth, batch=BATCH,
+                           cancel=cancel)
     t.run(_Removal(result, owners, keep_dir))
     if t.cancelled:
         result.cancelled = True
-    return result
+
+
+def compiled_remove_tree(parent_fd, name, dir_fd, result, owners, cancel, keep_dir, max_depth, findings=None):
+    """The C walk (``_cwalk.remove_tree``), with the GIL released while it
+    runs.  Its count is a ``_cwalk.Counter`` in ``result.helpers`` while it
+    runs (so ``removed_total`` is current), folded into ``result.removed``
+    at the end.  The owner rule stays in Python: the C walk enters root's
+    and the caller's directories itself and asks ``owners.refusal`` about
+    any other.  With ``_read`` replaced (the tests' races), the listing
+    comes from it (``_Lister``).  ``findings``: where failures and mounts
+    go if not into ``result`` (the parallel helpers': dropped)."""
+    cwalk = fsops.compiled_walk()
+    counter = cwalk.Counter()
+    refuse = None if owners is None else (lambda pfd, cfd: owners.refusal(pfd, os.fstat(cfd)))
+    lister = None if _read is _plain_read else _Lister(_read)
+    reasons = (too_deep(max_depth), kept_overflow(traverse.MAX_KEPT), MOVED, REPLACED)
+    result.start(counter)
+    try:
+        cancelled = cwalk.remove_tree(parent_fd, name, dir_fd, result if findings is None else findings, counter,
+                                      -1 if owners is None else owners.uid, refuse, cancel, keep_dir,
+                                      max_depth, MAX_HELD_FDS, MAX_RESCANS, traverse.MAX_KEPT, reasons, lister)
+    finally:
+        result.fold(counter)
+    if cancelled:
+        result.cancelled = True
+
+
+class _Lister:
+    """The C walk's listing when the tests replaced ``_read`` (to race it):
+    ``open(fd)`` a listing (an iterator over ``os.scandir`` of it, read at
+    once so that it holds no fd of its own), ``read(fd, it, n)`` the next
+    at most ``n`` entries through ``_read`` as ``(name, ino, is_dir)``.
+    Errors come back as errnos (the C walk reports them as listing
+    failures)."""
+
+    def __init__(self, read):
+        self._read = read
+
+    @staticmethod
+    def open(fd):
+        try:
+            with os.scandir(fd) as it:
+                return iter(list(it))
+        except OSError as e:
+            return e.errno
+
+    def read(self, fd, it, n):
+        try:
+            return [(e.name.encode(_ENCODING, _ERRORS), e.inode(), _is_dir(e)) for e in self._read(fd, it, n)]
+        except OSError as e:
+            return e.errno
 
 
 def _same_entry(fs, dirfd, frame):

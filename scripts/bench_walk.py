@@ -1,0 +1,136 @@
+"""The removal walks alone (no bus): rm -rf vs the C walk vs the Python walk.
+
+    sudo .venv/bin/python scripts/bench_walk.py [--rounds N] [--shapes a,one,chain,targetx] [--threads N]
+
+Each round builds a fresh tree per method on a tmpfs mounted for the run
+(and unmounted at the end), and times the methods one after the other,
+their order rotated per round.  The walks run in this process as
+remove.remove_entry does (the split with --threads, then the walk); rm -rf
+is a child.  Each measurement records the CPU other processes used
+meanwhile (/proc/stat busy time minus ours and our children's): a round is
+quiet when that is under 0.05 s for every method.  Ratios are to rm -rf of
+the same round.
+"""
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from locald_admin.fs import fsops, walk
+
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def busy():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / HZ  # user nice system irq softirq steal
+
+
+def own_cpu():
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def build(root, shape):
+    os.mkdir(root)
+    if shape == "a":  # 100,000 empty files in 1,000 directories
+        for i in range(1000):
+            d = os.path.join(root, f"d{i}")
+            os.mkdir(d)
+            for j in range(100):
+                os.close(os.open(os.path.join(d, f"f{j}"), os.O_CREAT | os.O_WRONLY, 0o644))
+    elif shape == "one":  # 100,000 files in one directory
+        for j in range(100_000):
+            os.close(os.open(os.path.join(root, f"f{j}"), os.O_CREAT | os.O_WRONLY, 0o644))
+    elif shape == "chain":  # 10,000-deep chain
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        for _ in range(10_000):
+            os.mkdir("d", dir_fd=fd)
+            nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        os.close(fd)
+    elif shape == "targetx":  # target/x/{1,000 dirs x 100 files}
+        build(os.path.join(root, "x"), "a")
+    else:
+        raise SystemExit(f"unknown shape {shape}")
+
+
+def run_walk(parent, name, fs, threads):
+    pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    dfd = fs.open_beneath(pfd, name)
+    try:
+        res = walk.WalkResult()
+        walk.remove_in_parallel(dfd, res, threads, fs)
+        walk.remove_tree(pfd, name, dfd, result=res, fs=fs)
+        assert not res.failures and not res.mounts, (res.failures, res.mounts)
+    finally:
+        os.close(dfd)
+        os.close(pfd)
+
+
+def measure(method, parent, name, threads):
+    path = os.path.join(parent, name)
+    b0, c0, t0 = busy(), own_cpu(), time.perf_counter()
+    if method == "rm":
+        subprocess.run(["rm", "-rf", "--", path], check=True)
+    elif method in ("c", "c1"):  # the C walk with --threads, and with one thread
+        run_walk(parent, name.encode(), fsops.Fs(openat2=True, compiled=True), threads if method == "c" else 1)
+    else:
+        run_walk(parent, name.encode(), fsops.Fs(openat2=True, compiled=False), 1)
+    t1, c1, b1 = time.perf_counter(), own_cpu(), busy()
+    assert not os.path.lexists(path)
+    return t1 - t0, max(0.0, (b1 - b0) - (c1 - c0))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--shapes", default="a,one,chain,targetx")
+    ap.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 4)))
+    ap.add_argument("--methods", default="rm,c,c1,py")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench_walk: needs root (mounts a tmpfs)")
+    mnt = tempfile.mkdtemp(prefix="locald-bench-walk-")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g,nr_inodes=4m", "bench", mnt], check=True)
+    methods = args.methods.split(",")
+    print(f"cpus {os.cpu_count()}, threads {args.threads}, kernel {os.uname().release}")
+    try:
+        for shape in args.shapes.split(","):
+            rows = []
+            for r in range(args.rounds):
+                order = methods[r % len(methods):] + methods[:r % len(methods)]
+                got = {}
+                for m in order:
+                    name = f"{shape}-{r}-{m}"
+                    build(os.path.join(mnt, name), shape)
+                    got[m] = measure(m, mnt, name, args.threads)
+                rows.append(got)
+                quiet = all(o < 0.05 for _, o in got.values())
+                print(f"{shape} round {r}: " + "  ".join(
+                    f"{m} {got[m][0]:.3f}s (others {got[m][1]:.2f})" for m in methods)
+                    + "  " + "  ".join(f"{m}/rm {got[m][0] / got['rm'][0]:.2f}" for m in methods if m != "rm")
+                    + ("  quiet" if quiet else ""), flush=True)
+            for m in methods:
+                if m == "rm":
+                    continue
+                allr = [g[m][0] / g["rm"][0] for g in rows]
+                q = [g[m][0] / g["rm"][0] for g in rows if all(o < 0.05 for _, o in g.values())]
+                qs = (f"quiet {len(q)}: median {statistics.median(q):.2f} (min {min(q):.2f}, max {max(q):.2f})"
+                      if q else "no quiet round")
+                print(f"== {shape} {m}/rm: all {len(allr)}: median {statistics.median(allr):.2f} "
+                      f"(min {min(allr):.2f}, max {max(allr):.2f}); {qs}", flush=True)
+    finally:
+        subprocess.run(["umount", mnt], check=False)
+        os.rmdir(mnt)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

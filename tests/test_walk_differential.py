@@ -1,0 +1,522 @@
+"""The C walk against the Python walk, the reference (differential tests).
+
+Two identical copies of a random, deterministic tree (hypothesis) are
+removed, one with each walk (``walk.remove_tree`` with ``Fs.compiled`` True
+and False, both with openat2); both must remove the same entries, leave the
+same survivors, report the same failures (paths, errnos, reasons, in the same
+order), the same mounts and the same count.  The trees have files, fifos,
+empty directories, directories, symlinks to inside and outside (a canary
+that must stay untouched), deep chains (past the fd bound), wide directories
+(past the first batch), names that are not UTF-8; as root also other users'
+directories under the owner rule, immutable files and directories (chattr
++i: EPERM) and mounts inside (left in place, reported).
+
+Then what a random tree does not reach on its own: the fd bound under a low
+RLIMIT_NOFILE, the depth limit, MAX_KEPT overflow, keep_dir, cancel from
+another thread, progress read while the C walk runs.
+"""
+
+import contextlib
+import ctypes
+import errno
+import os
+import resource
+import shutil
+import subprocess
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harness import IS_ROOT
+from harness.trees import Canary, make_chain, mounted_tmpfs, rm_rf, snapshot, umount, world_tmpdir, write
+from locald_admin.fs import fsops, owners, traverse, walk
+
+pytestmark = pytest.mark.skipif(fsops.compiled_walk() is None or not fsops.kernel_has_openat2(),
+                                reason="the compiled walk is not built (scripts/bootstrap builds it) "
+                                       "or this kernel has no openat2")
+
+C = fsops.Fs(openat2=True, compiled=True) if fsops.compiled_walk() and fsops.kernel_has_openat2() else None
+PY = fsops.Fs(openat2=True, compiled=False)
+CALLER, OTHER = 4241, 4242  # the owner rule's caller, and another user
+
+# -- random trees ------------------------------------------------------------------------
+
+NAMES = st.sampled_from([b"a", b"b", b"c", b"dir", b"f", b"\xff\xfe", b"x y", b"\xc3(", b"n" * 120, b".hidden",
+                         b"-r", b"\x80"])
+LEAVES = ["file", "fifo", "link_in", "link_out", "link_dangling", "empty_dir"] + (
+    ["immutable", "immutable_dir", "mount"] if IS_ROOT else [])
+OWNERS = ["caller", "root", "other"] if IS_ROOT else ["me"]
+leaf = st.one_of(st.sampled_from(LEAVES),
+                 st.tuples(st.just("chain"), st.integers(1, 70)),
+                 st.tuples(st.just("wide"), st.integers(250, 400)))
+node = st.recursive(leaf, lambda kids: st.tuples(st.just("dir"), st.sampled_from(OWNERS),
+                                                 st.dictionaries(NAMES, kids, max_size=5)),
+                    max_leaves=24)
+trees = st.dictionaries(NAMES, node, min_size=1, max_size=6)
+
+
+class Built:
+    """What a build needs undone: immutable flags, mounts."""
+
+    def __init__(self):
+        self.immutable, self.mounts = [], []
+
+    def undo(self):
+        for p in self.immutable:
+            subprocess.run(["chattr", "-i", p], capture_output=True)
+        for m in reversed(self.mounts):
+            umount(m, check=False)
+
+
+def build(root, tree, outside, built):
+    os.mkdir(root)
+    if IS_ROOT:
+        os.chown(root, CALLER, CALLER)
+    for name, spec in tree.items():
+        _build(os.path.join(root, name), spec, outside, built)
+
+
+def _build(p, spec, outside, built):
+    if spec == "file":
+        write(p, b"data")
+    elif spec == "fifo":
+        os.mkfifo(p)
+    elif spec == "link_in":
+        os.symlink(".", p)
+    elif spec == "link_out":
+        os.symlink(outside, p)
+    elif spec == "link_dangling":
+        os.symlink(b"/nonexistent/x", p)
+    elif spec == "empty_dir":
+        os.mkdir(p)
+    elif spec == "immutable":
+        write(p, b"stays")
+        subprocess.run(["chattr", "+i", p], check=True, capture_output=True)
+        built.immutable.append(p)
+    elif spec == "immutable_dir":
+        os.mkdir(p)
+        write(os.path.join(p, b"in1"))
+        write(os.path.join(p, b"in2"))
+        subprocess.run(["chattr", "+i", p], check=True, capture_output=True)
+        built.immutable.append(p)
+    elif spec == "mount":
+        os.mkdir(p)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "locald-admin-test", p], check=True,
+                       capture_output=True)
+        built.mounts.append(p)
+        write(os.path.join(p, b"on-the-mount"))
+    elif spec[0] == "chain":
+        make_chain(os.fsdecode(p), spec[1], leaf="leaf", create_base=True)
+    elif spec[0] == "wide":
+        os.mkdir(p)
+        for i in range(spec[1]):
+            write(os.path.join(p, b"w%d" % i))
+    else:
+        _, owner, kids = spec
+        os.mkdir(p)
+        if owner != "me":
+            uid = {"caller": CALLER, "root": 0, "other": OTHER}[owner]
+            os.chown(p, uid, uid)
+        for name, sub in kids.items():
+            _build(os.path.join(p, name), sub, outside, built)
+
+
+@contextlib.contextmanager
+def held(n):
+    real = walk.MAX_HELD_FDS
+    walk.MAX_HELD_FDS = n
+    try:
+        yield
+    finally:
+        walk.MAX_HELD_FDS = real
+
+
+def remove(parent, name, fs, threads=1, **kw):
+    """Remove ``parent/name`` with ``fs``'s walk (with ``threads``: first
+    the parallel split, as remove.remove_entry does); the WalkResult."""
+    pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        dfd = fs.open_beneath(pfd, name)
+        try:
+            res = kw.pop("result", None) or walk.WalkResult()
+            walk.remove_in_parallel(dfd, res, threads, fs, owners=kw.get("owners"), cancel=kw.get("cancel"),
+                                    max_depth=kw.get("max_depth"))
+            if res.cancelled:
+                return res
+            return walk.remove_tree(pfd, name, dfd, result=res, fs=fs, **kw)
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(pfd)
+
+
+def outcome(res):
+    return {"removed": res.removed, "failures": list(res.failures.items()), "more_failures": res.more_failures,
+            "mounts": list(res.mounts), "more_mounts": res.more_mounts, "cancelled": res.cancelled}
+
+
+def both(base, tree, threads=1, **kw):
+    """Build two copies of ``tree`` below ``base``, remove one with each
+    walk (the C walk with ``threads``), check the canary; (C outcome, C
+    survivors, Python outcome, Python survivors)."""
+    canary = Canary(os.path.join(base, "outside"))
+    results = []
+    for fs, name in ((C, b"c"), (PY, b"py")):
+        kw["threads"] = threads if fs is C else 1
+        built = Built()
+        try:
+            build(os.path.join(os.fsencode(base), name), tree, os.fsencode(canary.path), built)
+            res = remove(os.fsencode(base), name, fs, **kw)
+            left = snapshot(os.path.join(os.fsencode(base), name)) if os.path.lexists(
+                os.path.join(os.fsencode(base), name)) else None
+            results += [outcome(res), left]
+        finally:
+            built.undo()
+    canary.check()
+    return results
+
+
+@pytest.fixture
+def base():
+    d = world_tmpdir("locald-admin-diff-")
+    yield d
+    subprocess.run(["chattr", "-R", "-i", str(d)], capture_output=True)
+    rm_rf(d)
+
+
+EXAMPLES = int(os.environ.get("LOCALD_ADMIN_DIFF_EXAMPLES", "60"))
+
+
+@settings(max_examples=EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(tree=trees, rule=st.booleans(), keep_dir=st.booleans(), max_depth=st.sampled_from([None, 1, 3, 40]),
+       max_held=st.sampled_from([48, 6, 2]), threads=st.sampled_from([1, 1, 2, 3]))
+def test_both_walks_remove_the_same_and_report_the_same(base, tree, rule, keep_dir, max_depth, max_held, threads):
+    """Single-threaded: the same reports in the same order.  With threads
+    (the C walk's split; the Python walk is single-threaded): the same as
+    sets, the same survivors and count."""
+    d = base / "round"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    rule = owners.OwnerRule(CALLER) if rule and IS_ROOT else None
+    with held(max_held):
+        c, c_left, py, py_left = both(d, tree, threads=threads, owners=rule, keep_dir=keep_dir,
+                                      max_depth=max_depth)
+    if threads > 1:
+        for o in (c, py):
+            o["failures"], o["mounts"] = set(o["failures"]), set(o["mounts"])
+    assert c == py
+    assert c_left == py_left
+    subprocess.run(["chattr", "-R", "-i", str(d)], capture_output=True)
+    rm_rf(d)
+
+
+def test_a_tree_of_every_kind_gives_the_same_nonempty_reports(base):
+    """The differential test compares reports that are not empty (a walk
+    that reports nothing would agree with a walk that reports nothing)."""
+    kinds = {b"f": "file", b"l": "link_out", b"\xff": ("chain", 60), b"w": ("wide", 300)}
+    if IS_ROOT:
+        kinds.update({b"i": "immutable", b"m": "mount", b"o": ("dir", "other", {b"x": "file"}),
+                      b"id": "immutable_dir"})
+    rule = owners.OwnerRule(CALLER) if IS_ROOT else None
+    with held(4):
+        c, c_left, py, py_left = both(base, kinds, owners=rule, max_depth=40)
+    assert c == py and c_left == py_left
+    reasons = [why for _, (_, why) in c["failures"]]
+    assert walk.too_deep(40) in reasons
+    if IS_ROOT:
+        assert c["mounts"] == [b"m"]
+        assert (b"i", (errno.EPERM, os.strerror(errno.EPERM))) in c["failures"]
+        assert any(why.startswith(f"owned by uid {OTHER}") for why in reasons)
+
+
+# -- what a random tree does not reach ----------------------------------------------------
+
+@pytest.mark.parametrize("fs", [C, PY], ids=["compiled", "python"])
+def test_the_fd_bound_holds_under_a_tight_rlimit(base, fs):
+    """A 3,000-deep chain removed with RLIMIT_NOFILE just above the open fds
+    plus MAX_HELD_FDS: a walk holding more would fail with EMFILE."""
+    make_chain(str(base / "t"), 3000, leaf="leaf", create_base=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    used = len(os.listdir("/proc/self/fd"))
+    pfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    dfd = fs.open_beneath(pfd, b"t")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(fd for fd in map(int, os.listdir("/proc/self/fd")))
+                                                    + walk.MAX_HELD_FDS + 4, hard))
+        try:
+            res = walk.remove_tree(pfd, b"t", dfd, fs=fs)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    finally:
+        os.close(dfd)
+        os.close(pfd)
+    assert (res.failures, res.removed) == ({}, 3000 + 2)
+    assert not (base / "t").exists()
+    assert len(os.listdir("/proc/self/fd")) == used
+
+
+@pytest.mark.parametrize("fs", [C, PY], ids=["compiled", "python"])
+def test_nothing_deeper_than_max_depth_is_entered(base, fs):
+    make_chain(str(base / "t"), 150, leaf="leaf", create_base=True)
+    res = remove(os.fsencode(base), b"t", fs, max_depth=100)
+    deep = b"/".join([b"d"] * 101)
+    assert list(res.failures.items()) == [(deep, (None, walk.too_deep(100)))]
+    assert os.path.isdir(os.path.join(os.fsencode(base), b"t", deep))
+    assert not os.path.exists(os.path.join(os.fsencode(base), b"t", b"leaf"))
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="chattr +i needs root")
+def test_a_directory_that_left_more_than_max_kept_in_place_is_not_listed_again(base):
+    """33 immutable files between two deep chains, between two files, in D
+    on a tmpfs (listing order is creation order, one way or the other: a
+    chain comes after the immutable files, and a file after it);
+    D's fd is closed while a chain is walked, and then it has too many kept
+    entries to be listed again: both walks say so."""
+    def tree(top):
+        os.mkdir(top)
+        root = os.path.join(top, "D")
+        os.mkdir(root)
+        write(os.path.join(root, "file-first"))
+        make_chain(os.path.join(root, "chain-first"), 20, create_base=True)
+        for i in range(traverse.MAX_KEPT + 1):
+            write(os.path.join(root, f"imm{i}"))
+            subprocess.run(["chattr", "+i", os.path.join(root, f"imm{i}")], check=True)
+        make_chain(os.path.join(root, "chain-last"), 20, create_base=True)
+        write(os.path.join(root, "file-last"))
+
+    with mounted_tmpfs(base / "tmp", "size=64m,mode=755"):
+        try:
+            outs = []
+            for fs, name in ((C, "c"), (PY, "py")):
+                tree(str(base / "tmp" / name))
+                with held(4):
+                    outs.append(outcome(remove(os.fsencode(base / "tmp"), name.encode(), fs)))
+            assert outs[0] == outs[1]
+            assert (b"D", (None, walk.kept_overflow(traverse.MAX_KEPT))) in outs[0]["failures"]
+            assert os.path.exists(base / "tmp" / "c" / "D" / "imm0")
+        finally:
+            subprocess.run(["chattr", "-R", "-i", str(base / "tmp")], capture_output=True)
+
+
+@pytest.mark.parametrize("fs", [C, PY], ids=["compiled", "python"])
+@pytest.mark.parametrize("filled", [False, True])
+def test_keep_dir_empties_and_keeps_the_target(base, fs, filled):
+    t = base / "t"
+    t.mkdir()
+    if filled:
+        (t / "sub").mkdir()
+        write(t / "sub" / "f")
+        write(t / "g")
+    res = remove(os.fsencode(base), b"t", fs, keep_dir=True)
+    assert (res.failures, res.removed) == ({}, 3 if filled else 0)
+    assert t.is_dir() and os.listdir(t) == []
+
+
+def _big(root, dirs=300, per=60):
+    os.mkdir(root)
+    for i in range(dirs):
+        d = os.path.join(root, f"d{i}")
+        os.mkdir(d)
+        for j in range(per):
+            write(os.path.join(d, f"f{j}"))
+    return dirs * (per + 1) + 1
+
+
+def test_cancel_from_another_thread_stops_the_c_walk_and_touches_nothing_outside(base):
+    total = _big(str(base / "t"))
+    canary = Canary(base / "outside")
+    res, cancel = walk.WalkResult(), threading.Event()
+    seen = []
+
+    def watch():
+        while not cancel.is_set():
+            n = res.removed_total
+            seen.append(n)
+            if n >= 2000:
+                cancel.set()
+
+    w = threading.Thread(target=watch)
+    w.start()
+    try:
+        remove(os.fsencode(base), b"t", C, result=res, cancel=cancel)
+    finally:
+        cancel.set()
+        w.join()
+    assert res.cancelled
+    assert 2000 <= res.removed < total, res.removed
+    assert res.removed - max(seen) <= walk.BATCH + 64  # it stopped within a batch of the cancel
+    assert res.helpers == []  # the C walk's counter was folded in
+    assert len(snapshot(base / "t")) + res.removed == total - 1  # the target itself is still there
+    canary.check()
+    # The next call finishes it.
+    again = remove(os.fsencode(base), b"t", C)
+    assert (again.failures, again.removed + res.removed) == ({}, total)
+
+
+def test_progress_is_readable_while_the_c_walk_runs(base):
+    total = _big(str(base / "t"))
+    res = walk.WalkResult()
+    seen, done = [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.append(res.removed_total)
+
+    w = threading.Thread(target=watch)
+    w.start()
+    try:
+        remove(os.fsencode(base), b"t", C, result=res)
+    finally:
+        done.set()
+        w.join()
+    assert res.removed == total
+    assert any(0 < n < total for n in seen), "no count seen while the walk ran"
+    assert all(a <= b for a, b in zip(seen, seen[1:])), "the count stepped back"
+
+
+# -- the C walk's parallel split ------------------------------------------------------------
+
+def _recording(monkeypatch):
+    calls = []
+    real = walk.compiled_remove_tree
+
+    def rec(parent_fd, name, *a, **kw):
+        calls.append((name, threading.get_ident(), kw.get("findings") is not None))
+        return real(parent_fd, name, *a, **kw)
+
+    monkeypatch.setattr(walk, "compiled_remove_tree", rec)
+    return calls
+
+
+def test_the_split_descends_to_the_first_level_with_two_subdirectories(base, monkeypatch):
+    y = base / "t" / "x" / "y"
+    y.mkdir(parents=True)
+    write(base / "t" / "file")
+    for i in range(10):
+        (y / f"d{i}").mkdir()
+        for j in range(5):
+            write(y / f"d{i}" / f"f{j}")
+    calls = _recording(monkeypatch)
+    res = remove(os.fsencode(base), b"t", C, threads=2)
+    assert (res.failures, res.removed) == ({}, 10 * 6 + 2 + 1 + 1)
+    helpers = {name for name, _, helper in calls if helper}
+    assert helpers == {f"d{i}".encode() for i in range(10)}  # y's subdirectories, each by a helper walk
+    assert [name for name, _, helper in calls if not helper] == [b"t"]  # then the ordinary walk
+    assert not (base / "t").exists()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs other users' directories")
+def test_the_split_does_not_enter_a_directory_the_owner_rule_refuses(base, monkeypatch):
+    t = base / "t"
+    (t / "x" / "a").mkdir(parents=True)
+    (t / "x" / "b").mkdir()
+    write(t / "x" / "a" / "f")
+    for p in (t, t / "x" / "a", t / "x" / "b", t / "x" / "a" / "f"):
+        os.chown(p, CALLER, CALLER)
+    os.chown(t / "x", OTHER, OTHER)  # another user's, in the caller's t
+    calls = _recording(monkeypatch)
+    res = remove(os.fsencode(base), b"t", C, threads=2, owners=owners.OwnerRule(CALLER))
+    assert [name for name, _, helper in calls] == [b"t"]  # no helper walked below x
+    assert list(res.failures) == [b"x"] and res.removed == 0
+    assert (t / "x" / "a" / "f").exists()
+
+
+def test_a_failure_in_a_helper_is_reported_by_the_ordinary_walk(base):
+    if not IS_ROOT:
+        pytest.skip("chattr +i needs root")
+    t = base / "t"
+    for i in range(4):
+        (t / f"d{i}").mkdir(parents=True)
+        write(t / f"d{i}" / "f")
+    subprocess.run(["chattr", "+i", str(t / "d2" / "f")], check=True)
+    try:
+        res = remove(os.fsencode(base), b"t", C, threads=2)
+    finally:
+        subprocess.run(["chattr", "-i", str(t / "d2" / "f")], check=True)
+    assert list(res.failures.items()) == [(b"d2/f", (errno.EPERM, os.strerror(errno.EPERM)))]
+    assert res.removed == 3 * 2
+    assert sorted(os.listdir(t)) == ["d2"]
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def test_the_c_walks_memory_stays_bounded_for_a_directory_of_long_names(base):
+    """tracemalloc does not see the C walk's memory: glibc's count of what
+    malloc handed out (mallinfo2: in use plus mmapped) is sampled while it
+    removes 100,000 entries of 200-byte names (20 MB of names; a walk that
+    held the listing would need at least that)."""
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("glibc without mallinfo2")
+    libc.mallinfo2.restype = _Mallinfo2
+
+    def used():
+        m = libc.mallinfo2()
+        return m.uordblks + m.hblkhd
+
+    t = base / "t"
+    t.mkdir()
+    fd = os.open(t, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(100_000):
+            os.close(os.open(b"%0200d" % i, os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    baseline = used()
+    peak, done = [baseline], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], used())
+
+    w = threading.Thread(target=watch)
+    w.start()
+    try:
+        res = remove(os.fsencode(base), b"t", C)
+    finally:
+        done.set()
+        w.join()
+    assert (res.failures, res.removed) == ({}, 100_001)
+    assert peak[0] - baseline < 4 * 2 ** 20, (peak[0] - baseline)
+
+
+def test_the_split_does_not_read_a_whole_directory_of_files(base, monkeypatch):
+    """A directory of many files whose subdirectories come late in the
+    listing is not split: the split stops looking after SPLIT_SCAN entries
+    (and the walk alone does it all, faster than a split reading it whole).
+    On a tmpfs, listing order is creation order, one way or the other."""
+    if not IS_ROOT:
+        pytest.skip("mounts a tmpfs")
+    with mounted_tmpfs(base / "tmp", "size=64m,mode=755"):
+        t = base / "tmp" / "t"
+        t.mkdir()
+        (t / "d1").mkdir()
+        (t / "d2").mkdir()
+        for i in range(walk.SPLIT_SCAN * 3):
+            write(t / f"f{i}")
+        names = os.listdir(t)  # the listing's order
+        if min(names.index("d1"), names.index("d2")) < walk.SPLIT_SCAN + walk.BATCH:
+            pytest.skip("this tmpfs lists the subdirectories first")
+        read = []
+        real = walk._subdirs
+
+        def counting(fd, it, scan=None):
+            yield from real(fd, (read.append(1) or e for e in it), scan)
+
+        monkeypatch.setattr(walk, "_subdirs", counting)
+        res = walk.WalkResult()
+        pfd = os.open(base / "tmp", os.O_RDONLY | os.O_DIRECTORY)
+        dfd = C.open_beneath(pfd, b"t")
+        try:
+            walk.remove_in_parallel(dfd, res, 2, C)
+        finally:
+            os.close(dfd)
+            os.close(pfd)
+        assert len(read) <= walk.SPLIT_SCAN + walk.BATCH
+        assert res.removed == 0 and len(os.listdir(t)) == len(names)
