@@ -4,17 +4,23 @@
 #   make install [DESTDIR=/stage] [PREFIX=/usr]
 #   make uninstall [DESTDIR=/stage] [PREFIX=/usr]
 #
-# Layout: the package and its one dependency (dbus-fast, at the version
-# pinned in constraints.txt, as the compiled wheel for $(PYTHON)) go into a
-# private directory $(LIBDIR)/site, never into the system's dist-packages
-# (Debian marks it externally managed); two small launchers run them with
-# Debian's python3 in isolated mode.  The activation file and the unit are
-# rewritten to name the mechanism's real path.
+# Layout: the package goes into a private directory $(LIBDIR)/site, never
+# into the system's dist-packages (Debian marks it externally managed), copied
+# as the source lays it out (locald_admin/, with mechanism/ and client/ as its
+# subpackages, as pyproject.toml's package-dir says): no pip, no network, no
+# .pyc, no build metadata, nothing written into the source tree.  The compiled
+# walk (locald_admin/fs/_cwalk.c) is built straight into it with $(CC).  Three
+# small launchers run it with Debian's python3 in isolated mode.  The
+# activation file and the unit are rewritten to name the mechanism's real
+# path.
 #
-#   DBUS_FAST=system   leave dbus-fast out of $(LIBDIR)/site: the launchers
-#                      then import the distribution's (Debian 12:
-#                      python3-dbus-fast, 1.84), which a package built this
-#                      way must depend on.  The real-systemd tier installs so.
+#   DBUS_FAST=system   (default) the launchers import the distribution's
+#                      dbus-fast (Debian 12: python3-dbus-fast, 1.84), which
+#                      must be installed (a package built so depends on it).
+#   DBUS_FAST=bundled  pip puts the version pinned in constraints.txt, as the
+#                      compiled wheel for $(PYTHON), into $(LIBDIR)/site
+#                      (needs the package index).
+#   CWALK=no           do not build the compiled walk (the Python walk is used).
 
 PREFIX     ?= /usr
 PYTHON     ?= /usr/bin/python3
@@ -27,7 +33,14 @@ SYSCONFDIR ?= /etc
 MANDIR     ?= $(DATADIR)/man
 BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
 ZSHCOMPDIR ?= $(DATADIR)/zsh/vendor-completions
-DBUS_FAST  ?= bundled
+DBUS_FAST  ?= system
+CWALK      ?= yes
+CC         ?= cc
+CFLAGS     ?= -O2 -g
+CWALK_FLAGS := -std=gnu11 -Wall -Wextra -Werror=implicit -fPIC -shared
+PY_INCLUDE  = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+EXT_SUFFIX  = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+SITE       := $(LIBDIR)/site
 
 MECHANISM  := $(LIBDIR)/locald-admin-mechanism
 BUSCONF    := $(DATADIR)/dbus-1/system.d/org.locald.Admin1.conf
@@ -44,9 +57,9 @@ BASHCOMP   := $(BASHCOMPDIR)/locald-shim
 ZSHCOMP    := $(ZSHCOMPDIR)/_locald-shim
 INSTALLED  := $(BUSCONF) $(ACTIVATION) $(POLICY) $(UNIT) $(SHIM) $(GENERATOR) $(IFACEXML) $(MANPAGES) \
               $(BASHCOMP) $(ZSHCOMP)
-# bundled: the pinned wheel only (never a source build, which could quietly be
-# dbus-fast's slow pure-Python fallback); system: no dependency at all.
-DEPS_ARGS  := $(if $(filter system,$(DBUS_FAST)),--no-deps,-c constraints.txt --only-binary dbus-fast)
+# The package's modules, by where they go below $(SITE) (pyproject.toml's
+# package-dir): locald_admin/** as is, mechanism/** and client/** below it.
+PKG_FILES  := $(shell find locald_admin mechanism client -name '*.py' -o -name py.typed)
 
 .PHONY: all install uninstall demo test
 
@@ -64,9 +77,15 @@ install:
 	rm -rf '$(DESTDIR)$(LIBDIR)'
 	install -d '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(dir $(BUSCONF))' \
 		'$(DESTDIR)$(dir $(ACTIVATION))' '$(DESTDIR)$(dir $(POLICY))' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(GENDIR)'
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
-		$(DEPS_ARGS) --target '$(DESTDIR)$(LIBDIR)/site' .
-	rm -rf '$(DESTDIR)$(LIBDIR)/site/bin'
+	$(foreach f,$(PKG_FILES),install -D -m 644 '$(f)' \
+		'$(DESTDIR)$(SITE)/$(patsubst mechanism/%,locald_admin/mechanism/%,$(patsubst client/%,locald_admin/client/%,$(f)))';)
+	if [ '$(CWALK)' = yes ]; then \
+		$(CC) $(CPPFLAGS) $(CFLAGS) $(CWALK_FLAGS) -I'$(PY_INCLUDE)' locald_admin/fs/_cwalk.c $(LDFLAGS) \
+			-o '$(DESTDIR)$(SITE)/locald_admin/fs/_cwalk$(EXT_SUFFIX)'; fi
+	if [ '$(DBUS_FAST)' = bundled ]; then \
+		$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+			-c constraints.txt --only-binary dbus-fast --target '$(DESTDIR)$(SITE)' dbus-fast; \
+		rm -rf '$(DESTDIR)$(SITE)/bin'; fi
 	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@MODULE@|locald_admin.mechanism.start|' \
 		data/launcher/launcher.in > '$(DESTDIR)$(MECHANISM)'
 	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@MODULE@|locald_admin.client.shim|' \

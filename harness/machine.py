@@ -75,15 +75,22 @@ def base_image():
 
 
 class Machine:
-    """A booted copy of the base image with the product installed."""
+    """A booted copy of the base image with the product installed: by
+    ``make install`` into the image, or, with ``deb=PATH``, by ``dpkg -i``
+    of that package inside the booted machine (its maintainer scripts run
+    under the machine's systemd, as on a real system)."""
 
-    def __init__(self, workdir, prepare=None):
+    def __init__(self, workdir, prepare=None, deb=None):
         self.image = Path(workdir) / "image"
         subprocess.run(["cp", "-a", str(base_image()), str(self.image)], check=True)
-        r = subprocess.run(["make", "-C", str(ROOT), "install", *(a.format(image=self.image) for a in INSTALL_ARGS)],
-                           capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            raise RuntimeError(f"make install failed: {r.stderr[-3000:]}")
+        if deb is None:
+            r = subprocess.run(["make", "-C", str(ROOT), "install",
+                                *(a.format(image=self.image) for a in INSTALL_ARGS)],
+                               capture_output=True, text=True, timeout=600)
+            if r.returncode != 0:
+                raise RuntimeError(f"make install failed: {r.stderr[-3000:]}")
+        else:
+            shutil.copy(deb, self.image / "root" / Path(deb).name)
         if prepare is not None:
             prepare(self.image)
         self.cgroup = f"locald-admin-nspawn-{os.getpid()}-{time.monotonic_ns()}"
@@ -94,6 +101,8 @@ class Machine:
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         self.leader = self._wait_for_leader()
         self.wait_running()
+        if deb is not None:
+            self.dpkg_output = self.run("dpkg", "-i", f"/root/{Path(deb).name}", check=True, timeout=300)
 
     def _wait_for_leader(self, timeout=60):
         """PID 1 of the machine (the nspawn process's child)."""

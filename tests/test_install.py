@@ -175,3 +175,29 @@ def test_the_installed_client_api_is_typed(staged, tmp_path):
     assert good.returncode == 0, good.stdout
     bad = mypy("bad.py")
     assert bad.returncode == 1 and 'incompatible type "str"; expected "bool"' in bad.stdout, bad.stdout
+
+
+def _tree(top):
+    return {str(p.relative_to(top)): p.stat().st_mtime_ns for p in Path(top).rglob("*")}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="unshare -n (a network namespace) needs root")
+def test_install_works_without_a_network_and_writes_nothing_into_the_source_tree(tmp_path):
+    """`make install` (the default: Debian's dbus-fast, the compiled walk)
+    in a network namespace with no network at all: no package index is
+    asked; the source tree is left exactly as it was; no bytecode, no build
+    metadata (direct_url.json) is installed."""
+    src, dest = tmp_path / "src", tmp_path / "stage"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                                             ".pytest_cache", ".hypothesis", "*.so", "tests",
+                                                             "harness", "bench-results*"))
+    before = _tree(src)
+    cp = subprocess.run(["unshare", "-n", "make", "-C", str(src), "install", f"DESTDIR={dest}"],
+                        capture_output=True, text=True, timeout=300, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    assert cp.returncode == 0, cp.stderr
+    assert _tree(src) == before
+    site = dest / "usr/lib/locald-admin/site"
+    installed = [str(p.relative_to(site)) for p in site.rglob("*")]
+    assert not [f for f in installed if f.endswith(".pyc") or "dist-info" in f or "direct_url" in f], installed
+    assert list(site.glob("locald_admin/fs/_cwalk*.so")), "the compiled walk is built"
+    assert not (site / "dbus_fast").exists()
