@@ -9,7 +9,6 @@ raising ``BadReply`` when the reply does not give one.
 
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
-from xml.sax.saxutils import quoteattr
 
 from . import __version__
 from . import interface as i
@@ -250,6 +249,16 @@ def properties_reply(member, signature, body):
 
 
 # -- introspection -------------------------------------------------------------------
+
+_ATTR_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"}
+
+
+def quoteattr(value):
+    """``value`` as a double-quoted XML attribute value.  (Not
+    xml.sax.saxutils': importing it imports urllib.request and the email
+    package, a fifth of the mechanism's start-up.)"""
+    return '"' + "".join(_ATTR_ESCAPES.get(c, c) for c in value) + '"'
+
 
 def interface_element():
     """The service's interface as an introspection ``<interface>`` element,
