@@ -314,27 +314,35 @@ err_obj(int err)
     Py_RETURN_NONE;
 }
 
+/* The path of a report, built only when Findings will keep it (a deep path
+ * costs its depth to build): `keeps` is what result.keeps(...) or
+ * result.keeps_mount() answered (a new reference, consumed here; NULL if
+ * the call failed).  A new reference to the path (bytes) or to None; NULL
+ * on a Python error. */
+static PyObject *
+rel_if_kept(Walk *w, PyObject *keeps, size_t upto, const char *child, size_t childlen)
+{
+    if (!keeps)
+        return NULL;
+    int k = PyObject_IsTrue(keeps);
+    Py_DECREF(keeps);
+    if (k < 0)
+        return NULL;
+    return k ? rel_path(w, upto, child, childlen) : Py_NewRef(Py_None);
+}
+
 /* result.fail(rel, err or None, reason or strerror(err)); the path is built
  * only if Findings keeps it.  Returns -1 on a Python error. */
 static int
 report_fail(Walk *w, size_t upto, const char *child, size_t childlen, int err, PyObject *reason)
 {
     int rc = -1;
-    PyObject *e = NULL, *keeps = NULL, *rel = NULL, *why = NULL, *r = NULL;
+    PyObject *e = NULL, *rel = NULL, *why = NULL, *r = NULL;
     py_enter(w);
     if (!(e = err_obj(err)))
         goto out;
-    if (!(keeps = PyObject_CallMethod(w->result, "keeps", "O", e)))
+    if (!(rel = rel_if_kept(w, PyObject_CallMethod(w->result, "keeps", "O", e), upto, child, childlen)))
         goto out;
-    int k = PyObject_IsTrue(keeps);
-    if (k < 0)
-        goto out;
-    if (k) {
-        if (!(rel = rel_path(w, upto, child, childlen)))
-            goto out;
-    } else {
-        rel = Py_NewRef(Py_None);
-    }
     if (reason)
         why = Py_NewRef(reason);
     else if (!(why = PyUnicode_DecodeLocale(strerror(err), "surrogateescape")))
@@ -344,7 +352,6 @@ report_fail(Walk *w, size_t upto, const char *child, size_t childlen, int err, P
     rc = 0;
 out:
     Py_XDECREF(e);
-    Py_XDECREF(keeps);
     Py_XDECREF(rel);
     Py_XDECREF(why);
     Py_XDECREF(r);
@@ -358,24 +365,14 @@ static int
 report_mount(Walk *w, size_t upto, const char *child, size_t childlen)
 {
     int rc = -1;
-    PyObject *keeps = NULL, *rel = NULL, *r = NULL;
+    PyObject *rel = NULL, *r = NULL;
     py_enter(w);
-    if (!(keeps = PyObject_CallMethod(w->result, "keeps_mount", NULL)))
+    if (!(rel = rel_if_kept(w, PyObject_CallMethod(w->result, "keeps_mount", NULL), upto, child, childlen)))
         goto out;
-    int k = PyObject_IsTrue(keeps);
-    if (k < 0)
-        goto out;
-    if (k) {
-        if (!(rel = rel_path(w, upto, child, childlen)))
-            goto out;
-    } else {
-        rel = Py_NewRef(Py_None);
-    }
     if (!(r = PyObject_CallMethod(w->result, "mount", "O", rel)))
         goto out;
     rc = 0;
 out:
-    Py_XDECREF(keeps);
     Py_XDECREF(rel);
     Py_XDECREF(r);
     if (rc < 0)
