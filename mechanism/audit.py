@@ -17,6 +17,7 @@ removed=..., duration_ms=..., **notes)`` writes it once, either
 import sys
 
 from locald_admin import interface as i
+from . import journal
 
 # The audit record's journal MESSAGE_ID (made once, for this record only).
 MESSAGE_ID = "13a44aa9707e4642986da99ab5b39cc2"
@@ -75,7 +76,7 @@ def priority(result):
 def journal_fields(**fields):
     """The journal entry of one record."""
     entry = {"MESSAGE": audit_line(**fields), "MESSAGE_ID": MESSAGE_ID,
-             "PRIORITY": priority(fields.get("result")), "SYSLOG_IDENTIFIER": "locald-admin-mechanism"}
+             "PRIORITY": priority(fields.get("result")), "SYSLOG_IDENTIFIER": journal.IDENTIFIER}
     entry.update((FIELD_PREFIX + k.upper(), v) for k, v in fields.items())
     return entry
 

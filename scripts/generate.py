@@ -158,10 +158,9 @@ def man_pages():
         text = (MAN / f"{page}.in").read_text()
         for key, value in {**common, **fill}.items():
             text = text.replace(key, value)
-        if "@" in "".join(line for line in text.splitlines() if not line.startswith('.\\"')).replace("\\@", ""):
-            leftover = [w for w in text.split() if w.startswith("@") and w.endswith("@")]
-            if leftover:
-                raise SystemExit(f"{page}: unfilled {leftover}")
+        leftover = [w for w in text.split() if w.startswith("@") and w.endswith("@")]
+        if leftover:
+            raise SystemExit(f"{page}: unfilled {leftover}")
         out[MAN / page] = text
     return out
 

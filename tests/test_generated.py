@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
@@ -115,7 +114,7 @@ def test_zsh_completion_is_valid_zsh():
 
 
 def _interface(xml):
-    root = ET.fromstring(xml.split("]>")[-1] if "]>" in xml else re.sub(r"<!DOCTYPE[^>]*>", "", xml))
+    root = ET.fromstring(re.sub(r"<!DOCTYPE[^>]*>", "", xml))
     [iface] = [e for e in root.findall("interface") if e.get("name") == i.INTERFACE]
     return ET.tostring(iface, encoding="unicode").split()
 
