@@ -487,7 +487,9 @@ class Bench:
             if fs == "disk":
                 os.sync()  # untimed: no write-back of the build during the timed run
             watch = self.delete_watch if m == "cleanup" else {}
-            sampler = Sampler(watch["mechanism"]) if "mechanism" in watch else None
+            # The mechanism's memory is the target of (f) only; sampling it
+            # every 10 ms elsewhere would only add other processes' CPU.
+            sampler = Sampler(watch["mechanism"]) if "mechanism" in watch and key == "f" else None
             rss_before = proc_status(watch["mechanism"]).get("VmRSS") if sampler else None
             before, kids0 = machine_cpu(), children_cpu()
             w0 = {k: proc_cpu(pid) for k, pid in watch.items()}
