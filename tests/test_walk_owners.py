@@ -286,3 +286,36 @@ def test_a_target_owned_by_another_user_in_a_root_owned_directory_goes(anchor):
         assert remove.remove_entry(fd, b"app", str(target), CALLER, owners=RULE) == 2
     finally:
         os.close(fd)
+
+
+# -- the databases are read only when a decision needs them ---------------------------------
+
+def test_the_databases_are_read_only_for_a_directory_of_someone_else(tmp_path, anchor):
+    """A tree of the caller's and root's directories is removed without
+    reading the group database or the subordinate id files (the largest
+    cost of a small request); the first directory of another uid reads them,
+    once, and the rule is the same as one read up front."""
+    reads = []
+    original = owners.read_ranges
+
+    def counting(path, name, uid):
+        reads.append(path)
+        return original(path, name, uid)
+
+    subuid = tmp_path / "subuid"
+    subuid.write_text(f"{CALLER}:{SUB}:65536\n")
+    rule = owners.OwnerRule.for_caller(CALLER, subuid_path=str(subuid), subgid_path=str(tmp_path / "none"))
+    owners.read_ranges = counting
+    try:
+        mine = mkdir(anchor / "mine", CALLER)
+        mkdir(mine / "roots", 0)
+        write(mine / "roots" / "f", uid=0)
+        assert remove_in(anchor, "mine", rule=rule) == 3
+        assert not rule.loaded and reads == []
+        ctr = mkdir(anchor / "ctr", SUB)
+        mkdir(ctr / "app", SUB + 1000)
+        assert remove_in(anchor, "ctr", rule=rule) == 2
+        assert rule.loaded and reads == [str(subuid), str(tmp_path / "none")]
+        assert rule.subuids == ((SUB, 65536),)
+    finally:
+        owners.read_ranges = original

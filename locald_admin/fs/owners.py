@@ -39,8 +39,7 @@ import grp
 import os
 import pwd
 import stat
-from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, Tuple
+import threading
 
 SUBUID = "/etc/subuid"
 SUBGID = "/etc/subgid"
@@ -83,32 +82,70 @@ def _exists(lookup, i):
         return False
 
 
-@dataclass(frozen=True)
 class OwnerRule:
     """The rule for one caller: ``uid``, ``gids`` (their groups), and their
-    subordinate ``subuids`` and ``subgids`` (ranges ``(start, count)``)."""
+    subordinate ``subuids`` and ``subgids`` (ranges ``(start, count)``).
 
-    uid: int
-    gids: FrozenSet[int] = frozenset()
-    subuids: Tuple[Tuple[int, int], ...] = ()
-    subgids: Tuple[Tuple[int, int], ...] = ()
-    # Which ids of the ranges are real users or groups, once looked up; a
-    # rule is made per request, so a user added later is seen by the next.
-    _real: Dict[Tuple[str, int], bool] = field(default_factory=dict, compare=False, repr=False, hash=False)
+    Made by ``for_caller``, the groups and ranges are read from the
+    databases the first time a decision needs them (a directory owned by
+    someone other than root and the caller, or a group-writable parent), once
+    per rule: most requests meet no such directory, and reading the group
+    database (``getgrouplist``) was the largest cost of a small request.  A
+    rule is made per request, so a change to the databases is seen by the
+    next one."""
+
+    def __init__(self, uid, gids=frozenset(), subuids=(), subgids=(), *, _load=None):
+        self.uid = uid
+        self._load = _load  # reads (gids, subuids, subgids) when first needed; None: given
+        self._ids = None if _load is not None else (frozenset(gids), tuple(subuids), tuple(subgids))
+        self._lock = threading.Lock()
+        # Which ids of the ranges are real users or groups, once looked up.
+        self._real = {}
 
     @classmethod
     def for_caller(cls, uid, subuid_path=SUBUID, subgid_path=SUBGID):
         """The rule for ``uid``, from the password and group databases and
         the subordinate id files (files only; a line counts if it names the
-        user or their uid)."""
-        try:
-            pw = pwd.getpwuid(uid)
-        except KeyError:
-            name, gids = None, frozenset()
-        else:
-            name = pw.pw_name
-            gids = frozenset(os.getgrouplist(name, pw.pw_gid))
-        return cls(uid, gids, read_ranges(subuid_path, name, uid), read_ranges(subgid_path, name, uid))
+        user or their uid), read when first needed."""
+        def load():
+            try:
+                pw = pwd.getpwuid(uid)
+            except KeyError:
+                name, gids = None, frozenset()
+            else:
+                name = pw.pw_name
+                gids = frozenset(os.getgrouplist(name, pw.pw_gid))
+            return gids, read_ranges(subuid_path, name, uid), read_ranges(subgid_path, name, uid)
+        return cls(uid, _load=load)
+
+    def _databases(self):
+        ids = self._ids
+        if ids is None:
+            with self._lock:  # the walk's threads share one rule
+                if self._ids is None:
+                    self._ids = self._load()
+                ids = self._ids
+        return ids
+
+    @property
+    def gids(self):
+        return self._databases()[0]
+
+    @property
+    def subuids(self):
+        return self._databases()[1]
+
+    @property
+    def subgids(self):
+        return self._databases()[2]
+
+    @property
+    def loaded(self):
+        """Whether the databases have been read (for tests)."""
+        return self._ids is not None
+
+    def __repr__(self):
+        return f"OwnerRule(uid={self.uid}{'' if self.loaded else ', not yet read'})"
 
     def subordinate_uid(self, i):
         """Whether ``i`` is one of the caller's subordinate uids (and no
