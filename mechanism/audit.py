@@ -14,6 +14,7 @@ removed=..., duration_ms=..., **notes)`` writes it once, either
   that one request is always one line, which no path can break or forge.
 """
 
+import re
 import sys
 
 from locald_admin import interface as i
@@ -24,6 +25,9 @@ MESSAGE_ID = "13a44aa9707e4642986da99ab5b39cc2"
 FIELD_PREFIX = "LOCALD_"
 RESULT_OK = "ok"
 RESULT_CANCELLED = "cancelled"
+
+
+_SPECIAL = re.compile(r'[ "=\\]')  # what ends a value or starts a quoted one
 
 
 def _quote(text):
@@ -54,8 +58,12 @@ def audit_line(**fields):
     (``_quote``)."""
     parts = []
     for k, v in fields.items():
-        s = v if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
-        if isinstance(s, str) and (not s or any(c in s for c in ' "=\\') or not s.isprintable()):
+        t = type(v)
+        if t is int or t is float:
+            parts.append(f"{k}={v}")
+            continue
+        s = v if t is str else str(v)
+        if not s or _SPECIAL.search(s) or not s.isprintable():
             s = _quote(s)
         parts.append(f"{k}={s}")
     return "audit " + " ".join(parts)
@@ -91,4 +99,5 @@ class Recorder:
     def record(self, **fields):
         if self.journal is not None and self.journal.send(journal_fields(**fields)):
             return
-        print(audit_line(**fields), file=sys.stderr, flush=True)
+        sys.stderr.write(audit_line(**fields) + "\n")
+        sys.stderr.flush()

@@ -72,6 +72,18 @@ class Request:
     running: bool = False
 
 
+class _Repeating:
+    """The pending timer of a repeating report; ``cancel()`` ends it."""
+
+    __slots__ = ("timer",)
+
+    def __init__(self):
+        self.timer = None
+
+    def cancel(self):
+        self.timer.cancel()
+
+
 class CleanupService:
     def __init__(self, bus, settings=Settings(), config=None, recorder=None):
         self.bus = bus
@@ -233,8 +245,7 @@ class CleanupService:
             raise Failed(f"locald-admin is not configured correctly: {config}")
         path = call.body[0]
         progress = Progress(request.cancelled)
-        reporter = asyncio.get_running_loop().create_task(
-            self._report_progress(caller.name, path, progress, start))
+        reports = self._report_progress(caller.name, path, progress, start)
 
         def started():
             request.running = True
@@ -243,17 +254,25 @@ class CleanupService:
             outcome = await self.jobs.submit(caller.uid, self.engine.cleanup, path, caller.uid, config, progress,
                                              on_start=started)
         finally:
-            reporter.cancel()
+            reports.cancel()
         return outcome.removed, (), outcome.notes
 
-    async def _report_progress(self, sender, path, progress, start):
+    def _report_progress(self, sender, path, progress, start):
         """Every progress_interval, tell the caller (only the caller: paths
         are private, so the signal is unicast, never broadcast) how far the
-        deletion got, once it runs."""
-        while True:
-            await asyncio.sleep(self.settings.progress_interval)
+        deletion got, once it runs.  Returns what to ``cancel()`` when it
+        ends (a timer, not a task: most requests end before the first)."""
+        loop = asyncio.get_running_loop()
+        interval = self.settings.progress_interval
+        reports = _Repeating()
+
+        def report():
             if progress.started:
                 self.bus.post(messages.progress(sender, path, progress.removed, time.monotonic() - start))
+            reports.timer = loop.call_later(interval, report)
+
+        reports.timer = loop.call_later(interval, report)
+        return reports
 
     async def _credentials(self, sender):
         """uid and pid of ``sender``, from the bus daemon itself.
