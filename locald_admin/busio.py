@@ -381,6 +381,11 @@ def _from_library(value):
     return value
 
 
+# The flags as plain ints: an IntFlag's own "&" runs Python code of the enum module.
+_NO_REPLY_EXPECTED = int(MessageFlag.NO_REPLY_EXPECTED)
+_ALLOW_INTERACTIVE = int(MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
+
+
 def _message(out):
     if isinstance(out, m.Signal):
         return Message(message_type=MessageType.SIGNAL, destination=out.destination, path=out.path,
@@ -397,7 +402,7 @@ def _message(out):
 
 def _no_reply(msg):
     """Whether the library's Message ``msg`` expects no reply."""
-    return bool(msg.flags & MessageFlag.NO_REPLY_EXPECTED) or msg.message_type != MessageType.METHOD_CALL
+    return bool(int(msg.flags) & _NO_REPLY_EXPECTED) or msg.message_type != MessageType.METHOD_CALL
 
 
 def _reply(msg):
@@ -406,10 +411,11 @@ def _reply(msg):
 
 
 def _incoming(msg):
+    flags = int(msg.flags)
     return m.Incoming(
         sender=msg.sender, path=msg.path, interface=msg.interface, member=msg.member, signature=msg.signature,
-        body=tuple(msg.body), allow_interactive=bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION),
-        no_reply=bool(msg.flags & MessageFlag.NO_REPLY_EXPECTED), handle=msg,
+        body=tuple(msg.body), allow_interactive=bool(flags & _ALLOW_INTERACTIVE),
+        no_reply=bool(flags & _NO_REPLY_EXPECTED), handle=msg,
         oversized=getattr(msg, "locald_oversized", 0))
 
 

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 
 from locald_admin import pathrules
-from locald_admin.fs import owners, walk
+from locald_admin.fs import fsops, owners, walk
 from locald_admin.fs import remove as fsremove
 from . import scope
 from .config import Config
@@ -19,6 +19,24 @@ from .errors import Failed, InUse, InvalidPath, MountPoint, OutsideScope
 from .settings import Settings
 
 DEFAULT_WALK_THREADS = Settings().walk_threads
+
+
+class Flag:
+    """Set once, from the event loop; read by the walk's threads
+    (``is_set()``, as a threading.Event, of which nothing else is used:
+    nobody waits on it, and an Event costs a Condition and a lock per
+    request)."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self):
+        self._set = False
+
+    def set(self):
+        self._set = True
+
+    def is_set(self):
+        return self._set
 
 
 class Progress:
@@ -30,7 +48,7 @@ class Progress:
 
     def __init__(self, cancelled=None):
         self.walk = walk.WalkResult()
-        self.cancelled = threading.Event() if cancelled is None else cancelled
+        self.cancelled = Flag() if cancelled is None else cancelled
         self.started = False
 
     @property
@@ -82,17 +100,21 @@ def resolve(path, caller_uid, config=Config(), fs=None):
     return scope.resolve(parse(path), caller_uid, config, fs)
 
 
+GONE = "gone"  # identity(): the entry does not exist
+
+
 def identity(target):
-    """(st_dev, st_ino) of the resolved entry, or None if it is gone (or is
-    a mount point, which ``remove`` refuses): two requests with the same
-    caller and identity may share one walk."""
+    """(st_dev, st_ino) of the resolved entry, GONE if there is no such
+    entry, or None if it cannot be looked at (a mount point, which
+    ``remove`` refuses; an error, which it reports): two requests with the
+    same caller and identity may share one walk."""
     if target.anchor_fd is not None:
         st = os.fstat(target.anchor_fd)
     else:
         try:
             st = target.fs.lstat_beneath(target.parent_fd, target.name)
-        except OSError:
-            return None
+        except OSError as e:
+            return GONE if fsops.refusal(e) is fsops.GONE else None
     return (st.st_dev, st.st_ino)
 
 
@@ -171,6 +193,11 @@ class Engine:
             if target is None:
                 return Outcome(0)
             ident = identity(target)
+            if ident is GONE:
+                # Nothing there when we looked: success, as when it was
+                # missing above the target (one lookup, not a second in remove).
+                target.close()
+                return Outcome(0)
             if ident is None:
                 return remove(target, progress.walk, self.walk_threads, progress.cancelled)
             key = (uid,) + ident

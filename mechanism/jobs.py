@@ -58,12 +58,11 @@ class _Threads:
 
 
 class _Job:
-    __slots__ = ("uid", "fn", "args", "on_start", "future", "counted", "timer")
+    __slots__ = ("uid", "fn", "args", "on_start", "future", "started_at")
 
     def __init__(self, uid, fn, args, on_start, future):
         self.uid, self.fn, self.args, self.on_start, self.future = uid, fn, args, on_start, future
-        self.counted = False
-        self.timer = None
+        self.started_at = None
 
 
 class Jobs:
@@ -74,7 +73,8 @@ class Jobs:
         self._waiting = {}  # uid -> deque of waiting jobs
         self._last_turn = {}  # uid -> value of self.started when it last got a turn
         self._running_per_uid = collections.Counter()
-        self._counted = 0  # running jobs that count against max_running
+        self._counted = set()  # running jobs that count against max_running
+        self._long_check = None  # the timer that finds jobs gone long, while jobs wait for a slot
         self._threads = _Threads()
         self.started = 0  # jobs started, for tests and stats
 
@@ -113,7 +113,7 @@ class Jobs:
 
     # -- scheduling (event loop thread only) -----------------------------------
     def _dispatch(self, loop):
-        while self._counted < self.max_running and self._waiting:
+        while len(self._counted) < self.max_running and self._waiting:
             # The eligible uid served longest ago goes next (never: first).
             eligible = [u for u in self._waiting if self._running_per_uid[u] < self.per_uid]
             if not eligible:
@@ -125,15 +125,20 @@ class Jobs:
                 del self._waiting[uid]
             self._last_turn[uid] = self.started
             self._start(loop, job)
+        if self._waiting and self._counted and self._long_check is None:
+            # Jobs wait for a slot: one timer, for when the oldest counted job
+            # has run long_after (whether a job has gone long matters only
+            # then, so a request that nobody waits behind costs no timer).
+            due = min(j.started_at for j in self._counted) + self.long_after
+            self._long_check = loop.call_at(due, self._gone_long, loop)
 
     def _start(self, loop, job):
         self.started += 1
         if job.on_start is not None:
             job.on_start()
         self._running_per_uid[job.uid] += 1
-        self._counted += 1
-        job.counted = True
-        job.timer = loop.call_later(self.long_after, self._gone_long, loop, job)
+        self._counted.add(job)
+        job.started_at = loop.time()
 
         def run():
             try:
@@ -144,16 +149,14 @@ class Jobs:
 
         self._threads.run(run)
 
-    def _gone_long(self, loop, job):
-        if job.counted:
-            job.counted = False
-            self._counted -= 1
-            self._dispatch(loop)
+    def _gone_long(self, loop):
+        self._long_check = None
+        now = loop.time()
+        self._counted = {j for j in self._counted if now - j.started_at < self.long_after}
+        self._dispatch(loop)
 
     def _finish(self, loop, job, result, error):
-        job.timer.cancel()
-        if job.counted:
-            self._counted -= 1
+        self._counted.discard(job)
         self._running_per_uid[job.uid] -= 1
         if not self._running_per_uid[job.uid]:
             del self._running_per_uid[job.uid]

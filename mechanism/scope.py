@@ -219,7 +219,8 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Conf
                 raise MountPoint(f"{shown}: the anchor {aname} is a mount point") from None
             raise Failed(f"{shown}: cannot open the anchor: {e.strerror}") from None
         t.fds.append(anchor_fd)
-        why = _not_the_callers(parsed, prefix_fd, os.fstat(anchor_fd), caller_uid, config)
+        anchor_st = os.fstat(anchor_fd)
+        why = _not_the_callers(parsed, prefix_fd, anchor_st, caller_uid, config)
         if why is not None:
             raise OutsideScope(f"{shown}: {why}")
         why = _config_excludes(anchor_fd, config)
@@ -237,7 +238,6 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Conf
 
         # 3. Below the anchor: one component at a time, relative to the fd of
         #    the one before; never a symlink, never across a mount.
-        anchor_st = os.fstat(anchor_fd)
         t.owner_uid = anchor_st.st_uid if caller_uid == 0 else caller_uid
         if not parsed.below:
             t.parent_fd, t.name, t.anchor_fd = prefix_fd, anchor, anchor_fd

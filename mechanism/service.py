@@ -19,7 +19,6 @@ its walks stopped; the record then says ``result=cancelled``.
 import asyncio
 import collections
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -31,7 +30,7 @@ from locald_admin.fs import fsops
 from .config import ConfigError
 from . import memory
 from .audit import RESULT_CANCELLED, RESULT_OK, Recorder
-from .engine import Cancelled, Engine, Progress
+from .engine import Cancelled, Engine, Flag, Progress
 from .errors import Busy, Failed, InvalidPath, MechanismError, NotAuthorized
 from .jobs import Jobs
 from .polkit import Authority
@@ -68,7 +67,7 @@ class Request:
 
     sender: str
     task: Optional[asyncio.Task] = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancelled: Flag = field(default_factory=Flag)
     running: bool = False
 
 
@@ -132,9 +131,6 @@ class CleanupService:
             return True
         self.in_flight += 1
         self._idle.clear()
-        if self._trim is not None:
-            self._trim.cancel()
-            self._trim = None
         request = Request(call.sender)
         self._requests.setdefault(call.sender, set()).add(request)
         request.task = self._spawn(self._serve(method, call, request))
@@ -220,7 +216,20 @@ class CleanupService:
                 self._idle.set()
                 # Give the memory of a big walk or a flood back to the
                 # system once things have been quiet for a moment.
-                self._trim = asyncio.get_running_loop().call_later(memory.TRIM_AFTER, memory.trim)
+                if self._trim is None:
+                    self._trim = asyncio.get_running_loop().call_later(memory.TRIM_AFTER, self._trim_when_idle)
+
+    def _trim_when_idle(self):
+        """memory.trim once nothing has been in flight for TRIM_AFTER s.
+        One timer, moved on while calls keep coming (not one per call)."""
+        self._trim = None
+        if self.in_flight:
+            return  # the last of those calls schedules it again
+        remaining = self.last_done + memory.TRIM_AFTER - time.monotonic()
+        if remaining > 0:
+            self._trim = asyncio.get_running_loop().call_later(remaining, self._trim_when_idle)
+        else:
+            memory.trim()
 
     # -- callers leaving ----------------------------------------------------
     def _on_signal(self, signal):
