@@ -22,16 +22,39 @@
 #                      (needs the package index).
 #   CWALK=no           do not build the compiled walk (the Python walk is used).
 
+#
+# Where systemd, the bus, polkitd and bash-completion look is asked of
+# pkg-config (systemd.pc, dbus-1.pc, polkit-gobject-1.pc, bash-completion.pc)
+# when PREFIX is /usr, the system's own
+# prefix; the values below are the fallback (a .pc file missing, another
+# PREFIX); any directory can be set on the command line (make install
+# UNITDIR=...).  make print-dirs shows what is in force.
+
 PREFIX     ?= /usr
 PYTHON     ?= /usr/bin/python3
+PKG_CONFIG ?= pkg-config
+ifeq ($(PREFIX),/usr)
+pkgvar      = $(shell $(PKG_CONFIG) --variable=$(2) $(1) 2>/dev/null)
+PC_UNITDIR := $(call pkgvar,systemd,systemdsystemunitdir)
+PC_GENDIR  := $(call pkgvar,systemd,systemdsystemgeneratordir)
+PC_DBUSDATA := $(call pkgvar,dbus-1,datadir)
+PC_SERVICEDIR := $(call pkgvar,dbus-1,system_bus_services_dir)
+PC_IFACEDIR := $(call pkgvar,dbus-1,interfaces_dir)
+PC_ACTIONDIR := $(patsubst %/,%,$(call pkgvar,polkit-gobject-1,policydir))
+PC_BASHCOMPDIR := $(call pkgvar,bash-completion,completionsdir)
+endif
 LIBDIR     ?= $(PREFIX)/lib/locald-admin
 BINDIR     ?= $(PREFIX)/bin
 DATADIR    ?= $(PREFIX)/share
-UNITDIR    ?= $(PREFIX)/lib/systemd/system
-GENDIR     ?= $(PREFIX)/lib/systemd/system-generators
+UNITDIR    ?= $(or $(PC_UNITDIR),$(PREFIX)/lib/systemd/system)
+GENDIR     ?= $(or $(PC_GENDIR),$(PREFIX)/lib/systemd/system-generators)
+DBUSCONFDIR ?= $(or $(PC_DBUSDATA),$(DATADIR))/dbus-1/system.d
+DBUSSERVICEDIR ?= $(or $(PC_SERVICEDIR),$(DATADIR)/dbus-1/system-services)
+DBUSIFACEDIR ?= $(or $(PC_IFACEDIR),$(DATADIR)/dbus-1/interfaces)
+POLKITACTIONDIR ?= $(or $(PC_ACTIONDIR),$(DATADIR)/polkit-1/actions)
 SYSCONFDIR ?= /etc
 MANDIR     ?= $(DATADIR)/man
-BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+BASHCOMPDIR ?= $(or $(PC_BASHCOMPDIR),$(DATADIR)/bash-completion/completions)
 ZSHCOMPDIR ?= $(DATADIR)/zsh/vendor-completions
 DBUS_FAST  ?= system
 CWALK      ?= yes
@@ -43,14 +66,14 @@ EXT_SUFFIX  = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config
 SITE       := $(LIBDIR)/site
 
 MECHANISM  := $(LIBDIR)/locald-admin-mechanism
-BUSCONF    := $(DATADIR)/dbus-1/system.d/org.locald.Admin1.conf
-ACTIVATION := $(DATADIR)/dbus-1/system-services/org.locald.Admin1.service
-POLICY     := $(DATADIR)/polkit-1/actions/org.locald.admin1.policy
+BUSCONF    := $(DBUSCONFDIR)/org.locald.Admin1.conf
+ACTIVATION := $(DBUSSERVICEDIR)/org.locald.Admin1.service
+POLICY     := $(POLKITACTIONDIR)/org.locald.admin1.policy
 UNIT       := $(UNITDIR)/locald-admin.service
 SHIM       := $(BINDIR)/locald-shim
 GENERATOR  := $(GENDIR)/locald-admin-generator
 ADMINCONF  := $(SYSCONFDIR)/locald/admin.conf
-IFACEXML   := $(DATADIR)/dbus-1/interfaces/org.locald.Admin1.xml
+IFACEXML   := $(DBUSIFACEDIR)/org.locald.Admin1.xml
 MANPAGES   := $(MANDIR)/man1/locald-shim.1 $(MANDIR)/man8/locald-admin-mechanism.8 \
               $(MANDIR)/man5/locald-admin.conf.5 $(MANDIR)/man5/org.locald.Admin1.5
 BASHCOMP   := $(BASHCOMPDIR)/locald-shim
@@ -61,10 +84,14 @@ INSTALLED  := $(BUSCONF) $(ACTIVATION) $(POLICY) $(UNIT) $(SHIM) $(GENERATOR) $(
 # package-dir): locald_admin/** as is, mechanism/** and client/** below it.
 PKG_FILES  := $(shell find locald_admin mechanism client -name '*.py' -o -name py.typed)
 
-.PHONY: all install uninstall demo test
+.PHONY: all install uninstall print-dirs demo test
 
 all:
-	@echo "targets: install, uninstall (DESTDIR=, PREFIX=), demo, test"
+	@echo "targets: install, uninstall (DESTDIR=, PREFIX=), print-dirs, demo, test"
+
+print-dirs:
+	@$(foreach v,PREFIX LIBDIR BINDIR DATADIR UNITDIR GENDIR DBUSCONFDIR DBUSSERVICEDIR DBUSIFACEDIR \
+		POLKITACTIONDIR SYSCONFDIR MANDIR BASHCOMPDIR ZSHCOMPDIR,echo '$(v)=$($(v))';)
 
 demo:
 	scripts/demo

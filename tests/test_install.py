@@ -24,6 +24,17 @@ def _make(target, destdir, prefix="/usr"):
                           capture_output=True, text=True, timeout=300)
 
 
+def _dirs(*args):
+    """The directories `make install` would use (make print-dirs), as a dict."""
+    cp = subprocess.run(["make", "-s", "-C", str(ROOT), "print-dirs", *args], capture_output=True, text=True,
+                        check=True, timeout=60)
+    return dict(line.split("=", 1) for line in cp.stdout.splitlines())
+
+
+def _rel(path):
+    return path.lstrip("/")
+
+
 def _files(top):
     return sorted(str(p.relative_to(top)) for p in Path(top).rglob("*") if p.is_file() or p.is_symlink())
 
@@ -39,28 +50,71 @@ def staged(tmp_path_factory):
 
 
 def test_files_land_where_the_system_reads_them(staged):
-    for rel in ("usr/share/dbus-1/system.d/org.locald.Admin1.conf",
-                "usr/share/dbus-1/system-services/org.locald.Admin1.service",
-                "usr/share/polkit-1/actions/org.locald.admin1.policy",
-                "usr/lib/systemd/system/locald-admin.service",
+    d = _dirs()
+    for rel in (f"{d['DBUSCONFDIR']}/org.locald.Admin1.conf",
+                f"{d['DBUSSERVICEDIR']}/org.locald.Admin1.service",
+                f"{d['POLKITACTIONDIR']}/org.locald.admin1.policy",
+                f"{d['UNITDIR']}/locald-admin.service",
                 "usr/lib/locald-admin/locald-admin-mechanism",
                 "usr/bin/locald-shim",
-                "usr/lib/systemd/system-generators/locald-admin-generator",
-                "usr/share/dbus-1/interfaces/org.locald.Admin1.xml",
+                f"{d['GENDIR']}/locald-admin-generator",
+                f"{d['DBUSIFACEDIR']}/org.locald.Admin1.xml",
                 "usr/share/man/man1/locald-shim.1", "usr/share/man/man8/locald-admin-mechanism.8",
                 "usr/share/man/man5/locald-admin.conf.5", "usr/share/man/man5/org.locald.Admin1.5",
-                "usr/share/bash-completion/completions/locald-shim",
+                f"{d['BASHCOMPDIR']}/locald-shim",
                 "usr/share/zsh/vendor-completions/_locald-shim",
                 "etc/locald/admin.conf"):
-        assert (staged / rel).exists(), rel
-        assert (ROOT / "data").as_posix() not in (staged / rel).read_text(errors="replace")
+        assert (staged / _rel(rel)).exists(), rel
+        assert (ROOT / "data").as_posix() not in (staged / _rel(rel)).read_text(errors="replace")
+
+
+def test_directories_come_from_pkg_config_with_fallbacks_and_overrides(tmp_path):
+    """With PREFIX=/usr each system directory is pkg-config's answer; without
+    an answer (no .pc file) the built-in default; a directory given on the
+    command line wins; another PREFIX never asks pkg-config (its answers are
+    the system's)."""
+    fake = tmp_path / "pkg-config"
+    fake.write_text("#!/bin/sh\n# --variable=NAME MODULE\nv=${1#--variable=}\n"
+                    "case \"$2:$v\" in\n"
+                    "systemd:systemdsystemunitdir) echo /pc/units;;\n"
+                    "systemd:systemdsystemgeneratordir) echo /pc/generators;;\n"
+                    "dbus-1:datadir) echo /pc/share;;\n"
+                    "dbus-1:system_bus_services_dir) echo /pc/services;;\n"
+                    "dbus-1:interfaces_dir) echo /pc/interfaces;;\n"
+                    "polkit-gobject-1:policydir) echo /pc/actions/;;\n"
+                    "bash-completion:completionsdir) echo /pc/completions;;\n"
+                    "*) exit 1;;\nesac\n")
+    fake.chmod(0o755)
+    d = _dirs(f"PKG_CONFIG={fake}")
+    assert (d["UNITDIR"], d["GENDIR"], d["DBUSCONFDIR"], d["DBUSSERVICEDIR"], d["DBUSIFACEDIR"],
+            d["POLKITACTIONDIR"], d["BASHCOMPDIR"]) == (
+        "/pc/units", "/pc/generators", "/pc/share/dbus-1/system.d", "/pc/services", "/pc/interfaces",
+        "/pc/actions", "/pc/completions")
+    d = _dirs("PKG_CONFIG=false")
+    assert (d["UNITDIR"], d["GENDIR"], d["DBUSCONFDIR"], d["DBUSSERVICEDIR"], d["POLKITACTIONDIR"]) == (
+        "/usr/lib/systemd/system", "/usr/lib/systemd/system-generators", "/usr/share/dbus-1/system.d",
+        "/usr/share/dbus-1/system-services", "/usr/share/polkit-1/actions")
+    assert _dirs(f"PKG_CONFIG={fake}", "UNITDIR=/mine")["UNITDIR"] == "/mine"
+    d = _dirs(f"PKG_CONFIG={fake}", "PREFIX=/opt/l")
+    assert d["UNITDIR"] == "/opt/l/lib/systemd/system" and d["DBUSSERVICEDIR"] == "/opt/l/share/dbus-1/system-services"
+    # And install follows them.
+    cp = subprocess.run(["make", "-C", str(ROOT), "install", f"DESTDIR={tmp_path / 'stage'}", f"PKG_CONFIG={fake}",
+                         "CWALK=no"], capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0, cp.stderr
+    for rel in ("pc/units/locald-admin.service", "pc/generators/locald-admin-generator",
+                "pc/share/dbus-1/system.d/org.locald.Admin1.conf", "pc/services/org.locald.Admin1.service",
+                "pc/interfaces/org.locald.Admin1.xml", "pc/actions/org.locald.admin1.policy",
+                "pc/completions/locald-shim"):
+        assert (tmp_path / "stage" / rel).exists(), rel
+    assert os.path.exists(tmp_path / "stage/pc/generators/locald-admin-generator")  # the relative link resolves
 
 
 def test_exec_paths_name_the_installed_mechanism(staged):
+    d = _dirs()
     act = configparser.ConfigParser(interpolation=None)
-    act.read(staged / "usr/share/dbus-1/system-services/org.locald.Admin1.service")
+    act.read(staged / _rel(d["DBUSSERVICEDIR"]) / "org.locald.Admin1.service")
     unit = configparser.ConfigParser(interpolation=None, strict=False)
-    unit.read(staged / "usr/lib/systemd/system/locald-admin.service")
+    unit.read(staged / _rel(d["UNITDIR"]) / "locald-admin.service")
     exec_line = act["D-BUS Service"]["Exec"].split()
     start_line = unit["Service"]["ExecStart"].split()
     assert exec_line == start_line == ["/usr/lib/locald-admin/locald-admin-mechanism", "--idle-timeout", "30"]
@@ -95,7 +149,7 @@ def test_launchers_ignore_pythonpath(staged, tmp_path):
 
 def test_uninstall_removes_exactly_what_install_laid(tmp_path):
     dest = tmp_path / "stage"
-    foreign = dest / "usr/share/dbus-1/system.d/other.conf"
+    foreign = dest / _rel(_dirs()["DBUSCONFDIR"]) / "other.conf"
     foreign.parent.mkdir(parents=True)
     foreign.write_text("<busconfig/>")
     before = _files(dest)
