@@ -205,20 +205,21 @@ def zsh_completion():
         text = (a.help or "").split(" (")[0].replace("'", "'\\''").replace("[", "\\[").replace("]", "\\]")
         value = f":{a.metavar.lower()}:" if a.nargs != 0 else ""
         specs.append(f"'{flag}[{text}]{value}'")
-    args = " \\\n            ".join(specs)
+    args = " \\\n        ".join(specs)
     return f"""#compdef locald-shim
 # zsh completion for locald-shim.  Made by scripts/generate from its parser: do not edit.
 _locald_shim() {{
-    local state
+    # Each level's "*::" hands the next one its own words (the next word
+    # first, as its command name), so positions count from there.
+    local curcontext="$curcontext" state line
     _arguments -C '--version[show the version and exit]' '(-h --help)'{{-h,--help}}'[show help]' \\
-        '1:group:(admin)' '2:command:(cleanup)' '*::arg:->cleanup'
-    case $state in
-        cleanup)
-            _arguments \\
-            {args} \\
-            '1:absolute path:_directories'
-            ;;
-    esac
+        '1:group:(admin)' '*::group:->admin'
+    [[ $state == admin ]] || return
+    _arguments -C '1:command:(cleanup)' '*::command:->cleanup'
+    [[ $state == cleanup ]] || return
+    _arguments \\
+        {args} \\
+        '1:absolute path:_directories'
 }}
 _locald_shim "$@"
 """

@@ -6,10 +6,13 @@ say the package's version; the installed interface XML is what the running
 service introspects."""
 
 import os
+import pty
 import re
+import select
 import shutil
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -111,6 +114,59 @@ def test_zsh_completion_is_valid_zsh():
     cp = subprocess.run([zsh, "-n", str(ZSH)], capture_output=True, text=True)
     assert cp.returncode == 0, cp.stderr
     assert ZSH.read_text().startswith("#compdef locald-shim\n")
+
+
+def _zsh_complete(line, timeout=20):
+    """The command line after typing ``line`` and TAB in an interactive zsh
+    (on a pty) with our completion directory first in its fpath: zsh's own
+    completion system, run as a user's shell runs it."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(["zsh", "-f", "-i"], stdin=slave, stdout=slave, stderr=slave, cwd="/",
+                            env={"PATH": "/usr/bin:/bin", "TERM": "dumb", "HOME": "/nonexistent", "LANG": "C.UTF-8"})
+    os.close(slave)
+    seen = b""
+
+    def read_until(pattern):
+        nonlocal seen
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            found = re.search(pattern, seen, re.S)
+            if found:
+                seen = seen[found.end():]
+                return found
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        raise AssertionError(f"zsh never printed {pattern!r}: {seen[-800:]!r}")
+
+    try:
+        # The markers are built from $m so that the echo of this line cannot match them.
+        os.write(master, (f"PS1='> '; m=@@; fpath=({ZSH.parent} $fpath); autoload -Uz compinit; compinit -u -D; "
+                          "show() { print -r -- \"${m}LINE:${BUFFER}${m}\"; BUFFER=; }; zle -N show; "
+                          "bindkey '^Y' show; print ${m}READY${m}\n").encode())
+        read_until(rb"@@READY@@")
+        os.write(master, line.encode() + b"\t")
+        time.sleep(0.3)
+        os.write(master, b"\x19")  # ^Y: print the line as completion left it
+        return read_until(rb"@@LINE:(.*?)@@").group(1).decode()
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+
+
+def test_zsh_completion_completes_the_command_its_options_and_directories():
+    if shutil.which("zsh") is None:
+        pytest.skip("zsh is not installed")
+    assert _zsh_complete("locald-shim a") == "locald-shim admin "
+    assert _zsh_complete("locald-shim admin c") == "locald-shim admin cleanup "
+    assert _zsh_complete("locald-shim admin cleanup --no-i") == "locald-shim admin cleanup --no-interactive "
+    assert _zsh_complete("locald-shim admin cleanup /tm") == "locald-shim admin cleanup /tmp/"
+    assert _zsh_complete("locald-shim admin cleanup --timeout 5 /tm") == "locald-shim admin cleanup --timeout 5 /tmp/"
+    assert _zsh_complete("locald-shim --v") == "locald-shim --version "
+    assert _zsh_complete("locald-shim --t") == "locald-shim --t"  # --timeout belongs to cleanup only
 
 
 def _interface(xml):
