@@ -65,12 +65,15 @@ def test_policy_action_and_defaults():
     root = ET.parse(POLICY).getroot()
     assert root.tag == "policyconfig"
     assert root.findtext("vendor") == "locald"
+    assert root.findtext("icon_name") == "edit-delete"  # a standard freedesktop icon name
     actions = root.findall("action")
     assert [a.get("id") for a in actions] == [i.POLKIT_ACTION]
     action = actions[0]
     assert action.findtext("description", "").strip()
     message = action.findtext("message", "")
     assert "Authentication is required" in message and ".locald" in message
+    # Translatable: every text names the package's gettext domain.
+    assert [e.get("gettext-domain") for e in action if e.tag in ("description", "message")] == ["locald-admin"] * 2
     defaults = action.find("defaults")
     assert {child.tag: child.text for child in defaults} == {
         "allow_any": "auth_admin",

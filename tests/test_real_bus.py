@@ -276,6 +276,8 @@ def test_pkaction_shows_the_actions_defaults(bus, polkit_running):
     assert fields["implicit any"] == "auth_admin", cp.stdout
     assert fields["implicit inactive"] == "auth_admin", cp.stdout
     assert fields["vendor"] == "locald"
+    assert fields["icon"] == "edit-delete"
+    assert fields["description"].startswith("Remove root-owned leftovers"), cp.stdout  # read through its domain
 
 
 def test_an_unprivileged_caller_outside_a_session_is_refused(bus, mechanism, polkit_running, clients, user,
