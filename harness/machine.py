@@ -76,9 +76,11 @@ def base_image():
 
 class Machine:
     """A booted copy of the base image with the product installed: by
-    ``make install`` into the image, or, with ``deb=PATH``, by ``dpkg -i``
-    of that package inside the booted machine (its maintainer scripts run
-    under the machine's systemd, as on a real system)."""
+    ``make install`` into the image, or, with ``deb=PATH``, by ``apt-get
+    install`` of that package file inside the booted machine, the README's
+    command (its maintainer scripts run under the machine's systemd, as on
+    a real system; ``--no-download``: the image already holds every
+    dependency, and the machine has no network)."""
 
     def __init__(self, workdir, prepare=None, deb=None):
         self.image = Path(workdir) / "image"
@@ -102,7 +104,8 @@ class Machine:
         self.leader = self._wait_for_leader()
         self.wait_running()
         if deb is not None:
-            self.dpkg_output = self.run("dpkg", "-i", f"/root/{Path(deb).name}", check=True, timeout=300)
+            self.install_output = self.run("apt-get", "install", "--yes", "--no-download", f"/root/{Path(deb).name}",
+                                           check=True, timeout=300)
 
     def _wait_for_leader(self, timeout=60):
         """PID 1 of the machine (the nspawn process's child)."""

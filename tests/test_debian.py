@@ -2,21 +2,24 @@
 packages alone (``DEB_BUILD_OPTIONS=nocheck dpkg-buildpackage -us -uc -b``),
 lintian reports no error, it holds what ``make install`` lays out and
 nothing a package must not ship, its configuration is a conffile, and
-installed with ``dpkg -i`` into the booted Debian 12 of the real-systemd
-tier (harness/machine.py) the service activates and removes a project's
+installed with ``apt-get install`` of the file (the README's command) into
+the booted Debian 12 of the real-systemd tier (harness/machine.py) the service activates and removes a project's
 root-owned leftovers there.
 
 Skipped with the reason where the build tools (scripts/bootstrap installs
 them) or the real-systemd tier are missing."""
 
+import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from locald_admin import __version__
 from locald_admin import interface as i
+from locald_admin.mechanism import audit
 from harness import ROOT
 from harness import machine as machines
 from harness.trees import rm_rf, world_tmpdir
@@ -93,6 +96,23 @@ def test_the_installed_package_activates_and_cleans_up_under_systemd(deb, tmp_pa
         got = m.run("busctl", "get-property", i.BUS_NAME, i.OBJECT_PATH, i.INTERFACE, "Version", check=True).stdout
         assert got == f's "{__version__}"\n', got
         assert m.run("man", "-w", "8", "locald-admin-mechanism").returncode == 0
+        version = m.run("locald-shim", "--version", check=True).stdout
+        assert version == f"locald-shim {__version__}\n", version
+        # The request's audit record, as the README's journalctl command lists it.
+        records = []
+        for _ in range(50):
+            out = m.run("journalctl", f"MESSAGE_ID={audit.MESSAGE_ID}", "-o", "json", "--no-pager", check=True).stdout
+            records = [json.loads(line) for line in out.splitlines() if line.strip()]
+            if records:
+                break
+            time.sleep(0.2)
+        assert [(r["LOCALD_PATH"], r["LOCALD_RESULT"], r["LOCALD_UID"]) for r in records] == [
+            ("/home/tester/p/.locald/svc", "ok", "0")], records
+        # Tab completion from the installed file, as bash-completion loads it.
+        words = m.run("bash", "-c", "source /usr/share/bash-completion/completions/locald-shim; "
+                      "COMP_WORDS=(locald-shim admin c); COMP_CWORD=2; _locald_shim; echo \"${COMPREPLY[@]}\"",
+                      check=True).stdout
+        assert words == "cleanup\n", words
         status = m.run("dpkg-query", "-W", "-f=${Status}", "locald-admin", check=True).stdout
         assert status == "install ok installed", status
     finally:
