@@ -1,6 +1,8 @@
 """busio's own pieces on a socket pair, without a bus daemon: the version
 check, the EAGAIN-safe writer and the bounded reader, with the installed
-dbus-fast (the venv's pin here; Debian's 1.84 in the real-systemd tier)."""
+dbus-fast (the venv's pin here; Debian's 1.84 in the real-systemd tier);
+and ``Connection.call`` on a private bus: its reply, its timeout, its
+cancellation and a closed connection."""
 
 import asyncio
 import socket
@@ -8,8 +10,10 @@ import socket
 import pytest
 from dbus_fast import Message, MessageType
 
+from harness.buses import PrivateBus
 from locald_admin import busio
 from locald_admin import interface as i
+from locald_admin import messages as m
 
 
 @pytest.mark.parametrize("version", ["1.83.9", "3.0.0", "0.2.3", "x"])
@@ -141,3 +145,42 @@ def test_an_oversized_reply_is_an_error_reply_to_its_call():
     msg = asyncio.run(run())
     assert msg.message_type == MessageType.ERROR and msg.reply_serial == 5
     assert msg.error_name == "org.freedesktop.DBus.Error.LimitsExceeded" and "bytes" in msg.body[0]
+
+
+GET_ID = m.Call(m.DBUS_NAME, m.DBUS_PATH, m.DBUS_NAME, "GetId")
+
+
+def test_a_call_is_answered_times_out_is_cancelled_and_fails_on_a_closed_connection():
+    """Connection.call's one future: the reply; TimeoutError after its
+    timeout from a peer that never answers; CancelledError when cancelled;
+    no reply handler left behind by either; BusError at once, not a hang,
+    once the connection is closed."""
+    async def run(address):
+        con = await busio.Connection.open(address)
+        silent = await busio.connect_system_bus(address)
+        silent.add_message_handler(lambda msg: True)  # takes every call, answers none
+        never = m.Call(silent.unique_name, "/x", "org.example.X", "Wait")
+        reply = await con.call(GET_ID, timeout=5)
+        assert reply.error_name is None and len(reply.body[0]) == 32
+        error = await con.call(m.Call(m.DBUS_NAME, m.DBUS_PATH, m.DBUS_NAME, "NoSuchMethod"), timeout=5)
+        assert error.error_name == "org.freedesktop.DBus.Error.UnknownMethod"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(asyncio.TimeoutError):
+            await con.call(never, timeout=0.2)
+        assert 0.2 <= loop.time() - started < 2
+        assert con.pending_replies == 0
+        task = asyncio.ensure_future(con.call(never, timeout=30))
+        await asyncio.sleep(0.1)
+        assert con.pending_replies == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert con.pending_replies == 0
+        con.close()
+        with pytest.raises(busio.BusError):
+            await asyncio.wait_for(con.call(GET_ID, timeout=5), 5)
+        silent.disconnect()
+
+    with PrivateBus() as bus:
+        asyncio.run(run(bus.address))
