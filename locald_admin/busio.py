@@ -465,7 +465,7 @@ class Connection:
         the mechanism's time on a small request."""
         msg = _message(call)
         if _no_reply(msg):
-            await self.send(call)
+            await self._send_message(msg)
             return None
         bus = self._bus
         loop = bus._loop

@@ -140,8 +140,9 @@ def others_could_swap(holder_fd, owner_uid):
     return owners.has_acl(holder_fd)
 
 
-def _config_excludes(anchor_fd, config):
-    """Why the administrator's roots exclude the anchor, or None.
+def _config_excludes(anchor_fd, anchor_st, config):
+    """Why the administrator's roots exclude the anchor (held as
+    ``anchor_fd``, whose ``fstat`` is ``anchor_st``), or None.
 
     Climbs from the anchor through '..' and compares each ancestor's
     (st_dev, st_ino) with the configured roots: the nearest listed one
@@ -150,7 +151,7 @@ def _config_excludes(anchor_fd, config):
     roots = config.identities()
     cur = os.dup(anchor_fd)
     try:
-        st = os.fstat(cur)
+        st = anchor_st
         for _ in range(MAX_CLIMB):
             hit = roots.get((st.st_dev, st.st_ino))
             if hit is not None:
@@ -223,7 +224,7 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Conf
         why = _not_the_callers(parsed, prefix_fd, anchor_st, caller_uid, config)
         if why is not None:
             raise OutsideScope(f"{shown}: {why}")
-        why = _config_excludes(anchor_fd, config)
+        why = _config_excludes(anchor_fd, anchor_st, config)
         if why is not None:
             raise OutsideScope(f"{shown}: the administrator's configuration ({config.source}) excludes "
                                f"this anchor: {why}")
