@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 
 from locald_admin import pathrules
-from locald_admin.fs import fsops, owners, walk
+from locald_admin.fs import fsops, walk
 from locald_admin.fs import remove as fsremove
 from . import scope
 from .config import Config
@@ -118,14 +118,6 @@ def identity(target):
     return (st.st_dev, st.st_ino)
 
 
-def owner_rule(target):
-    """The walk's rule for directories of other users (``fs.owners``), for
-    whose tree the target is: the caller's, or for a root caller the
-    anchor owner's.  None for a tree of root's own: the rule protects other
-    users from the caller, and root is no such caller."""
-    return None if target.owner_uid == 0 else owners.OwnerRule.for_caller(target.owner_uid)
-
-
 def remove(target, progress=None, threads=DEFAULT_WALK_THREADS, cancel=None):
     """Remove a resolved target; return an Outcome.  Closes it.
 
@@ -138,7 +130,7 @@ def remove(target, progress=None, threads=DEFAULT_WALK_THREADS, cancel=None):
     try:
         removed = fsremove.remove_entry(target.parent_fd, target.name, target.display, target.caller_uid,
                                         held_fd=target.anchor_fd, progress=progress, threads=threads,
-                                        fs=target.fs, owners=owner_rule(target), cancel=cancel,
+                                        fs=target.fs, owners=target.rule, cancel=cancel,
                                         keep_dir=target.keep_anchor)
         return Outcome(removed, {"anchor_kept": "yes"} if target.keep_anchor else {})
     except fsremove.Cancelled as e:
@@ -147,6 +139,8 @@ def remove(target, progress=None, threads=DEFAULT_WALK_THREADS, cancel=None):
         raise MountPoint(e.message, removed=e.removed) from None
     except fsremove.InUse as e:
         raise InUse(e.message) from None
+    except fsremove.Untrusted as e:
+        raise OutsideScope(e.message) from None
     except fsremove.RemoveError as e:
         raise Failed(e.message, removed=e.removed) from None
     finally:

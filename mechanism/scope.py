@@ -44,6 +44,9 @@ class Target:
     # are removed through the held fd, the anchor itself stays.
     keep_anchor: bool = False
     owner_uid: int = -1  # whose tree it is: the caller, or for a root caller the anchor's owner
+    # The trust rule for owner_uid's tree (None for a tree of root's own: the
+    # rule protects other users from the caller, and root is no such caller).
+    rule: Optional[owners.OwnerRule] = None
 
     def close(self):
         for fd in reversed(self.fds):
@@ -97,12 +100,15 @@ def _not_the_callers(parsed, prefix_fd, st, caller_uid, config):
     exception, ``[owner] root_made_anchor`` (default yes): a ``.locald`` that
     root made (runc does, for its state directory) counts as the caller's
     when the directory holding it, held as ``prefix_fd``, is owned by the
-    caller and writable by nobody else.  The caller can already rename any
-    entry of such a directory, whoever owns the entry, so this grants
-    nothing the caller could not reach by moving a directory of their own
-    that holds it into their ``.locald``; a directory someone else may write
-    to (``/tmp`` itself, a shared group directory) never qualifies, and
-    neither does another user's anchor or a data directory.
+    caller and writable by nobody else, and the anchor itself is writable by
+    root alone (the trust rule's condition for root's directories: one that
+    others may write could have been moved there by one of them).  The
+    caller can already rename any entry of such a directory, whoever owns
+    the entry, so this grants nothing the caller could not reach by moving a
+    directory of their own that holds it into their ``.locald``; a directory
+    someone else may write to (``/tmp`` itself, a shared group directory)
+    never qualifies, and neither does another user's anchor or a data
+    directory.
     """
     if caller_uid == 0 and config.root_skips_owner_check:
         return None
@@ -116,6 +122,10 @@ def _not_the_callers(parsed, prefix_fd, st, caller_uid, config):
         return f"{why}, and the directory holding it is owned by uid {holder.st_uid}"
     if holder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"{why}, and others may write to the directory holding it (mode {stat.S_IMODE(holder.st_mode):04o})"
+    # The trust rule's for root's directories: one that others may write
+    # could have been moved here by one of them, root's files with it.
+    if st.st_mode & owners.GROUP_OR_OTHER_WRITE:
+        return f"{why}, and others may write to it (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
 
 
@@ -240,6 +250,7 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Conf
         # 3. Below the anchor: one component at a time, relative to the fd of
         #    the one before; never a symlink, never across a mount.
         t.owner_uid = anchor_st.st_uid if caller_uid == 0 else caller_uid
+        t.rule = None if t.owner_uid == 0 else owners.OwnerRule.for_caller(t.owner_uid)
         if not parsed.below:
             t.parent_fd, t.name, t.anchor_fd = prefix_fd, anchor, anchor_fd
             # Removing the anchor itself ends with an rmdir by name in the
@@ -249,7 +260,7 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Conf
             t.keep_anchor = others_could_swap(prefix_fd, t.owner_uid)
             return t
         dirfd = anchor_fd
-        for comp in parsed.below[:-1]:
+        for depth, comp in enumerate(parsed.below[:-1], 1):
             try:
                 nxt = fs.open_beneath(dirfd, comp)
             except OSError as e:
@@ -266,6 +277,15 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Conf
                     raise MountPoint(f"{shown}: {pathrules.display(comp)} is a mount point") from None
                 raise Failed(f"{shown}: cannot open {pathrules.display(comp)}: {e.strerror}") from None
             t.fds.append(nxt)
+            # The trust rule on every directory between the anchor and the
+            # target, as the walk applies it inside: another user's work the
+            # caller moved in, or root's directory that others could have
+            # moved in, is not a way down to something to remove (S13, S14).
+            if t.rule is not None:
+                why = t.rule.untrusted(dirfd, os.fstat(nxt))
+                if why is not None:
+                    where = pathrules.display(b"/".join(parsed.below[:depth]))
+                    raise OutsideScope(f"{shown}: {where} is {why}; root removes nothing below it for the caller")
             dirfd = nxt
         t.parent_fd, t.name = dirfd, parsed.below[-1]
         return t

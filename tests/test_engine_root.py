@@ -223,13 +223,16 @@ def test_a_root_made_data_directory_anchor_does_not_count(tmp):
 @pytest.mark.parametrize("owner", [USER, OTHER, 0])
 def test_root_caller_may_clean_any_anchor(mode, anchor, owner):
     """Root may clean anyone's anchor; the anchor's owner then takes the
-    caller's place for the owner rule (S13): USER's leftovers in OTHER's
-    anchor (which OTHER could write) are left in place, named."""
+    caller's place for the trust rule (S13): USER's directory in OTHER's
+    anchor (which OTHER could write) is refused as a target and left in
+    place, named, inside the anchor."""
     os.chown(anchor, owner, owner)
     n = make_root_leftovers(anchor / "t")
     if owner == OTHER:
-        with pytest.raises(Failed, match=f"owned by uid {USER}, not the caller's"):
+        with pytest.raises(OutsideScope, match=f"owned by uid {USER} \\(nobody\\), not the caller's"):
             engine.cleanup(str(anchor / "t"), 0)
+        with pytest.raises(Failed, match=f"t: owned by uid {USER} \\(nobody\\), not the caller's"):
+            engine.cleanup(str(anchor), 0)
         assert (anchor / "t" / "user_file").exists()
         return
     assert engine.cleanup(str(anchor / "t"), 0) == n + 1

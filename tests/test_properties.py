@@ -279,7 +279,41 @@ def _callers_anchor(holder, st_, caller_uid):
     if caller_uid == 0 or st_.st_uid == caller_uid:
         return True
     h = os.stat(holder)
-    return st_.st_uid == 0 and h.st_uid == caller_uid and not h.st_mode & 0o022
+    return (st_.st_uid == 0 and not st_.st_mode & 0o022 and h.st_uid == caller_uid
+            and not h.st_mode & 0o022)
+
+
+def tree_owner(anchor_st, caller_uid):
+    """Whose tree the rule protects others from: the caller, or for a root
+    caller the anchor's owner (0: root's own tree, no rule)."""
+    return anchor_st.st_uid if caller_uid == 0 else caller_uid
+
+
+def owner_groups(owner):
+    try:
+        pw = pwd.getpwuid(owner)
+        return set(os.getgrouplist(pw.pw_name, pw.pw_gid))
+    except KeyError:
+        return set()
+
+
+def untrusted(st_, parent_st, owner, groups):
+    """This test's own reading of the trust rule (threat model, "The trust
+    rule") for a directory ``st_`` in the trusted directory ``parent_st``
+    (stat results or (mode, uid, gid) records); no subordinate ids or ACLs
+    in these trees."""
+    mode, uid = st_[0], st_[1]
+    pmode, puid, pgid = parent_st
+    if owner == 0 or uid == owner:
+        return False
+    if uid == 0:
+        return bool(mode & 0o022) and not (puid == 0 and not pmode & 0o022)
+    parent_writable = puid == owner or pmode & 0o002 or (pmode & 0o020 and pgid in groups)
+    return bool(parent_writable)
+
+
+def _mug(st_):
+    return (st_.st_mode, st_.st_uid, st_.st_gid)
 
 
 def expected_region(target, caller_uid):
@@ -303,19 +337,25 @@ def expected_region(target, caller_uid):
     if not os.path.isdir(cur):
         return None
     comps = (parsed.anchor,) + parsed.below
+    owner = groups = parent_st = None
     for i, comp in enumerate(comps):
         p = os.path.join(cur, comp)
         try:
             st_ = os.lstat(p)
         except OSError:
             return None
-        if i == 0 and (not stat.S_ISDIR(st_.st_mode) or not _callers_anchor(cur, st_, caller_uid)):
-            return None  # the anchor: a real directory owned by the caller (or a root-made one)
+        if i == 0:
+            if not stat.S_ISDIR(st_.st_mode) or not _callers_anchor(cur, st_, caller_uid):
+                return None  # the anchor: a real directory owned by the caller (or a root-made one)
+            owner = tree_owner(st_, caller_uid)
+            groups = owner_groups(owner)
+        elif stat.S_ISDIR(st_.st_mode) and untrusted(_mug(st_), parent_st, owner, groups):
+            return None  # an untrusted directory on the way, or as the target: refused
         if i == len(comps) - 1:
             return p
         if not stat.S_ISDIR(st_.st_mode):
             return None  # a symlink (refused) or a file (nothing there) on the way
-        cur = p
+        cur, parent_st = p, _mug(st_)
     raise AssertionError("unreachable")
 
 
@@ -366,36 +406,27 @@ def time_limit(seconds):
 
 
 def owner_rule_keeps(before, region, caller_uid):
-    """The directories in ``region`` that the owner rule (threat model S13)
-    leaves in place: owned by neither root nor the tree's owner (the caller,
-    or for a root caller the anchor's owner), in a directory that owner
-    owns or may write."""
+    """The directories in ``region`` that the trust rule leaves in place
+    (each with everything below it): untrusted ones, for the tree's owner
+    (the caller, or for a root caller the anchor's owner)."""
     if region is None or region not in before or before[region][0] != stat.S_IFDIR:
         return []
-    owner = caller_uid
-    if owner == 0:
-        cut = region.find(b"/.locald")
-        anchor = region[:cut + len(b"/.locald")] if cut >= 0 else None
-        owner = before[anchor][2] if anchor in before else os.lstat(anchor).st_uid if anchor else 0
-    if owner == 0:
-        return []
-    try:
-        pw = pwd.getpwuid(owner)
-        groups = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
-    except KeyError:
-        groups = set()
+    cut = region.find(b"/.locald")
+    anchor = region[:cut + len(b"/.locald")]
+    arec = before.get(anchor) or full_record(anchor)
+    owner = arec[2] if caller_uid == 0 else caller_uid
+    groups = owner_groups(owner)
 
-    def writable(rec):
-        _, mode, uid, gid = rec[:4]
-        return uid == owner or mode & 0o002 or (mode & 0o020 and gid in groups)
+    def mug(rec):
+        return (rec[0] | rec[1], rec[2], rec[3])  # (mode with type, uid, gid) from a record
 
     kept = []
     for p, rec in before.items():
-        if rec[0] != stat.S_IFDIR or not (p == region or p.startswith(region + b"/")) or rec[2] in (0, owner):
+        if rec[0] != stat.S_IFDIR or not p.startswith(region + b"/"):
             continue
         parent = os.path.dirname(p)
         prec = before.get(parent) or full_record(parent)
-        if writable(prec):
+        if untrusted(mug(rec), mug(prec), owner, groups):
             kept.append(p)
     return kept
 
@@ -459,7 +490,8 @@ def check_cleanup(data, base, caller_uid):
     if region is not None and kept:
         # Other users' directories the caller could have put there stay,
         # with everything in them, and the answer names the rule.
-        assert "not the caller's" in str(err), f"{target!r}: {kept[:3]} should be left in place; got {err!r}"
+        assert "not the caller's" in str(err) or "writable by others" in str(err), \
+            f"{target!r}: {kept[:3]} should be left in place; got {err!r}"
         for d in kept:
             assert all(after.get(p) == rec for p, rec in before.items() if p == d or p.startswith(d + b"/")), d
     elif region is not None:

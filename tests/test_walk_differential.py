@@ -47,7 +47,11 @@ NAMES = st.sampled_from([b"a", b"b", b"c", b"dir", b"f", b"\xff\xfe", b"x y", b"
                          b"-r", b"\x80"])
 LEAVES = ["file", "fifo", "link_in", "link_out", "link_dangling", "empty_dir"] + (
     ["immutable", "immutable_dir", "mount"] if IS_ROOT else [])
-OWNERS = ["caller", "root", "other"] if IS_ROOT else ["me"]
+# root_shared (1777) and root_group (2775): root's directories others may
+# write, trusted only in root's directories that only root may write.
+OWNERS = ["caller", "root", "other", "root_shared", "root_group"] if IS_ROOT else ["me"]
+OWNER_IDS = {"caller": (CALLER, CALLER, None), "root": (0, 0, None), "other": (OTHER, OTHER, None),
+             "root_shared": (0, 0, 0o1777), "root_group": (0, 4343, 0o2775)}
 leaf = st.one_of(st.sampled_from(LEAVES),
                  st.tuples(st.just("chain"), st.integers(1, 70)),
                  st.tuples(st.just("wide"), st.integers(250, 400)))
@@ -117,8 +121,10 @@ def _build(p, spec, outside, built):
         _, owner, kids = spec
         os.mkdir(p)
         if owner != "me":
-            uid = {"caller": CALLER, "root": 0, "other": OTHER}[owner]
-            os.chown(p, uid, uid)
+            uid, gid, mode = OWNER_IDS[owner]
+            os.chown(p, uid, gid)
+            if mode is not None:
+                os.chmod(p, mode)
         for name, sub in kids.items():
             _build(os.path.join(p, name), sub, outside, built)
 
@@ -219,7 +225,8 @@ def test_a_tree_of_every_kind_gives_the_same_nonempty_reports(base):
     kinds = {b"f": "file", b"l": "link_out", b"\xff": ("chain", 60), b"w": ("wide", 300)}
     if IS_ROOT:
         kinds.update({b"i": "immutable", b"m": "mount", b"o": ("dir", "other", {b"x": "file"}),
-                      b"id": "immutable_dir"})
+                      b"id": "immutable_dir", b"t": ("dir", "root_group", {b"r": ("dir", "root", {b"x": "file"})}),
+                      b"r": ("dir", "root", {b"tmp": ("dir", "root_shared", {b"y": "file"})})})
     rule = owners.OwnerRule(CALLER) if IS_ROOT else None
     with held(4):
         c, c_left, py, py_left = both(base, kinds, owners=rule, max_depth=40)
@@ -230,6 +237,9 @@ def test_a_tree_of_every_kind_gives_the_same_nonempty_reports(base):
         assert c["mounts"] == [b"m"]
         assert (b"i", (errno.EPERM, os.strerror(errno.EPERM))) in c["failures"]
         assert any(why.startswith(f"owned by uid {OTHER}") for why in reasons)
+        assert (b"t", (None, "owned by root and writable by others (mode 2775) in a directory that is not "
+                             "root's alone: left in place")) in c["failures"]
+        assert c_left[b"t/r/x"] and b"r" not in c_left  # root's tmp in root's 0755 directory went
 
 
 # -- what a random tree does not reach ----------------------------------------------------

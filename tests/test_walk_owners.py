@@ -1,16 +1,18 @@
-"""The owner rule (threat model S13): another user's directory is removed
-only where the caller cannot have had it put.
+"""The trust rule (threat model S13, S14) in the walk: which directories
+root enters and removes for a caller (``owners.OwnerRule``, given to
+``remove.remove_entry``; None, the client's own attempt, means none).
 
-A directory owned by anyone but root, the caller or the caller's subordinate
-uids is entered and removed only if its parent is neither owned by nor
-writable by the caller (their uid and subordinate uids; their groups and
-subordinate gids for group write; anyone for "other" write; an extended ACL
-counts as writable).  Otherwise it is left in place, named, and the removal
-ends Failed.  The rule (``owners.OwnerRule``) is given to
-``remove.remove_entry``; None (the client's own attempt) means none.
+* Another user's directory is removed only where the caller cannot have had
+  it put: its parent neither owned by nor writable by the caller (their uid
+  and subordinate uids; their groups and subordinate gids for group write;
+  anyone for "other" write; an extended ACL counts as writable).
+* Root's directory is removed when nobody else may write it, or when it is
+  in root's directory that nobody else may write.
+* Otherwise it is left in place, named, and the removal ends Failed; as the
+  target itself, it is refused (``remove.Untrusted``) before anything goes.
 
 Root tier: the trees belong to other uids.  Each test fails when its part of
-the rule is taken away.
+the rule is taken away; those with ``mode`` run with both walks.
 """
 
 import errno
@@ -118,6 +120,13 @@ def test_an_image_users_directory_in_a_root_owned_directory_is_removed(anchor, t
     assert not os.path.lexists(rootfs)
 
 
+@pytest.fixture
+def rootfs(anchor):
+    """<anchor>/rootfs, root's 0755: where a runtime's directories are, so
+    that root's directories others may write are trusted in it."""
+    return mkdir(anchor / "rootfs", 0)
+
+
 @pytest.mark.parametrize("how, uid, gid, mode", [
     ("the caller's", CALLER, CALLER, 0o755),
     ("other-writable", 0, 0, 0o757),
@@ -125,12 +134,12 @@ def test_an_image_users_directory_in_a_root_owned_directory_is_removed(anchor, t
     ("group-writable, a subordinate gid", 0, SUB + 7, 0o775),
     ("a subordinate uid's", SUB, SUB, 0o755),
 ])
-def test_another_users_directory_where_the_caller_could_write_stays(anchor, how, uid, gid, mode):
-    parent = mkdir(anchor / "parent", uid, gid, mode)
+def test_another_users_directory_where_the_caller_could_write_stays(rootfs, how, uid, gid, mode):
+    parent = mkdir(rootfs / "parent", uid, gid, mode)
     mkdir(parent / "theirs", VICTIM)
     write(parent / "theirs" / "f", uid=VICTIM)
     with pytest.raises(remove.RemoveFailed) as ei:
-        remove_in(anchor, "parent")
+        remove_in(rootfs.parent, "rootfs")
     assert refused_paths(ei.value) == [f"{parent}/theirs"]
     assert (parent / "theirs" / "f").exists()
 
@@ -139,11 +148,84 @@ def test_another_users_directory_where_the_caller_could_write_stays(anchor, how,
     ("group-writable, a group not the caller's", OTHER_GROUP, 0o775),
     ("not writable", 0, 0o755),
 ])
-def test_another_users_directory_where_the_caller_could_not_write_goes(anchor, how, gid, mode):
-    parent = mkdir(anchor / "parent", 0, gid, mode)
+def test_another_users_directory_where_the_caller_could_not_write_goes(rootfs, how, gid, mode):
+    parent = mkdir(rootfs / "parent", 0, gid, mode)
     mkdir(parent / "theirs", VICTIM)
     write(parent / "theirs" / "f", uid=VICTIM)
-    assert remove_in(anchor, "parent") == 3
+    assert remove_in(rootfs.parent, "rootfs") == 4
+
+
+# -- root's directories: only root may have put them there ---------------------------------
+
+ROOT_REFUSED = "owned by root and writable by others (mode {:04o}) in a directory that is not root's alone"
+
+
+@pytest.mark.parametrize("mode_bits", [0o2775, 0o1777, 0o757, 0o777])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_root_directory_others_may_write_in_the_callers_directory_stays(mode, anchor, mode_bits, threads):
+    """root:team 2775 from a shared team directory, holding root's 0755
+    directory and file, moved in by a team member: others could have put it
+    there, root's files with it (issue 19, finding 2)."""
+    holder = mkdir(anchor / "holder", CALLER)
+    mkdir(holder / "mine", CALLER)
+    tools = mkdir(holder / "tools", 0, OTHER_GROUP, mode_bits)
+    mkdir(tools / "bin", 0)
+    write(tools / "bin" / "deploy", b"root's", uid=0)
+    with pytest.raises(remove.RemoveFailed) as ei:
+        remove_in(anchor, "holder", threads=threads)
+    assert ei.value.failures == [(f"{tools}", None)]
+    assert f"{tools}: {ROOT_REFUSED.format(mode_bits)}: left in place" in ei.value.message
+    assert sorted(snapshot(holder)) == [b"tools", b"tools/bin", b"tools/bin/deploy"]
+    # As the target itself: refused before anything is touched.
+    with pytest.raises(remove.Untrusted) as ei:
+        remove_in(holder, "tools", threads=threads)
+    assert ei.value.message == f"{tools}: {ROOT_REFUSED.format(mode_bits)}; root removes nothing in it for the caller"
+    assert (tools / "bin" / "deploy").read_bytes() == b"root's"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_rootful_images_shared_directories_in_roots_directories_go(mode, rootfs, threads):
+    """tmp and run/lock (1777), var/mail and var/local (2775) of a rootful
+    image, in root's 0755 directories, with root's files and directories in
+    them: only root can have put them there."""
+    for d in ("run", "var"):
+        mkdir(rootfs / d, 0)
+    shared = [mkdir(rootfs / "tmp", 0, 0, 0o1777), mkdir(rootfs / "run" / "lock", 0, 0, 0o1777),
+              mkdir(rootfs / "var" / "mail", 0, 8, 0o2775), mkdir(rootfs / "var" / "local", 0, 50, 0o2775)]
+    for d in shared:
+        write(d / "roots-file", uid=0, mode=0)
+        mkdir(d / "roots-dir", 0, 0, 0o700)
+        write(d / "roots-dir" / "f", uid=0)
+    assert remove_in(rootfs.parent, "rootfs", threads=threads) == 3 + 4 * 4
+    assert not os.path.lexists(rootfs)
+
+
+def test_a_root_directory_others_may_write_in_a_root_tmp_stays(mode, rootfs):
+    """The rule for root's directories applies at every level: a 1777
+    directory of root's in tmp (1777) could have been moved there by anyone."""
+    tmp = mkdir(rootfs / "tmp", 0, 0, 0o1777)
+    x11 = mkdir(tmp / ".X11-unix", 0, 0, 0o1777)
+    write(x11 / "X0", uid=0)
+    mkdir(tmp / "roots", 0, 0, 0o755)
+    with pytest.raises(remove.RemoveFailed) as ei:
+        remove_in(rootfs.parent, "rootfs")
+    assert refused_paths(ei.value) == [str(x11)]
+    assert sorted(snapshot(rootfs)) == [b"tmp", b"tmp/.X11-unix", b"tmp/.X11-unix/X0"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_strangers_directory_in_a_root_tmp_stays_and_is_named(mode, rootfs, threads):
+    """Issue 11's rule in a root tmp (1777): the caller may write tmp, so
+    another user's directory there stays, named with its owner."""
+    tmp = mkdir(rootfs / "tmp", 0, 0, 0o1777)
+    mkdir(tmp / "blocker", VICTIM, mode=0o700)
+    write(tmp / "blocker" / "f", uid=VICTIM)
+    write(tmp / "roots-file", uid=0)
+    with pytest.raises(remove.RemoveFailed) as ei:
+        remove_in(rootfs.parent, "rootfs", threads=threads)
+    assert ei.value.failures == [(f"{tmp}/blocker", None)]
+    assert f"{tmp}/blocker: owned by uid {VICTIM}, {REFUSED}" in ei.value.message
+    assert sorted(snapshot(rootfs)) == [b"tmp", b"tmp/blocker", b"tmp/blocker/f"]
 
 
 # -- subordinate ids -------------------------------------------------------------------------
@@ -173,9 +255,10 @@ def test_a_subordinate_range_over_a_real_user_does_not_make_them_the_callers(tmp
     assert any(rule.subordinate_uid(i) for i in range(real - 5, real + 5) if not _is_real(i))
     mkdir(anchor / "nobodys", real)
     write(anchor / "nobodys" / "f", uid=real)
-    with pytest.raises(remove.RemoveFailed) as ei:
+    with pytest.raises(remove.Untrusted) as ei:
         remove_in(anchor, "nobodys", rule=rule)
-    assert f"owned by uid {real}, {REFUSED}" in ei.value.message
+    assert f"owned by uid {real} (nobody), not the caller's, in a directory the caller could write" \
+        in ei.value.message
     assert (anchor / "nobodys" / "f").exists()
 
 
@@ -197,8 +280,8 @@ def test_for_caller_reads_the_databases_and_both_files_by_name_and_by_uid(tmp_pa
     assert user.pw_gid in rule.gids
     assert rule.subuids == ((SUB, 65536), (SUB + 70000, 10))
     assert rule.subgids == ((SUB, 65536),)
-    assert rule.trusted_owner(0) and rule.trusted_owner(user.pw_uid) and rule.trusted_owner(SUB + 70005)
-    assert not rule.trusted_owner(VICTIM)
+    assert rule.callers(user.pw_uid) and rule.callers(SUB + 70005)
+    assert not rule.callers(VICTIM) and not rule.callers(0)
 
 
 # -- an extended ACL --------------------------------------------------------------------------
@@ -221,12 +304,12 @@ def give_write_by_acl(path, uid):
         raise
 
 
-def test_a_parent_with_an_extended_acl_counts_as_writable_by_the_caller(anchor):
-    parent = mkdir(anchor / "parent", 0)
+def test_a_parent_with_an_extended_acl_counts_as_writable_by_the_caller(anchor, rootfs):
+    parent = mkdir(rootfs / "parent", VICTIM + 1)
     give_write_by_acl(parent, CALLER)
     mkdir(parent / "theirs", VICTIM)
     with pytest.raises(remove.RemoveFailed) as ei:
-        remove_in(anchor, "parent")
+        remove_in(anchor, "rootfs")
     assert refused_paths(ei.value) == [f"{parent}/theirs"]
     # An O_PATH fd (what scope holds above an anchor) is read through /proc.
     fd = os.open(parent, os.O_PATH | os.O_DIRECTORY)
@@ -250,11 +333,11 @@ def test_a_target_owned_by_another_user_in_a_writable_parent_is_left_whole(ancho
         mkdir(target / d, VICTIM)
         write(target / d / "f", uid=VICTIM)
     before = snapshot(target)
-    with pytest.raises(remove.RemoveFailed) as ei:
+    with pytest.raises(remove.Untrusted) as ei:
         remove_in(anchor, "theirs", threads=threads)
-    assert ei.value.failures == [(str(target), None)]
     assert ei.value.removed == 0
-    assert f"{target}: owned by uid {VICTIM}, {REFUSED}" in ei.value.message
+    assert ei.value.message == (f"{target}: owned by uid {VICTIM}, not the caller's, in a directory the caller "
+                                "could write; root removes nothing in it for the caller")
     assert snapshot(target) == before
 
 
@@ -267,18 +350,17 @@ def test_a_held_target_owned_by_another_user_in_a_writable_parent_is_left_whole(
     write(anchor / "f", uid=VICTIM)
     anchor_fd = fs.open_beneath(prefix_fd, b".locald")
     try:
-        with pytest.raises(remove.RemoveFailed) as ei:
+        with pytest.raises(remove.Untrusted) as ei:
             remove.remove_entry(prefix_fd, b".locald", str(anchor), CALLER, held_fd=anchor_fd, owners=RULE,
                                 keep_dir=True, fs=fs)
     finally:
         os.close(anchor_fd)
         os.close(prefix_fd)
-    assert ei.value.failures == [(str(anchor), None)]
+    assert ei.value.message.startswith(f"{anchor}: owned by uid {VICTIM}")
     assert (anchor / "f").exists()
 
 
-def test_a_target_owned_by_another_user_in_a_root_owned_directory_goes(anchor):
-    rootfs = mkdir(anchor / "rootfs", 0)
+def test_a_target_owned_by_another_user_in_a_root_owned_directory_goes(rootfs):
     target = mkdir(rootfs / "app", IMAGE_USER)
     write(target / "f", uid=IMAGE_USER)
     fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY)

@@ -5,7 +5,7 @@
  * that the differential tests (tests/test_walk_differential.py) can ask both
  * for the same result.  What differs is only how: the GIL is released for
  * the walk itself and taken back only to report (Findings), to ask the
- * owner rule about a directory whose owner is neither root nor the caller,
+ * trust rule about a directory that is neither the caller's nor root's alone,
  * and to look at the cancel flag; directories are read with getdents64 into
  * one bounded buffer per held directory.
  *
@@ -381,7 +381,7 @@ out:
     return rc;
 }
 
-/* The owner rule (owners.OwnerRule.refusal, kept in Python): NULL error,
+/* The trust rule (owners.OwnerRule.refusal, kept in Python): NULL error,
  * Py_None (new ref) enter it, a str (new ref) the reason to leave it. */
 static PyObject *
 ask_rule(Walk *w, int parent_fd, int child_fd)
@@ -394,14 +394,19 @@ ask_rule(Walk *w, int parent_fd, int child_fd)
     return r;
 }
 
-/* Whether the owner rule refuses the directory child_fd (fstat st) of
- * parent_fd: 0 enter, 1 refused (reported at upto/child), -1 error. */
+/* Whether the trust rule refuses the directory child_fd (fstat st) of
+ * parent_fd: 0 enter, 1 refused (reported at upto/child), -1 error.  The
+ * rule is owners.OwnerRule.untrusted; its two plain cases are decided here
+ * as there (a tree of root's and the caller's directories never takes the
+ * GIL), every other is asked of it. */
 static int
 refused_by_rule(Walk *w, int parent_fd, int child_fd, const struct stat *st, size_t upto, const char *child,
                 size_t childlen)
 {
-    if (!w->has_rule || st->st_uid == 0 || st->st_uid == w->owner_uid)
-        return 0;
+    if (!w->has_rule || st->st_uid == w->owner_uid)
+        return 0;  /* the caller's own */
+    if (st->st_uid == 0 && !(st->st_mode & (S_IWGRP | S_IWOTH)))
+        return 0;  /* root's, writable by root alone: nobody else can have moved it here */
     PyObject *why = ask_rule(w, parent_fd, child_fd);
     if (!why)
         return -1;

@@ -1,37 +1,64 @@
-"""Whose directories a removal on a caller's behalf may enter.
+"""The trust rule: which directories a removal on a caller's behalf may enter.
 
-The rule (threat model S13): a directory owned by root, by the caller or by
-one of the caller's subordinate uids is entered and removed as any other.  A
-directory owned by anyone else is entered and removed only if its parent
-directory is neither owned by nor writable by the caller: then the caller
-cannot have put it there (it was made by root, as a container runtime does
-when it unpacks an image whose files belong to uid 999).  Otherwise it is
-left in place, with everything in it, and named as a failure.
+One definition (threat model, "The trust rule"), asked by every walk that
+root makes for a caller: scope resolution on the way from the anchor to the
+target (``mechanism/scope.py``), the target itself (``remove.py``), the
+Python walk (``walk._Removal.on_enter``), the parallel split
+(``walk.remove_in_parallel``) and the C walk (``_cwalk.c: refused_by_rule``,
+which decides the two plain cases itself, exactly as ``untrusted`` does first,
+and asks ``refusal`` about every other).
 
-Why the parent decides: a directory comes to be in a directory only through
-someone who may write that directory (creating it there, or renaming it
-into it; renaming a directory into another parent also needs write
-permission on the directory itself, so nobody can move another user's
-directory anywhere).  If the caller may write the parent, the other user's
-directory may be there because the caller invited it: a world-writable
-"drop" directory of the caller's that another user put their work in, which
-the caller then moves below their anchor and asks root to delete.  If the
-caller may not write the parent, whoever put it there was not the caller.
-The sticky bit changes nothing: it limits who may remove or rename another's
-entry, not who may create one, and the caller can still move the whole sticky
-directory.  Files need no rule: removing a file is a change of the directory
-that holds it, so the rule about that directory (or, for the target's
-parent, the scope rules) has already decided.
+A directory below the anchor is *trusted*, and may be entered and removed,
+when its parent is trusted (the walks enter only trusted directories, so
+the parent always is; the anchor is trusted by scope's own rules) and:
+
+* it is owned by the caller or one of the caller's subordinate uids; or
+* it is owned by root and either has no group- or other-write bit, or its
+  parent is owned by root with no group- or other-write bit; or
+* it is owned by another uid and its parent is neither owned by nor
+  writable by the caller.
+
+Otherwise it is not entered: left in place and named (inside the target),
+or the request is refused (on the way to it, or the target itself).
+
+Why: a directory comes to be in a directory only through someone who may
+write that directory, by creating it there or by renaming it into it, and
+renaming a directory into another parent also needs write permission on the
+directory itself (its ``..`` changes).  So:
+
+* another user's directory in a parent the caller could write may be there
+  because the caller invited it (a world-writable "drop" directory another
+  user put their work in, which the caller then moves below the anchor);
+  in a parent the caller cannot write, the caller did not put it there: root
+  did (a container runtime unpacking an image whose files belong to uid
+  999);
+* a root-owned directory that only root may write cannot have been moved
+  anywhere by a non-root user: root made it where it is.  One that others
+  may write (``root:team 2775`` in a shared team directory, holding root's
+  own ``0755`` directory and files) can be moved by any of them into their
+  tree, root's files with it, unless it sits in a directory only root may
+  write (then only root put it there).  That keeps a rootful image's
+  ``tmp`` (1777), ``var/tmp``, ``run/lock`` (1777), ``var/mail`` and
+  ``var/local`` (2775) removable: their parents are root's ``0755``
+  directories.  For root's directories the mode bits say it all: an
+  extended ACL that grants anyone write shows as the group write bit (the
+  ACL mask).
+
+Files need no rule: removing a file is a change of the directory that holds
+it, which this rule (or, for the target's parent, scope) has decided.  The
+sticky bit changes nothing: it limits who may remove or rename another's
+entry, not who may create one, and the caller can still move the whole
+sticky directory.
 
 "The caller" is the caller's uid and subordinate uids (``/etc/subuid``:
 their rootless containers, whose root may change anything its uids own),
 and for a group-writable parent the caller's groups and subordinate gids.
 An id in a subordinate range that is a real user (or group) of the system is
 not counted as subordinate: a badly written ``/etc/subuid`` must not hand
-the caller other users' files.  A parent with an extended POSIX ACL counts
-as writable by the caller whatever the ACL says (reading ACLs right is more
-than this rule needs; refusing is the safe side).  Every stat is an
-``fstat`` of a held fd, never a path lookup.
+the caller other users' files.  A parent not root's with an extended POSIX
+ACL counts as writable by the caller whatever the ACL says (reading ACLs
+right is more than this rule needs; refusing is the safe side).  Every stat
+is an ``fstat`` of a held fd, never a path lookup.
 """
 
 import errno
@@ -45,6 +72,7 @@ SUBUID = "/etc/subuid"
 SUBGID = "/etc/subgid"
 ACL_ACCESS = "system.posix_acl_access"
 _NO_ACL = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP})
+GROUP_OR_OTHER_WRITE = stat.S_IWGRP | stat.S_IWOTH
 
 
 def read_ranges(path, name, uid):
@@ -166,11 +194,6 @@ class OwnerRule:
         """Whether ``uid`` is the caller's: the caller or a subordinate uid."""
         return uid == self.uid or self.subordinate_uid(uid)
 
-    def trusted_owner(self, uid):
-        """Whether a directory owned by ``uid`` is entered whatever its
-        parent: root's, the caller's, a subordinate uid's."""
-        return uid == 0 or self.callers(uid)
-
     def writable(self, fd, st):
         """Whether the caller owns or may write the directory ``fd`` (whose
         ``fstat`` is ``st``): as its owner, through its group, through
@@ -184,16 +207,50 @@ class OwnerRule:
             return True
         return has_acl(fd)
 
-    def refusal(self, parent_fd, st):
-        """None if the directory with ``fstat`` ``st``, an entry of the held
-        directory ``parent_fd``, may be entered and removed; otherwise the
-        reason, for the message."""
-        if self.trusted_owner(st.st_uid):
+    def untrusted(self, parent_fd, st, parent_st=None):
+        """None if the directory whose ``fstat`` is ``st``, an entry of the
+        held, trusted directory ``parent_fd`` (``fstat`` ``parent_st``, read
+        when needed), is trusted; otherwise why not, for messages.
+
+        The C walk (``_cwalk.c: refused_by_rule``) decides the first two
+        cases itself, as here, and asks ``refusal`` about every other."""
+        uid = st.st_uid
+        if uid == self.uid:
+            return None  # the caller's own
+        if uid == 0:
+            # Root's, and nobody else may write it: nobody but root can have
+            # moved it here (that needs write permission on it).
+            if not st.st_mode & GROUP_OR_OTHER_WRITE:
+                return None
+            # Others may write it, so anyone of them could have moved it in,
+            # with root's files, unless only root may write where it is.
+            pst = os.fstat(parent_fd) if parent_st is None else parent_st
+            if pst.st_uid == 0 and not pst.st_mode & GROUP_OR_OTHER_WRITE:
+                return None
+            return (f"owned by root and writable by others (mode {stat.S_IMODE(st.st_mode):04o}) "
+                    "in a directory that is not root's alone")
+        if self.subordinate_uid(uid):
+            return None  # the caller's rootless containers'
+        # Another user's: trusted only where the caller cannot have put it.
+        pst = os.fstat(parent_fd) if parent_st is None else parent_st
+        if not self.writable(parent_fd, pst):
             return None
-        if not self.writable(parent_fd, os.fstat(parent_fd)):
-            return None  # the caller cannot have put it there
-        return (f"owned by uid {st.st_uid}, not the caller's, in a directory the caller could write: "
-                "left in place")
+        return f"owned by {describe_uid(uid)}, not the caller's, in a directory the caller could write"
+
+    def refusal(self, parent_fd, st):
+        """What a walk reports for a directory it does not enter (``st``, an
+        entry of ``parent_fd``): None if it is trusted, else the reason."""
+        why = self.untrusted(parent_fd, st)
+        return None if why is None else f"{why}: left in place"
+
+
+def describe_uid(uid):
+    """``uid 1001 (alice)``, or ``uid 1001`` for an id the password
+    database does not know."""
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def has_acl(fd):

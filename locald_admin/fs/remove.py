@@ -15,9 +15,9 @@ parent, every mount at or below it is looked up in this process' mount table
 and, if there is one, the request is refused before anything is deleted; then
 the fd-anchored walk (``walk.py``) removes it.
 
-With an owner rule (``owners.OwnerRule``: the mechanism's), another user's
-directory where the caller could have had it put is left in place, the
-target included.  ``cancel`` stops a removal under way (``Cancelled``);
+With a trust rule (``owners.OwnerRule``: the mechanism's), a target directory
+the rule does not trust is refused (``Untrusted``) and an untrusted directory
+inside it is left in place and named.  ``cancel`` stops a removal under way (``Cancelled``);
 ``keep_dir`` empties a directory without removing it.
 
 Errors are neutral (``RemoveError`` and its subclasses), each with a one-line
@@ -61,6 +61,11 @@ class InUse(RemoveError):
     target: refused before deleting anything."""
 
 
+class Untrusted(RemoveError):
+    """The target is a directory the trust rule (``owners.OwnerRule``) does
+    not let root enter for this caller: refused before deleting anything."""
+
+
 class Cancelled(RemoveError):
     """``cancel`` was set: the removal stopped where it was, ``removed``
     entries removed; the rest is left as it was (a later call goes on)."""
@@ -92,8 +97,8 @@ def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None
     is single-threaded).  ``fs``: the
     fsops.Fs to open with (default: openat2 where the kernel has it).
     ``owners``: an ``owners.OwnerRule`` for every directory entered, the
-    target included (None: none; the kernel decides, as for the client's own
-    attempt).  ``cancel``: an object with ``is_set()`` (a
+    target included (an untrusted target raises ``Untrusted``; None: no
+    rule, the kernel decides, as for the client's own attempt).  ``cancel``: an object with ``is_set()`` (a
     ``threading.Event``); once set, the removal stops and raises
     ``Cancelled``.  ``keep_dir``: for a directory, remove everything below
     it but not the directory itself (a non-directory is removed as ever).
@@ -153,14 +158,14 @@ def _open_error(shown, e):
 
 def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
     progress, threads, owners, cancel, keep_dir = how
-    # Another user's directory where the caller could have had it put
-    # (S13): nothing is removed, not even what the parallel helpers would.
+    # A directory the trust rule does not let root enter for this caller
+    # (another user's work the caller moved in, root's directory others
+    # could have moved in, S13/S14): nothing is removed, not even what the
+    # parallel helpers would.
     if owners is not None:
-        why = owners.refusal(parent_fd, os.fstat(dir_fd))
+        why = owners.untrusted(parent_fd, os.fstat(dir_fd))
         if why is not None:
-            refused = walk.WalkResult()
-            refused.fail(b"", None, why)
-            _raise_for(shown, refused)
+            raise Untrusted(f"{shown}: {why}; root removes nothing in it for the caller")
     # A mount at or below the target (a container's volume, its tmpfs):
     # refuse before deleting anything, and without looking into it
     # (mountinfo, not stat: a hung FUSE daemon cannot stall us).  Then the
