@@ -8,7 +8,8 @@
 # into the system's dist-packages (Debian marks it externally managed), copied
 # as the source lays it out (locald_admin/, with mechanism/ and client/ as its
 # subpackages, as pyproject.toml's package-dir says): no pip, no network, no
-# .pyc, no build metadata, nothing written into the source tree.  The compiled
+# build metadata, nothing written into the source tree; its bytecode is
+# compiled here (BYTECOMPILE=no leaves that to the packager).  The compiled
 # walk (locald_admin/fs/_cwalk.c) is built straight into it with $(CC).  Three
 # small launchers run it with Debian's python3 in isolated mode.  The
 # activation file and the unit are rewritten to name the mechanism's real
@@ -32,6 +33,7 @@
 
 PREFIX     ?= /usr
 PYTHON     ?= /usr/bin/python3
+BYTECOMPILE ?= yes
 PKG_CONFIG ?= pkg-config
 ifeq ($(PREFIX),/usr)
 pkgvar      = $(shell $(PKG_CONFIG) --variable=$(2) $(1) 2>/dev/null)
@@ -99,34 +101,45 @@ demo:
 test:
 	scripts/test
 
+# Every file and directory install makes has its mode from here, never from
+# the caller's umask (root's may be 000, and the compiled walk and the
+# launchers are code root runs): directories 755, programs 755, the rest 644.
+# What is written without install -m (cc's output, sed's redirections, pip's
+# tree) is written under umask 022, so no moment exists in which it is
+# writable by others, and then given its mode.
 install:
 	@case '$(DBUS_FAST)' in bundled|system) ;; *) echo "DBUS_FAST must be bundled or system" >&2; exit 1;; esac
 	rm -rf '$(DESTDIR)$(LIBDIR)'
-	install -d '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(dir $(BUSCONF))' \
+	install -d -m 755 '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(dir $(BUSCONF))' \
 		'$(DESTDIR)$(dir $(ACTIVATION))' '$(DESTDIR)$(dir $(POLICY))' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(GENDIR)'
 	$(foreach f,$(PKG_FILES),install -D -m 644 '$(f)' \
 		'$(DESTDIR)$(SITE)/$(patsubst mechanism/%,locald_admin/mechanism/%,$(patsubst client/%,locald_admin/client/%,$(f)))';)
-	if [ '$(CWALK)' = yes ]; then \
+	if [ '$(CWALK)' = yes ]; then umask 022; \
 		$(CC) $(CPPFLAGS) $(CFLAGS) $(CWALK_FLAGS) -I'$(PY_INCLUDE)' locald_admin/fs/_cwalk.c $(LDFLAGS) \
-			-o '$(DESTDIR)$(SITE)/locald_admin/fs/_cwalk$(EXT_SUFFIX)'; fi
-	if [ '$(DBUS_FAST)' = bundled ]; then \
+			-o '$(DESTDIR)$(SITE)/locald_admin/fs/_cwalk$(EXT_SUFFIX)' && \
+		chmod 644 '$(DESTDIR)$(SITE)/locald_admin/fs/_cwalk$(EXT_SUFFIX)'; fi
+	if [ '$(DBUS_FAST)' = bundled ]; then umask 022; \
 		$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
 			-c constraints.txt --only-binary dbus-fast --target '$(DESTDIR)$(SITE)' dbus-fast; \
-		rm -rf '$(DESTDIR)$(SITE)/bin'; fi
-	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@MODULE@|locald_admin.mechanism.start|' \
+		rm -rf '$(DESTDIR)$(SITE)/bin' && chmod -R u=rwX,go=rX '$(DESTDIR)$(SITE)'; fi
+	@# The bytecode, now: the launchers run with -B and write none (the
+	@# Debian package leaves it to dh_python3, BYTECOMPILE=no).
+	if [ '$(BYTECOMPILE)' = yes ]; then umask 022; \
+		$(PYTHON) -m compileall -q -d '$(SITE)/locald_admin' '$(DESTDIR)$(SITE)/locald_admin' >/dev/null; fi
+	umask 022; sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@MODULE@|locald_admin.mechanism.start|' \
 		data/launcher/launcher.in > '$(DESTDIR)$(MECHANISM)'
-	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@MODULE@|locald_admin.client.shim|' \
+	umask 022; sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@MODULE@|locald_admin.client.shim|' \
 		data/launcher/launcher.in > '$(DESTDIR)$(LIBDIR)/locald-shim'
-	sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@MODULE@|locald_admin.mechanism.generator|' \
+	umask 022; sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@MODULE@|locald_admin.mechanism.generator|' \
 		data/launcher/launcher.in > '$(DESTDIR)$(LIBDIR)/locald-admin-generator'
 	chmod 755 '$(DESTDIR)$(MECHANISM)' '$(DESTDIR)$(LIBDIR)/locald-shim' '$(DESTDIR)$(LIBDIR)/locald-admin-generator'
 	ln -sfr '$(DESTDIR)$(LIBDIR)/locald-shim' '$(DESTDIR)$(SHIM)'
 	ln -sfr '$(DESTDIR)$(LIBDIR)/locald-admin-generator' '$(DESTDIR)$(GENERATOR)'
 	install -m 644 data/dbus-1/system.d/org.locald.Admin1.conf '$(DESTDIR)$(BUSCONF)'
 	install -m 644 data/polkit-1/actions/org.locald.admin1.policy '$(DESTDIR)$(POLICY)'
-	sed -e 's|^Exec=/usr/bin/locald-admin-mechanism|Exec=$(MECHANISM)|' \
+	umask 022; sed -e 's|^Exec=/usr/bin/locald-admin-mechanism|Exec=$(MECHANISM)|' \
 		data/dbus-1/system-services/org.locald.Admin1.service > '$(DESTDIR)$(ACTIVATION)'
-	sed -e 's|^ExecStart=/usr/bin/locald-admin-mechanism|ExecStart=$(MECHANISM)|' \
+	umask 022; sed -e 's|^ExecStart=/usr/bin/locald-admin-mechanism|ExecStart=$(MECHANISM)|' \
 		data/systemd/locald-admin.service > '$(DESTDIR)$(UNIT)'
 	chmod 644 '$(DESTDIR)$(ACTIVATION)' '$(DESTDIR)$(UNIT)'
 	@# Made from the code by scripts/generate and committed (tests/test_generated.py).

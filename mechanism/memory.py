@@ -44,7 +44,8 @@ def exec_under_system_malloc(argv=None):
     (see above), unless that is already in effect or was already tried.
 
     Started with ``-I`` (the installed launcher), whose ``-E`` would ignore
-    the variable, the new interpreter gets ``-s -P`` and an environment
+    the variable, the new interpreter gets ``-s -P`` (and ``-B``, the
+    launcher's: no bytecode written) and an environment
     without any other PYTHON* variable instead: the same isolation.  The
     process keeps its pid, so systemd and the bus see one service.  Returns
     (changing nothing) when it cannot exec: the service runs on, with
@@ -60,7 +61,11 @@ def exec_under_system_malloc(argv=None):
     env.update(PYTHONMALLOC="malloc", **{REEXEC_MARK: "1"})
     flags = [*(["-s"] if sys.flags.no_user_site or isolated else []),
              *(["-P"] if getattr(sys.flags, "safe_path", False) or (isolated and sys.version_info >= (3, 11)) else []),
-             *(["-S"] if sys.flags.no_site else [])]
+             *(["-S"] if sys.flags.no_site else []),
+             # The launcher's -B (no bytecode written as root), which the
+             # environment does not carry when -I ignored it.
+             *(["-B"] if sys.flags.dont_write_bytecode and (isolated or not os.environ.get("PYTHONDONTWRITEBYTECODE"))
+               else [])]
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if spec is not None:  # python -m PACKAGE: run the package again, not its __main__.py's path
         program = ["-m", spec.name[:-len(".__main__")] if spec.name.endswith(".__main__") else spec.name]

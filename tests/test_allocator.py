@@ -52,7 +52,7 @@ def test_installed_launcher_runs_again_isolated_under_system_malloc(staged):
             env, argv = _environ(proc.pid), _cmdline(proc.pid)
             assert env.get("PYTHONMALLOC") == "malloc", env
             assert not {k for k in env if k.startswith("PYTHON")} - {"PYTHONMALLOC"}, env
-            assert argv[1:4] == ["-s", "-P", str(launcher)] and argv[4:] == ["--address", bus.address], argv
+            assert argv[1:5] == ["-s", "-P", "-B", str(launcher)] and argv[5:] == ["--address", bus.address], argv
         finally:
             terminate(proc)
         assert b"Traceback" not in proc.stderr.read()

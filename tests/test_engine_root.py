@@ -171,6 +171,23 @@ def test_a_root_made_anchor_in_a_project_others_may_write_is_outside_scope(mode,
     assert snapshot(anchor.parent) == before
 
 
+@pytest.mark.parametrize("mode_bits", [0o775, 0o2775, 0o1777])
+def test_a_root_made_anchor_others_may_write_is_outside_scope(mode, anchor, mode_bits):
+    """The trust rule's condition for root's directories holds for the
+    anchor too: a root-owned .locald that others may write could have been
+    moved into the project by one of them (say from a shared group
+    directory), root's files with it."""
+    runc_made_anchor(anchor)
+    os.chown(anchor, 0, 4343)
+    os.chmod(anchor, mode_bits)
+    make_root_leftovers(anchor / "t")
+    before = snapshot(anchor.parent)
+    with pytest.raises(OutsideScope) as ei:
+        engine.cleanup(str(anchor / "t"), USER)
+    assert f"and others may write to it (mode {mode_bits:04o})" in ei.value.message
+    assert snapshot(anchor.parent) == before
+
+
 def test_a_root_made_anchor_in_another_users_project_is_outside_scope(mode, anchor):
     runc_made_anchor(anchor)
     os.chown(anchor.parent, OTHER, OTHER)

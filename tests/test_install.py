@@ -4,8 +4,10 @@ ExecStart= lines name the mechanism's real installed path, the staged
 launchers run, and `make uninstall` removes exactly what install laid."""
 
 import configparser
+import marshal
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +166,63 @@ def test_uninstall_removes_exactly_what_install_laid(tmp_path):
     assert foreign.read_text() == "<busconfig/>"
 
 
+def test_install_under_umask_000_leaves_nothing_writable_by_others(tmp_path):
+    """root's umask is not the layout's: under `umask 000` no file or
+    directory make install creates is group- or world-writable (the compiled
+    walk and the launchers are code root runs), down to the parents of
+    DESTDIR that install -d makes.  Only the test's own directory is left
+    out; symlinks have no mode of their own."""
+    dest = tmp_path / "made" / "by" / "install"
+    cp = subprocess.run(["sh", "-c", 'umask 000 && exec make -C "$1" install DESTDIR="$2"', "sh", str(ROOT), str(dest)],
+                        capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0, cp.stderr
+    assert list(dest.glob("usr/lib/locald-admin/site/locald_admin/fs/_cwalk*.so")), "the compiled walk is built"
+    loose = []
+    for top, dirs, files in os.walk(tmp_path):
+        for name in dirs + files:
+            path = os.path.join(top, name)
+            st = os.lstat(path)
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                loose.append(f"{stat.filemode(st.st_mode)} {os.path.relpath(path, tmp_path)}")
+    assert not loose, loose
+
+
+def test_the_launchers_write_no_bytecode_even_as_root_under_umask_000(tmp_path):
+    """Run as root under umask 000, a Python that writes bytecode makes
+    __pycache__ directories 0777 beside the code root loads: the launchers
+    run with -B (the mechanism's second start under malloc too), and the
+    bytecode make install compiled is what they read."""
+    dest = tmp_path / "stage"
+    cp = _make("install", dest)
+    if cp.returncode != 0 and "No module named pip" in cp.stderr:
+        pytest.skip("Debian's python3-pip is not installed")
+    assert cp.returncode == 0, cp.stderr
+    site = dest / "usr/lib/locald-admin/site"
+    assert list(site.glob("locald_admin/__pycache__/*.pyc")), "make install compiles the bytecode"
+    for p in site.rglob("__pycache__"):
+        shutil.rmtree(p)
+    lib = dest / "usr/lib/locald-admin"
+    for argv in ([str(lib / "locald-shim"), "--version"], [str(lib / "locald-admin-mechanism"), "--help"],
+                 [str(lib / "locald-admin-generator"), "--help"]):
+        cp = subprocess.run(["sh", "-c", 'umask 000 && exec "$@"', "sh", *argv], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin"}, timeout=60)
+        assert cp.returncode == 0, (argv, cp.stderr)
+    assert not list(site.rglob("__pycache__"))
+
+
+def test_installed_modes_are_the_layouts_not_the_umasks(tmp_path):
+    """The same tree, mode for mode, under umask 000 and 077 (under 077 the
+    compiled walk came out 0700)."""
+    modes = {}
+    for umask in ("000", "077"):
+        dest = tmp_path / umask
+        cp = subprocess.run(["sh", "-c", f'umask {umask} && exec make -C "$1" install DESTDIR="$2"', "sh", str(ROOT),
+                             str(dest)], capture_output=True, text=True, timeout=300)
+        assert cp.returncode == 0, cp.stderr
+        modes[umask] = {str(p.relative_to(dest)): oct(p.lstat().st_mode) for p in dest.rglob("*")}
+    assert modes["000"] == modes["077"]
+
+
 def test_an_admins_configuration_is_kept(tmp_path):
     dest = tmp_path / "stage"
     conf = dest / "etc/locald/admin.conf"
@@ -239,8 +298,9 @@ def _tree(top):
 def test_install_works_without_a_network_and_writes_nothing_into_the_source_tree(tmp_path):
     """`make install` (the default: Debian's dbus-fast, the compiled walk)
     in a network namespace with no network at all: no package index is
-    asked; the source tree is left exactly as it was; no bytecode, no build
-    metadata (direct_url.json) is installed."""
+    asked; the source tree is left exactly as it was; no build metadata
+    (direct_url.json) is installed, and bytecode only beside the sources,
+    compiled for their installed place (the launchers write none: -B)."""
     src, dest = tmp_path / "src", tmp_path / "stage"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
                                                              ".pytest_cache", ".hypothesis", "*.so", "tests",
@@ -252,6 +312,11 @@ def test_install_works_without_a_network_and_writes_nothing_into_the_source_tree
     assert _tree(src) == before
     site = dest / "usr/lib/locald-admin/site"
     installed = [str(p.relative_to(site)) for p in site.rglob("*")]
-    assert not [f for f in installed if f.endswith(".pyc") or "dist-info" in f or "direct_url" in f], installed
+    assert not [f for f in installed if "dist-info" in f or "direct_url" in f], installed
+    pyc = [f for f in installed if f.endswith(".pyc")]
+    assert pyc and all(os.path.basename(os.path.dirname(f)) == "__pycache__" for f in pyc), pyc
+    shim = [f for f in pyc if f.startswith("locald_admin/client/__pycache__/shim.")]
+    code = marshal.loads((site / shim[0]).read_bytes()[16:])
+    assert code.co_filename == "/usr/lib/locald-admin/site/locald_admin/client/shim.py"
     assert list(site.glob("locald_admin/fs/_cwalk*.so")), "the compiled walk is built"
     assert not (site / "dbus_fast").exists()
