@@ -7,7 +7,8 @@ tmpfs at ``/run/shm``, and runs it detached with ``runc --root state``
 (stdin, stdout and stderr on /dev/null: pipes would be held open by the
 container).  runc creates the mount targets inside the rootfs as root, and
 its state directory, as root, which is what the project's user then cannot
-remove.  ``stop()`` deletes the container (``runc delete --force``) and its
+remove.  ``user=(uid, gid)`` runs its process as that user (an image's
+``USER``), otherwise as root.  ``stop()`` deletes the container (``runc delete --force``) and its
 cgroups, whatever state it is in.
 """
 
@@ -35,7 +36,7 @@ def available():
 
 
 class Container:
-    def __init__(self, bundle, state, src, uid, gid, name="web"):
+    def __init__(self, bundle, state, src, uid, gid, name="web", user=None):
         self.bundle, self.state, self.name = Path(bundle), Path(state), name
         rootfs = self.bundle / "rootfs"
         (rootfs / "bin").mkdir(parents=True, exist_ok=True)
@@ -46,6 +47,8 @@ class Container:
         spec = json.loads((self.bundle / "config.json").read_text())
         spec["process"]["terminal"] = False
         spec["process"]["args"] = ["/bin/sleep", "100000"]
+        if user is not None:  # the image's USER: (uid, gid); runc's default is root
+            spec["process"]["user"] = {"uid": user[0], "gid": user[1]}
         spec["root"]["readonly"] = False
         spec["mounts"].append({"destination": "/app", "type": "bind", "source": str(src), "options": ["rbind", "rw"]})
         spec["mounts"].append({"destination": "/run/shm", "type": "tmpfs", "source": "tmpfs",

@@ -41,6 +41,26 @@ def ensure_user(name):
     return pwd.getpwnam(name)
 
 
+LOGIN_USER = "locald-stranger"
+
+
+def ensure_login_user(name=LOGIN_USER):
+    """A login user for the tests (root only): a uid from UID_MIN to UID_MAX
+    of /etc/login.defs, as useradd gives one without --system; its passwd."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    cp = None
+    for _ in range(20):  # another test session may hold the passwd lock
+        cp = subprocess.run(["useradd", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
+                             "/usr/sbin/nologin", "--user-group", name], capture_output=True, text=True)
+        if cp.returncode in (0, 9):  # 9: it exists (made meanwhile)
+            return pwd.getpwnam(name)
+        time.sleep(0.25)
+    raise RuntimeError(f"useradd {name}: {cp.stderr.strip()}")
+
+
 def shadow_tool(*argv):
     """groupadd/gpasswd/groupdel, retried while another process holds the
     /etc/group lock (other test sessions create users concurrently)."""

@@ -416,7 +416,7 @@ def test_mountinfo_escapes_are_undone():
     raw = (b"40 27 254:0 /tmp/a\\134040b /tmp/v\\040o\\134040l\\011t\\012n rw,relatime shared:1 - ext4 /dev/vda rw\n"
            b"41 40 0:50 / /tmp/v\\040o\\134040l\\011t\\012n/in rw - tmpfs none rw\n")
     a, b = mounts.parse(raw)
-    assert a == mounts.Mount(40, 27, b"254:0", b"/tmp/a\\040b", b"/tmp/v o\\040l\tt\nn")
+    assert a == mounts.Mount(40, 27, b"254:0", b"/tmp/a\\040b", b"/tmp/v o\\040l\tt\nn", b"ext4", b"rw")
     assert b.parent == 40 and b.mount_point == b"/tmp/v o\\040l\tt\nn/in"
     assert mounts.mount_point_place(b, {40: a}) == (b"254:0", b"/tmp/a\\040b/in")
 

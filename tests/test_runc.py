@@ -48,8 +48,8 @@ def project(clients):
     source = snapshot(proj / "src")
     containers = []
 
-    def container(bundle, state, name="web"):
-        c = runcmod.Container(bundle, state, proj / "src", clients.uid, clients.gid, name)
+    def container(bundle, state, name="web", user=None):
+        c = runcmod.Container(bundle, state, proj / "src", clients.uid, clients.gid, name, user=user)
         containers.append(c)
         return c
 
@@ -145,4 +145,24 @@ def test_a_running_container_is_in_use_and_keeps_its_mounts(project, clients, bu
     assert r["type"] == "InUseError", r
     assert snapshot(web) == before
     assert runcmod.mount_count(pid) == mounts_before
+    assert os.path.exists(f"/proc/{pid}")
+
+
+@pytest.mark.parametrize("user", [(65534, 65534), (4999, 4999)], ids=["nobody", "an-image-uid"])
+def test_a_rootful_container_whose_process_is_not_root_is_in_use(project, clients, bus, mechanism, user):
+    """A rootful container (runc run by root) whose image runs as USER 65534
+    or an id the host does not know: its process is in the initial user namespace and is no login
+    user, so its namespace counts; before, only root's, the caller's and
+    subordinate uids' namespaces did, and its live rootfs was removed."""
+    proj, container = project
+    _make_locald(proj, clients)
+    web = proj / ".locald" / "services" / "web"
+    c = container(web, proj / ".locald" / "runc-state", user=user)
+    pid = c.run()
+    assert os.stat(f"/proc/{pid}").st_uid == user[0]
+    before = snapshot(web)
+    cp = clients.shim("admin", "cleanup", str(web / "rootfs"), bus_address=bus.address)
+    assert cp.returncode == i.EXIT_IN_USE, (cp.returncode, cp.stderr)
+    assert "another mount namespace" in cp.stderr and f"pid {pid}" not in cp.stderr, cp.stderr
+    assert snapshot(web) == before
     assert os.path.exists(f"/proc/{pid}")

@@ -19,19 +19,46 @@ is **in use** when a mount there
   mounted on is at or below the target (a volume at ``/app/x/vol`` inside
   the container's bind of the project at ``/app``).
 
-Only the namespaces of processes owned by root, by the caller, or by the
-caller's subordinate uids (``/etc/subuid``: their rootless containers)
-count, so that no other user can make a victim's directory "in use" with an
-``unshare -Urm`` of their own.  A pid is named only for processes of the
-caller or of root.
+A mount of an **overlay** (a container's root file system: after
+``pivot_root`` its mountinfo shows only ``overlay / ... upperdir=...``) uses
+the target when one of its layers (``lowerdir``, ``upperdir``, ``workdir``,
+``lowerdir+``, ``datadir+``; ``mounts.overlay_layers``) is an absolute path
+at or below the target: by our location of the target (the mounter's view of
+the host's paths is ours, as for every runtime that mounts the overlay before
+``pivot_root``), or placed through that namespace's own table.  Our own
+namespace's overlays count too (their layers are not mount points, so
+``mounts.py`` does not see them).  A relative layer path (containerd's, for
+long layer lists) cannot be placed, nor can fuse-overlayfs, which shows no
+layers: logged once per mount and passed over.
+
+**Whose namespaces count** (``Whose``): one holding a process owned by root,
+by the caller or by one of the caller's subordinate uids (``/etc/subuid``:
+their rootless containers), or a process in the **initial user namespace**
+(``/proc/<pid>/uid_map`` is the identity map, readable without ptrace)
+whose owner is **not a login user other than the caller** (a uid from
+``UID_MIN`` to ``UID_MAX`` of ``/etc/login.defs`` that the password database
+knows): a rootful container whose image runs as ``USER 65534`` or 999.  Not
+every namespace in the initial user namespace: setuid helpers (bubblewrap
+installed setuid, Apptainer's starter) give an unprivileged user such a
+process in a mount namespace of their own, with binds of any directory they
+can search, and they must not make a victim's directory "in use" (threat
+model M8).  Another user's own ``unshare -Urm`` never counts either.  A pid
+is named only for processes of the caller or of root.
 
 Limits (documented, not defended): a process whose root or working directory
 is inside the target but that holds no mount there; a container started
 after the check; a single file bind-mounted into a container (only
-directories are checked).
+directories are checked); a rootful container running as another login
+user's uid, and one whose user namespace maps ids that are not the caller's
+subordinate ids (neither is told from a stranger's namespace); the owner of
+``/proc/<pid>`` is root for a process that is not dumpable (after a setuid
+exec), so such a process counts as root's; relative overlay layers and
+fuse-overlayfs.
 """
 
+import logging
 import os
+import pwd
 from dataclasses import dataclass
 from typing import Optional
 
@@ -39,27 +66,133 @@ from .. import pathrules
 from . import mounts, owners
 
 SUBUID = "/etc/subuid"
+LOGIN_DEFS = "/etc/login.defs"
 PROC = "/proc"
+IDENTITY_MAP = (0, 0, 4294967295)  # uid_map of the initial user namespace
+LOGIN_UID_DEFAULT = (1000, 60000)  # UID_MIN, UID_MAX where login.defs says nothing
+MAX_LOGGED = 256  # distinct unparsable lines and unplaceable overlays logged, at most
+
+log = logging.getLogger("locald_admin.inuse")
+_logged = set()
+
+
+def _log_once(key, message, *args):
+    """Log ``message`` once per ``key`` in this process' life (at most
+    MAX_LOGGED keys): a mount seen by every request is said once."""
+    if key in _logged or len(_logged) >= MAX_LOGGED:
+        return
+    _logged.add(key)
+    log.warning(message, *args)
 
 
 @dataclass(frozen=True)
 class Use:
-    """One mount in another namespace that uses the target."""
+    """One mount that uses the target."""
 
     what: str  # what kind of use, for the message
-    where: bytes  # its mount point in that namespace
+    where: bytes  # its mount point in its namespace
     pid: Optional[int]  # only for processes of the caller or of root
+    own: bool = False  # a mount of our own namespace (an overlay whose layer is in the target)
 
     def describe(self):
+        if self.own:
+            return f"{self.what}, mounted at {pathrules.display(self.where)} in this mount namespace"
         by = f" (pid {self.pid})" if self.pid is not None else ""
         return f"{self.what}, mounted at {pathrules.display(self.where)} in another mount namespace{by}"
 
 
+def login_uid_range(path=LOGIN_DEFS):
+    """(UID_MIN, UID_MAX) of ``/etc/login.defs`` (its defaults where it
+    says nothing or cannot be read)."""
+    lo, hi = LOGIN_UID_DEFAULT
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] in ("UID_MIN", "UID_MAX"):
+                    try:
+                        value = int(parts[1], 0)
+                    except ValueError:
+                        continue
+                    if parts[0] == "UID_MIN":
+                        lo = value
+                    else:
+                        hi = value
+    except OSError:
+        pass
+    return lo, hi
+
+
+def in_initial_user_namespace(pid):
+    """Whether process ``pid`` is in the initial user namespace: its
+    ``uid_map`` (readable without ptrace) is the identity map of all ids.
+    False when it cannot be read (gone, or hidden)."""
+    try:
+        with open(f"{PROC}/{pid}/uid_map", "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError:
+        return False
+    rows = [ln.split() for ln in lines if ln.strip()]
+    return len(rows) == 1 and tuple(int(x) for x in rows[0] if x.isdigit()) == IDENTITY_MAP
+
+
+class Whose:
+    """Which processes' namespaces count for one caller's check (module
+    docstring), with the databases read once per check and only when a
+    process needs them."""
+
+    def __init__(self, caller_uid, subuid_path=None, login_defs=None):
+        self.caller = caller_uid
+        self.rule = owners.OwnerRule.for_caller(caller_uid, subuid_path=subuid_path or SUBUID)
+        self._login_defs = login_defs or LOGIN_DEFS
+        self._range = None
+        self._login = {}
+
+    def login_user(self, uid):
+        """Whether ``uid`` is a login user: UID_MIN..UID_MAX and known to
+        the password database."""
+        known = self._login.get(uid)
+        if known is None:
+            if self._range is None:
+                self._range = login_uid_range(self._login_defs)
+            lo, hi = self._range
+            known = lo <= uid <= hi and _known(uid)
+            self._login[uid] = known
+        return known
+
+    def counts(self, pid, owner):
+        """Whether the namespace of process ``pid``, owned by ``owner``,
+        counts."""
+        if owner == 0 or self.rule.callers(owner):
+            return True
+        if self.login_user(owner):
+            return False  # another login user's: a setuid helper's namespace of theirs, or their own
+        return in_initial_user_namespace(pid)  # a rootful container's user (65534, 999, ...)
+
+
+def _known(uid):
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        return False
+
+
 # Parsing and placing are shared with our own namespace's check (mounts.py).
-_parse = mounts.parse
 _at_or_below = mounts.at_or_below
 _join = mounts.join
 place = mounts.place
+
+
+def parse(raw):
+    """A namespace's mountinfo table; lines that do not parse are logged
+    once and left out (never an error for every request)."""
+    bad = []
+    table = mounts.parse(raw, bad)
+    for b in bad:
+        _log_once(("line", b.line[:512]), "in-use check: a mountinfo line that does not parse was passed over: %r",
+                  b.line[:512])
+    return table
 
 
 def _placed_at_or_below(m, by_id, dev, rel):
@@ -71,30 +204,48 @@ def _placed_at_or_below(m, by_id, dev, rel):
     return pl is not None and pl[0] == dev and _at_or_below(pl[1], rel)
 
 
+def _layer_uses(table, loc, dev, rel, pid, own=False):
+    """Uses of the target by the layers of the overlay mounts of ``table``
+    (module docstring): (Use, ...) for each such mount."""
+    found = []
+    for m in table:
+        if m.fstype != mounts.OVERLAY:
+            continue
+        for layer in mounts.overlay_layers(m):
+            if not layer.startswith(b"/"):
+                _log_once(("relative", m.dev, m.mount_point), "in-use check: overlay %s at %r names a relative "
+                          "layer %r, which cannot be placed; passed over", m.dev.decode(), m.mount_point, layer)
+                continue
+            pl = mounts.path_place(layer, table, skip=m.id)
+            if _at_or_below(layer, loc) or (pl is not None and pl[0] == dev and _at_or_below(pl[1], rel)):
+                found.append(Use("a layer of an overlay mount (a container's root file system)", m.mount_point, pid,
+                                 own))
+                break
+    return found
+
+
 def uses(dirfd, caller_uid, limit=5, own=None):
-    """Mounts in other namespaces that use the held directory (at most
-    ``limit``), or [].  ``own``: our own mount table if already read
-    (``mounts.table()``), so that one check reads it once."""
+    """Mounts that use the held directory (at most ``limit``), or []: in
+    other namespaces, and overlays of our own whose layers it holds.
+    ``own``: our own mount table if already read (``mounts.table()``), so
+    that one check reads it once."""
     own = mounts.table(f"{PROC}/self/mountinfo") if own is None else own
-    here = place(dirfd, own)
+    here = mounts.locate(dirfd, own)
     if here is None:
         return []
-    dev, rel = here
-    # Whose namespaces count: root's, the caller's and the caller's
-    # subordinate uids' (the same rule as the walk's, fs/owners.py).
-    rule = owners.OwnerRule.for_caller(caller_uid, subuid_path=SUBUID)
-
-    def counts(owner):
-        return owner == 0 or rule.callers(owner)
-
+    loc, (dev, rel) = here
+    found = _layer_uses(own, loc, dev, rel, None, own=True)[:limit]
+    if len(found) >= limit:
+        return found
+    whose = Whose(caller_uid)
     ours = {m.id for m in own}
-    seen, found = set(), []
+    seen = set()
     for entry in os.listdir(PROC):
         if not entry.isdigit():
             continue
         try:
             owner = os.stat(f"{PROC}/{entry}").st_uid
-            if not counts(owner):
+            if not whose.counts(entry, owner):
                 continue
             with open(f"{PROC}/{entry}/mountinfo", "rb", buffering=0) as f:
                 # Mount ids are unique system-wide: a table whose first mount
@@ -109,7 +260,7 @@ def uses(dirfd, caller_uid, limit=5, own=None):
             # Gone meanwhile (ENOENT, ESRCH), exiting (EINVAL: it has no
             # mount namespace any more, so it holds no mount), or hidden.
             continue
-        table = _parse(raw)
+        table = parse(raw)
         ids = frozenset(m.id for m in table)
         if ids & ours or ids in seen:
             continue
@@ -126,4 +277,7 @@ def uses(dirfd, caller_uid, limit=5, own=None):
                 found.append(Use("a mount point of a container", mp, pid))
             if len(found) >= limit:
                 return found
+        found += _layer_uses(table, loc, dev, rel, pid)[:limit - len(found)]
+        if len(found) >= limit:
+            return found
     return found

@@ -47,22 +47,121 @@ def unescape(field):
 
 
 class Mount(NamedTuple):
-    """One line of a mountinfo table (fields unescaped)."""
+    """One line of a mountinfo table (fields unescaped, but ``options``)."""
 
     id: int
     parent: int  # the mount it is mounted on (itself, or not in the table, for a namespace's root)
     dev: bytes  # b"major:minor" of its file system
     root: bytes  # the mounted directory, within its file system
     mount_point: bytes  # where it is mounted, relative to the reader's root
+    fstype: bytes = b""  # after the " - " separator
+    options: bytes = b""  # the super options, still escaped (``overlay_layers`` reads them)
 
 
-def parse(raw):
-    """The Mounts of the mountinfo text ``raw`` (bytes), in its order."""
+def _fields(line):
+    """The Mount of one mountinfo line, or None when it does not parse."""
+    f = line.split(b" ", 5)
+    if len(f) < 6 or not (f[0].isdigit() and f[1].isdigit()) or b":" not in f[2]:
+        return None
+    # After the optional fields (shared:N, master:N, ...): " - fstype source super-options".
+    _, sep, tail = f[5].partition(b" - ")
+    rest = tail.split(b" ", 2) if sep else []
+    return Mount(int(f[0]), int(f[1]), f[2], unescape(f[3]), unescape(f[4]),
+                 rest[0] if rest else b"", rest[2] if len(rest) > 2 else b"")
+
+
+class Unparsed(NamedTuple):
+    """A mountinfo line that did not parse (``parse(raw, bad)`` lists them)."""
+
+    line: bytes
+
+
+def parse(raw, bad=None):
+    """The Mounts of the mountinfo text ``raw`` (bytes), in its order.
+
+    Lines end at ``\n`` only: the kernel escapes space, tab, newline and
+    backslash in paths but not a carriage return, which ``splitlines``
+    would take for a line end (one mount under such a path made every check
+    on the machine fail).  A line that still does not parse is left out and,
+    with a list ``bad``, appended to it (the caller logs it); never an error
+    for every request."""
     out = []
-    for line in raw.splitlines():
-        f = line.split(b" ", 5)
-        out.append(Mount(int(f[0]), int(f[1]), f[2], unescape(f[3]), unescape(f[4])))
+    for line in raw.split(b"\n"):
+        if not line:
+            continue
+        m = _fields(line)
+        if m is None:
+            if bad is not None:
+                bad.append(Unparsed(line))
+            continue
+        out.append(m)
     return out
+
+
+OVERLAY = b"overlay"
+# The super options naming an overlay's layers: lowerdir is a ':'-separated
+# list; the others (lowerdir+ and datadir+ of the new mount API, one layer
+# each) one path.
+_LAYER_LISTS = (b"lowerdir",)
+_LAYER_PATHS = (b"upperdir", b"workdir", b"lowerdir+", b"datadir+")
+
+
+def _split_unescaped(text, sep):
+    """``text`` split at each ``sep`` (one byte) that no backslash escapes."""
+    parts, cur, i = [], bytearray(), 0
+    while i < len(text):
+        c = text[i:i + 1]
+        if c == b"\\" and i + 1 < len(text):
+            cur += text[i:i + 2]
+            i += 2
+            continue
+        if c == sep:
+            parts.append(bytes(cur))
+            cur = bytearray()
+        else:
+            cur += c
+        i += 1
+    parts.append(bytes(cur))
+    return parts
+
+
+def _overlay_unescape(path):
+    """overlayfs's own escaping of a layer path: a backslash before ':',
+    ',' or a backslash."""
+    if b"\\" not in path:
+        return path
+    out, i = bytearray(), 0
+    while i < len(path):
+        if path[i:i + 1] == b"\\" and i + 1 < len(path):
+            out += path[i + 1:i + 2]
+            i += 2
+        else:
+            out += path[i:i + 1]
+            i += 1
+    return bytes(out)
+
+
+def overlay_layers(m):
+    """The layer paths of an overlay mount (lowerdir, upperdir, workdir,
+    lowerdir+, datadir+), as the mounter named them, each unescaped both
+    ways (mountinfo's octal escapes, then overlay's own ``\\:``, ``\\,``,
+    ``\\\\``); [] for any other mount.  A relative path (containerd's, for
+    long layer lists) is returned as it is: the caller cannot place it."""
+    if m.fstype != OVERLAY:
+        return []
+    layers = []
+    # The kernel writes each option with ',' '=' and whitespace octal-escaped
+    # (seq_show_option), so splitting the raw field at ',' is exact.
+    for opt in m.options.split(b","):
+        key, eq, value = opt.partition(b"=")
+        if not eq:
+            continue
+        key, value = unescape(key), unescape(value)
+        if key in _LAYER_LISTS:
+            layers += [_overlay_unescape(p) for p in _split_unescaped(value, b":") if p]
+        elif key in _LAYER_PATHS and value:
+            layers.append(_overlay_unescape(value))
+    return layers
 
 
 def table(mountinfo=MOUNTINFO):
@@ -119,10 +218,10 @@ def fd_location(fd):
     return loc
 
 
-def _locate(dirfd, mounts):
+def locate(dirfd, mounts):
     """(location, (device, path within its file system)) of the held
     directory, from the mount table ``mounts``; None when it has been
-    removed."""
+    removed.  Raises LocationUnknown."""
     loc = fd_location(dirfd)
     if loc is None:
         return None
@@ -137,8 +236,23 @@ def place(dirfd, mounts):
     """(device, path within its file system) of the held directory, from
     our own mount table ``mounts`` (a ``table()``), or None when it has been
     removed.  Raises LocationUnknown."""
-    found = _locate(dirfd, mounts)
+    found = locate(dirfd, mounts)
     return None if found is None else found[1]
+
+
+def path_place(path, mounts, skip=None):
+    """(device, path within its file system) of the absolute ``path`` as
+    the table ``mounts`` resolves it: through the mount with the longest
+    mount point at or above it (the last one mounted there), ``skip`` (a
+    mount id) left out; None when no mount holds it."""
+    best = None
+    for m in mounts:
+        if m.id != skip and at_or_below(path, m.mount_point) and (
+                best is None or len(m.mount_point) >= len(best.mount_point)):
+            best = m
+    if best is None or best.root.endswith(_DELETED_ROOT):
+        return None
+    return best.dev, join(best.root, _below(path, best.mount_point))
 
 
 def mount_point_place(m, by_id):
@@ -163,7 +277,7 @@ def mounts_at_or_below(dirfd, mounts=None):
     (``table()``), so that one check reads it once.  Raises LocationUnknown
     when that cannot be known."""
     mounts = table() if mounts is None else mounts
-    here = _locate(dirfd, mounts)
+    here = locate(dirfd, mounts)
     if here is None:
         return []
     top, (dev, rel) = here
