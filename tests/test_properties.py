@@ -411,8 +411,8 @@ def owner_rule_keeps(before, region, caller_uid):
     (the caller, or for a root caller the anchor's owner)."""
     if region is None or region not in before or before[region][0] != stat.S_IFDIR:
         return []
-    cut = region.find(b"/.locald")
-    anchor = region[:cut + len(b"/.locald")]
+    parts = region.split(b"/")
+    anchor = b"/".join(parts[:parts.index(ANCHOR) + 1])  # the first component that is exactly .locald
     arec = before.get(anchor) or full_record(anchor)
     owner = arec[2] if caller_uid == 0 else caller_uid
     groups = owner_groups(owner)
