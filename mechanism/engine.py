@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from locald_admin import pathrules
 from locald_admin.fs import fsops, walk
 from locald_admin.fs import remove as fsremove
-from . import scope
+from . import scans, scope
 from .config import Config
 from .errors import Failed, InUse, InvalidPath, MountPoint, OutsideScope
 from .settings import Settings
@@ -44,12 +44,15 @@ class Progress:
     from the loop while the walk runs in its thread), and ``cancelled``, set
     when the caller has left the bus."""
 
-    __slots__ = ("walk", "cancelled", "started")
+    __slots__ = ("walk", "cancelled", "started", "census")
 
-    def __init__(self, cancelled=None):
+    def __init__(self, cancelled=None, census=None):
         self.walk = walk.WalkResult()
         self.cancelled = Flag() if cancelled is None else cancelled
         self.started = False
+        # What gives the in-use check its census of /proc: a
+        # scans.Ticket's, taken when the request arrived (None: its own scan).
+        self.census = census
 
     @property
     def removed(self):
@@ -118,12 +121,13 @@ def identity(target):
     return (st.st_dev, st.st_ino)
 
 
-def remove(target, progress=None, threads=DEFAULT_WALK_THREADS, cancel=None):
+def remove(target, progress=None, threads=DEFAULT_WALK_THREADS, cancel=None, census=None):
     """Remove a resolved target; return an Outcome.  Closes it.
 
     ``progress``: a walk.WalkResult to count into, read by another thread
     for progress reports.  ``threads``: for the target's subdirectories.
     ``cancel``: stop when it is set (``is_set()``); raises Cancelled.
+    ``census``: what returns the in-use check's census (a shared scan's).
     An anchor whose holder others could write (``Target.keep_anchor``) is
     emptied and kept (``anchor_kept`` in the Outcome's notes).
     """
@@ -131,7 +135,7 @@ def remove(target, progress=None, threads=DEFAULT_WALK_THREADS, cancel=None):
         removed = fsremove.remove_entry(target.parent_fd, target.name, target.display, target.caller_uid,
                                         held_fd=target.anchor_fd, progress=progress, threads=threads,
                                         fs=target.fs, owners=target.rule, cancel=cancel,
-                                        keep_dir=target.keep_anchor)
+                                        keep_dir=target.keep_anchor, census=census)
         return Outcome(removed, {"anchor_kept": "yes"} if target.keep_anchor else {})
     except fsremove.Cancelled as e:
         raise Cancelled(e.removed) from None
@@ -172,6 +176,7 @@ class Engine:
     def __init__(self, walk_threads=DEFAULT_WALK_THREADS, fs=None):
         self.walk_threads = walk_threads
         self.fs = fs  # fsops.Fs (None: the kernel's default)
+        self.scans = scans.SharedScans()  # the in-use check's census, shared by the requests waiting for one
         self._shared = {}  # (uid, st_dev, st_ino) -> (Future, Progress, _AllLeft)
         self._lock = threading.Lock()
         self.shared_walks = 0  # requests that joined another's walk
@@ -193,7 +198,7 @@ class Engine:
                 target.close()
                 return Outcome(0)
             if ident is None:
-                return remove(target, progress.walk, self.walk_threads, progress.cancelled)
+                return remove(target, progress.walk, self.walk_threads, progress.cancelled, progress.census)
             key = (uid,) + ident
             with self._lock:
                 shared = self._shared.get(key)
@@ -218,7 +223,7 @@ class Engine:
             if stop.is_set():
                 target.close()
                 raise Cancelled(0)
-            outcome = remove(target, progress.walk, self.walk_threads, stop)
+            outcome = remove(target, progress.walk, self.walk_threads, stop, progress.census)
             mine.set_result(outcome)
             return outcome
         except BaseException as e:

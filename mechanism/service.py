@@ -253,7 +253,7 @@ class CleanupService:
         if isinstance(config, ConfigError):
             raise Failed(f"locald-admin is not configured correctly: {config}")
         path = call.body[0]
-        progress = Progress(request.cancelled)
+        progress = Progress(request.cancelled, self.engine.scans.ticket().census)
         reports = self._report_progress(caller.name, path, progress, start)
 
         def started():

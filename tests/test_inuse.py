@@ -23,7 +23,7 @@ from harness import IS_ROOT
 from harness.mechanism import stack as mechanism_stack
 from harness.trees import rm_rf, snapshot, world_tmpdir
 from harness.users import ensure_login_user
-from locald_admin.fs import inuse
+from locald_admin.fs import inuse, procscan
 from locald_admin.mechanism import engine
 from locald_admin import interface as i
 from locald_admin.mechanism.errors import InUse
@@ -159,8 +159,8 @@ def test_anyones_own_unshare_cannot_make_a_victims_target_in_use(world, stranger
 def test_the_login_uid_range_comes_from_login_defs(tmp_path):
     defs = tmp_path / "login.defs"
     defs.write_text("# comment\nUID_MIN\t\t 2000\nUID_MAX 0x7000\nGID_MIN 5\n")
-    assert inuse.login_uid_range(str(defs)) == (2000, 0x7000)
-    assert inuse.login_uid_range(str(tmp_path / "missing")) == inuse.LOGIN_UID_DEFAULT
+    assert procscan.login_uid_range(str(defs)) == (2000, 0x7000)
+    assert procscan.login_uid_range(str(tmp_path / "missing")) == procscan.LOGIN_UID_DEFAULT
 
 
 # -- overlay roots: the layers are named only in the super options -------------------------

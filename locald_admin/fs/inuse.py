@@ -57,19 +57,14 @@ fuse-overlayfs.
 """
 
 import logging
-import os
-import pwd
 from dataclasses import dataclass
 from typing import Optional
 
 from .. import pathrules
-from . import mounts, owners
+from . import mounts, owners, procscan
 
 SUBUID = "/etc/subuid"
-LOGIN_DEFS = "/etc/login.defs"
-PROC = "/proc"
-IDENTITY_MAP = (0, 0, 4294967295)  # uid_map of the initial user namespace
-LOGIN_UID_DEFAULT = (1000, 60000)  # UID_MIN, UID_MAX where login.defs says nothing
+PROC = procscan.PROC
 MAX_LOGGED = 256  # distinct unparsable lines and unplaceable overlays logged, at most
 
 log = logging.getLogger("locald_admin.inuse")
@@ -101,81 +96,25 @@ class Use:
         return f"{self.what}, mounted at {pathrules.display(self.where)} in another mount namespace{by}"
 
 
-def login_uid_range(path=LOGIN_DEFS):
-    """(UID_MIN, UID_MAX) of ``/etc/login.defs`` (its defaults where it
-    says nothing or cannot be read)."""
-    lo, hi = LOGIN_UID_DEFAULT
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2 and parts[0] in ("UID_MIN", "UID_MAX"):
-                    try:
-                        value = int(parts[1], 0)
-                    except ValueError:
-                        continue
-                    if parts[0] == "UID_MIN":
-                        lo = value
-                    else:
-                        hi = value
-    except OSError:
-        pass
-    return lo, hi
-
-
-def in_initial_user_namespace(pid):
-    """Whether process ``pid`` is in the initial user namespace: its
-    ``uid_map`` (readable without ptrace) is the identity map of all ids.
-    False when it cannot be read (gone, or hidden)."""
-    try:
-        with open(f"{PROC}/{pid}/uid_map", "rb") as f:
-            lines = f.read().split(b"\n")
-    except OSError:
-        return False
-    rows = [ln.split() for ln in lines if ln.strip()]
-    return len(rows) == 1 and tuple(int(x) for x in rows[0] if x.isdigit()) == IDENTITY_MAP
-
-
 class Whose:
-    """Which processes' namespaces count for one caller's check (module
-    docstring), with the databases read once per check and only when a
-    process needs them."""
+    """Which namespaces of a census count for one caller's check (module
+    docstring): one holding a process of root, of the caller or of a
+    subordinate uid of theirs, or one in the initial user namespace whose
+    owner is no login user (the census keeps those: ``Namespace.initial``)."""
 
-    def __init__(self, caller_uid, subuid_path=None, login_defs=None):
+    def __init__(self, caller_uid, subuid_path=None):
         self.caller = caller_uid
         self.rule = owners.OwnerRule.for_caller(caller_uid, subuid_path=subuid_path or SUBUID)
-        self._login_defs = login_defs or LOGIN_DEFS
-        self._range = None
-        self._login = {}
 
-    def login_user(self, uid):
-        """Whether ``uid`` is a login user: UID_MIN..UID_MAX and known to
-        the password database."""
-        known = self._login.get(uid)
-        if known is None:
-            if self._range is None:
-                self._range = login_uid_range(self._login_defs)
-            lo, hi = self._range
-            known = lo <= uid <= hi and _known(uid)
-            self._login[uid] = known
-        return known
-
-    def counts(self, pid, owner):
-        """Whether the namespace of process ``pid``, owned by ``owner``,
-        counts."""
-        if owner == 0 or self.rule.callers(owner):
+    def counts(self, ns):
+        if 0 in ns.owners or ns.initial:
             return True
-        if self.login_user(owner):
-            return False  # another login user's: a setuid helper's namespace of theirs, or their own
-        return in_initial_user_namespace(pid)  # a rootful container's user (65534, 999, ...)
+        return any(self.rule.callers(u) for u in ns.owners)
 
-
-def _known(uid):
-    try:
-        pwd.getpwuid(uid)
-        return True
-    except KeyError:
-        return False
+    def named_pid(self, ns):
+        """The pid to name in a message: only one of root's or the caller's."""
+        pid = ns.pid_of(0)
+        return pid if pid is not None else ns.pid_of(self.caller)
 
 
 # Parsing and placing are shared with our own namespace's check (mounts.py).
@@ -224,11 +163,13 @@ def _layer_uses(table, loc, dev, rel, pid, own=False):
     return found
 
 
-def uses(dirfd, caller_uid, limit=5, own=None):
+def uses(dirfd, caller_uid, limit=5, own=None, census=None):
     """Mounts that use the held directory (at most ``limit``), or []: in
     other namespaces, and overlays of our own whose layers it holds.
     ``own``: our own mount table if already read (``mounts.table()``), so
-    that one check reads it once."""
+    that one check reads it once.  ``census``: a ``procscan.Census`` that
+    began after the request arrived (shared by the requests waiting for it,
+    ``mechanism/scans.py``), or None to make one now."""
     own = mounts.table(f"{PROC}/self/mountinfo") if own is None else own
     here = mounts.locate(dirfd, own)
     if here is None:
@@ -237,36 +178,19 @@ def uses(dirfd, caller_uid, limit=5, own=None):
     found = _layer_uses(own, loc, dev, rel, None, own=True)[:limit]
     if len(found) >= limit:
         return found
+    census = procscan.scan(PROC) if census is None else census
     whose = Whose(caller_uid)
     ours = {m.id for m in own}
-    seen = set()
-    for entry in os.listdir(PROC):
-        if not entry.isdigit():
+    for ns in list(census.namespaces.values()):
+        # Mount ids are unique system-wide: a namespace whose first mount is
+        # one of ours is our own (its mounts are mounts.py's to check).
+        if ns.first in ours or not whose.counts(ns):
             continue
-        try:
-            owner = os.stat(f"{PROC}/{entry}").st_uid
-            if not whose.counts(entry, owner):
-                continue
-            with open(f"{PROC}/{entry}/mountinfo", "rb", buffering=0) as f:
-                # Mount ids are unique system-wide: a table whose first mount
-                # is one of ours is our own namespace (the usual case), known
-                # from its first bytes without making the kernel print it all.
-                head = f.read(64)
-                first = head.split(b" ", 1)[0]
-                if not first.isdigit() or int(first) in ours:
-                    continue
-                raw = head + f.readall()
-        except OSError:
-            # Gone meanwhile (ENOENT, ESRCH), exiting (EINVAL: it has no
-            # mount namespace any more, so it holds no mount), or hidden.
+        table = census.table(ns, parse)
+        if not table or table[0].id in ours:
             continue
-        table = parse(raw)
-        ids = frozenset(m.id for m in table)
-        if ids & ours or ids in seen:
-            continue
-        seen.add(ids)
         top = next(((m.dev, m.root) for m in table if m.mount_point == b"/"), None)
-        pid = int(entry) if owner in (0, caller_uid) else None
+        pid = whose.named_pid(ns)
         by_id = {m.id: m for m in table}
         for m in table:
             d, r, mp = m.dev, m.root, m.mount_point

@@ -84,7 +84,7 @@ class RemoveFailed(RemoveError):
 
 
 def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None, threads=1, fs=None,
-                 owners=None, cancel=None, keep_dir=False):
+                 owners=None, cancel=None, keep_dir=False, census=None):
     """Remove the entry ``name`` of ``parent_fd``; return entries removed.
 
     ``shown``: the entry's path for messages.  ``caller_uid``: whose
@@ -105,7 +105,7 @@ def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None
     A missing entry is success with 0 removed.  Raises RemoveError.
     """
     fs = fsops.default() if fs is None else fs
-    how = (progress, threads, owners, cancel, keep_dir)
+    how = (progress, threads, owners, cancel, keep_dir, census)
     for _ in range(MAX_TYPE_RETRIES):
         done = _remove_once(fs, parent_fd, name, shown, caller_uid, held_fd, how)
         if done is not None:
@@ -157,7 +157,7 @@ def _open_error(shown, e):
 
 
 def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
-    progress, threads, owners, cancel, keep_dir = how
+    progress, threads, owners, cancel, keep_dir, census = how
     # A directory the trust rule does not let root enter for this caller
     # (another user's work the caller moved in, root's directory others
     # could have moved in, S13/S14): nothing is removed, not even what the
@@ -173,7 +173,8 @@ def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
     try:
         table = mounts.table()  # our own mount table, read once for both checks
         found = mounts.mounts_at_or_below(dir_fd, table)
-        used = [] if found else inuse.uses(dir_fd, caller_uid, own=table)
+        used = [] if found else inuse.uses(dir_fd, caller_uid, own=table,
+                                           census=None if census is None else census())
     except mounts.LocationUnknown as e:
         raise RemoveFailed(f"{shown}: {e.strerror}, so mounts below it cannot be ruled out; "
                            "nothing was removed", [(shown, None)]) from None

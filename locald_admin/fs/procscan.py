@@ -1,0 +1,192 @@
+"""The in-use check's scan of ``/proc``: which mount namespaces the host has,
+and whose processes are in each (``Census``).
+
+Per process only what telling its namespace and its owner needs: the first
+bytes of ``/proc/<pid>/mountinfo`` (the id of its namespace's first mount:
+a mount belongs to one namespace, so it names the namespace, and the kernel
+prints one line, not the table) and the owner of that file (``fstat`` of the
+same fd: the owner of every ``/proc/<pid>`` file is the process' euid, root
+for a process that is not dumpable).  ``uid_map`` is read only where the
+rule of ``inuse.Whose`` needs it: for an owner that is neither root nor a
+login user, once per namespace and owner until one of its processes is in
+the initial user namespace.  Nothing here depends on the caller, so one
+census serves every request that may use it (``mechanism/scans.py``).
+
+A namespace's whole table is read only when a check asks for it
+(``Census.table``), at most once per census, through any of its processes
+still alive.  Nothing needs ptrace rights (``/proc/<pid>/ns/mnt`` would).
+"""
+
+import os
+import pwd
+import threading
+
+PROC = "/proc"
+HEAD = 64  # bytes of a mountinfo read to learn its first mount id
+LOGIN_DEFS = "/etc/login.defs"
+LOGIN_UID_DEFAULT = (1000, 60000)  # UID_MIN, UID_MAX where login.defs says nothing
+IDENTITY_MAP = (0, 0, 4294967295)  # uid_map of the initial user namespace
+
+
+def login_uid_range(path=LOGIN_DEFS):
+    """(UID_MIN, UID_MAX) of ``/etc/login.defs`` (its defaults where it
+    says nothing or cannot be read)."""
+    lo, hi = LOGIN_UID_DEFAULT
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] in ("UID_MIN", "UID_MAX"):
+                    try:
+                        value = int(parts[1], 0)
+                    except ValueError:
+                        continue
+                    if parts[0] == "UID_MIN":
+                        lo = value
+                    else:
+                        hi = value
+    except OSError:
+        pass
+    return lo, hi
+
+
+class LoginUsers:
+    """Whether a uid is a login user: from UID_MIN to UID_MAX of
+    ``/etc/login.defs`` and known to the password database (read when first
+    asked, each uid looked up once)."""
+
+    def __init__(self, login_defs=LOGIN_DEFS):
+        self._defs = login_defs
+        self._range = None
+        self._known = {}
+
+    def __contains__(self, uid):
+        known = self._known.get(uid)
+        if known is None:
+            if self._range is None:
+                self._range = login_uid_range(self._defs)
+            lo, hi = self._range
+            known = self._known[uid] = lo <= uid <= hi and _in_passwd(uid)
+        return known
+
+
+def _in_passwd(uid):
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        return False
+
+
+def first_mount_id(head):
+    """The first mount id of a mountinfo's first bytes, or None."""
+    first = head.split(b" ", 1)[0]
+    return int(first) if first.isdigit() and len(first) < 20 else None
+
+
+def in_initial_user_namespace(pid, proc=PROC):
+    """Whether process ``pid`` is in the initial user namespace: its
+    ``uid_map`` (readable without ptrace) is the identity map of all ids.
+    False when it cannot be read (gone, or hidden)."""
+    try:
+        with open(f"{proc}/{pid}/uid_map", "rb") as f:
+            raw = f.read(256)
+    except OSError:
+        return False
+    rows = [ln.split() for ln in raw.split(b"\n") if ln.strip()]
+    return (len(rows) == 1 and len(rows[0]) == 3 and all(x.isdigit() for x in rows[0])
+            and tuple(int(x) for x in rows[0]) == IDENTITY_MAP)
+
+
+class Namespace:
+    """One mount namespace of a census: ``first`` (its first mount's id),
+    ``owners`` (uid -> the first pid seen of that owner), ``initial`` (the
+    owners, neither root nor login users, with a process in it in the
+    initial user namespace)."""
+
+    __slots__ = ("first", "owners", "initial", "_table", "_lock")
+
+    def __init__(self, first):
+        self.first = first
+        self.owners = {}
+        self.initial = set()
+        self._table = None
+        self._lock = threading.Lock()
+
+    def pid_of(self, uid):
+        return self.owners.get(uid)
+
+
+class Census:
+    """The namespaces of the host, by first mount id, in the order first
+    seen; ``processes`` counts the processes looked at."""
+
+    def __init__(self, proc=PROC):
+        self.proc = proc
+        self.namespaces = {}
+        self.processes = 0
+        self.table_reads = 0  # whole tables read (each namespace's once at most)
+
+    def add(self, pid, first, owner, login_users):
+        """Process ``pid`` of ``owner``, its namespace's first mount ``first``."""
+        ns = self.namespaces.get(first)
+        if ns is None:
+            ns = self.namespaces[first] = Namespace(first)
+        ns.owners.setdefault(owner, pid)
+        if owner != 0 and owner not in ns.initial and owner not in login_users:
+            if in_initial_user_namespace(pid, self.proc):
+                ns.initial.add(owner)
+
+    def table(self, ns, parse):
+        """The namespace's mount table (``parse``d), read once, through the
+        first of its processes whose table still starts with its first
+        mount; None when none of them is left."""
+        with ns._lock:
+            if ns._table is None:
+                for pid in ns.owners.values():
+                    try:
+                        with open(f"{self.proc}/{pid}/mountinfo", "rb", buffering=0) as f:
+                            raw = f.readall()
+                    except OSError:
+                        continue  # gone meanwhile
+                    if first_mount_id(raw[:HEAD]) != ns.first:
+                        continue  # its pid was reused
+                    self.table_reads += 1
+                    ns._table = parse(raw)
+                    break
+                else:
+                    ns._table = []
+            return ns._table
+
+
+def scan(proc=PROC, login_users=None):
+    """A Census of ``proc`` (Python: the reference, and the fallback of the
+    compiled scan)."""
+    census = Census(proc)
+    login_users = LoginUsers() if login_users is None else login_users
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return census
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            fd = os.open(f"{proc}/{entry}/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone meanwhile (ENOENT), or hidden
+        try:
+            head = os.read(fd, HEAD)
+            owner = os.fstat(fd).st_uid
+        except OSError:
+            # Exiting (EINVAL: no mount namespace any more, so no mount).
+            continue
+        finally:
+            os.close(fd)
+        first = first_mount_id(head)
+        if first is None:
+            continue
+        census.processes += 1
+        census.add(int(entry), first, owner, login_users)
+    return census
+

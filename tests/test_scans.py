@@ -1,0 +1,184 @@
+"""The in-use check's census of /proc (``fs/procscan.py``) and its sharing
+between requests (``mechanism/scans.py``), without a bus.
+
+* Per process, the first bytes of its mountinfo and the file's owner; a
+  namespace's whole table is read once per census, only when a check asks.
+* A scan that starts after a request arrived serves it: N requests waiting
+  together cost one scan; a request never gets a census that began before
+  it arrived.
+
+A fake /proc (a directory of <pid>/mountinfo and uid_map files) makes the
+census deterministic; the real one is checked too.  Anywhere, any user;
+owners other than the current user need root.
+"""
+
+import os
+import threading
+import time
+
+import pytest
+
+from harness import IS_ROOT
+from locald_admin.fs import inuse, mounts, procscan
+from locald_admin.mechanism.scans import SharedScans
+
+IDENTITY = b"         0          0 4294967295\n"
+ROOTLESS = b"         0       4300          1\n         1     200000      65536\n"
+
+
+def fake_proc(top, procs):
+    """``procs``: pid -> (first mount id or raw head, owner or None, uid_map)."""
+    proc = top / "proc"
+    proc.mkdir()
+    (proc / "self").mkdir()  # not a pid: passed over
+    for pid, (first, owner, uid_map) in procs.items():
+        d = proc / str(pid)
+        d.mkdir()
+        head = first if isinstance(first, bytes) else b"%d 1 0:1 / / rw - tmpfs t rw\n%d %d 0:2 / /x rw - tmpfs t rw\n" % (
+            first, first + 1, first)
+        (d / "mountinfo").write_bytes(head)
+        (d / "uid_map").write_bytes(uid_map)
+        if owner is not None:
+            os.chown(d / "mountinfo", owner, owner)
+    return proc
+
+
+class Logins:
+    """Login users by a given set (instead of the password database)."""
+
+    def __init__(self, uids):
+        self.uids = set(uids)
+
+    def __contains__(self, uid):
+        return uid in self.uids
+
+
+def test_processes_of_one_namespace_are_one_entry_and_its_table_is_read_once(tmp_path):
+    me = os.getuid()
+    proc = fake_proc(tmp_path, {10: (100, None, IDENTITY), 11: (100, None, IDENTITY), 12: (200, None, IDENTITY),
+                                13: (b"garbage\n", None, IDENTITY), 14: (b"", None, IDENTITY)})
+    census = procscan.scan(str(proc), Logins({me}))
+    assert census.processes == 3
+    assert sorted(census.namespaces) == [100, 200]
+    ns = census.namespaces[100]
+    assert list(ns.owners) == [me] and ns.owners[me] in (10, 11)  # the first of its processes listed
+    assert census.table_reads == 0  # the heads only
+    for _ in range(3):
+        table = census.table(ns, mounts.parse)
+        assert [m.id for m in table] == [100, 101]
+    assert census.table_reads == 1
+
+
+def test_a_table_whose_pid_was_reused_is_not_taken_for_the_namespaces(tmp_path):
+    proc = fake_proc(tmp_path, {10: (100, None, IDENTITY)})
+    census = procscan.scan(str(proc), Logins(set()))
+    (proc / "10" / "mountinfo").write_bytes(b"500 1 0:1 / / rw - tmpfs t rw\n")  # another process now
+    assert census.table(census.namespaces[100], mounts.parse) == []
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root: files of other owners in the fake /proc")
+def test_uid_map_is_read_only_for_owners_that_are_neither_root_nor_login_users(tmp_path):
+    proc = fake_proc(tmp_path, {10: (100, 0, b"bad"), 11: (100, 1000, b"bad"), 12: (100, 65534, IDENTITY),
+                                20: (200, 4300, ROOTLESS), 21: (200, 200033, ROOTLESS)})
+    census = procscan.scan(str(proc), Logins({1000}))
+    a, b = census.namespaces[100], census.namespaces[200]
+    assert set(a.owners) == {0, 1000, 65534} and a.initial == {65534}
+    assert set(b.owners) == {4300, 200033} and b.initial == set()
+    whose = inuse.Whose(4300)
+    assert whose.counts(a)  # root's (and a rootful container's 65534)
+    assert whose.counts(b)  # the caller's own rootless container
+    assert not inuse.Whose(4242).counts(b)  # another's rootless container
+    assert whose.named_pid(a) == 10 and whose.named_pid(b) == 20
+
+
+def test_the_real_proc_has_our_own_namespace():
+    census = procscan.scan()
+    own = mounts.table()
+    assert own[0].id in census.namespaces
+    assert census.namespaces[own[0].id].pid_of(os.getuid()) is not None
+
+
+# -- sharing ---------------------------------------------------------------------------
+
+class SlowScan:
+    """A scan that counts its runs and waits until released."""
+
+    def __init__(self):
+        self.runs = 0
+        self.release = threading.Event()
+        self.running = threading.Event()
+
+    def __call__(self):
+        self.runs += 1
+        self.running.set()
+        assert self.release.wait(10)
+        return f"census {self.runs}"
+
+
+def in_threads(fn, n):
+    out = [None] * n
+
+    def run(k):
+        out[k] = fn(k)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    return threads, out
+
+
+def test_requests_waiting_together_share_one_scan():
+    scan = SlowScan()
+    scans = SharedScans(scan)
+    tickets = [scans.ticket() for _ in range(16)]
+    threads, out = in_threads(lambda k: tickets[k].census(), 16)
+    assert scan.running.wait(10)
+    time.sleep(0.05)
+    scan.release.set()
+    for t in threads:
+        t.join(10)
+    assert out == ["census 1"] * 16 and scan.runs == 1 == scans.scans
+
+
+def test_a_request_arriving_during_a_scan_is_served_by_the_next():
+    scan = SlowScan()
+    scans = SharedScans(scan)
+    first = scans.ticket()
+    threads, out = in_threads(lambda k: first.census(), 1)
+    assert scan.running.wait(10)
+    late = [scans.ticket() for _ in range(4)]  # arrived after the scan began
+    late_threads, late_out = in_threads(lambda k: late[k].census(), 4)
+    time.sleep(0.05)
+    scan.release.set()
+    for t in threads + late_threads:
+        t.join(10)
+    assert out == ["census 1"] and late_out == ["census 2"] * 4 and scan.runs == 2
+
+
+def test_no_census_is_reused_by_a_request_that_arrives_after_it_began():
+    scan = SlowScan()
+    scan.release.set()
+    scans = SharedScans(scan)
+    early = scans.ticket()
+    assert scans.ticket().census() == "census 1"
+    assert early.census() == "census 1"  # arrived before it began: served by it
+    assert scans.ticket().census() == "census 2"
+    assert scan.runs == 2
+
+
+def test_a_failed_scan_fails_its_waiters_and_the_next_request_scans_again():
+    calls = []
+
+    def scan():
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(24, "Too many open files")
+        return "ok"
+
+    scans = SharedScans(scan)
+    t = scans.ticket()
+    with pytest.raises(OSError):
+        t.census()
+    with pytest.raises(OSError):
+        t.census()  # the same scan's result, for the same request
+    assert scans.ticket().census() == "ok"
