@@ -102,7 +102,10 @@ def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None
     ``threading.Event``); once set, the removal stops and raises
     ``Cancelled``.  ``keep_dir``: for a directory, remove everything below
     it but not the directory itself (a non-directory is removed as ever).
-    A missing entry is success with 0 removed.  Raises RemoveError.
+    ``census``: what returns the in-use check's ``procscan.Census`` (the
+    mechanism's scan, shared by the requests waiting for one); None: the
+    check scans /proc itself.  A missing entry is success with 0 removed.
+    Raises RemoveError.
     """
     fs = fsops.default() if fs is None else fs
     how = (progress, threads, owners, cancel, keep_dir, census)
