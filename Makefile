@@ -21,7 +21,8 @@
 #   DBUS_FAST=bundled  pip puts the version pinned in constraints.txt, as the
 #                      compiled wheel for $(PYTHON), into $(LIBDIR)/site
 #                      (needs the package index).
-#   CWALK=no           do not build the compiled walk (the Python walk is used).
+#   CWALK=no           do not build the compiled extensions, the walk and the
+#                      scan of /proc (their Python versions are used).
 
 #
 # Where systemd, the bus, polkitd and bash-completion look is asked of
@@ -60,6 +61,7 @@ BASHCOMPDIR ?= $(or $(PC_BASHCOMPDIR),$(DATADIR)/bash-completion/completions)
 ZSHCOMPDIR ?= $(DATADIR)/zsh/vendor-completions
 DBUS_FAST  ?= system
 CWALK      ?= yes
+EXTENSIONS := _cwalk _cprocscan
 CC         ?= cc
 CFLAGS     ?= -O2 -g
 CWALK_FLAGS := -std=gnu11 -Wall -Wextra -Werror=implicit -fPIC -shared
@@ -114,10 +116,10 @@ install:
 		'$(DESTDIR)$(dir $(ACTIVATION))' '$(DESTDIR)$(dir $(POLICY))' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(GENDIR)'
 	$(foreach f,$(PKG_FILES),install -D -m 644 '$(f)' \
 		'$(DESTDIR)$(SITE)/$(patsubst mechanism/%,locald_admin/mechanism/%,$(patsubst client/%,locald_admin/client/%,$(f)))';)
-	if [ '$(CWALK)' = yes ]; then umask 022; \
-		$(CC) $(CPPFLAGS) $(CFLAGS) $(CWALK_FLAGS) -I'$(PY_INCLUDE)' locald_admin/fs/_cwalk.c $(LDFLAGS) \
-			-o '$(DESTDIR)$(SITE)/locald_admin/fs/_cwalk$(EXT_SUFFIX)' && \
-		chmod 644 '$(DESTDIR)$(SITE)/locald_admin/fs/_cwalk$(EXT_SUFFIX)'; fi
+	if [ '$(CWALK)' = yes ]; then umask 022; for ext in $(EXTENSIONS); do \
+		$(CC) $(CPPFLAGS) $(CFLAGS) $(CWALK_FLAGS) -I'$(PY_INCLUDE)' locald_admin/fs/$$ext.c $(LDFLAGS) \
+			-o '$(DESTDIR)$(SITE)/locald_admin/fs/'$$ext'$(EXT_SUFFIX)' && \
+		chmod 644 '$(DESTDIR)$(SITE)/locald_admin/fs/'$$ext'$(EXT_SUFFIX)' || exit 1; done; fi
 	if [ '$(DBUS_FAST)' = bundled ]; then umask 022; \
 		$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
 			-c constraints.txt --only-binary dbus-fast --target '$(DESTDIR)$(SITE)' dbus-fast; \

@@ -1,9 +1,14 @@
 """The one thing pyproject.toml cannot say with Debian 12's setuptools (66):
-the optional C extension, the compiled removal walk (docs/architecture.md,
-"The walk").  Optional: without gcc or the Python headers the package still
-installs and the Python walk is used."""
+the optional C extensions, the compiled removal walk (docs/architecture.md,
+"The walk") and the in-use check's scan of /proc (``fs/procscan.py``).
+Optional: without gcc or the Python headers the package still installs and
+the Python walk and scan are used."""
 
 from setuptools import Extension, setup
 
+FLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit"]
+
 setup(ext_modules=[Extension("locald_admin.fs._cwalk", ["locald_admin/fs/_cwalk.c"], optional=True,
-                             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit"])])
+                             extra_compile_args=FLAGS),
+                   Extension("locald_admin.fs._cprocscan", ["locald_admin/fs/_cprocscan.c"], optional=True,
+                             extra_compile_args=FLAGS)])

@@ -9,15 +9,16 @@ import pytest
 # The test harness (not part of the product) lives in <repository>/harness.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# scripts/sanitize: the C walk built with ASan/UBSan, loaded in place of the
-# installed one before anything imports it.
-if os.environ.get("LOCALD_ADMIN_CWALK"):
-    import importlib.util
+# scripts/sanitize: the C walk and the C scan of /proc built with ASan/UBSan,
+# loaded in place of the installed ones before anything imports them.
+for _var, _name in (("LOCALD_ADMIN_CWALK", "_cwalk"), ("LOCALD_ADMIN_CPROCSCAN", "_cprocscan")):
+    if os.environ.get(_var):
+        import importlib.util
 
-    _spec = importlib.util.spec_from_file_location("locald_admin.fs._cwalk", os.environ["LOCALD_ADMIN_CWALK"])
-    _mod = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_mod)
-    sys.modules["locald_admin.fs._cwalk"] = _mod
+        _spec = importlib.util.spec_from_file_location(f"locald_admin.fs.{_name}", os.environ[_var])
+        _mod = importlib.util.module_from_spec(_spec)
+        _spec.loader.exec_module(_mod)
+        sys.modules[f"locald_admin.fs.{_name}"] = _mod
 
 from harness import IS_ROOT  # noqa: E402
 from harness import fsmode  # noqa: E402

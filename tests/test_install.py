@@ -319,4 +319,5 @@ def test_install_works_without_a_network_and_writes_nothing_into_the_source_tree
     code = marshal.loads((site / shim[0]).read_bytes()[16:])
     assert code.co_filename == "/usr/lib/locald-admin/site/locald_admin/client/shim.py"
     assert list(site.glob("locald_admin/fs/_cwalk*.so")), "the compiled walk is built"
+    assert list(site.glob("locald_admin/fs/_cprocscan*.so")), "the compiled scan of /proc is built"
     assert not (site / "dbus_fast").exists()

@@ -182,3 +182,106 @@ def test_a_failed_scan_fails_its_waiters_and_the_next_request_scans_again():
     with pytest.raises(OSError):
         t.census()  # the same scan's result, for the same request
     assert scans.ticket().census() == "ok"
+
+
+# -- the compiled scan against the Python one (the reference) ---------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+needs_cscan = pytest.mark.skipif(procscan.compiled_scan() is None,
+                                 reason="the compiled scan is not built (locald_admin.fs._cprocscan: no gcc or "
+                                        "Python headers at install time; scripts/bootstrap builds it)")
+FUZZ_EXAMPLES = int(os.environ.get("LOCALD_ADMIN_FUZZ_EXAMPLES", "2000"))
+
+
+def summary(census):
+    return (census.processes,
+            {k: (dict(ns.owners), set(ns.initial)) for k, ns in census.namespaces.items()})
+
+
+def both_scans(proc, logins):
+    c = procscan.scan(str(proc), logins, compiled=True)
+    py = procscan.scan(str(proc), logins, compiled=False)
+    return summary(c), summary(py), list(c.namespaces) == list(py.namespaces)
+
+
+@needs_cscan
+def test_the_compiled_scan_of_the_real_proc_matches_the_python_one():
+    """Processes come and go between two scans: compared where both saw them."""
+    logins = procscan.LoginUsers()
+    for _ in range(5):
+        c, py, _ = both_scans("/proc", logins)
+        if c == py:
+            return
+    own = mounts.table()[0].id
+    assert c[1][own][0].keys() == py[1][own][0].keys()
+
+
+HEADS = st.one_of(st.binary(max_size=70),
+                  st.integers(0, 10 ** 21).map(lambda n: b"%d 1 0:1 / / rw - t t rw\n" % n),
+                  st.sampled_from([b"", b"12", b"12 ", b"0 1", b"1" * 19 + b" x", b"1" * 20 + b" x", b"1" * 64,
+                                   b"12\n", b" 12 "]))
+UID_MAPS = st.one_of(st.binary(max_size=300),
+                     st.sampled_from([IDENTITY, ROOTLESS, b"0 0 4294967295", b"0 0 4294967295\n\n",
+                                      b"\t0\t0\t4294967295\r\n", b"0 0 4294967295 1\n", b"0 0 4294967296\n",
+                                      b"0 0 4294967295\n0 0 1\n", b"00 0 04294967295\n", b"0 0 +4294967295\n",
+                                      b"0 0 42949672950000000000000\n"]))
+
+
+@needs_cscan
+@settings(max_examples=FUZZ_EXAMPLES // 10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(procs=st.dictionaries(st.integers(1, 4194304), st.tuples(HEADS, st.sampled_from([0, 1000, 65534, 4300]),
+                                                                 UID_MAPS), max_size=12))
+def test_the_compiled_scan_matches_the_python_one_on_any_proc(tmp_path_factory, procs):
+    """Any mountinfo heads and uid_maps (the parsers of both), owners of
+    every kind (as root), pids listed in the directory's order."""
+    top = tmp_path_factory.mktemp("proc")
+    owned = {pid: (head, owner if IS_ROOT else None, uid_map) for pid, (head, owner, uid_map) in procs.items()}
+    proc = fake_proc(top, owned)
+    c, py, same_order = both_scans(proc, Logins({1000}))
+    assert c == py and same_order
+
+
+@needs_cscan
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None)
+@given(st.binary(max_size=80), st.binary(max_size=300))
+def test_the_parsers_agree_on_any_bytes(head, uid_map):
+    """procscan.first_mount_id and identity_map against the C scan's, through
+    a one-process /proc written once per example (fast: no hypothesis
+    fixture per example)."""
+    proc = _scratch_proc()
+    (proc / "7" / "mountinfo").write_bytes(head)
+    (proc / "7" / "uid_map").write_bytes(uid_map)
+    c, py, _ = both_scans(proc, Logins(set()))
+    assert c == py
+    first = procscan.first_mount_id(head[:procscan.HEAD])
+    assert (first is not None) == (py[0] == 1)
+    if first is not None:  # the owner is no login user and not root: its uid_map was read
+        assert py[1][first][1] == ({OWNER} if procscan.identity_map(uid_map[:procscan.UID_MAP_MAX]) else set())
+
+
+_SCRATCH = []
+OWNER = 65534 if IS_ROOT else os.getuid()  # of the scratch process: no login user, not root
+
+
+def _scratch_proc():
+    if not _SCRATCH:
+        import tempfile
+        from pathlib import Path
+        d = Path(tempfile.mkdtemp(prefix="locald-admin-proc-"))
+        (d / "7").mkdir()
+        (d / "7" / "mountinfo").write_bytes(b"")
+        if IS_ROOT:
+            os.chown(d / "7" / "mountinfo", OWNER, OWNER)
+        _SCRATCH.append(d)
+    return _SCRATCH[0]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_scratch():
+    yield
+    import shutil
+    for d in _SCRATCH:
+        shutil.rmtree(d, ignore_errors=True)

@@ -12,6 +12,11 @@ login user, once per namespace and owner until one of its processes is in
 the initial user namespace.  Nothing here depends on the caller, so one
 census serves every request that may use it (``mechanism/scans.py``).
 
+The per-process part exists twice: in C (``_cprocscan.c``, used where it
+is built; it groups what it found by namespace and owner) and here (the
+reference and the fallback); tests/test_scans.py holds them to the same
+census.
+
 A namespace's whole table is read only when a check asks for it
 (``Census.table``), at most once per census, through any of its processes
 still alive.  Nothing needs ptrace rights (``/proc/<pid>/ns/mnt`` would).
@@ -23,6 +28,7 @@ import threading
 
 PROC = "/proc"
 HEAD = 64  # bytes of a mountinfo read to learn its first mount id
+UID_MAP_MAX = 256  # bytes of a uid_map read
 LOGIN_DEFS = "/etc/login.defs"
 LOGIN_UID_DEFAULT = (1000, 60000)  # UID_MIN, UID_MAX where login.defs says nothing
 IDENTITY_MAP = (0, 0, 4294967295)  # uid_map of the initial user namespace
@@ -79,7 +85,8 @@ def _in_passwd(uid):
 
 
 def first_mount_id(head):
-    """The first mount id of a mountinfo's first bytes, or None."""
+    """The first mount id of a mountinfo's first bytes (at most 19 digits
+    before a space or their end), or None."""
     first = head.split(b" ", 1)[0]
     return int(first) if first.isdigit() and len(first) < 20 else None
 
@@ -89,10 +96,21 @@ def in_initial_user_namespace(pid, proc=PROC):
     ``uid_map`` (readable without ptrace) is the identity map of all ids.
     False when it cannot be read (gone, or hidden)."""
     try:
-        with open(f"{proc}/{pid}/uid_map", "rb") as f:
-            raw = f.read(256)
+        fd = os.open(f"{proc}/{pid}/uid_map", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return False
+    try:
+        raw = os.read(fd, UID_MAP_MAX)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return identity_map(raw)
+
+
+def identity_map(raw):
+    """Whether the text of a uid_map is the identity map of all ids: one
+    line of three numbers, 0 0 4294967295 (blank lines aside)."""
     rows = [ln.split() for ln in raw.split(b"\n") if ln.strip()]
     return (len(rows) == 1 and len(rows[0]) == 3 and all(x.isdigit() for x in rows[0])
             and tuple(int(x) for x in rows[0]) == IDENTITY_MAP)
@@ -159,11 +177,35 @@ class Census:
             return ns._table
 
 
-def scan(proc=PROC, login_users=None):
-    """A Census of ``proc`` (Python: the reference, and the fallback of the
-    compiled scan)."""
+def compiled_scan():
+    """The compiled per-process scan (the ``_cprocscan`` extension), or None
+    when it was not built."""
+    try:
+        from . import _cprocscan
+    except ImportError:
+        return None
+    return _cprocscan
+
+
+def scan(proc=PROC, login_users=None, compiled=None):
+    """A Census of ``proc``: with the compiled scan where it is built
+    (``compiled`` None), or as told (True: the C scan, False: the Python
+    one, the reference and the fallback)."""
     census = Census(proc)
     login_users = LoginUsers() if login_users is None else login_users
+    cscan = compiled_scan() if compiled is not False else None
+    if compiled and cscan is None:
+        raise ValueError("the compiled scan (locald_admin.fs._cprocscan) is not built")
+    if cscan is not None:
+        census.processes, pairs = cscan.scan(os.fsencode(proc))
+        for first, owner, pid, initial in pairs:
+            ns = census.namespaces.get(first)
+            if ns is None:
+                ns = census.namespaces[first] = Namespace(first)
+            ns.owners.setdefault(owner, pid)
+            if initial and owner != 0 and owner not in login_users:
+                ns.initial.add(owner)
+        return census
     try:
         entries = os.listdir(proc)
     except OSError:
@@ -172,7 +214,7 @@ def scan(proc=PROC, login_users=None):
         if not entry.isdigit():
             continue
         try:
-            fd = os.open(f"{proc}/{entry}/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(f"{proc}/{entry}/mountinfo", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
             continue  # gone meanwhile (ENOENT), or hidden
         try:
@@ -189,4 +231,3 @@ def scan(proc=PROC, login_users=None):
         census.processes += 1
         census.add(int(entry), first, owner, login_users)
     return census
-
