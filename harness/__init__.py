@@ -2,7 +2,7 @@
 a subprocess, unprivileged clients, trees and snapshots.
 
 Not part of the product (neither installed nor packaged): the tests
-(tests/conftest.py), scripts/bench.py and scripts/demo.py put the
+(tests/conftest.py), bench/ and scripts/demo.py put the
 repository root on sys.path and import it from there.
 
   buses       private dbus-daemon, python-dbusmock's polkitd (context managers)

@@ -8,8 +8,9 @@ their order rotated per round.  The walks run in this process as
 remove.remove_entry does (the split with --threads, then the walk); rm -rf
 is a child.  Each measurement records the CPU other processes used
 meanwhile (/proc/stat busy time minus ours and our children's): a round is
-quiet when that is under 0.05 s for every method.  Ratios are to rm -rf of
-the same round.
+quiet when that is under 0.05 s (bench.targets.QUIET_OTHERS_S) for every
+method.  Ratios are to rm -rf of the same round.  The trees, the tmpfs and
+the CPU readings are the benchmark's (bench/: shapes, mounts, sampling).
 """
 
 import argparse
@@ -18,18 +19,21 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+from pathlib import Path
 
 from locald_admin.fs import fsops, walk
 
-HZ = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the benchmark's pieces, bench/ (not part of the product)
 
+from bench.mounts import mount_tmpfs, unmount  # noqa: E402
+from bench.sampling import machine_cpu  # noqa: E402
+from bench.shapes import TREES, build_tree  # noqa: E402
+from bench.targets import QUIET_OTHERS_S  # noqa: E402
 
-def busy():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / HZ  # user nice system irq softirq steal
+# The shapes by their names here, as bench's trees: (a), (c), (d), (e).
+SHAPES = {"a": "a", "one": "c", "chain": "d", "targetx": "e"}
 
 
 def own_cpu():
@@ -37,29 +41,13 @@ def own_cpu():
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
-def build(root, shape):
-    os.mkdir(root)
-    if shape == "a":  # 100,000 empty files in 1,000 directories
-        for i in range(1000):
-            d = os.path.join(root, f"d{i}")
-            os.mkdir(d)
-            for j in range(100):
-                os.close(os.open(os.path.join(d, f"f{j}"), os.O_CREAT | os.O_WRONLY, 0o644))
-    elif shape == "one":  # 100,000 files in one directory
-        for j in range(100_000):
-            os.close(os.open(os.path.join(root, f"f{j}"), os.O_CREAT | os.O_WRONLY, 0o644))
-    elif shape == "chain":  # 10,000-deep chain
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-        for _ in range(10_000):
-            os.mkdir("d", dir_fd=fd)
-            nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        os.close(fd)
-    elif shape == "targetx":  # target/x/{1,000 dirs x 100 files}
-        build(os.path.join(root, "x"), "a")
-    else:
+def build(parent, name, shape):
+    """``parent/name`` in ``shape``: a (100,000 empty files in 1,000
+    directories), one (100,000 files in one directory), chain (10,000 deep),
+    targetx (target/x/{1,000 dirs x 100 files})."""
+    if shape not in SHAPES:
         raise SystemExit(f"unknown shape {shape}")
+    build_tree(parent, name, TREES[SHAPES[shape]])
 
 
 def run_walk(parent, name, fs, threads):
@@ -77,14 +65,14 @@ def run_walk(parent, name, fs, threads):
 
 def measure(method, parent, name, threads):
     path = os.path.join(parent, name)
-    b0, c0, t0 = busy(), own_cpu(), time.perf_counter()
+    b0, c0, t0 = machine_cpu()[0], own_cpu(), time.perf_counter()
     if method == "rm":
         subprocess.run(["rm", "-rf", "--", path], check=True)
     elif method in ("c", "c1"):  # the C walk with --threads, and with one thread
         run_walk(parent, name.encode(), fsops.Fs(openat2=True, compiled=True), threads if method == "c" else 1)
     else:
         run_walk(parent, name.encode(), fsops.Fs(openat2=True, compiled=False), 1)
-    t1, c1, b1 = time.perf_counter(), own_cpu(), busy()
+    t1, c1, b1 = time.perf_counter(), own_cpu(), machine_cpu()[0]
     assert not os.path.lexists(path)
     return t1 - t0, max(0.0, (b1 - b0) - (c1 - c0))
 
@@ -98,8 +86,7 @@ def main():
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_walk: needs root (mounts a tmpfs)")
-    mnt = tempfile.mkdtemp(prefix="locald-bench-walk-")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g,nr_inodes=4m", "bench", mnt], check=True)
+    mnt = mount_tmpfs("walk", "size=2g,nr_inodes=4m")
     methods = args.methods.split(",")
     print(f"cpus {os.cpu_count()}, threads {args.threads}, kernel {os.uname().release}")
     try:
@@ -110,10 +97,10 @@ def main():
                 got = {}
                 for m in order:
                     name = f"{shape}-{r}-{m}"
-                    build(os.path.join(mnt, name), shape)
+                    build(mnt, name, shape)
                     got[m] = measure(m, mnt, name, args.threads)
                 rows.append(got)
-                quiet = all(o < 0.05 for _, o in got.values())
+                quiet = all(o < QUIET_OTHERS_S for _, o in got.values())
                 print(f"{shape} round {r}: " + "  ".join(
                     f"{m} {got[m][0]:.3f}s (others {got[m][1]:.2f})" for m in methods)
                     + "  " + "  ".join(f"{m}/rm {got[m][0] / got['rm'][0]:.2f}" for m in methods if m != "rm")
@@ -122,13 +109,13 @@ def main():
                 if m == "rm":
                     continue
                 allr = [g[m][0] / g["rm"][0] for g in rows]
-                q = [g[m][0] / g["rm"][0] for g in rows if all(o < 0.05 for _, o in g.values())]
+                q = [g[m][0] / g["rm"][0] for g in rows if all(o < QUIET_OTHERS_S for _, o in g.values())]
                 qs = (f"quiet {len(q)}: median {statistics.median(q):.2f} (min {min(q):.2f}, max {max(q):.2f})"
                       if q else "no quiet round")
                 print(f"== {shape} {m}/rm: all {len(allr)}: median {statistics.median(allr):.2f} "
                       f"(min {min(allr):.2f}, max {max(allr):.2f}); {qs}", flush=True)
     finally:
-        subprocess.run(["umount", mnt], check=False)
+        unmount(mnt)
         os.rmdir(mnt)
 
 

@@ -1,4 +1,4 @@
-"""locald-admin benchmark client (run by scripts/bench.py as the
+"""locald-admin benchmark client (run by bench/ as the
 unprivileged test user).  Modes:
 
   delete PATH          connect, then time one Cleanup(PATH); print JSON

@@ -1,4 +1,4 @@
-"""shutil.rmtree(PATH), timed, for scripts/bench.py (as the test user)."""
+"""shutil.rmtree(PATH), timed, for bench/ (as the test user)."""
 import json, shutil, sys, time
 t0 = time.perf_counter()
 err = None

@@ -1,0 +1,129 @@
+"""The stacks the sections run on and their order: phase 1 (private bus,
+polkit mock: latency, delete), phase 2 (Debian's bus policy and the real
+polkitd: coldstart, rss, latency, throughput), phase 3 (attack)."""
+
+import os
+import time
+
+from harness import realsystem
+from harness.buses import PolkitMock, PrivateBus
+from harness.mechanism import Mechanism
+from harness.users import TEST_USER
+
+from . import attack, coldstart, delete, latency, rss, throughput
+from .context import log
+from .hostinfo import machine_info
+from .procs import Reaper
+from .sampling import NPROC, background_load
+from .targets import TARGETS
+
+SECTIONS = ("delete", "latency", "throughput", "coldstart", "rss", "attack")
+BENCH_RULE_NAME = "50-locald-admin-bench.rules"
+
+
+def phase_mock(ctx):
+    """Private permissive bus, polkit mock allowing the action, the mechanism."""
+    log("phase 1: private bus + polkit mock + mechanism")
+    bus = PrivateBus()
+    Reaper.add(bus.proc)
+    stop_bus = ctx.cleanup_cb("stop mock bus", bus.stop)
+    mock = PolkitMock(bus)
+    Reaper.add(mock.proc)
+    stop_mock = ctx.cleanup_cb("stop polkit mock", mock.stop)
+    mock.allow()
+    mech = Mechanism(bus)
+    Reaper.add(mech.proc)
+    stop_mech = ctx.cleanup_cb("stop mechanism (mock bus)", mech.stop)
+    ctx.mech = mech
+    watch = {"mechanism": mech.proc.pid, "polkit_mock": mock.proc.pid, "dbus-daemon": bus.proc.pid}
+    ctx.delete_watch = watch
+    if ctx.want("latency"):
+        log("latency with the polkit mock")
+        latency.run(ctx, "mock", bus.address, watch, ctx.args.calls)
+    if ctx.want("delete"):
+        delete.run(ctx, bus.address)
+    rss.run(ctx, "mock-bus mechanism after the phase", mech.proc.pid)
+    ctx.mech = None
+    stop_mech()
+    stop_mock()
+    stop_bus()
+
+
+def phase_real(ctx):
+    """Debian's system-bus policy, the real polkitd, the group rule."""
+    log("phase 2: private bus with the real system-bus policy + real polkitd + headless group rule")
+    if not os.access(realsystem.POLKITD, os.X_OK):
+        raise RuntimeError(f"{realsystem.POLKITD} is missing")
+    # The action, where polkitd reads actions (left alone if identical).
+    why = realsystem.action_conflict()
+    if why:
+        raise RuntimeError(why)
+    if realsystem.ACTION_DEST.exists():
+        log(f"{realsystem.ACTION_DEST} already installed (identical); leaving it")
+    ctx.enter("remove polkit action", realsystem.installed_action())
+    ctx.enter("remove polkit rule", realsystem.installed_rule(BENCH_RULE_NAME))
+    group = realsystem.GroupMembership(TEST_USER)
+    ctx.cleanup_cb("restore group", group.restore)
+    group.ensure()
+
+    bus = realsystem.real_bus()
+    Reaper.add(bus.proc)
+    stop_bus = ctx.cleanup_cb("stop real bus", bus.stop)
+    polkitd = realsystem.Polkitd(bus)
+    Reaper.add(polkitd.proc)
+    stop_polkitd = ctx.cleanup_cb("stop polkitd", polkitd.stop)
+
+    if ctx.want("coldstart"):
+        coldstart.run(ctx, bus)
+
+    mech = Mechanism(bus, "--polkit-timeout", "10")
+    Reaper.add(mech.proc)
+    stop_mech = ctx.cleanup_cb("stop mechanism (real bus)", mech.stop)
+    watch = {"mechanism": mech.proc.pid, "polkitd": polkitd.proc.pid, "dbus-daemon": bus.proc.pid}
+    if ctx.want("rss"):
+        log("idle RSS of a fresh mechanism after 10 calls and 1 s idle")
+        rss.run(ctx, "fresh mechanism, 10 calls, 1 s idle", mech.proc.pid, bus.address, 10)
+    if ctx.want("latency"):
+        group.ensure()
+        log("latency with the real polkitd")
+        latency.run(ctx, "real polkitd", bus.address, watch, ctx.args.calls)
+    if ctx.want("throughput"):
+        group.ensure()
+        throughput.run(ctx, bus.address, watch, ctx.args.duration, ctx.args.pairs)
+    if ctx.want("rss"):
+        rss.run(ctx, "real-bus mechanism after the phase", mech.proc.pid)
+    stop_mech()
+    stop_polkitd()
+    stop_bus()
+
+
+def run(ctx):
+    """Every wanted section, phase by phase; a failed phase is noted and the next one runs."""
+    ctx.results["machine"] = machine_info()
+    ctx.results["config"] = {"long": ctx.args.long, "rounds": ctx.args.rounds, "calls": ctx.args.calls,
+                             "duration_s": ctx.args.duration, "pairs": ctx.args.pairs,
+                             "only": sorted(ctx.args.only) if ctx.args.only else None,
+                             "clients": throughput.CLIENTS, "targets": TARGETS}
+    t0 = time.monotonic()
+    ctx.results["machine"]["background_busy_cores_start"] = background_load()
+    log(f"background load: {ctx.results['machine']['background_busy_cores_start']:.2f} of {NPROC} cores busy "
+        "before we start")
+    ctx.setup_common()
+    if ctx.want("latency") or ctx.want("delete"):
+        try:
+            phase_mock(ctx)
+        except Exception as e:
+            ctx.note_error("phase 1 (polkit mock)", e)
+    if any(ctx.want(s) for s in ("latency", "throughput", "coldstart", "rss")):
+        try:
+            phase_real(ctx)
+        except Exception as e:
+            ctx.note_error("phase 2 (real polkitd)", e)
+    if ctx.want("attack"):
+        try:
+            attack.run(ctx)
+        except Exception as e:
+            ctx.note_error("phase 3 (under attack)", e)
+    ctx.results["machine"]["loadavg_end"] = os.getloadavg()
+    ctx.results["machine"]["background_busy_cores_end"] = background_load()
+    ctx.results["wall_seconds"] = time.monotonic() - t0

@@ -1,0 +1,179 @@
+"""The report: the results as a table of figures, each with its target and
+verdict, and the heading line that names the machine and the run."""
+
+import statistics
+
+from .delete import METHOD_LABEL, METHODS
+from .stats import fmt_ms, fmt_s
+from .targets import QUIET_OTHERS_S, QUIET_ROUNDS_NEEDED, TARGETS
+
+
+def verdict(ok):
+    return "-" if ok is None else ("met" if ok else "NOT MET")
+
+
+def _deletion_rows(res):
+    rows = []
+    for fs, shapes in res.get("deletion", {}).items():
+        for key, rec in shapes.items():
+            for m in METHODS:
+                mr = rec["methods"][m]
+                ratio = mr.get("ratio_to_rm")
+                val = fmt_s(mr.get("stats"))
+                if mr["errors"] and not mr["seconds"]:
+                    val = "failed: " + mr["errors"][0].split(":")[0]
+                elif mr["errors"]:
+                    val += f" [{len(mr['errors'])} failed]"
+                target, ok = "", None
+                goal = TARGETS["delete_ratio"].get(key)
+                if goal is not None and m == "cleanup":
+                    target = f"<= {goal}x rm -rf"
+                    ok = ratio is not None and ratio <= goal
+                note = f"{ratio:.2f}x" if ratio is not None else "-"
+                if mr.get("paired_ratio_median") is not None and m != "rm" and rec["rounds"] > 1:
+                    note += f" (per round {mr['paired_ratio_median']:.2f}x)"
+                if m == "cleanup" and rec.get("cleanup_in_mechanism"):
+                    note += f"; in mechanism {rec['cleanup_in_mechanism']['median']:.3f} s"
+                quiet = mr.get("quiet_round_ratios") or []
+                if m != "rm" and rec["rounds"] > 1:
+                    note += (f"; quiet rounds {len(quiet)}, median {statistics.median(quiet):.2f}x" if quiet
+                             else "; no quiet round")
+                rows.append((f"[{fs}] {rec['label']}: {METHOD_LABEL[m]}", val, note, target,
+                             verdict(ok) if fs == "tmpfs" else ("(" + verdict(ok) + ")" if ok is not None else "-")))
+                if key == "a" and m == "cleanup":
+                    good = sum(q <= TARGETS["delete_a_round"] for q in quiet)
+                    rows.append((f"[{fs}] {rec['label']}: quiet rounds <= {TARGETS['delete_a_round']}x",
+                                 f"{good} of {len(quiet)} quiet ({rec['rounds']} rounds)",
+                                 f"quiet: others used <= {QUIET_OTHERS_S} s CPU",
+                                 f">= {QUIET_ROUNDS_NEEDED} quiet, each <= {TARGETS['delete_a_round']}x",
+                                 verdict(len(quiet) >= QUIET_ROUNDS_NEEDED and good == len(quiet))
+                                 if fs == "tmpfs" else "-"))
+            peaks = rec.get("mechanism_peak_above_mib") or []
+            if key == "f" and peaks:
+                rows.append((f"[{fs}] {rec['label']}: mechanism peak RSS above its size before", f"{max(peaks):.1f} MiB",
+                             "", f"<= {TARGETS['delete_peak_mib']:.0f} MiB",
+                             verdict(max(peaks) <= TARGETS["delete_peak_mib"])))
+            if rec.get("build"):
+                rows.append((f"[{fs}] {rec['label']}: build (not timed above)", fmt_s(rec["build"]),
+                             f"{rec['build_us_per_entry']:.1f} us/entry", "", "-"))
+    return rows
+
+
+def _latency_rows(res):
+    rows = []
+    for label, lat in res.get("latency", {}).items():
+        real = label == "real polkitd"
+        for what, name in (("cleanup", "Cleanup"), ("polkit", "CheckAuthorization direct"),
+                           ("ping", "Peer.Ping to the mechanism"), ("driver", "bus driver GetId")):
+            if what not in lat:
+                continue
+            r = lat[what]
+            err = f" [{r['errors']} errors]" if r["errors"] else ""
+            if what == "cleanup" and real:
+                rows.append((f"latency p50, Cleanup, {label}", fmt_ms(r["p50_ms"]) + err, "",
+                             f"<= {TARGETS['p50_ms']} ms",
+                             verdict(r["p50_ms"] is not None and r["p50_ms"] <= TARGETS["p50_ms"] and not r["errors"])))
+                rows.append((f"latency p99, Cleanup, {label}", fmt_ms(r["p99_ms"]) + err, "",
+                             f"<= {TARGETS['p99_ms']} ms",
+                             verdict(r["p99_ms"] is not None and r["p99_ms"] <= TARGETS["p99_ms"] and not r["errors"])))
+            else:
+                rows.append((f"latency p50/p99, {name}, {label}",
+                             f"{fmt_ms(r['p50_ms'])} / {fmt_ms(r['p99_ms'])}{err}", "", "", "-"))
+        if real and "cleanup" in lat and "polkit" in lat:
+            c, k = lat["cleanup"], lat["polkit"]
+            if c["p50_ms"] is not None and k["p50_ms"] is not None:
+                over = c["p50_ms"] - k["p50_ms"]
+                rows.append((f"latency p50 Cleanup minus p50 CheckAuthorization direct, {label}", fmt_ms(over), "",
+                             f"<= {TARGETS['over_polkit_ms']} ms", verdict(over <= TARGETS["over_polkit_ms"])))
+            cpu = (c.get("server_cpu_ms_per_call") or {}).get("mechanism")
+            if cpu is not None:
+                rows.append((f"mechanism CPU per small call, {label}", f"{cpu * 1000:.0f} us",
+                             f"polkitd {c['server_cpu_ms_per_call'].get('polkitd', 0) * 1000:.0f} us",
+                             f"<= {TARGETS['mech_cpu_us']:.0f} us", verdict(cpu * 1000 <= TARGETS["mech_cpu_us"])))
+    return rows
+
+
+def _throughput_rows(res):
+    rows = []
+    tp = res.get("throughput")
+    if tp:
+        for what, name in (("cleanup", "Cleanup via mechanism"), ("polkit", "CheckAuthorization direct")):
+            v = tp[what]["calls_per_s_mean"]
+            errs = sum(r["errors"] for r in tp["runs"][what])
+            rows.append((f"throughput, {tp['clients']} clients, {name}",
+                         ("-" if v is None else f"{v:.0f} calls/s") + (f" [{errs} errors]" if errs else ""),
+                         "", "", "-"))
+        ratio = tp.get("ratio")
+        rows.append(("throughput ratio Cleanup / direct polkit", "-" if ratio is None else f"{ratio:.2f}x", "",
+                     f">= {TARGETS['throughput_ratio']}x",
+                     verdict(None if ratio is None else ratio >= TARGETS["throughput_ratio"])))
+    return rows
+
+
+def _coldstart_rows(res):
+    rows = []
+    for label, cs in res.get("cold_start", {}).items():
+        if label == "reference_ms":
+            for what, st in cs.items():
+                rows.append((f"reference: {what}", fmt_ms(st["median"]) if st else "-", "", "", "-"))
+            continue
+        st = cs.get("to_reply_ms")
+        nm = cs.get("to_name_ms")
+        rows.append((f"cold start to first reply, {label} (median of {st['n'] if st else 0})",
+                     fmt_ms(st["median"]) if st else "failed",
+                     f"name after {fmt_ms(nm['median'])}" if nm else "", f"<= {TARGETS['cold_start_ms']:.0f} ms",
+                     verdict(None if not st else st["median"] <= TARGETS["cold_start_ms"])))
+    return rows
+
+
+def _rss_rows(res):
+    rows = []
+    for label, r in res.get("rss", {}).items():
+        target, ok = "", None
+        if label.startswith("fresh"):
+            target = f"<= {TARGETS['idle_rss_mb']:.0f} MB"
+            ok = r["VmRSS_MB"] is not None and r["VmRSS_MB"] <= TARGETS["idle_rss_mb"]
+        rows.append((f"idle RSS, {label}", "-" if r["VmRSS_MB"] is None else f"{r['VmRSS_MB']:.1f} MB",
+                     f"peak {r['VmHWM_kB'] / 1024:.1f} MB" if r.get("VmHWM_kB") else "", target, verdict(ok)))
+    return rows
+
+
+def _attack_rows(res):
+    rows = []
+    a = res.get("attack")
+    if a:
+        rows.append(("under attack: mechanism peak RSS above idle", f"{a['peak_mib'] - a['idle_mib']:.1f} MiB",
+                     f"idle {a['idle_mib']:.1f} MiB, peak {a['peak_mib']:.1f} MiB",
+                     f"<= {TARGETS['attack_peak_mib']:.0f} MiB",
+                     verdict(a["peak_mib"] - a["idle_mib"] <= TARGETS["attack_peak_mib"])))
+        rows.append(("under attack: RSS above idle 10 s after", f"{a['after_mib'] - a['idle_mib']:.1f} MiB", "",
+                     f"<= {TARGETS['attack_after_mib']:.0f} MiB",
+                     verdict(a["after_mib"] - a["idle_mib"] <= TARGETS["attack_after_mib"])))
+        rows.append(("under attack: another user's small call", fmt_ms(a["victim_ms"]["median"]),
+                     f"quiet {fmt_ms(a['victim_quiet_ms']['median'])}, {len(a['victim_errors'])} errors", "no error",
+                     verdict(not a["victim_errors"])))
+    return rows
+
+
+SECTION_ROWS = (_deletion_rows, _latency_rows, _throughput_rows, _coldstart_rows, _rss_rows, _attack_rows)
+
+
+def table(res):
+    """The table's lines: (figure, value, vs rm -rf / note, target, verdict) per row, columns aligned."""
+    rows = [row for section in SECTION_ROWS for row in section(res)]
+    head = ("figure", "value (median (min-max))", "vs rm -rf / note", "target", "met?")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(5)]
+    lines = [" | ".join(str(c).ljust(w) for c, w in zip(head, widths)),
+             "-+-".join("-" * w for w in widths)]
+    lines += [" | ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return lines
+
+
+def heading(res):
+    """The line above the table: when, on what machine, under what load, how long."""
+    m = res["machine"]
+    return (f"locald-admin benchmark, {m['date']}: {m['nproc']} CPUs ({m['cpu_model']}), kernel {m['kernel']}, "
+            f"Python {m['python']}, polkitd {m['polkitd']}, dbus-daemon {m['dbus_daemon']}, "
+            f"load {m['loadavg_start'][0]:.2f} -> {m.get('loadavg_end', [0])[0]:.2f}, background "
+            f"{m.get('background_busy_cores_start') or 0:.2f}/{m.get('background_busy_cores_end') or 0:.2f} cores busy, "
+            f"{res.get('wall_seconds', 0):.0f} s")

@@ -1,0 +1,19 @@
+"""The targets the figures are judged against, and what makes a round quiet."""
+
+TARGETS = {
+    # Cleanup / rm -rf, median of the rounds, per tree (issue 12)
+    "delete_ratio": {"a": 0.65, "c": 0.95, "d": 0.8, "e": 0.65, "f": 1.0},
+    "delete_a_round": 0.7,  # ... and at least QUIET_ROUNDS_NEEDED quiet rounds of (a), each <= 0.7 x
+    "delete_peak_mib": 64.0,  # the mechanism's peak RSS during the delete of (f), above its size before
+    "over_polkit_ms": 0.35,  # p50 of Cleanup minus p50 of CheckAuthorization direct, real polkitd
+    "mech_cpu_us": 350.0,  # mechanism CPU per small call, real polkitd
+    "p50_ms": 1.5,  # real polkitd
+    "p99_ms": 5.0,
+    "throughput_ratio": 0.9,  # >= 0.9 x direct polkit
+    "cold_start_ms": 300.0,
+    "idle_rss_mb": 30.0,
+    "attack_peak_mib": 64.0,  # peak RSS <= idle + 64 MiB under attack
+    "attack_after_mib": 5.0,  # <= idle + 5 MiB ten seconds after
+}
+QUIET_OTHERS_S = 0.05  # a quiet run: other processes used at most this much CPU meanwhile
+QUIET_ROUNDS_NEEDED = 5
