@@ -53,6 +53,12 @@ def world(monkeypatch):
     subuid = top / "subuid"
     subuid.write_text(f"{CALLER}:{SUBORDINATE}:65536\n")
     monkeypatch.setattr(inuse, "SUBUID", str(subuid))
+    yield from _held(top, target)
+
+
+def _held(top, target):
+    """(top, target, procs) for a test; its stand-in containers killed and
+    its tree removed after it."""
     procs = []
     yield top, target, procs
     for p in procs:
@@ -242,12 +248,7 @@ def users_tree(clients):
     (target / "rootfs").mkdir(parents=True)
     for d in (top / "proj", anchor, target):
         os.chown(d, clients.uid, clients.gid)
-    procs = []
-    yield top, target, procs
-    for p in procs:
-        p.kill()
-        p.wait()
-    rm_rf(top)
+    yield from _held(top, target)
 
 
 def test_an_overlay_root_container_is_in_use_through_the_bus(bus_stack, clients, users_tree):
