@@ -28,6 +28,10 @@ What it measures (docs/performance.md explains each figure):
    caller 0.4 s into a third such delete, while a second user makes small
    calls: their latency against the same calls before the attack, and the
    mechanism's memory (idle, peak, 10 s after).
+7. The in-use check (issue 21): the small realistic request (a root-owned
+   leftover) with and without 2,000 extra idle processes and 20 extra mount
+   namespaces, 32 clients against direct polkit with them, and 32 clients
+   with and without another user's 20,000 sleeping processes.
 
 Everything it starts, mounts, installs or creates is undone in ``finally``.
 
@@ -43,6 +47,7 @@ The modules, one concern each:
   coldstart   section 4: spawn to first reply, the installed launcher, interpreter start-up
   rss         section 5: idle memory of the mechanism
   attack      section 6: another user's calls and the memory under attack
+  inuse       section 7: the in-use check's cost with many processes and namespaces on the host
   report      the results table with the targets' verdicts
   targets     the targets and what makes a round quiet
   shapes      the trees deleted, and their parallel builder

@@ -1,6 +1,7 @@
 """The stacks the sections run on and their order: phase 1 (private bus,
 polkit mock: latency, delete), phase 2 (Debian's bus policy and the real
-polkitd: coldstart, rss, latency, throughput), phase 3 (attack)."""
+polkitd: coldstart, rss, latency, throughput), the in-use phase (its own
+private bus, polkit mock and fresh mechanism: inuse), phase 3 (attack)."""
 
 import os
 import time
@@ -10,14 +11,14 @@ from harness.buses import PolkitMock, PrivateBus
 from harness.mechanism import Mechanism
 from harness.users import TEST_USER
 
-from . import attack, coldstart, delete, latency, rss, throughput
+from . import attack, coldstart, delete, inuse, latency, rss, throughput
 from .context import log
 from .hostinfo import machine_info
 from .procs import Reaper
 from .sampling import NPROC, background_load
 from .targets import TARGETS
 
-SECTIONS = ("delete", "latency", "throughput", "coldstart", "rss", "attack")
+SECTIONS = ("delete", "latency", "throughput", "coldstart", "rss", "inuse", "attack")
 BENCH_RULE_NAME = "50-locald-admin-bench.rules"
 
 
@@ -47,6 +48,30 @@ def phase_mock(ctx):
     stop_mech()
     stop_mock()
     stop_bus()
+
+
+def phase_inuse(ctx):
+    """The in-use check's cost (issue 21): a private permissive bus, the polkit
+    mock allowing the action, a fresh mechanism, a tmpfs for the leftovers."""
+    log("in-use phase: private bus + polkit mock + fresh mechanism")
+    top, do_unmount = ctx.tmpfs("inuse", "size=1g,nr_inodes=2m,mode=755")
+    bus = PrivateBus()
+    Reaper.add(bus.proc)
+    stop_bus = ctx.cleanup_cb("stop in-use bus", bus.stop)
+    mock = PolkitMock(bus)
+    Reaper.add(mock.proc)
+    stop_mock = ctx.cleanup_cb("stop in-use polkit mock", mock.stop)
+    mock.allow()
+    mech = Mechanism(bus)
+    Reaper.add(mech.proc)
+    stop_mech = ctx.cleanup_cb("stop mechanism (in-use)", mech.stop)
+    watch = {"mechanism": mech.proc.pid, "polkit_mock": mock.proc.pid, "dbus-daemon": bus.proc.pid}
+    inuse.run(ctx, bus.address, watch, top)
+    rss.run(ctx, "in-use mechanism after the phase", mech.proc.pid)
+    stop_mech()
+    stop_mock()
+    stop_bus()
+    do_unmount()
 
 
 def phase_real(ctx):
@@ -119,6 +144,11 @@ def run(ctx):
             phase_real(ctx)
         except Exception as e:
             ctx.note_error("phase 2 (real polkitd)", e)
+    if ctx.want("inuse"):
+        try:
+            phase_inuse(ctx)
+        except Exception as e:
+            ctx.note_error("in-use phase", e)
     if ctx.want("attack"):
         try:
             attack.run(ctx)

@@ -5,7 +5,7 @@ import statistics
 
 from .delete import METHOD_LABEL, METHODS
 from .stats import fmt_ms, fmt_s
-from .targets import QUIET_OTHERS_S, QUIET_ROUNDS_NEEDED, TARGETS
+from .targets import QUIET_OTHERS_CORES, QUIET_OTHERS_S, QUIET_ROUNDS_NEEDED, TARGETS
 
 
 def verdict(ok):
@@ -155,7 +155,82 @@ def _attack_rows(res):
     return rows
 
 
-SECTION_ROWS = (_deletion_rows, _latency_rows, _throughput_rows, _coldstart_rows, _rss_rows, _attack_rows)
+def _quiet_note(windows):
+    """The background of the windows a figure comes from: others' busiest window, quiet or not."""
+    busy = [w["others_busy_cores"] for w in windows if w and w.get("others_busy_cores") is not None]
+    if not busy:
+        return ""
+    quiet = all(b <= QUIET_OTHERS_CORES for b in busy)
+    return f"others <= {max(busy):.2f} cores ({'quiet' if quiet else 'NOT quiet'})"
+
+
+def _inuse_rows(res):
+    rows = []
+    iu = res.get("inuse")
+    if not iu:
+        return rows
+    extra = f"{iu['extra_sleeps']:,} idle root processes + {iu['extra_namespaces']} namespaces"
+    seq = iu.get("sequential", {})
+    for label in ("without", "with"):
+        for what, name in (("cleanup", "Cleanup of a small leftover"), ("polkit", "CheckAuthorization direct")):
+            w = seq.get(label, {}).get(what)
+            if not w:
+                continue
+            err = f" [{w['errors']} errors]" if w["errors"] else ""
+            mech = w["server_cpu_ms_per_call"].get("mechanism")
+            note = f"mechanism {mech * 1000:.0f} us/call; " if what == "cleanup" and mech is not None else ""
+            rows.append((f"in-use: p50/p99, {name}, {label} extra processes",
+                         f"{fmt_ms(w['p50_ms'])} / {fmt_ms(w['p99_ms'])}{err}", note + _quiet_note([w]), "", "-"))
+    both = [seq.get(lb, {}).get("cleanup") for lb in ("without", "with")]
+    if seq.get("p50_added_ms") is not None:
+        v = seq["p50_added_ms"]
+        rows.append((f"in-use: Cleanup p50 with {extra} - without", fmt_ms(v), _quiet_note(both),
+                     f"<= {TARGETS['inuse_p50_added_ms']:g} ms", verdict(v <= TARGETS["inuse_p50_added_ms"])))
+    if seq.get("mech_cpu_us_per_extra_process") is not None:
+        v = seq["mech_cpu_us_per_extra_process"]
+        rows.append((f"in-use: mechanism CPU per extra process, per request ({iu['extra_processes']:,})",
+                     f"{v:.2f} us", _quiet_note(both), f"<= {TARGETS['inuse_cpu_us_per_process']:g} us",
+                     verdict(v <= TARGETS["inuse_cpu_us_per_process"])))
+    tp = iu.get("throughput_extras")
+    if tp:
+        for what, name in (("cleanup", "Cleanup"), ("polkit", "CheckAuthorization direct")):
+            rates = [w["calls_per_s"] for w in tp[what]]
+            errs = sum(w["errors"] for w in tp[what])
+            rows.append((f"in-use: {iu['clients']} clients with the extra processes, {name}",
+                         (f"{statistics.mean(rates):.0f} calls/s" if rates else "-")
+                         + (f" [{errs} errors]" if errs else ""),
+                         " ".join(f"{r:.0f}" for r in rates), "", "-"))
+        ratio = tp.get("ratio")
+        note = _quiet_note(tp["cleanup"] + tp["polkit"])
+        if tp.get("ratio_without_extras") is not None:
+            note += f"; without extras {tp['ratio_without_extras']:.2f}x"
+        rows.append((f"in-use: {iu['clients']} clients with the extra processes: Cleanup / direct polkit",
+                     "-" if ratio is None else f"{ratio:.2f}x", note,
+                     f">= {TARGETS['inuse_throughput_ratio']}x",
+                     verdict(None if ratio is None else ratio >= TARGETS["inuse_throughput_ratio"])))
+    ou = iu.get("other_user")
+    if ou:
+        for label in ("without", "with"):
+            rates = [w["calls_per_s"] for w in ou[label]]
+            errs = sum(w["errors"] for w in ou[label])
+            rows.append((f"in-use: {iu['clients']} clients, Cleanup, {label} {iu['other_sleeps']:,} sleeps of "
+                         f"{ou['user']}", (f"{statistics.mean(rates):.0f} calls/s" if rates else "-")
+                         + (f" [{errs} errors]" if errs else ""), " ".join(f"{r:.0f}" for r in rates), "", "-"))
+        ratio = ou.get("ratio")
+        rows.append((f"in-use: throughput with another user's {iu['other_sleeps']:,} sleeps / without",
+                     "-" if ratio is None else f"{ratio:.2f}x", _quiet_note(ou["with"] + ou["without"]),
+                     f">= {TARGETS['inuse_other_user_ratio']}",
+                     verdict(None if ratio is None else ratio >= TARGETS["inuse_other_user_ratio"])))
+    lo = iu.get("leftovers")
+    if lo:
+        rows.append(("in-use: leftovers created (not timed)", f"{lo['created']:,} in {lo['create_seconds']:.1f} s",
+                     f"{len(lo['problems'])} windows ran out or mismatched" if lo["problems"] else "none ran out",
+                     "none ran out", verdict(not lo["problems"])))
+    return rows
+
+
+SECTION_ROWS = (_deletion_rows, _latency_rows, _throughput_rows, _coldstart_rows, _rss_rows, _inuse_rows,
+                _attack_rows)
 
 
 def table(res):

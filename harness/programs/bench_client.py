@@ -93,7 +93,7 @@ async def load(prefix):
         else:
             raise ValueError(what)
 
-    emit({"ready": True, "name": me})
+    emit({"ready": True, "name": me, "pid": pid})
     n = 0
     while True:
         line = sys.stdin.readline()
