@@ -8,36 +8,57 @@ and no request ever gets a census that began before it arrived (no result
 is cached across requests: a container started just before a request is
 seen by it).
 
-``SharedScans.ticket()`` is taken when a request arrives; ``ticket.census()``
-(in the request's worker thread, when its in-use check needs it) returns
-the census of a scan that started after that, waiting for one or running it.
+``SharedScans.ticket(uid)`` is taken when a request arrives;
+``ticket.census()`` (in the request's worker thread, when its in-use check
+needs it) returns the census of a scan that started after that, waiting for
+one or running it; ``ticket.close()`` when the request is over.  A scan looks
+at every process but those of login users who are none of the callers
+holding tickets when it starts (their namespaces count for nobody else):
+another user's 20,000 sleeping processes cost a ``stat`` each.
 A scan starts only when a check needs one, never at arrival: an
 unauthorized caller's flood of calls must not keep a core busy reading
 /proc (with a scan per arrival, it would).  At most one scan runs at a time;
 the requests that arrive during it are served by the next.
 """
 
+import collections
 import threading
 
 from locald_admin.fs import procscan
 
 
+def scan_for(callers):
+    """The census for ``callers``: every process but those of login users
+    who are none of them (``procscan.skip_owners``)."""
+    return procscan.scan(skip=procscan.skip_owners(callers))
+
+
 class Ticket:
-    """A request's claim on the first scan that starts after it arrived."""
+    """A request's claim on the first scan that starts after it arrived;
+    the census it got is kept for the request (its retries), for no other."""
 
-    __slots__ = ("_scans", "_after")
+    __slots__ = ("_scans", "_after", "uid", "_census", "_open")
 
-    def __init__(self, scans, after):
+    def __init__(self, scans, after, uid):
         self._scans = scans
         self._after = after  # scans started before the request arrived
+        self.uid = uid
+        self._census = None
+        self._open = True
 
     def census(self):
-        return self._scans.census_after(self._after)
+        if self._census is None:
+            self._census = self._scans.census_after(self._after, self)
+        return self._census
+
+    def close(self):
+        """The request is over: a later scan need not look for its caller."""
+        self._scans.release(self)
 
 
 class SharedScans:
-    def __init__(self, scan=procscan.scan):
-        self._scan = scan
+    def __init__(self, scan=scan_for):
+        self._scan = scan  # scan(callers): the census for those callers
         self._cond = threading.Condition()
         self._started = 0  # scans started so far (the next one is number _started + 1)
         self._running = False
@@ -46,13 +67,29 @@ class SharedScans:
         # replaces it, for the requests that arrived before it started (a
         # later one never takes it: its ticket is numbered past it).
         self._result = None
+        # The callers of the tickets not yet served or closed: every scan
+        # looks for each of them (a ticket taken before a scan starts is
+        # among them when it starts).
+        self._callers = collections.Counter()
         self.scans = 0  # scans run, for the tests and the benchmark
 
-    def ticket(self):
+    def ticket(self, uid):
         with self._cond:
-            return Ticket(self, self._started)
+            self._callers[uid] += 1
+            return Ticket(self, self._started, uid)
 
-    def census_after(self, after):
+    def release(self, ticket):
+        with self._cond:
+            self._release(ticket)
+
+    def _release(self, ticket):
+        if ticket._open:
+            ticket._open = False
+            self._callers[ticket.uid] -= 1
+            if self._callers[ticket.uid] <= 0:
+                del self._callers[ticket.uid]
+
+    def census_after(self, after, ticket=None):
         """The census of a scan numbered above ``after``: the one running
         if it started after, else the next, run by this thread if no other
         runs it."""
@@ -60,12 +97,13 @@ class SharedScans:
             while self._done <= after and self._running:
                 self._cond.wait()
             if self._done > after:
-                return self._take()
+                return self._take(ticket)
             self._running = True
             self._started += 1
             number = self._started
+            callers = frozenset(self._callers)
         try:
-            result = self._scan()
+            result = self._scan(callers)
         except BaseException as e:  # every waiter gets it, not only this one
             result = e
         with self._cond:
@@ -73,9 +111,11 @@ class SharedScans:
             self._running = False
             self._done, self._result = number, result
             self._cond.notify_all()
-            return self._take()
+            return self._take(ticket)
 
-    def _take(self):
+    def _take(self, ticket):
+        if ticket is not None:
+            self._release(ticket)
         if isinstance(self._result, BaseException):
             raise self._result
         return self._result

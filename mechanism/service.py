@@ -253,7 +253,8 @@ class CleanupService:
         if isinstance(config, ConfigError):
             raise Failed(f"locald-admin is not configured correctly: {config}")
         path = call.body[0]
-        progress = Progress(request.cancelled, self.engine.scans.ticket().census)
+        ticket = self.engine.scans.ticket(caller.uid)
+        progress = Progress(request.cancelled, ticket.census)
         reports = self._report_progress(caller.name, path, progress, start)
 
         def started():
@@ -264,6 +265,7 @@ class CleanupService:
                                              on_start=started)
         finally:
             reports.cancel()
+            ticket.close()
         return outcome.removed, (), outcome.notes
 
     def _report_progress(self, sender, path, progress, start):

@@ -38,7 +38,8 @@ def fake_proc(top, procs):
             first, first + 1, first)
         (d / "mountinfo").write_bytes(head)
         (d / "uid_map").write_bytes(uid_map)
-        if owner is not None:
+        if owner is not None:  # the owner of /proc/<pid> is the process' (that of its files too)
+            os.chown(d, owner, owner)
             os.chown(d / "mountinfo", owner, owner)
     return proc
 
@@ -91,6 +92,27 @@ def test_uid_map_is_read_only_for_owners_that_are_neither_root_nor_login_users(t
     assert whose.named_pid(a) == 10 and whose.named_pid(b) == 20
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="needs root: files of other owners in the fake /proc")
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "compiled"])
+def test_processes_of_skipped_owners_are_counted_but_not_read(tmp_path, compiled):
+    if compiled and procscan.compiled_scan() is None:
+        pytest.skip("the compiled scan is not built")
+    proc = fake_proc(tmp_path, {10: (100, 0, IDENTITY), 11: (200, 1001, IDENTITY), 12: (300, 1002, IDENTITY)})
+    census = procscan.scan(str(proc), Logins({1001, 1002}), compiled=compiled, skip=frozenset({1001}))
+    assert (census.processes, census.skipped) == (2, 1)
+    assert sorted(census.namespaces) == [100, 300]  # 11's mountinfo was not read: its namespace is unknown
+
+
+def test_skip_owners_are_login_users_other_than_the_callers():
+    logins = procscan.LoginUsers()
+    listed = logins.listed()
+    for uid in listed:
+        assert uid in logins
+    some = next(iter(listed), None)
+    skip = procscan.skip_owners({some} if some is not None else set(), logins)
+    assert 0 not in skip and some not in skip and skip == listed - {some}
+
+
 def test_the_real_proc_has_our_own_namespace():
     census = procscan.scan()
     own = mounts.table()
@@ -108,7 +130,8 @@ class SlowScan:
         self.release = threading.Event()
         self.running = threading.Event()
 
-    def __call__(self):
+    def __call__(self, callers):
+        self.callers = callers
         self.runs += 1
         self.running.set()
         assert self.release.wait(10)
@@ -130,7 +153,7 @@ def in_threads(fn, n):
 def test_requests_waiting_together_share_one_scan():
     scan = SlowScan()
     scans = SharedScans(scan)
-    tickets = [scans.ticket() for _ in range(16)]
+    tickets = [scans.ticket(1000 + k % 3) for k in range(16)]
     threads, out = in_threads(lambda k: tickets[k].census(), 16)
     assert scan.running.wait(10)
     time.sleep(0.05)
@@ -138,15 +161,16 @@ def test_requests_waiting_together_share_one_scan():
     for t in threads:
         t.join(10)
     assert out == ["census 1"] * 16 and scan.runs == 1 == scans.scans
+    assert scan.callers == {1000, 1001, 1002}  # the scan looked for every waiting caller
 
 
 def test_a_request_arriving_during_a_scan_is_served_by_the_next():
     scan = SlowScan()
     scans = SharedScans(scan)
-    first = scans.ticket()
+    first = scans.ticket(1)
     threads, out = in_threads(lambda k: first.census(), 1)
     assert scan.running.wait(10)
-    late = [scans.ticket() for _ in range(4)]  # arrived after the scan began
+    late = [scans.ticket(2) for _ in range(4)]  # arrived after the scan began
     late_threads, late_out = in_threads(lambda k: late[k].census(), 4)
     time.sleep(0.05)
     scan.release.set()
@@ -159,29 +183,33 @@ def test_no_census_is_reused_by_a_request_that_arrives_after_it_began():
     scan = SlowScan()
     scan.release.set()
     scans = SharedScans(scan)
-    early = scans.ticket()
-    assert scans.ticket().census() == "census 1"
+    early = scans.ticket(7)
+    assert scans.ticket(8).census() == "census 1"
+    assert scan.callers == {7, 8}
     assert early.census() == "census 1"  # arrived before it began: served by it
-    assert scans.ticket().census() == "census 2"
+    closed = scans.ticket(9)
+    closed.close()
+    later = scans.ticket(10)
+    assert later.census() == "census 2"
+    assert scan.callers == {10}  # served and closed tickets are no longer looked for
+    assert later.census() == "census 2"  # the request's own retry: its census, no new scan
     assert scan.runs == 2
 
 
 def test_a_failed_scan_fails_its_waiters_and_the_next_request_scans_again():
     calls = []
 
-    def scan():
+    def scan(callers):
         calls.append(1)
         if len(calls) == 1:
             raise OSError(24, "Too many open files")
         return "ok"
 
     scans = SharedScans(scan)
-    t = scans.ticket()
+    t = scans.ticket(1)
     with pytest.raises(OSError):
         t.census()
-    with pytest.raises(OSError):
-        t.census()  # the same scan's result, for the same request
-    assert scans.ticket().census() == "ok"
+    assert scans.ticket(1).census() == "ok"
 
 
 # -- the compiled scan against the Python one (the reference) ---------------------------
@@ -196,13 +224,13 @@ FUZZ_EXAMPLES = int(os.environ.get("LOCALD_ADMIN_FUZZ_EXAMPLES", "2000"))
 
 
 def summary(census):
-    return (census.processes,
+    return (census.processes, census.skipped,
             {k: (dict(ns.owners), set(ns.initial)) for k, ns in census.namespaces.items()})
 
 
-def both_scans(proc, logins):
-    c = procscan.scan(str(proc), logins, compiled=True)
-    py = procscan.scan(str(proc), logins, compiled=False)
+def both_scans(proc, logins, skip=frozenset({1000})):
+    c = procscan.scan(str(proc), logins, compiled=True, skip=skip)
+    py = procscan.scan(str(proc), logins, compiled=False, skip=skip)
     return summary(c), summary(py), list(c.namespaces) == list(py.namespaces)
 
 
@@ -215,7 +243,7 @@ def test_the_compiled_scan_of_the_real_proc_matches_the_python_one():
         if c == py:
             return
     own = mounts.table()[0].id
-    assert c[1][own][0].keys() == py[1][own][0].keys()
+    assert c[2][own][0].keys() == py[2][own][0].keys()
 
 
 HEADS = st.one_of(st.binary(max_size=70),
@@ -259,7 +287,7 @@ def test_the_parsers_agree_on_any_bytes(head, uid_map):
     first = procscan.first_mount_id(head[:procscan.HEAD])
     assert (first is not None) == (py[0] == 1)
     if first is not None:  # the owner is no login user and not root: its uid_map was read
-        assert py[1][first][1] == ({OWNER} if procscan.identity_map(uid_map[:procscan.UID_MAP_MAX]) else set())
+        assert py[2][first][1] == ({OWNER} if procscan.identity_map(uid_map[:procscan.UID_MAP_MAX]) else set())
 
 
 _SCRATCH = []
@@ -274,6 +302,7 @@ def _scratch_proc():
         (d / "7").mkdir()
         (d / "7" / "mountinfo").write_bytes(b"")
         if IS_ROOT:
+            os.chown(d / "7", OWNER, OWNER)
             os.chown(d / "7" / "mountinfo", OWNER, OWNER)
         _SCRATCH.append(d)
     return _SCRATCH[0]

@@ -3,14 +3,16 @@
  *
  * The same scan as procscan.scan (the reference; read it first), for the
  * part that costs per process: for every numeric entry of the proc
- * directory, the first bytes of <pid>/mountinfo (the first mount id names
- * the process' mount namespace) and the owner of that file (fstat of the
- * same fd); for an owner other than root, <pid>/uid_map, until a process of
+ * directory, the owner of <pid> (fstatat), and unless that owner is to be
+ * skipped (only counted), the first bytes of <pid>/mountinfo (the first
+ * mount id names the process' mount namespace); for an owner other than
+ * root, <pid>/uid_map, until a process of
  * that owner in that namespace is in the initial user namespace.  What it
  * returns is grouped by (namespace, owner), so that the Python side does
  * per distinct pair what it would otherwise do per process.
  *
- *   scan(proc_path: bytes) -> (processes, [(first_id, owner, pid, initial), ...])
+ *   scan(proc_path: bytes, skip: sorted tuple of uids)
+ *       -> (processes, skipped, [(first_id, owner, pid, initial), ...])
  *
  * one tuple per distinct (first_id, owner), in the order first seen; pid
  * is the first process seen of that pair, initial whether one of its
@@ -56,8 +58,26 @@ typedef struct {
     size_t n, cap;
     size_t *slots;  /* open addressing: index + 1, 0 empty */
     size_t nslots;
-    long long processes;
+    long long processes, skipped;
+    const unsigned int *skip;  /* owners only counted, sorted */
+    size_t nskip;
 } Scan;
+
+static int
+skipped_owner(const Scan *s, unsigned int owner)
+{
+    size_t lo = 0, hi = s->nskip;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->skip[mid] == owner)
+            return 1;
+        if (s->skip[mid] < owner)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
 
 static size_t
 hash_pair(unsigned long long first, unsigned int owner)
@@ -198,16 +218,22 @@ one_process(Scan *s, int procfd, const char *name)
     }
     if (!*name || snprintf(path, sizeof path, "%s/mountinfo", name) >= (int)sizeof path)
         return 0;
+    /* The owner of /proc/<pid> (its euid; root if not dumpable), first. */
+    struct stat st;
+    if (fstatat(procfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return 0;  /* gone meanwhile */
+    if (skipped_owner(s, (unsigned int)st.st_uid)) {
+        s->skipped++;
+        return 0;
+    }
     int fd = openat(procfd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
         return 0;  /* gone meanwhile, or hidden */
     char head[HEAD];
     ssize_t len = read(fd, head, sizeof head);
-    struct stat st;
-    int ok = len > 0 && fstat(fd, &st) == 0;
     close(fd);
     unsigned long long first;
-    if (!ok || !first_mount_id(head, len, &first))
+    if (len <= 0 || !first_mount_id(head, len, &first))
         return 0;  /* exiting (no namespace any more), or not a mountinfo */
     s->processes++;
     long k = pair_index(s, first, (unsigned int)st.st_uid, pid);
@@ -259,11 +285,31 @@ static PyObject *
 cprocscan_scan(PyObject *self, PyObject *args)
 {
     (void)self;
-    PyObject *path;
-    if (!PyArg_ParseTuple(args, "O&:scan", PyUnicode_FSConverter, &path))
+    PyObject *path, *skip;
+    if (!PyArg_ParseTuple(args, "O&O!:scan", PyUnicode_FSConverter, &path, &PyTuple_Type, &skip))
         return NULL;
     Scan s = {0};
     int err;
+    /* The owners to skip: a sorted tuple of uids (procscan.scan sorts it). */
+    Py_ssize_t nskip = PyTuple_GET_SIZE(skip);
+    unsigned int *owners = PyMem_Malloc((size_t)(nskip ? nskip : 1) * sizeof *owners);
+    if (!owners) {
+        Py_DECREF(path);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < nskip; i++) {
+        unsigned long v = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(skip, i));
+        if ((v == (unsigned long)-1 && PyErr_Occurred()) || v > 0xFFFFFFFFUL || (i && v < owners[i - 1])) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "skip: a sorted tuple of uids");
+            PyMem_Free(owners);
+            Py_DECREF(path);
+            return NULL;
+        }
+        owners[i] = (unsigned int)v;
+    }
+    s.skip = owners;
+    s.nskip = (size_t)nskip;
     Py_BEGIN_ALLOW_THREADS
     err = scan_proc(&s, PyBytes_AS_STRING(path));
     Py_END_ALLOW_THREADS
@@ -284,18 +330,19 @@ cprocscan_scan(PyObject *self, PyObject *args)
             goto done;
         PyList_SET_ITEM(list, (Py_ssize_t)i, t);
     }
-    out = Py_BuildValue("(LO)", s.processes, list);
+    out = Py_BuildValue("(LLO)", s.processes, s.skipped, list);
 done:
     Py_XDECREF(list);
     free(s.pairs);
     free(s.slots);
+    PyMem_Free(owners);
     return out;
 }
 
 static PyMethodDef methods[] = {
     {"scan", cprocscan_scan, METH_VARARGS,
-     "scan(proc_path) -> (processes, [(first_id, owner, pid, initial), ...]): the per-process part of\n"
-     "procscan.scan, grouped by (namespace, owner) in the order first seen."},
+     "scan(proc_path, skip) -> (processes, skipped, [(first_id, owner, pid, initial), ...]): the\n"
+     "per-process part of procscan.scan, grouped by (namespace, owner) in the order first seen."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,12 +1,13 @@
 """The in-use check's scan of ``/proc``: which mount namespaces the host has,
 and whose processes are in each (``Census``).
 
-Per process only what telling its namespace and its owner needs: the first
-bytes of ``/proc/<pid>/mountinfo`` (the id of its namespace's first mount:
-a mount belongs to one namespace, so it names the namespace, and the kernel
-prints one line, not the table) and the owner of that file (``fstat`` of the
-same fd: the owner of every ``/proc/<pid>`` file is the process' euid, root
-for a process that is not dumpable).  ``uid_map`` is read only where the
+Per process only what telling its owner and its namespace needs: the owner
+of ``/proc/<pid>`` (one ``stat``: the process' euid, root for a process that
+is not dumpable), and, unless the owner is a login user none of the waiting
+callers is (``skip_owners``: such a user's namespace counts only for them),
+the first bytes of ``/proc/<pid>/mountinfo`` (the id of its namespace's first
+mount: a mount belongs to one namespace, so it names the namespace, and the
+kernel prints one line, not the table).  ``uid_map`` is read only where the
 rule of ``inuse.Whose`` needs it: for an owner that is neither root nor a
 login user, once per namespace and owner until one of its processes is in
 the initial user namespace.  Nothing here depends on the caller, so one
@@ -65,6 +66,13 @@ class LoginUsers:
         self._defs = login_defs
         self._range = None
         self._known = {}
+
+    def listed(self):
+        """The login users the password database enumerates."""
+        if self._range is None:
+            self._range = login_uid_range(self._defs)
+        lo, hi = self._range
+        return {p.pw_uid for p in pwd.getpwall() if lo <= p.pw_uid <= hi}
 
     def __contains__(self, uid):
         known = self._known.get(uid)
@@ -143,6 +151,7 @@ class Census:
         self.proc = proc
         self.namespaces = {}
         self.processes = 0
+        self.skipped = 0  # processes of skipped owners (only their owner was read)
         self.table_reads = 0  # whole tables read (each namespace's once at most)
 
     def add(self, pid, first, owner, login_users):
@@ -187,17 +196,30 @@ def compiled_scan():
     return _cprocscan
 
 
-def scan(proc=PROC, login_users=None, compiled=None):
+def skip_owners(callers, login_users=None):
+    """The owners whose processes a census for ``callers`` need not look at:
+    the login users of the password database (UID_MIN..UID_MAX) other than
+    those callers.  Such a user's namespace counts only for that user
+    (``inuse.Whose``: a login user is never a subordinate id), so their
+    processes cost one ``stat`` each instead of a mountinfo read.  A user the
+    database does not list (``getpwall`` may not enumerate a directory
+    service) is simply looked at."""
+    login_users = LoginUsers() if login_users is None else login_users
+    return frozenset(u for u in login_users.listed() if u not in callers and u != 0)
+
+
+def scan(proc=PROC, login_users=None, compiled=None, skip=frozenset()):
     """A Census of ``proc``: with the compiled scan where it is built
     (``compiled`` None), or as told (True: the C scan, False: the Python
-    one, the reference and the fallback)."""
+    one, the reference and the fallback).  ``skip``: owners whose processes
+    are only counted (``skip_owners``), their mountinfo not read."""
     census = Census(proc)
     login_users = LoginUsers() if login_users is None else login_users
     cscan = compiled_scan() if compiled is not False else None
     if compiled and cscan is None:
         raise ValueError("the compiled scan (locald_admin.fs._cprocscan) is not built")
     if cscan is not None:
-        census.processes, pairs = cscan.scan(os.fsencode(proc))
+        census.processes, census.skipped, pairs = cscan.scan(os.fsencode(proc), tuple(sorted(skip)))
         for first, owner, pid, initial in pairs:
             ns = census.namespaces.get(first)
             if ns is None:
@@ -214,12 +236,20 @@ def scan(proc=PROC, login_users=None, compiled=None):
         if not entry.isdigit():
             continue
         try:
+            # The owner of /proc/<pid> (its euid; root if not dumpable), as of
+            # every file in it: one stat, before anything else is read.
+            owner = os.lstat(f"{proc}/{entry}").st_uid
+        except OSError:
+            continue  # gone meanwhile
+        if owner in skip:
+            census.skipped += 1
+            continue
+        try:
             fd = os.open(f"{proc}/{entry}/mountinfo", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
             continue  # gone meanwhile (ENOENT), or hidden
         try:
             head = os.read(fd, HEAD)
-            owner = os.fstat(fd).st_uid
         except OSError:
             # Exiting (EINVAL: no mount namespace any more, so no mount).
             continue
