@@ -19,19 +19,24 @@ another thread, progress read while the C walk runs.
 import contextlib
 import ctypes
 import errno
+import importlib.util
 import os
 import resource
 import shutil
 import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import IS_ROOT
-from harness.trees import Canary, make_chain, mounted_tmpfs, rm_rf, snapshot, umount, world_tmpdir, write
-from locald_admin.fs import fsops, owners, traverse, walk
+from harness import IS_ROOT, PROGRAMS
+from harness.trees import (Canary, is_mount_point, make_chain, mounted_tmpfs, rm_rf, snapshot, umount, world_tmpdir,
+                           write)
+from harness.waiting import poll_until
+from locald_admin.fs import dirents, fsops, owners, traverse, walk
 
 pytestmark = pytest.mark.skipif(fsops.compiled_walk() is None or not fsops.kernel_has_openat2(),
                                 reason="the compiled walk is not built (scripts/bootstrap builds it) "
@@ -530,3 +535,283 @@ def test_the_split_does_not_read_a_whole_directory_of_files(base, monkeypatch):
             os.close(pfd)
         assert len(read) <= walk.SPLIT_SCAN + walk.BATCH
         assert res.removed == 0 and len(os.listdir(t)) == len(names)
+
+
+# -- a file system that does not record entry types (d_type) --------------------------------
+#
+# ext2 made with -O ^filetype lists every entry as DT_UNKNOWN.  Both walks
+# look at such an entry first, through an O_PATH fd that crosses no mount,
+# and fstat it (never a plain fstatat, which would ask a mounted file
+# system): a directory is entered however it is flagged (issue 19, finding
+# 4: the C walk used to unlink first, and an immutable or append-only entry
+# or parent said EPERM before EISDIR, so the directory was never entered),
+# and a mount point of any type is reported and left in place.
+
+def _why_no_ext2_without_d_type():
+    if not IS_ROOT:
+        return "loop-mounting an ext2 image needs root"
+    for tool, package in (("mkfs.ext2", "e2fsprogs"), ("losetup", "util-linux"), ("chattr", "e2fsprogs")):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian package {package})"
+    cp = subprocess.run(["losetup", "-f"], capture_output=True, text=True)
+    if cp.returncode != 0:
+        return f"this machine has no free loop device (losetup -f: {cp.stderr.strip() or cp.returncode})"
+    return None
+
+
+@pytest.fixture
+def no_d_type(base):
+    """An ext2 file system made with ``-O ^filetype``, loop-mounted at
+    ``base/ext2``: getdents64 says DT_UNKNOWN for every entry (checked)."""
+    why = _why_no_ext2_without_d_type()
+    if why:
+        pytest.skip(why)
+    image, mnt = base / "ext2.img", base / "ext2"
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mkfs.ext2", "-q", "-F", "-O", "^filetype", str(image)], check=True, capture_output=True)
+    mnt.mkdir()
+    cp = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], capture_output=True, text=True)
+    if cp.returncode != 0:
+        pytest.skip(f"cannot loop-mount an ext2 image here: {cp.stderr.strip()}")
+    try:
+        os.chmod(mnt, 0o755)
+        (mnt / "probe").mkdir()
+        fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            types = {e.bname: e.d_type for e in dirents.listing(fd)}
+        finally:
+            os.close(fd)
+        assert types[b"probe"] == dirents.DT_UNKNOWN, types
+        os.rmdir(mnt / "probe")
+        yield mnt
+    finally:
+        subprocess.run(["chattr", "-R", "-i", "-a", str(mnt)], capture_output=True)
+        umount(mnt, check=False)  # -o loop: the loop device goes with it
+
+
+def _flagged(built, flag, *paths):
+    subprocess.run(["chattr", flag, *map(str, paths)], check=True, capture_output=True)
+    built.immutable.extend(paths)  # Built.undo clears +i; the fixture clears +a too
+
+
+def _mount(built, *args):
+    subprocess.run(["mount", *map(str, args)], check=True, capture_output=True)
+    built.mounts.append(args[-1])
+
+
+def _every_kind_without_d_type(root, outside, built):
+    """Files, directories, symlinks (inside, to a directory and a file
+    outside, dangling), fifos; an immutable and an append-only directory,
+    each holding a file, a symlink, a fifo, a subdirectory with entries and
+    a mount point; an immutable and an append-only file and directory; a
+    tmpfs on a directory and a file outside bind-mounted on a file."""
+    root = Path(root)
+    root.mkdir()
+    write(root / "f")
+    os.mkfifo(root / "fifo")
+    os.symlink(".", root / "link_in")
+    os.symlink(outside, root / "link_out")
+    os.symlink(outside / "data", root / "link_file")
+    os.symlink("/nonexistent/x", root / "link_dangling")
+    (root / "d" / "e" / "g").mkdir(parents=True)
+    for rel in ("d/x", "d/e/y", "d/e/g/z"):
+        write(root / rel)
+    for flag, name in (("+i", "imm"), ("+a", "app")):
+        p = root / name
+        (p / "sub" / "deeper").mkdir(parents=True)
+        for rel in ("f", "sub/f", "sub/deeper/g"):
+            write(p / rel)
+        os.symlink(outside, p / "link")
+        os.mkfifo(p / "fifo")
+        (p / "mnt").mkdir()
+        _mount(built, "-t", "tmpfs", "-o", "size=1m", "locald-admin-test", p / "mnt")
+        write(p / "mnt" / "on-the-mount")
+        write(root / f"{name}_file")
+        (root / f"{name}_dir").mkdir()
+        write(root / f"{name}_dir" / "f")
+        _flagged(built, flag, p, root / f"{name}_file", root / f"{name}_dir")
+    (root / "mnt").mkdir()
+    _mount(built, "-t", "tmpfs", "-o", "size=1m", "locald-admin-test", root / "mnt")
+    write(root / "mnt" / "on-the-mount")
+    write(root / "bound")
+    _mount(built, "--bind", outside / "data", root / "bound")
+
+
+FALLBACK = fsops.Fs(openat2=False)  # the Python walk without openat2: mount ids from fdinfo
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_both_walks_decide_the_same_on_a_file_system_without_d_type(no_d_type, threads):
+    """The same tree removed by the C walk (with ``threads``: the split
+    first), the Python walk and the Python walk without openat2: the same
+    removals, failures, mounts and survivors; nothing outside touched; and
+    the directories below immutable and append-only ones were entered."""
+    canary = Canary(no_d_type.parent / "outside")
+    outcomes, lefts = [], []
+    for fs, name in ((C, "c"), (PY, "py"), (FALLBACK, "fallback")):
+        built = Built()
+        try:
+            _every_kind_without_d_type(no_d_type / name, canary.path, built)
+            res = remove(os.fsencode(no_d_type), name.encode(), fs, threads=threads if fs is C else 1)
+            lefts.append(snapshot(no_d_type / name))
+            outcomes.append(outcome(res))
+        finally:
+            built.undo()
+            subprocess.run(["chattr", "-R", "-a", str(no_d_type / name)], capture_output=True)
+    canary.check()
+    if threads > 1:
+        for o in outcomes:
+            o["failures"], o["mounts"] = set(o["failures"]), set(o["mounts"])
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    assert lefts[0] == lefts[1] == lefts[2]
+    perm = (errno.EPERM, os.strerror(errno.EPERM))
+    assert dict(outcomes[0]["failures"]) == {rel: perm for rel in (
+        b"imm/f", b"imm/sub", b"imm/link", b"imm/fifo", b"imm_file", b"imm_dir/f",
+        b"app/f", b"app/sub", b"app/link", b"app/fifo", b"app_file", b"app_dir/f")}
+    assert set(outcomes[0]["mounts"]) == {b"imm/mnt", b"app/mnt", b"mnt", b"bound"}
+    assert set(lefts[0]) == {
+        b"imm", b"imm/f", b"imm/sub", b"imm/link", b"imm/fifo", b"imm/mnt", b"imm/mnt/on-the-mount",
+        b"imm_file", b"imm_dir", b"imm_dir/f",
+        b"app", b"app/f", b"app/sub", b"app/link", b"app/fifo", b"app/mnt", b"app/mnt/on-the-mount",
+        b"app_file", b"app_dir", b"app_dir/f",
+        b"mnt", b"mnt/on-the-mount", b"bound"}
+
+
+@pytest.mark.parametrize("fs", [C, PY, FALLBACK], ids=["compiled", "python", "python-fallback"])
+def test_directories_below_an_immutable_or_append_only_one_are_entered_without_d_type(no_d_type, fs):
+    """Issue 19, finding 4, as measured there: with no d_type the C walk
+    unlinked ``imm/sub`` first, got EPERM (its parent is immutable) and
+    never entered it: 8 entries left where the Python walk left 4."""
+    t = no_d_type / "t"
+    for name in ("imm", "app"):
+        (t / name / "sub").mkdir(parents=True)
+        write(t / name / "sub" / "f")
+        write(t / name / "sub" / "g")
+    built = Built()
+    try:
+        _flagged(built, "+i", t / "imm")
+        _flagged(built, "+a", t / "app")
+        res = remove(os.fsencode(no_d_type), b"t", fs)
+        left = snapshot(t)
+    finally:
+        built.undo()
+        subprocess.run(["chattr", "-a", str(t / "app")], capture_output=True)
+    perm = (errno.EPERM, os.strerror(errno.EPERM))
+    assert sorted(left) == [b"app", b"app/sub", b"imm", b"imm/sub"]
+    assert list(res.failures.items()) == [(b"imm/sub", perm), (b"app/sub", perm)] or \
+        list(res.failures.items()) == [(b"app/sub", perm), (b"imm/sub", perm)]
+    assert (res.removed, res.mounts) == (4, [])
+
+
+def test_count_tree_looks_at_entries_without_d_type_as_the_removal_does(no_d_type):
+    canary = Canary(no_d_type.parent / "outside")
+    built = Built()
+    try:
+        _every_kind_without_d_type(no_d_type / "t", canary.path, built)
+        counts = []
+        for fs in (PY, FALLBACK):
+            pfd = os.open(no_d_type, os.O_RDONLY | os.O_DIRECTORY)
+            dfd = fs.open_beneath(pfd, b"t")
+            try:
+                c = walk.count_tree(pfd, b"t", dfd, fs=fs)
+            finally:
+                os.close(dfd)
+                os.close(pfd)
+            counts.append((c.files, c.dirs, c.symlinks, c.others, sorted(c.mounts), c.failures))
+    finally:
+        built.undo()
+        subprocess.run(["chattr", "-R", "-a", str(no_d_type / "t")], capture_output=True)
+    canary.check()
+    # files: f, d/x, d/e/y, d/e/g/z, and per flag f, sub/f, sub/deeper/g, <flag>_file, <flag>_dir/f;
+    # dirs: t, d, d/e, d/e/g, and per flag the directory, sub, sub/deeper, <flag>_dir
+    assert counts[0] == counts[1] == (4 + 2 * 5, 4 + 2 * 4, 4 + 2, 1 + 2,
+                                      [b"app/mnt", b"bound", b"imm/mnt", b"mnt"], {})
+
+
+def _hung_fuse(mountpoint, workdir):
+    """The hung FUSE file system of harness/programs/fusefs.py at
+    ``mountpoint`` (every request it gets sleeps); None if it did not mount."""
+    log = open(workdir / "fusefs.log", "wb")
+    proc = subprocess.Popen([sys.executable, str(PROGRAMS / "fusefs.py"), "hang", str(mountpoint)],
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    poll_until(lambda: is_mount_point(mountpoint) or proc.poll() is not None, 20, 0.02)
+    return proc
+
+
+@pytest.mark.parametrize("what", ["remove-compiled", "remove-python", "remove-python-fallback", "count",
+                                  "count-fallback"])
+def test_a_hung_fuse_mount_without_d_type_is_reported_not_asked(no_d_type, what):
+    """A FUSE mount whose daemon never answers, on a directory of a tree
+    without d_type: os.DirEntry.is_dir() would fstatat it and wait for the
+    daemon forever; the walks see a mount point and leave it."""
+    if importlib.util.find_spec("mfusepy") is None or shutil.which("fusermount3") is None \
+            or not os.path.exists("/dev/fuse"):
+        pytest.skip("no FUSE here (/dev/fuse, fusermount3 and the Python binding mfusepy)")
+    t = no_d_type / "t"
+    (t / "fuse").mkdir(parents=True)
+    (t / "sub").mkdir()
+    write(t / "sub" / "f")
+    write(t / "z")
+    proc = _hung_fuse(t / "fuse", no_d_type.parent)
+    try:
+        if not is_mount_point(t / "fuse"):
+            pytest.skip(f"the FUSE file system did not mount: {(no_d_type.parent / 'fusefs.log').read_text()[-500:]}")
+        fs = {"compiled": C, "fallback": FALLBACK}.get(what.rsplit("-", 1)[-1], PY)
+        done = []
+
+        def run():
+            if what.startswith("count"):
+                pfd = os.open(no_d_type, os.O_RDONLY | os.O_DIRECTORY)
+                dfd = fs.open_beneath(pfd, b"t")
+                try:
+                    done.append(walk.count_tree(pfd, b"t", dfd, fs=fs))
+                finally:
+                    os.close(dfd)
+                    os.close(pfd)
+            else:
+                done.append(remove(os.fsencode(no_d_type), b"t", fs, threads=2 if fs is C else 1))  # the split too
+
+        walker = threading.Thread(target=run, daemon=True)
+        walker.start()
+        walker.join(20)
+        hung = walker.is_alive()
+    finally:
+        proc.kill()  # aborts whatever request it left waiting
+        proc.wait()
+        umount(t / "fuse", check=False)
+    walker.join(20)
+    assert not hung, "the walk waited for the FUSE daemon: it looked into a mount"
+    assert done and done[0].mounts == [b"fuse"] and done[0].failures == {}
+    if what.startswith("count"):
+        assert (done[0].files, done[0].dirs) == (2, 2)
+    else:
+        assert sorted(os.listdir(t)) == ["fuse"]
+
+
+def test_the_python_walks_listing_says_what_scandir_says(base):
+    """``dirents.listing`` (getdents64 through ctypes) against
+    ``os.scandir``: the same names (every length from 1 to 255 bytes, not
+    UTF-8 too, read after longer ones through the same buffer: the kernel
+    does not clear a record's padding), inode numbers and types."""
+    t = base / "t"
+    t.mkdir()
+    names = [b"n" * n for n in range(255, 0, -1)] + [b"\xff\xfe", b"\x80dir", b"x y", b".hidden", b"..."]
+    for n in names:
+        write(os.path.join(os.fsencode(t), n))
+    for kind in ("dir", "link", "fifo"):
+        p = os.path.join(os.fsencode(t), kind.encode() + b"\xc3(")
+        {"dir": os.mkdir, "link": lambda p: os.symlink(b"/nonexistent", p), "fifo": os.mkfifo}[kind](p)
+    fd = os.open(t, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with os.scandir(fd) as it:
+            want = {os.fsencode(e.name): (e.inode(), e.is_dir(follow_symlinks=False), e.is_symlink(),
+                                          e.is_file(follow_symlinks=False)) for e in it}
+        for _ in range(2):  # and again from the start
+            got = {e.bname: (e.ino, e.d_type == dirents.DT_DIR, e.d_type == dirents.DT_LNK,
+                             e.d_type == dirents.DT_REG) for e in dirents.listing(fd)}
+            assert got == want
+    finally:
+        os.close(fd)
+    assert len(want) == len(names) + 3

@@ -16,6 +16,9 @@
  *     followed (ELOOP/ENOTDIR: the name is unlinked), a mount never entered
  *     (EXDEV: reported as a mount, left in place);
  *   - every unlinkat/rmdir is relative to a held fd, never a path;
+ *   - an entry is a directory by its d_type; one of unknown type (DT_UNKNOWN)
+ *     is opened O_PATH with the same openat2 flags and fstat'ed first,
+ *     never fstatat'ed (unknown_is_dir);
  *   - at most max_held fds of ours are open; the oldest (never the current
  *     directory's) are closed, and a closed parent is reopened through ".."
  *     only if fstat shows the (st_dev, st_ino) recorded on the way down and a
@@ -82,6 +85,7 @@ PyModule_AddObjectRef(PyObject *m, const char *name, PyObject *o)
 #define CANCEL_EVERY 128    /* loop steps (entries, leaves) between looks at the cancel flag */
 #define FIRST_BATCH 256     /* the test seam's batches, as traverse's */
 #define MAX_BATCH 1024
+#define DT_UNKNOWN_ 0
 #define DT_DIR_ 4
 
 struct open_how_ {
@@ -468,7 +472,7 @@ typedef struct {
     const char *name;
     size_t namelen;
     uint64_t ino;
-    int is_dir;             /* 1: listed as a directory; 0: try unlink first */
+    unsigned char d_type;   /* as listed: DT_DIR_ entered, DT_UNKNOWN_ looked at first, any other unlinked */
 } Entry;
 
 /* The next entry of the current directory: 1 one, 0 the end, -1 error.
@@ -516,13 +520,13 @@ next_entry_getdents(Walk *w, Entry *e)
         e->name = nm;
         e->namelen = strlen(nm);
         e->ino = d->d_ino;
-        e->is_dir = d->d_type == DT_DIR_;
+        e->d_type = d->d_type;
         return 1;
     }
 }
 
 /* The test seam: lister.open(fd) -> iterator or errno; lister.read(fd, it,
- * n) -> [(name, ino, is_dir)] or errno; batches as traverse's. */
+ * n) -> [(name, ino, d_type)] or errno; batches as traverse's. */
 static int
 next_entry_lister(Walk *w, Entry *e)
 {
@@ -550,7 +554,7 @@ next_entry_lister(Walk *w, Entry *e)
             e->name = PyBytes_AS_STRING(name);
             e->namelen = (size_t)PyBytes_GET_SIZE(name);
             e->ino = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(t, 1));
-            e->is_dir = PyObject_IsTrue(PyTuple_GET_ITEM(t, 2));
+            e->d_type = (unsigned char)PyLong_AsLong(PyTuple_GET_ITEM(t, 2));
             if (PyErr_Occurred()) {
                 w->pyerr = 1;
                 return -1;
@@ -661,6 +665,44 @@ restart_listing(Walk *w, Frame *f)
     f->nkept = 0;
 }
 
+/* Whether the entry e of the current directory, whose type its file system
+ * does not record (DT_UNKNOWN_: ext2 -O ^filetype), is a directory: looked
+ * at before any unlink (whose EPERM, immutable or append-only, comes before
+ * EISDIR and would hide a directory) through an O_PATH fd of the entry
+ * itself (a symlink's own), opened without crossing a mount, and fstat;
+ * never a plain fstatat, which would follow a mount point into its file
+ * system (a hung FUSE daemon).  As walk._Removal.on_entry does with
+ * Fs.lstat_beneath.  1 a directory, 0 not, 2 nothing more to do (gone; or
+ * reported and kept: EXDEV a mount point, any other error), -1 error. */
+static int
+unknown_is_dir(Walk *w, const Entry *e)
+{
+    Frame *f = &w->fr[w->n - 1];
+    struct stat st;
+    int err = 0;
+    int fd = openat2_beneath(f->fd, e->name, ENTRY_FLAGS);
+    if (fd < 0) {
+        err = errno;
+    } else {
+        if (fstat(fd, &st) < 0)
+            err = errno;
+        close(fd);
+        if (!err)
+            return S_ISDIR(st.st_mode) ? 1 : 0;
+    }
+    if (err == ENOENT)
+        return 2;
+    int rc;
+    if (err == EXDEV)  /* a mount point (M3), of any type: left in place */
+        rc = report_mount(w, w->n, e->name, e->namelen);
+    else
+        rc = report_fail(w, w->n, e->name, e->namelen, err, NULL);
+    f = &w->fr[w->n - 1];
+    f->incomplete = 1;
+    keep(w, f, e->ino);
+    return rc < 0 ? -1 : 2;
+}
+
 /* A directory entry e of the current directory f: act on it.  Returns 0 or
  * -1 (Python error); may push a frame. */
 static int
@@ -668,10 +710,15 @@ on_entry(Walk *w, const Entry *e)
 {
     Frame *f = &w->fr[w->n - 1];
     int err;
-    if (!e->is_dir) {
+    int is_dir = e->d_type == DT_DIR_;
+    if (e->d_type == DT_UNKNOWN_) {
+        is_dir = unknown_is_dir(w, e);
+        if (is_dir != 0 && is_dir != 1)
+            return is_dir < 0 ? -1 : 0;
+    }
+    if (!is_dir) {
         /* unlinkat relative to the held fd: a symlink goes as a name, its
-         * target is never touched (S11); DT_UNKNOWN too: EISDIR says it is
-         * a directory, without a stat that could hang on a FUSE mount. */
+         * target is never touched (S11).  EISDIR: it became a directory. */
         if (unlinkat(f->fd, e->name, 0) == 0) {
             count_removed(w);
             return 0;

@@ -17,7 +17,9 @@ same defences, which live here and nowhere else:
 * Every directory's ``(st_dev, st_ino)`` is recorded when it is entered.
 * At most ``max_held`` fds of ours are open whatever the depth and width,
   plus the current directory's listing: the fds of the directories below
-  the target and of their listings still open (when there are more, the
+  the target and of their listings still open (a listing reads through its
+  directory's fd and holds a buffer, not an fd, but is counted as one:
+  that bounds the buffers too; when there are more, the
   oldest are closed, a few at a time; never the current directory's).  A
   parent whose fd was closed is reopened through ``..`` of its child and
   accepted only if it is the directory recorded on the way down (as
@@ -30,8 +32,8 @@ same defences, which live here and nowhere else:
 * Iterative, so a 65,536-deep chain does not hit Python's recursion limit.
 
 Memory is bounded whatever the tree: a directory is read in batches of at
-most ``batch`` entries from an ``os.scandir`` iterator kept open while its
-fd is held (as fts reads at most a bounded number of entries at a time).  A
+most ``batch`` entries from a ``dirents.listing`` kept open while its fd
+is held (as fts reads at most a bounded number of entries at a time).  A
 directory whose fd is closed to bound the fd count drops its iterator and
 the rest of its batch and keeps constant state only; when the walk comes
 back to it, it is listed again from the start (``on_resume``).  What the
@@ -54,11 +56,10 @@ walked completely before the next entry of its parent is looked at.
 
 import os
 import stat
-import sys
 from array import array
 from itertools import islice
 
-from . import fsops
+from . import dirents, fsops
 
 DEFAULT_MAX_DEPTH = 65536  # levels below the target
 DEFAULT_BATCH = 1024  # entries read from a listing at a time, at most
@@ -82,7 +83,6 @@ class _Overflow:
 
 OVERFLOW = _Overflow()
 
-_ENCODING, _ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 class Frame:
@@ -90,7 +90,7 @@ class Frame:
     closed to bound the fd count.  ``dino``: the inode number its parent's
     listing shows for it (what a resumed listing of the parent passes over).
 
-    Its listing: ``it`` is the open ``os.scandir`` iterator (None when none
+    Its listing: ``it`` is the open ``dirents.listing`` (None when none
     is open), ``batch`` the entries read and not yet visited (consumed from
     its end), ``pos`` how many entries were read from the listing, ``done``
     whether it was read to its end, ``kept`` (an array, or OVERFLOW) the
@@ -120,9 +120,9 @@ class Visitor:
     Frame = Frame  # frames are made with this class: a visitor may add slots
 
     def read(self, fd, it, n):
-        """The next at most ``n`` entries (``os.DirEntry``) of the directory
-        ``fd`` from ``it``, its open ``os.scandir`` iterator; fewer only at
-        the end of the listing."""
+        """The next at most ``n`` entries (``dirents.Entry``) of the
+        directory ``fd`` from ``it``, its open ``dirents.listing``; fewer
+        only at the end of the listing."""
         return list(islice(it, n))
 
     def on_list_failed(self, t, frame, err):
@@ -130,9 +130,12 @@ class Visitor:
         treated as absent."""
 
     def on_entry(self, t, frame, name, entry):
-        """The entry ``name`` (bytes; ``entry`` its ``os.DirEntry``) of
+        """The entry ``name`` (bytes; ``entry`` its ``dirents.Entry``) of
         ``frame``: act on it; True to enter it as a directory (opened with
-        ``open_beneath``)."""
+        ``open_beneath``).  Its type is the listing's ``d_type``; one the
+        file system does not record (DT_UNKNOWN) is looked at with
+        ``t.fs.lstat_beneath`` (never a plain ``fstatat``, which would
+        follow a mount point into its file system)."""
         raise NotImplementedError
 
     def on_enter(self, t, parent, name, st):
@@ -202,7 +205,7 @@ class Traversal:
 
     def keep(self, frame, ino):
         """The entry of ``frame`` with inode number ``ino`` (as its listing
-        shows it: ``DirEntry.inode()``, a child frame's ``dino``) is left in
+        shows it: ``Entry.inode()``, a child frame's ``dino``) is left in
         place: should ``frame``'s listing be lost and resumed, it is passed
         over (and so is any other entry with that inode number, a hard link
         of it).  Beyond MAX_KEPT such entries ``frame.kept`` is OVERFLOW,
@@ -232,7 +235,6 @@ class Traversal:
             return
         too_deep, mnt, cancel, max_held = self.max_depth + 1, self.mnt, self.cancel, self.max_held
         on_entry, read, open_beneath = visitor.on_entry, visitor.read, self.fs.open_beneath
-        encoding, errors = _ENCODING, _ERRORS
         try:
             # "while True": the loop's jump back is what lets CPython 3.11
             # specialise this long-running frame ("while <test>" does not).
@@ -255,7 +257,7 @@ class Traversal:
                     entry = batch.pop()
                     if kept is not None and entry.inode() in kept:
                         continue  # left in place before this listing was resumed
-                    child = entry.name.encode(encoding, errors)
+                    child = entry.bname
                     if not on_entry(self, f, child, entry):
                         continue
                     if len(stack) > too_deep:  # the child's depth would be len(stack) - 1
@@ -344,7 +346,7 @@ class Traversal:
         it = f.it
         if it is None:
             try:
-                it = f.it = os.scandir(f.fd)
+                it = f.it = dirents.listing(f.fd)
             except OSError as e:
                 f.batch, f.done = None, True
                 self.visitor.on_list_failed(self, f, e)

@@ -27,18 +27,23 @@ What a walk reports is bounded too: the first ``MAX_FAILURES`` failures and
 mounts are kept with their errnos (and the first failure that is not a
 permission error, wherever it comes), the rest are counted.
 
-Names are handled as bytes (via surrogateescape), so names that are not
-UTF-8 are removed too; messages escape them.
+Names are handled as bytes (as ``getdents64`` lists them: ``dirents``), so
+names that are not UTF-8 are removed too; messages escape them.  An entry's
+type is the listing's ``d_type``; where the file system does not record it
+(DT_UNKNOWN: ext2 without ``filetype``) each visitor looks at the entry with
+``Fs.lstat_beneath`` before anything else, never with a plain ``fstatat``
+(which would follow a mount point into its file system), and so does the C
+walk.
 """
 
+import contextlib
 import errno
 import os
 import stat
-import sys
 import threading
 from itertools import chain, islice
 
-from . import fsops, traverse
+from . import dirents, fsops, traverse
 
 MAX_HELD_FDS = 48
 MAX_RESCANS = 3  # an attacker refilling a directory cannot keep us busy forever
@@ -48,7 +53,6 @@ MAX_FAILURES = 64  # failures (and mounts) kept with their paths; the rest are c
 # Failures that more privilege can fix: the client asks the mechanism.
 PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 
-_ENCODING, _ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 # What the removal says where it decided itself (errno None), the same words
 # from both walks (this one and ``_cwalk.c``, which is given them).
@@ -159,21 +163,33 @@ class WalkResult(Findings):
 
 
 def _read(fd, it, n):
-    """The next at most ``n`` entries (os.DirEntry) of the directory ``fd``
-    from its scandir iterator ``it``.  One function for every listing of
-    this module, looked up per call: the tests replace it (and the C walk
-    then lists through it, see ``_Lister``)."""
+    """The next at most ``n`` entries (``dirents.Entry``) of the directory
+    ``fd`` from its listing ``it`` (``dirents.listing``).  One function for
+    every listing of this module, looked up per call: the tests replace it
+    (and the C walk then lists through it, see ``_Lister``)."""
     return list(islice(it, n))
 
 
 _plain_read = _read
 
 
-def _is_dir(entry):
+_DT_DIR, _DT_UNKNOWN = dirents.DT_DIR, dirents.DT_UNKNOWN
+_WITH_OPENAT2 = fsops.Fs(openat2=True)  # the parallel split's: it runs with the C walk only
+
+
+def _is_dir(dir_fd, entry):
+    """For the parallel split: whether ``entry`` (of ``dir_fd``) is a
+    directory: its ``d_type``, or where the file system does not record it
+    (DT_UNKNOWN) an ``lstat_beneath`` of it (O_PATH, RESOLVE_NO_XDEV: never
+    a plain ``fstatat``); False when that fails (gone, a mount point: the
+    walk that follows finds out for itself)."""
+    d_type = entry.d_type
+    if d_type != _DT_UNKNOWN:
+        return d_type == _DT_DIR
     try:
-        return entry.is_dir(follow_symlinks=False)
+        return stat.S_ISDIR(_WITH_OPENAT2.lstat_beneath(dir_fd, entry.bname).st_mode)
     except OSError:
-        return False  # gone already; unlink will say ENOENT
+        return False
 
 
 def _subdirs(dir_fd, it, scan=None):
@@ -184,9 +200,9 @@ def _subdirs(dir_fd, it, scan=None):
     while True:
         batch = list(islice(it, n))
         for e in batch:
-            if _is_dir(e):
+            if _is_dir(dir_fd, e):
                 found += 1
-                yield e.name.encode(_ENCODING, _ERRORS)
+                yield e.bname
         seen += len(batch)
         if len(batch) < n or (scan is not None and seen >= scan and found < 2):
             return
@@ -230,7 +246,7 @@ def remove_in_parallel(dir_fd, result, threads, fs, owners=None, cancel=None, ma
         while True:
             if depth >= max_depth or (cancel is not None and cancel.is_set()):
                 return 0  # its subdirectories would be too deep: the walk says so
-            with os.scandir(level) as it:
+            with contextlib.closing(dirents.listing(level)) as it:
                 names = _subdirs(level, it, SPLIT_SCAN)
                 first = list(islice(names, 2))
                 if len(first) == 1:
@@ -332,11 +348,31 @@ class _Removal(traverse.Visitor):
         f.incomplete = True
 
     def on_entry(self, t, f, child, entry):
-        try:
-            if entry.is_dir(follow_symlinks=False):
+        d_type = entry.d_type
+        if d_type == _DT_DIR:
+            return True
+        if d_type == _DT_UNKNOWN:
+            # Not recorded by the file system (ext2 -O ^filetype): look at
+            # the entry itself, before any unlink (whose EPERM, immutable or
+            # append-only, would come before EISDIR and hide a directory),
+            # and never with a plain fstatat, which would follow a mount
+            # point into its file system (a hung FUSE daemon); the C walk
+            # does the same.
+            try:
+                mode = t.fs.lstat_beneath(f.fd, child, parent_mnt=t.mnt).st_mode
+            except OSError as e:
+                why = fsops.refusal(e)
+                if why is fsops.GONE:
+                    return False
+                if why is fsops.MOUNT:  # a mount point (M3), of any type: left in place
+                    self.result.mount(lambda: t.rel(child))
+                else:
+                    self.result.fail(lambda: t.rel(child), e)
+                f.incomplete = True
+                t.keep(f, entry.inode())
+                return False
+            if stat.S_ISDIR(mode):
                 return True
-        except OSError:
-            pass  # gone already; unlink will say ENOENT
         try:
             # unlinkat relative to the held fd of the listed directory: a
             # symlink goes as a name, its target is never touched; a hard
@@ -508,11 +544,11 @@ def compiled_remove_tree(parent_fd, name, dir_fd, result, owners, cancel, keep_d
 
 class _Lister:
     """The C walk's listing when the tests replaced ``_read`` (to race it):
-    ``open(fd)`` a listing (an iterator over ``os.scandir`` of it, read at
-    once so that it holds no fd of its own), ``read(fd, it, n)`` the next
-    at most ``n`` entries through ``_read`` as ``(name, ino, is_dir)``.
-    Errors come back as errnos (the C walk reports them as listing
-    failures)."""
+    ``open(fd)`` a listing (an iterator over ``dirents.listing`` of it,
+    read at once: the C walk may close ``fd`` before it is read to its end),
+    ``read(fd, it, n)`` the next at most ``n`` entries through ``_read`` as
+    ``(name, ino, d_type)``: the C walk classifies them itself.  Errors come
+    back as errnos (the C walk reports them as listing failures)."""
 
     def __init__(self, read):
         self._read = read
@@ -520,14 +556,13 @@ class _Lister:
     @staticmethod
     def open(fd):
         try:
-            with os.scandir(fd) as it:
-                return iter(list(it))
+            return iter(list(dirents.listing(fd)))
         except OSError as e:
             return e.errno
 
     def read(self, fd, it, n):
         try:
-            return [(e.name.encode(_ENCODING, _ERRORS), e.inode(), _is_dir(e)) for e in self._read(fd, it, n)]
+            return [(e.bname, e.ino, e.d_type) for e in self._read(fd, it, n)]
         except OSError as e:
             return e.errno
 
@@ -565,19 +600,8 @@ class TreeCount(Findings):
 _DIR, _FILE, _SYMLINK, _OTHER = "dir", "file", "symlink", "other"
 
 
-def _kind(entry):
-    """The kind of a listed entry (from the directory entry itself where
-    the file system records it; None: gone meanwhile)."""
-    try:
-        if entry.is_dir(follow_symlinks=False):
-            return _DIR
-        if entry.is_symlink():
-            return _SYMLINK
-        if entry.is_file(follow_symlinks=False):
-            return _FILE
-        return _OTHER
-    except OSError:
-        return None
+# The kind of a listed entry whose file system records it (d_type).
+_KINDS = {dirents.DT_DIR: _DIR, dirents.DT_REG: _FILE, dirents.DT_LNK: _SYMLINK}
 
 
 def _kind_of(mode):
@@ -597,7 +621,20 @@ class _Count(traverse.Visitor):
         self.count.fail(t.rel, err)
 
     def on_entry(self, t, f, child, entry):
-        return self._counted(_kind(entry))
+        d_type = entry.d_type
+        if d_type != _DT_UNKNOWN:
+            return self._counted(_KINDS.get(d_type, _OTHER))
+        # Not recorded: looked at as the removal does (never a plain fstatat).
+        c = self.count
+        try:
+            return self._counted(_kind_of(t.fs.lstat_beneath(f.fd, child, parent_mnt=t.mnt).st_mode))
+        except OSError as e:
+            why = fsops.refusal(e)
+            if why is fsops.MOUNT:  # of any type: a mount point is not looked into
+                c.mount(lambda: t.rel(child))
+            elif why is not fsops.GONE:
+                c.fail(lambda: t.rel(child), e)
+            return False
 
     def _counted(self, kind):
         c = self.count
@@ -655,7 +692,10 @@ def count_tree(parent_fd, name, dir_fd, fs=None, max_depth=None):
     (same defences, same fd and depth bounds): no symlink is followed and no
     mount entered; a directory that is a mount point is listed in
     ``mounts``.  Mounts on non-directories (a bind-mounted file) are counted
-    as what they look like: ``mounts.mounts_at_or_below`` finds every mount.
+    as what they look like (``mounts.mounts_at_or_below`` finds every
+    mount), but where the file system does not record entry types: an entry
+    is then looked at without crossing a mount, and any mount point is
+    listed in ``mounts``.
     """
     count = TreeCount()
     traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs,
