@@ -22,21 +22,35 @@ SECTIONS = ("delete", "latency", "throughput", "coldstart", "rss", "inuse", "att
 BENCH_RULE_NAME = "50-locald-admin-bench.rules"
 
 
-def phase_mock(ctx):
-    """Private permissive bus, polkit mock allowing the action, the mechanism."""
-    log("phase 1: private bus + polkit mock + mechanism")
+def mock_stack(ctx, label):
+    """A private permissive bus, the polkit mock allowing the action and a
+    fresh mechanism, each undone by the context if the run stops early;
+    returns (bus, mechanism, watch, stop), ``stop()`` undoing them now."""
     bus = PrivateBus()
     Reaper.add(bus.proc)
-    stop_bus = ctx.cleanup_cb("stop mock bus", bus.stop)
+    stop_bus = ctx.cleanup_cb(f"stop {label} bus", bus.stop)
     mock = PolkitMock(bus)
     Reaper.add(mock.proc)
-    stop_mock = ctx.cleanup_cb("stop polkit mock", mock.stop)
+    stop_mock = ctx.cleanup_cb(f"stop {label} polkit mock", mock.stop)
     mock.allow()
     mech = Mechanism(bus)
     Reaper.add(mech.proc)
-    stop_mech = ctx.cleanup_cb("stop mechanism (mock bus)", mech.stop)
-    ctx.mech = mech
+    stop_mech = ctx.cleanup_cb(f"stop mechanism ({label})", mech.stop)
     watch = {"mechanism": mech.proc.pid, "polkit_mock": mock.proc.pid, "dbus-daemon": bus.proc.pid}
+
+    def stop():
+        stop_mech()
+        stop_mock()
+        stop_bus()
+
+    return bus, mech, watch, stop
+
+
+def phase_mock(ctx):
+    """Private permissive bus, polkit mock allowing the action, the mechanism."""
+    log("phase 1: private bus + polkit mock + mechanism")
+    bus, mech, watch, stop = mock_stack(ctx, "mock bus")
+    ctx.mech = mech
     ctx.delete_watch = watch
     if ctx.want("latency"):
         log("latency with the polkit mock")
@@ -45,9 +59,7 @@ def phase_mock(ctx):
         delete.run(ctx, bus.address)
     rss.run(ctx, "mock-bus mechanism after the phase", mech.proc.pid)
     ctx.mech = None
-    stop_mech()
-    stop_mock()
-    stop_bus()
+    stop()
 
 
 def phase_inuse(ctx):
@@ -55,22 +67,10 @@ def phase_inuse(ctx):
     mock allowing the action, a fresh mechanism, a tmpfs for the leftovers."""
     log("in-use phase: private bus + polkit mock + fresh mechanism")
     top, do_unmount = ctx.tmpfs("inuse", "size=1g,nr_inodes=2m,mode=755")
-    bus = PrivateBus()
-    Reaper.add(bus.proc)
-    stop_bus = ctx.cleanup_cb("stop in-use bus", bus.stop)
-    mock = PolkitMock(bus)
-    Reaper.add(mock.proc)
-    stop_mock = ctx.cleanup_cb("stop in-use polkit mock", mock.stop)
-    mock.allow()
-    mech = Mechanism(bus)
-    Reaper.add(mech.proc)
-    stop_mech = ctx.cleanup_cb("stop mechanism (in-use)", mech.stop)
-    watch = {"mechanism": mech.proc.pid, "polkit_mock": mock.proc.pid, "dbus-daemon": bus.proc.pid}
+    bus, mech, watch, stop = mock_stack(ctx, "in-use")
     inuse.run(ctx, bus.address, watch, top)
     rss.run(ctx, "in-use mechanism after the phase", mech.proc.pid)
-    stop_mech()
-    stop_mock()
-    stop_bus()
+    stop()
     do_unmount()
 
 
