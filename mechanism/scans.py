@@ -30,7 +30,8 @@ from locald_admin.fs import procscan
 def scan_for(callers):
     """The census for ``callers``: every process but those of login users
     who are none of them (``procscan.skip_owners``)."""
-    return procscan.scan(skip=procscan.skip_owners(callers))
+    login_users = procscan.LoginUsers()  # one reading of login.defs and the password database for both
+    return procscan.scan(login_users=login_users, skip=procscan.skip_owners(callers, login_users))
 
 
 class Ticket:

@@ -72,7 +72,9 @@ class LoginUsers:
         if self._range is None:
             self._range = login_uid_range(self._defs)
         lo, hi = self._range
-        return {p.pw_uid for p in pwd.getpwall() if lo <= p.pw_uid <= hi}
+        listed = {p.pw_uid for p in pwd.getpwall() if lo <= p.pw_uid <= hi}
+        self._known.update(dict.fromkeys(listed, True))  # no second lookup of these by ``in``
+        return listed
 
     def __contains__(self, uid):
         known = self._known.get(uid)
