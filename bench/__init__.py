@@ -31,14 +31,20 @@ What it measures (docs/performance.md explains each figure):
 7. The in-use check (issue 21): the small realistic request (a root-owned
    leftover) with and without 2,000 extra idle processes and 20 extra mount
    namespaces, 32 clients against direct polkit with them, and 32 clients
-   with and without another user's 20,000 sleeping processes.
+   with and without another user's 20,000 sleeping processes; on a private
+   bus with Debian's policy and the real polkitd.
+8. The in-use check under the installed unit (``--installed``, or named in
+   ``--only``; not run otherwise: it boots a machine): Debian 12 booted with
+   systemd-nspawn, ``locald-shim admin cleanup`` of a small root-owned
+   leftover per call, with and without 1,000 extra idle processes, and
+   ``pkcheck`` of the same action beside it.
 
 Everything it starts, mounts, installs or creates is undone in ``finally``.
 
 The modules, one concern each:
 
   __main__    the command line: options, signals, the undo stack, the printed summary
-  phases      the stacks the sections run on (polkit mock, real polkitd, attack) and their order
+  phases      the stacks the sections run on (polkit mock, real polkitd) and their order
   context     what the sections share: options, results, undo steps, the staged client, log
   load        the bench client's load protocol: start clients, one timed command to all, quit
   delete      section 1: Cleanup vs rm -rf vs shutil.rmtree on fresh trees
@@ -48,6 +54,7 @@ The modules, one concern each:
   rss         section 5: idle memory of the mechanism
   attack      section 6: another user's calls and the memory under attack
   inuse       section 7: the in-use check's cost with many processes and namespaces on the host
+  installed   section 8: the in-use check under the installed unit, in a machine booted with systemd-nspawn
   report      the results table with the targets' verdicts
   targets     the targets and what makes a round quiet
   shapes      the trees deleted, and their parallel builder

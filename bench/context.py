@@ -17,6 +17,9 @@ from .mounts import mount_tmpfs, unmount
 from .procs import Reaper
 
 
+EXPLICIT = ("installed",)  # sections run only when asked for (--installed, or named in --only): it boots a machine
+
+
 def log(msg):
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
@@ -103,6 +106,8 @@ class Context:
 
     # -- the results ------------------------------------------------------------
     def want(self, section):
+        if section in EXPLICIT:
+            return (section == "installed" and self.args.installed) or section in (self.args.only or ())
         return self.args.only is None or section in self.args.only
 
     def note_error(self, what, e):

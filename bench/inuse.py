@@ -1,6 +1,6 @@
 """Section 7, the in-use check (issue 21): what the scan of /proc costs the
-realistic small request, on a private bus with the polkit mock and a fresh
-mechanism.
+realistic small request, on a private bus with Debian's system-bus policy,
+the real polkitd (the headless group rule) and a fresh mechanism.
 
 Every Cleanup deletes its own small root-owned leftover (what runc leaves:
 a root 0700 directory holding a root 0700 directory and a file) below the
@@ -33,6 +33,7 @@ from pathlib import Path
 
 from harness.users import SYSTEM_PYTHON, ensure_login_user
 
+from . import procprofile
 from .context import log
 from .load import quit_clients, run_load
 from .procs import Lines, Reaper, close_pipes
@@ -321,6 +322,8 @@ def run(ctx, address, watch, top):
                 res, cpu, wall, check = one.run(what, calls, 0)
                 w = seq[label][what] = window(res, cpu, wall, 0, check)
                 describe(f"[{label} extras] {what}", w)
+        out["profile"] = procprofile.profile()
+        log(f"  profile: {procprofile.describe(out['profile'])}")
         ctx.flush()
     finally:
         one.quit()

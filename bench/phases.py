@@ -1,7 +1,8 @@
 """The stacks the sections run on and their order: phase 1 (private bus,
 polkit mock: latency, delete), phase 2 (Debian's bus policy and the real
 polkitd: coldstart, rss, latency, throughput), the in-use phase (its own
-private bus, polkit mock and fresh mechanism: inuse), phase 3 (attack)."""
+private bus, the real polkitd and a fresh mechanism: inuse), phase 3
+(attack)."""
 
 import os
 import time
@@ -11,14 +12,14 @@ from harness.buses import PolkitMock, PrivateBus
 from harness.mechanism import Mechanism
 from harness.users import TEST_USER
 
-from . import attack, coldstart, delete, inuse, latency, rss, throughput
+from . import attack, coldstart, delete, installed, inuse, latency, rss, throughput
 from .context import log
 from .hostinfo import machine_info
 from .procs import Reaper
 from .sampling import NPROC, background_load
 from .targets import TARGETS
 
-SECTIONS = ("delete", "latency", "throughput", "coldstart", "rss", "inuse", "attack")
+SECTIONS = ("delete", "latency", "throughput", "coldstart", "rss", "inuse", "installed", "attack")
 BENCH_RULE_NAME = "50-locald-admin-bench.rules"
 
 
@@ -63,23 +64,29 @@ def phase_mock(ctx):
 
 
 def phase_inuse(ctx):
-    """The in-use check's cost (issue 21): a private permissive bus, the polkit
-    mock allowing the action, a fresh mechanism, a tmpfs for the leftovers."""
-    log("in-use phase: private bus + polkit mock + fresh mechanism")
+    """The in-use check's cost (issue 21) on a stack of its own: Debian's
+    system-bus policy, the real polkitd and a fresh mechanism (the issue's
+    "direct polkit" is the real one: the mock answers about five times as
+    many checks per second as polkitd, which measures the mock), and a tmpfs
+    for the leftovers."""
+    log("in-use phase: private bus with the real system-bus policy + real polkitd + fresh mechanism")
     top, do_unmount = ctx.tmpfs("inuse", "size=1g,nr_inodes=2m,mode=755")
-    bus, mech, watch, stop = mock_stack(ctx, "in-use")
+    bus, mech, watch, stop = real_stack(ctx, "in-use")
+    ctx.group.ensure()
     inuse.run(ctx, bus.address, watch, top)
     rss.run(ctx, "in-use mechanism after the phase", mech.proc.pid)
     stop()
     do_unmount()
 
 
-def phase_real(ctx):
-    """Debian's system-bus policy, the real polkitd, the group rule."""
-    log("phase 2: private bus with the real system-bus policy + real polkitd + headless group rule")
+def polkit_setup(ctx):
+    """The polkit action where polkitd reads actions (left alone if
+    identical), the headless group rule and locald-test in its group, for
+    the rest of the run; once per run.  Returns the group membership."""
+    if getattr(ctx, "group", None) is not None:
+        return ctx.group
     if not os.access(realsystem.POLKITD, os.X_OK):
         raise RuntimeError(f"{realsystem.POLKITD} is missing")
-    # The action, where polkitd reads actions (left alone if identical).
     why = realsystem.action_conflict()
     if why:
         raise RuntimeError(why)
@@ -90,21 +97,42 @@ def phase_real(ctx):
     group = realsystem.GroupMembership(TEST_USER)
     ctx.cleanup_cb("restore group", group.restore)
     group.ensure()
+    ctx.group = group
+    return group
 
+
+def real_stack(ctx, label, coldstart_first=False):
+    """A private bus with Debian's system-bus policy, the real polkitd and a
+    fresh mechanism, each undone by the context if the run stops early;
+    returns (bus, mechanism, watch, stop).  ``coldstart_first``: run the
+    cold-start section on the bus before the mechanism starts."""
+    polkit_setup(ctx)
     bus = realsystem.real_bus()
     Reaper.add(bus.proc)
-    stop_bus = ctx.cleanup_cb("stop real bus", bus.stop)
+    stop_bus = ctx.cleanup_cb(f"stop {label} bus", bus.stop)
     polkitd = realsystem.Polkitd(bus)
     Reaper.add(polkitd.proc)
-    stop_polkitd = ctx.cleanup_cb("stop polkitd", polkitd.stop)
-
-    if ctx.want("coldstart"):
+    stop_polkitd = ctx.cleanup_cb(f"stop {label} polkitd", polkitd.stop)
+    if coldstart_first:
         coldstart.run(ctx, bus)
-
     mech = Mechanism(bus, "--polkit-timeout", "10")
     Reaper.add(mech.proc)
-    stop_mech = ctx.cleanup_cb("stop mechanism (real bus)", mech.stop)
+    stop_mech = ctx.cleanup_cb(f"stop mechanism ({label})", mech.stop)
     watch = {"mechanism": mech.proc.pid, "polkitd": polkitd.proc.pid, "dbus-daemon": bus.proc.pid}
+
+    def stop():
+        stop_mech()
+        stop_polkitd()
+        stop_bus()
+
+    return bus, mech, watch, stop
+
+
+def phase_real(ctx):
+    """Debian's system-bus policy, the real polkitd, the group rule."""
+    log("phase 2: private bus with the real system-bus policy + real polkitd + headless group rule")
+    group = polkit_setup(ctx)
+    bus, mech, watch, stop = real_stack(ctx, "real", coldstart_first=ctx.want("coldstart"))
     if ctx.want("rss"):
         log("idle RSS of a fresh mechanism after 10 calls and 1 s idle")
         rss.run(ctx, "fresh mechanism, 10 calls, 1 s idle", mech.proc.pid, bus.address, 10)
@@ -117,9 +145,7 @@ def phase_real(ctx):
         throughput.run(ctx, bus.address, watch, ctx.args.duration, ctx.args.pairs)
     if ctx.want("rss"):
         rss.run(ctx, "real-bus mechanism after the phase", mech.proc.pid)
-    stop_mech()
-    stop_polkitd()
-    stop_bus()
+    stop()
 
 
 def run(ctx):
@@ -149,6 +175,11 @@ def run(ctx):
             phase_inuse(ctx)
         except Exception as e:
             ctx.note_error("in-use phase", e)
+    if ctx.want("installed"):
+        try:
+            installed.run(ctx)
+        except Exception as e:
+            ctx.note_error("installed unit", e)
     if ctx.want("attack"):
         try:
             attack.run(ctx)

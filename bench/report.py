@@ -3,6 +3,7 @@ verdict, and the heading line that names the machine and the run."""
 
 import statistics
 
+from . import procprofile
 from .delete import METHOD_LABEL, METHODS
 from .stats import fmt_ms, fmt_s
 from .targets import QUIET_OTHERS_CORES, QUIET_OTHERS_S, QUIET_ROUNDS_NEEDED, TARGETS
@@ -221,6 +222,9 @@ def _inuse_rows(res):
                      "-" if ratio is None else f"{ratio:.2f}x", _quiet_note(ou["with"] + ou["without"]),
                      f">= {TARGETS['inuse_other_user_ratio']}",
                      verdict(None if ratio is None else ratio >= TARGETS["inuse_other_user_ratio"])))
+    if iu.get("profile"):
+        rows.append(("in-use: the scan's system calls, per process (host)", f"{iu['profile']['total']:.1f} us",
+                     procprofile.describe(iu["profile"]), "", "-"))
     lo = iu.get("leftovers")
     if lo:
         rows.append(("in-use: leftovers created (not timed)", f"{lo['created']:,} in {lo['create_seconds']:.1f} s",
@@ -229,8 +233,41 @@ def _inuse_rows(res):
     return rows
 
 
+def _installed_rows(res):
+    rows = []
+    ins = res.get("installed")
+    if not ins:
+        return rows
+    if ins.get("skipped"):
+        return [("in-use, installed unit", "skipped", ins["skipped"], "", "-")]
+    ws = ins["windows"]
+    quiet = all(w["quiet"] for w in ws)
+    bg = f"background <= {max(w['background_busy_cores'] for w in ws):.2f} cores ({'quiet' if quiet else 'NOT quiet'})"
+    for label in ("without", "with"):
+        if label not in ins.get("shim_p50_ms", {}):
+            continue
+        cpu = ins.get("mech_cpu_ms_per_call", {}).get(label)
+        rows.append((f"in-use, installed unit: locald-shim cleanup p50, {label} {ins['extra']:,} extra processes",
+                     fmt_ms(ins["shim_p50_ms"][label]),
+                     f"pkcheck p50 {fmt_ms(ins['pkcheck_p50_ms'][label])}"
+                     + ("" if cpu is None else f"; mechanism {cpu:.2f} ms/call"), "", "-"))
+    if ins.get("added_ms") is not None:
+        v = ins["added_ms"]
+        note = bg + (f"; {ins['mech_cpu_us_per_extra_process']:.1f} us CPU per extra process"
+                     if ins.get("mech_cpu_us_per_extra_process") is not None else "")
+        if ins.get("errors"):
+            note += f"; {ins['errors']} errors"
+        rows.append((f"in-use, installed unit: per call with {ins['extra']:,} extra processes - without",
+                     fmt_ms(v), note, f"<= {TARGETS['installed_added_ms']:g} ms",
+                     verdict(v <= TARGETS["installed_added_ms"] and not ins.get("errors"))))
+    if ins.get("profile"):
+        rows.append(("in-use, installed unit: the scan's system calls, per process (machine)",
+                     f"{ins['profile']['total']:.1f} us", procprofile.describe(ins["profile"]), "", "-"))
+    return rows
+
+
 SECTION_ROWS = (_deletion_rows, _latency_rows, _throughput_rows, _coldstart_rows, _rss_rows, _inuse_rows,
-                _attack_rows)
+                _installed_rows, _attack_rows)
 
 
 def table(res):
