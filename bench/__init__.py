@@ -38,6 +38,16 @@ What it measures (docs/performance.md explains each figure):
    systemd-nspawn, ``locald-shim admin cleanup`` of a small root-owned
    leftover per call, with and without 1,000 extra idle processes, and
    ``pkcheck`` of the same action beside it.
+9. The A/B against another commit (``--baseline REV``; alone it runs only
+   this, ``--only`` adds sections): REV's code and the working tree's (or
+   ``--against REV2``'s), each staged as ``make install`` lays it out, in
+   alternating rounds A B B A ... on a bus with the polkit mock and on one
+   with the real polkitd, each round a fresh mechanism and client from that
+   side's code: sequential Cleanup of small root-owned leftovers and of
+   missing targets (client p50/p99, the mechanism's CPU per call), and the
+   command line (``locald-shim --version`` and a cleanup of a missing path:
+   wall time to exit, peak RSS); per figure the ratio working / baseline of
+   the medians, "no worse" up to 1.05.
 
 Everything it starts, mounts, installs or creates is undone in ``finally``.
 
@@ -55,6 +65,12 @@ The modules, one concern each:
   attack      section 6: another user's calls and the memory under attack
   inuse       section 7: the in-use check's cost with many processes and namespaces on the host
   installed   section 8: the in-use check under the installed unit, in a machine booted with systemd-nspawn
+  baseline    section 9: the A/B against another commit, its rounds and its summary
+  worktree    the commit a revision names, a detached git worktree of it and its removal
+  staging     a tree's code laid out as make install does, built alike, and where each module comes from
+  deps        a staged tree's runtime dependencies, beside its package
+  cpuclock    other processes' CPU time to the nanosecond, a sequential load window timed with it
+  clitimes    the command line's wall time to exit and peak RSS
   report      the results table with the targets' verdicts
   targets     the targets and what makes a round quiet
   shapes      the trees deleted, and their parallel builder

@@ -64,7 +64,7 @@ def launcher_stage(ctx):
     site = d / "site"
     site.mkdir()
     stage = Path(ctx.runner.stage)
-    for pkg in ("locald_admin", "dbus_fast"):
+    for pkg in ("locald_admin",):
         shutil.copytree(stage / pkg, site / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["/usr/bin/python3", "-m", "compileall", "-q", str(site)], check=True,
                    stdout=subprocess.DEVNULL)

@@ -1,7 +1,9 @@
-"""The stacks the sections run on and their order: phase 1 (private bus,
-polkit mock: latency, delete), phase 2 (Debian's bus policy and the real
-polkitd: coldstart, rss, latency, throughput), the in-use phase (its own
-private bus, the real polkitd and a fresh mechanism: inuse), phase 3
+"""The stacks the sections run on and their order: the A/B against another
+commit (``--baseline``: a bus with the polkit mock, then one with the real
+polkitd, a fresh mechanism per round from either tree), phase 1 (private
+bus, polkit mock: latency, delete), phase 2 (Debian's bus policy and the
+real polkitd: coldstart, rss, latency, throughput), the in-use phase (its
+own private bus, the real polkitd and a fresh mechanism: inuse), phase 3
 (attack)."""
 
 import os
@@ -12,21 +14,31 @@ from harness.buses import PolkitMock, PrivateBus
 from harness.mechanism import Mechanism
 from harness.users import TEST_USER
 
-from . import attack, coldstart, delete, installed, inuse, latency, rss, throughput
+from . import attack, baseline, coldstart, delete, installed, inuse, latency, rss, throughput
 from .context import log
 from .hostinfo import machine_info
 from .procs import Reaper
 from .sampling import NPROC, background_load
 from .targets import TARGETS
 
-SECTIONS = ("delete", "latency", "throughput", "coldstart", "rss", "inuse", "installed", "attack")
+SECTIONS = ("baseline", "delete", "latency", "throughput", "coldstart", "rss", "inuse", "installed", "attack")
 BENCH_RULE_NAME = "50-locald-admin-bench.rules"
+REAL_MECHANISM_ARGS = ("--polkit-timeout", "10")
 
 
-def mock_stack(ctx, label):
-    """A private permissive bus, the polkit mock allowing the action and a
-    fresh mechanism, each undone by the context if the run stops early;
-    returns (bus, mechanism, watch, stop), ``stop()`` undoing them now."""
+def start_mechanism(ctx, bus, label, *args, site=None):
+    """A fresh mechanism on ``bus`` (from the staged ``site`` if given, see
+    harness.mechanism), undone by the context if the run stops early;
+    returns (mechanism, stop)."""
+    mech = Mechanism(bus, *args, site=site)
+    Reaper.add(mech.proc)
+    return mech, ctx.cleanup_cb(f"stop mechanism ({label})", mech.stop)
+
+
+def mock_bus(ctx, label):
+    """A private permissive bus and the polkit mock allowing the action,
+    each undone by the context if the run stops early; returns (bus, watch,
+    stop), ``stop()`` undoing them now."""
     bus = PrivateBus()
     Reaper.add(bus.proc)
     stop_bus = ctx.cleanup_cb(f"stop {label} bus", bus.stop)
@@ -34,14 +46,23 @@ def mock_stack(ctx, label):
     Reaper.add(mock.proc)
     stop_mock = ctx.cleanup_cb(f"stop {label} polkit mock", mock.stop)
     mock.allow()
-    mech = Mechanism(bus)
-    Reaper.add(mech.proc)
-    stop_mech = ctx.cleanup_cb(f"stop mechanism ({label})", mech.stop)
-    watch = {"mechanism": mech.proc.pid, "polkit_mock": mock.proc.pid, "dbus-daemon": bus.proc.pid}
+
+    def stop():
+        stop_mock()
+        stop_bus()
+
+    return bus, {"polkit_mock": mock.proc.pid, "dbus-daemon": bus.proc.pid}, stop
+
+
+def mock_stack(ctx, label):
+    """``mock_bus`` and a fresh mechanism on it; returns (bus, mechanism,
+    watch, stop)."""
+    bus, watch, stop_bus = mock_bus(ctx, label)
+    mech, stop_mech = start_mechanism(ctx, bus, label)
+    watch = {"mechanism": mech.proc.pid, **watch}
 
     def stop():
         stop_mech()
-        stop_mock()
         stop_bus()
 
     return bus, mech, watch, stop
@@ -101,11 +122,10 @@ def polkit_setup(ctx):
     return group
 
 
-def real_stack(ctx, label, coldstart_first=False):
-    """A private bus with Debian's system-bus policy, the real polkitd and a
-    fresh mechanism, each undone by the context if the run stops early;
-    returns (bus, mechanism, watch, stop).  ``coldstart_first``: run the
-    cold-start section on the bus before the mechanism starts."""
+def polkitd_bus(ctx, label):
+    """A private bus with Debian's system-bus policy and the real polkitd
+    (``polkit_setup`` done), each undone by the context if the run stops
+    early; returns (bus, watch, stop)."""
     polkit_setup(ctx)
     bus = realsystem.real_bus()
     Reaper.add(bus.proc)
@@ -113,19 +133,51 @@ def real_stack(ctx, label, coldstart_first=False):
     polkitd = realsystem.Polkitd(bus)
     Reaper.add(polkitd.proc)
     stop_polkitd = ctx.cleanup_cb(f"stop {label} polkitd", polkitd.stop)
-    if coldstart_first:
-        coldstart.run(ctx, bus)
-    mech = Mechanism(bus, "--polkit-timeout", "10")
-    Reaper.add(mech.proc)
-    stop_mech = ctx.cleanup_cb(f"stop mechanism ({label})", mech.stop)
-    watch = {"mechanism": mech.proc.pid, "polkitd": polkitd.proc.pid, "dbus-daemon": bus.proc.pid}
 
     def stop():
-        stop_mech()
         stop_polkitd()
         stop_bus()
 
+    return bus, {"polkitd": polkitd.proc.pid, "dbus-daemon": bus.proc.pid}, stop
+
+
+def real_stack(ctx, label, coldstart_first=False):
+    """``polkitd_bus`` and a fresh mechanism on it; returns (bus, mechanism,
+    watch, stop).  ``coldstart_first``: run the cold-start section on the
+    bus before the mechanism starts."""
+    bus, watch, stop_bus = polkitd_bus(ctx, label)
+    if coldstart_first:
+        coldstart.run(ctx, bus)
+    mech, stop_mech = start_mechanism(ctx, bus, label, *REAL_MECHANISM_ARGS)
+    watch = {"mechanism": mech.proc.pid, **watch}
+
+    def stop():
+        stop_mech()
+        stop_bus()
+
     return bus, mech, watch, stop
+
+
+def phase_baseline(ctx):
+    """The A/B: both trees staged, then on a bus with the polkit mock and on
+    one with the real polkitd, rounds alternating the trees, each round a
+    fresh mechanism (and client) from its tree's code."""
+    log(f"A/B against {ctx.args.baseline}: staging both trees")
+    ab = baseline.prepare(ctx)
+    for label, make_bus, args in (("mock", mock_bus, ()), ("real polkitd", polkitd_bus, REAL_MECHANISM_ARGS)):
+        try:
+            bus, watch, stop = make_bus(ctx, f"A/B {label}")
+            if label == "real polkitd":
+                ctx.group.ensure()
+
+            def start(site, label=label, bus=bus, args=args):
+                return start_mechanism(ctx, bus, f"A/B {label}", *args, site=site)
+
+            baseline.rounds(ctx, label, bus.address, watch, start, ab, cli=label == "real polkitd")
+            stop()
+        except Exception as e:
+            ctx.note_error(f"A/B ({label})", e)
+    baseline.summarize(ctx)
 
 
 def phase_real(ctx):
@@ -154,12 +206,18 @@ def run(ctx):
     ctx.results["config"] = {"long": ctx.args.long, "rounds": ctx.args.rounds, "calls": ctx.args.calls,
                              "duration_s": ctx.args.duration, "pairs": ctx.args.pairs,
                              "only": sorted(ctx.args.only) if ctx.args.only else None,
+                             "baseline": ctx.args.baseline, "against": ctx.args.against,
                              "clients": throughput.CLIENTS, "targets": TARGETS}
     t0 = time.monotonic()
     ctx.results["machine"]["background_busy_cores_start"] = background_load()
     log(f"background load: {ctx.results['machine']['background_busy_cores_start']:.2f} of {NPROC} cores busy "
         "before we start")
     ctx.setup_common()
+    if ctx.want("baseline"):
+        try:
+            phase_baseline(ctx)
+        except Exception as e:
+            ctx.note_error("A/B against the baseline", e)
     if ctx.want("latency") or ctx.want("delete"):
         try:
             phase_mock(ctx)

@@ -1,5 +1,7 @@
 """The report: the results as a table of figures, each with its target and
-verdict, and the heading line that names the machine and the run."""
+verdict (for the A/B against another commit, ``--baseline``: baseline ->
+working medians, their ratio and "no worse" or not), and the heading line
+that names the machine and the run."""
 
 import statistics
 
@@ -266,8 +268,57 @@ def _installed_rows(res):
     return rows
 
 
-SECTION_ROWS = (_deletion_rows, _latency_rows, _throughput_rows, _coldstart_rows, _rss_rows, _inuse_rows,
-                _installed_rows, _attack_rows)
+def _ab_value(v, unit):
+    if v is None:
+        return "-"
+    if unit == "ms":
+        return fmt_ms(v)
+    if unit == "us":
+        return f"{v:.0f} us"
+    if unit == "KiB":
+        return f"{v / 1024:.1f} MiB"
+    return f"{v:g} {unit}"
+
+
+def _ab_side(side):
+    if side["source"] == "working tree":
+        changed = len(side["changed_files"])
+        return f"working tree ({side['head'][:7]}{f' + {changed} changed files' if changed else ''})"
+    return f"{side['rev']} ({side['commit'][:7]})"
+
+
+def _baseline_rows(res):
+    """The A/B against another commit (--baseline): per figure baseline ->
+    working medians, the ratio, quiet or not, no worse or not."""
+    ab = res.get("baseline")
+    if not ab:
+        return []
+    sides = ab["sides"]
+    differ = ab["files_differing"]
+    rows = [(f"A/B: {_ab_side(sides['baseline'])} -> {_ab_side(sides['working'])}",
+             f"{ab['rounds_per_side']} round{'s' if ab['rounds_per_side'] != 1 else ''} per side",
+             "identical code" if ab["identical_code"] else
+             f"{len(differ)} files differ: {', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''}",
+             f"<= {ab['no_worse_ratio']}x baseline", ab.get("verdict", "incomplete"))]
+    for f in ab.get("figures", []):
+        b, w = f["baseline"]["median"], f["working"]["median"]
+        note = "-" if f["ratio"] is None else f"{f['ratio']:.3f}x"
+        if f.get("pair_ratio_median") is not None:
+            note += f" (per pair {f['pair_ratio_median']:.2f}x)"
+        if f["others_max_cores"] is not None:
+            note += f"; others <= {f['others_max_cores']:.2f} cores ({'quiet' if f['quiet'] else 'NOT quiet'})"
+        if f.get("host_processes") and f["key"].startswith("leftover"):
+            lo, hi = f["host_processes"]
+            note += f"; {lo}-{hi} processes on the host" if lo != hi else f"; {lo} processes on the host"
+        if f["errors"]:
+            note += f"; {f['errors']} errors"
+        rows.append((f"A/B [{f['stack']}] {f['figure']}", f"{_ab_value(b, f['unit'])} -> {_ab_value(w, f['unit'])}",
+                     note, f"<= {ab['no_worse_ratio']}x", f["verdict"]))
+    return rows
+
+
+SECTION_ROWS = (_baseline_rows, _deletion_rows, _latency_rows, _throughput_rows, _coldstart_rows, _rss_rows,
+                _inuse_rows, _installed_rows, _attack_rows)
 
 
 def table(res):

@@ -8,7 +8,12 @@ messages then go to the datagram socket the test binds at PATH, as under
 systemd, and the log file gets nothing.  With ``faults=True``
 it runs programs/hooked_mechanism.py instead, which patches the mechanism
 before calling the same main(): injected exceptions for a few magic names
-(see that file).
+(see that file).  With ``site=DIR`` it runs the package staged in DIR (a
+site directory as ``make install`` lays it out, e.g. another commit's:
+bench/staging.py) instead of this checkout's: the interpreter starts in DIR
+with ``PYTHONPATH=DIR``, so that package is found before the venv's editable
+install of this checkout (whose finder comes after the path on
+``sys.meta_path``).
 
 Every mechanism started is listed in ``STARTED`` until it is stopped and
 reported on; tests/conftest.py attaches the logs of those that ran during a
@@ -49,8 +54,11 @@ class Mechanism(_Stoppable):
     """The real mechanism on ``bus``; its stderr (log and audit lines) goes
     to a file in the bus's directory."""
 
-    def __init__(self, bus, *args, progress_interval=None, faults=False, journal=None):
+    def __init__(self, bus, *args, progress_interval=None, faults=False, journal=None, site=None):
+        if faults and site is not None:
+            raise ValueError("the fault hook runs this checkout's mechanism: faults and site exclude each other")
         self.bus = bus
+        self.site = site
         self.stderr_path = bus.dir / f"mechanism-{time.monotonic_ns()}.log"
         if progress_interval is not None:
             args += ("--progress-interval", repr(progress_interval))
@@ -59,15 +67,25 @@ class Mechanism(_Stoppable):
         if journal is not None:
             args += ("--journal-socket", str(journal))
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus.address)
+        cwd = None
+        if site is not None:
+            env["PYTHONPATH"] = cwd = str(site)
         with open(self.stderr_path, "wb") as log:
             if journal is not None:
                 st = os.fstat(log.fileno())
                 env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
-            self.proc = subprocess.Popen([*argv, *args], env=env, stdin=subprocess.DEVNULL, stderr=log)
+            self.proc = subprocess.Popen([*argv, *args], env=env, cwd=cwd, stdin=subprocess.DEVNULL, stderr=log)
         self.args = args
         self._final_log = None
         STARTED.append(self)
-        wait_for_name(bus.address, i.BUS_NAME, proc=self.proc)
+        try:
+            wait_for_name(bus.address, i.BUS_NAME, proc=self.proc)
+        except Exception as e:
+            # Not left running (nobody holds this object to stop it), and
+            # what it said is in the error.
+            self.stop()
+            tail = self.log_tail(2000).strip() or "(empty)"
+            raise RuntimeError(f"the mechanism did not start ({type(e).__name__}: {e}); its log: {tail}") from e
 
     def log(self):
         if self._final_log is not None:
@@ -89,7 +107,8 @@ class Mechanism(_Stoppable):
         return [f for f in map(audit_fields, self.audit_lines()) if _matches(f, match)]
 
     def describe(self):
-        return f"pid {self.proc.pid}, args {list(self.args)}, exit {self.proc.returncode}"
+        site = f", site {self.site}" if self.site is not None else ""
+        return f"pid {self.proc.pid}, args {list(self.args)}{site}, exit {self.proc.returncode}"
 
     def stop(self):
         terminate(self.proc, 10)
