@@ -15,12 +15,9 @@
 # activation file and the unit are rewritten to name the mechanism's real
 # path.
 #
-#   DBUS_FAST=system   (default) the launchers import the distribution's
-#                      dbus-fast (Debian 12: python3-dbus-fast, 1.84), which
-#                      must be installed (a package built so depends on it).
-#   DBUS_FAST=bundled  pip puts the version pinned in constraints.txt, as the
-#                      compiled wheel for $(PYTHON), into $(LIBDIR)/site
-#                      (needs the package index).
+# The package needs nothing beyond Python's standard library (it speaks
+# D-Bus itself: locald_admin/wire.py and busio.py).
+#
 #   CWALK=no           do not build the compiled extensions, the walk and the
 #                      scan of /proc (their Python versions are used).
 
@@ -59,7 +56,6 @@ SYSCONFDIR ?= /etc
 MANDIR     ?= $(DATADIR)/man
 BASHCOMPDIR ?= $(or $(PC_BASHCOMPDIR),$(DATADIR)/bash-completion/completions)
 ZSHCOMPDIR ?= $(DATADIR)/zsh/vendor-completions
-DBUS_FAST  ?= system
 CWALK      ?= yes
 EXTENSIONS := _cwalk _cprocscan
 CC         ?= cc
@@ -110,7 +106,6 @@ test:
 # tree) is written under umask 022, so no moment exists in which it is
 # writable by others, and then given its mode.
 install:
-	@case '$(DBUS_FAST)' in bundled|system) ;; *) echo "DBUS_FAST must be bundled or system" >&2; exit 1;; esac
 	rm -rf '$(DESTDIR)$(LIBDIR)'
 	install -d -m 755 '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(dir $(BUSCONF))' \
 		'$(DESTDIR)$(dir $(ACTIVATION))' '$(DESTDIR)$(dir $(POLICY))' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(GENDIR)'
@@ -120,10 +115,6 @@ install:
 		$(CC) $(CPPFLAGS) $(CFLAGS) $(CWALK_FLAGS) -I'$(PY_INCLUDE)' locald_admin/fs/$$ext.c $(LDFLAGS) \
 			-o '$(DESTDIR)$(SITE)/locald_admin/fs/'$$ext'$(EXT_SUFFIX)' && \
 		chmod 644 '$(DESTDIR)$(SITE)/locald_admin/fs/'$$ext'$(EXT_SUFFIX)' || exit 1; done; fi
-	if [ '$(DBUS_FAST)' = bundled ]; then umask 022; \
-		$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
-			-c constraints.txt --only-binary dbus-fast --target '$(DESTDIR)$(SITE)' dbus-fast; \
-		rm -rf '$(DESTDIR)$(SITE)/bin' && chmod -R u=rwX,go=rX '$(DESTDIR)$(SITE)'; fi
 	@# The bytecode, now: the launchers run with -B and write none (the
 	@# Debian package leaves it to dh_python3, BYTECOMPILE=no).
 	if [ '$(BYTECOMPILE)' = yes ]; then umask 022; \

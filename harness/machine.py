@@ -10,14 +10,12 @@ of its own under /sys/fs/cgroup/{systemd,unified}/.  Commands run inside
 with ``nsenter -t <its PID 1> -a``.
 
 The base image (debootstrap --variant=minbase with systemd, dbus, polkitd,
-libpam-systemd, python3, python3-dbus-fast and man-db, from the configured Debian
+libpam-systemd, python3 and man-db, from the configured Debian
 mirror) is cached in ``CACHE`` under a name made from the package list, so
 that an image built for another list is never taken for it (about a minute
 to build on a fresh machine); each ``Machine`` boots a copy of it with the
-product staged in by ``make install DESTDIR=... PREFIX=/usr DBUS_FAST=system``:
-the installed mechanism and client run Debian's python3-dbus-fast (1.84), the
-oldest version busio supports, where the other tiers run the venv's pinned
-one.
+product staged in by ``make install DESTDIR=... PREFIX=/usr``: the installed
+mechanism and client run Debian's python3 and nothing else.
 """
 
 import hashlib
@@ -30,10 +28,10 @@ from pathlib import Path
 from . import ROOT
 
 CACHE = Path(os.environ.get("LOCALD_ADMIN_IMAGE_CACHE", "/var/cache/locald-admin-tests"))
-PACKAGES = "systemd,systemd-sysv,dbus,polkitd,libpam-systemd,python3,python3-dbus-fast,man-db"
+PACKAGES = "systemd,systemd-sysv,dbus,polkitd,libpam-systemd,python3,man-db"
 BASE = CACHE / f"bookworm-minbase-{hashlib.sha256(PACKAGES.encode()).hexdigest()[:12]}"
-# How the product is installed into it: with Debian's D-Bus library.
-INSTALL_ARGS = ("DESTDIR={image}", "PREFIX=/usr", "DBUS_FAST=system")
+# How the product is installed into it.
+INSTALL_ARGS = ("DESTDIR={image}", "PREFIX=/usr")
 MIRROR = "http://deb.debian.org/debian"
 TOOLS = ("systemd-nspawn", "debootstrap", "unshare", "nsenter")
 

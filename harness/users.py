@@ -4,7 +4,9 @@ When the tests run as root (as in CI), clients run as the dedicated user
 ``locald-test`` with Debian's /usr/bin/python3 and a world-readable copy of
 the client code and of programs/ (the venv's interpreter and the checkout
 may live under /root, mode 700).  Otherwise clients run as the current user
-with the current interpreter.
+with the current interpreter.  ``ClientRunner(site=..., programs=...)`` takes
+the client code from a staged site directory (another tree's package, as
+``make install`` lays it out: bench/staging.py) instead of the imported one.
 """
 
 import json
@@ -91,25 +93,37 @@ def program_source(name):
 
 class ClientRunner:
     """Runs client code as the unprivileged test user (root) or as the
-    current user (otherwise)."""
+    current user (otherwise).
 
-    def __init__(self, user=TEST_USER):
+    ``site``: a staged site directory holding a ``locald_admin`` package
+    (client/ and mechanism/ inside it) and the libraries it needs, all
+    copied instead of the imported package;
+    ``programs``: the programs directory to use instead of this harness's
+    (another tree's harness/programs)."""
+
+    def __init__(self, user=TEST_USER, *, site=None, programs=None):
         self.stage = None
+        programs = Path(programs) if programs is not None else PROGRAMS
         if IS_ROOT:
             self.user = ensure_user(user)
             self.stage = trees.world_tmpdir("locald-admin-client-")
             pkg = self.stage / "locald_admin"
             ignore = shutil.ignore_patterns("__pycache__")
-            # locald_admin/ (fs/ included); client/ and mechanism/ are mapped
-            # into it by the packaging, so they are copied into it here.
-            shutil.copytree(Path(locald_admin.__file__).parent, pkg, ignore=ignore)
-            shutil.copytree(Path(locald_admin.client.__file__).parent, pkg / "client", ignore=ignore)
-            shutil.copytree(Path(locald_admin.mechanism.__file__).parent, pkg / "mechanism", ignore=ignore)
-            # The D-Bus library, compiled for this interpreter (the venv's is
-            # made from /usr/bin/python3, so its extension modules load there).
-            import dbus_fast
-            shutil.copytree(Path(dbus_fast.__file__).parent, self.stage / "dbus_fast", ignore=ignore)
-            shutil.copytree(PROGRAMS, self.stage / "programs", ignore=ignore)
+            if site is not None:
+                # The package and the libraries staged beside it (its dependencies).
+                for entry in Path(site).iterdir():
+                    if entry.is_dir() and entry.name != "__pycache__":
+                        shutil.copytree(entry, self.stage / entry.name, ignore=ignore)
+                    elif entry.is_file():
+                        shutil.copy2(entry, self.stage / entry.name)
+            else:
+                # locald_admin/ (fs/ included); client/ and mechanism/ are mapped
+                # into it by the packaging, so they are copied into it here.
+                shutil.copytree(Path(locald_admin.__file__).parent, pkg, ignore=ignore)
+                shutil.copytree(Path(locald_admin.client.__file__).parent, pkg / "client", ignore=ignore)
+                shutil.copytree(Path(locald_admin.mechanism.__file__).parent, pkg / "mechanism", ignore=ignore)
+                # Nothing else: the client needs no library (busio speaks D-Bus itself).
+            shutil.copytree(programs, self.stage / "programs", ignore=ignore)
             subprocess.run(["chmod", "-R", "a+rX", str(self.stage)], check=True)
             self.python = SYSTEM_PYTHON
             self.pythonpath = str(self.stage)
@@ -117,8 +131,8 @@ class ClientRunner:
         else:
             self.user = pwd.getpwuid(os.getuid())
             self.python = sys.executable
-            self.pythonpath = str(Path(locald_admin.__file__).parent.parent)
-            self.programs = PROGRAMS
+            self.pythonpath = str(site) if site is not None else str(Path(locald_admin.__file__).parent.parent)
+            self.programs = programs
         self.probe = self.program("client_probe.py")
 
     @property

@@ -9,4 +9,4 @@ library and CLI that locald uses.
 
 # The release, in one place: pyproject.toml reads it (dynamic version), and
 # --version and the mechanism's Version property show it.
-__version__ = "0.2.0"
+__version__ = "0.3.0"

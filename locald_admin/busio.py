@@ -1,474 +1,367 @@
-"""The bus boundary: the one module that knows the D-Bus library (dbus-fast).
+"""The bus boundary: our own connection to the system bus.
 
 Everything else speaks ``locald_admin.messages`` (plain data) through a
 ``Connection``: ``call`` a method and get a ``Reply``, ``send`` a signal,
-``serve`` the service's object, ``on_signal`` for the client.  Changing the
-D-Bus library means changing this file.
+``serve`` the service's object, ``on_signal`` for the client.  What goes on
+the wire is ``wire.py``'s (the codec and the framing, Sans-I/O); this module
+is the thin I/O around it, on asyncio, and depends on no D-Bus library:
 
-dbus-fast is supported from 1.84 (Debian 12's python3-dbus-fast) to 2.x
-(the version pinned in constraints.txt); ``_check_library`` refuses any
-other at import, naming it.  Its defects are handled here, and only here,
-by a connection class of our own (``_Bus``) that keeps the library's
-decoding, encoding and dispatch and replaces the two private pieces that
-touch the socket, which are compiled and differ between the two lines (1.84
-reads through a stream and writes its queue last-in first-out; 2.x reads
-the socket itself, greedily), so that one piece of code serves both:
-
-* The library writes to a non-blocking socket and treats *any* exception
-  from ``send()`` as fatal: when the kernel socket buffer is full the write
-  raises ``BlockingIOError`` (EAGAIN), the connection is finalized and every
-  later call hangs (a few hundred pipelined calls are enough).  ``_Writer``
-  queues messages in order and waits until the socket is writable.
-* It reads every incoming message whole into memory, however big the bus
-  lets it be (32 MiB on the system bus), then decodes it: a flood of calls
-  with a 30 MB path would take the service to gigabytes.  ``_GuardedReader``
-  frames the stream itself from each message's fixed header; a message up to
-  ``MAX_INCOMING`` is decoded by the library's unmarshaller once whole, a
-  longer one has its header fields decoded (they are bounded too) and its
-  body dropped in ``_DROP_CHUNK`` pieces as it streams in, never kept; the
-  service answers such a call from its header alone (``Incoming.oversized``).
-* A call that times out or is cancelled leaves its reply handler in the
-  library's table for the connection's lifetime; ``Connection.call`` removes
-  it.
-* A message handler that raises has its traceback sent to the caller as an
-  error text; ``Connection.serve`` answers with a named error instead.
+* **Connecting**: the bus address (``DBUS_SYSTEM_BUS_ADDRESS``, else the
+  well-known socket), the ``EXTERNAL`` authentication with our euid, and
+  ``Hello``, written in one go (``AUTH``, ``BEGIN`` and ``Hello`` together,
+  as sd-bus does): one round trip to a usable connection.
+* **Reading** through ``wire.Parser``: at most ``wire.CHUNK`` bytes per
+  read, at most ``wire.MAX_INCOMING`` of any one message kept; a longer one
+  arrives as its header alone (``oversized``), its body dropped as it
+  streams in, so a flood of 30 MB calls costs no memory.  A message framed
+  soundly but not valid inside is passed over (logged); a stream that
+  cannot be framed ends the connection.
+* **Writing** in order through a queue: a full socket buffer (EAGAIN) means
+  waiting until the socket is writable, never the end of the connection (the
+  defect of dbus-next and dbus-fast's writers that made us own this).
+* **Calls** are numbered (serials, wrapping below 2**32) and matched to
+  their replies in one table; a call that times out or is cancelled leaves
+  nothing behind in it; a connection that ends fails every call waiting.
+* **Serving**: method calls to ``interface.OBJECT_PATH`` on the service's
+  interface go to the service's ``dispatch``; ``Introspect``, ``Properties``
+  and ``Peer`` are answered here from ``messages``; anything else is
+  ``UnknownMethod``.  A dispatch that raises is answered with a named error,
+  never a traceback.
 """
 
 import asyncio
 import collections
-import io
 import logging
-import re
-import struct
-
-import dbus_fast
-from dbus_fast import BusType, Message, MessageFlag, MessageType, NameFlag, RequestNameReply
-from dbus_fast import Variant as _Variant
-from dbus_fast.__version__ import __version__ as LIBRARY_VERSION
-from dbus_fast._private.unmarshaller import Unmarshaller
-from dbus_fast.aio import MessageBus
-from dbus_fast.errors import DBusError, InvalidMessageError
+import os
+import socket
 
 from . import interface as i
 from . import messages as m
+from . import wire
 
 log = logging.getLogger(__name__)
+
+SYSTEM_BUS_ADDRESS = "unix:path=/run/dbus/system_bus_socket"
+MAX_INCOMING = wire.MAX_INCOMING  # the longest message read into memory (wire.py says why this size)
+MAX_LOGGED_INVALID = 100  # messages passed over as invalid (wire.Parser) that are logged, per connection
+MAX_AUTH_LINE = 512  # the server's answer to AUTH: "OK <32 hex digits>\r\n"
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+_SERIAL_WRAP = (1 << 32) - 1
+
+# RequestName's flags and answers (the D-Bus specification).
+_DO_NOT_QUEUE = 4
+_REQUEST_NAME_REPLIES = {1: "PRIMARY_OWNER", 2: "IN_QUEUE", 3: "EXISTS", 4: "ALREADY_OWNER"}
 
 
 class BusError(ConnectionError):
     """The connection failed, was lost, or the bus refused a request."""
 
 
-# -- the library: which versions, and what of it is relied on ------------------------------
+# -- the address -------------------------------------------------------------------------
 
-SUPPORTED = ((1, 84), (3, 0))  # dbus-fast >=1.84,<3, as pyproject.toml says
-
-# The private members of the library's asyncio bus that _Bus uses, the same
-# in 1.84 and 2.x: the handshake, dispatch of a decoded message, the end of
-# the connection, and the connection's state.
-_BUS_MEMBERS = ("_authenticate", "_process_message", "_finalize", "next_serial", "_writer",
-                "_method_return_handlers", "_disconnect_future", "_user_disconnect")
-
-
-def _check_library(version, bus_class=MessageBus):
-    """Raise ImportError unless ``version`` of dbus-fast is one this module
-    was written and tested for (the one place that knows the versions)."""
-    where = getattr(dbus_fast, "__file__", "?")
-    found = re.match(r"(\d+)\.(\d+)", str(version))
-    if not found:
-        raise ImportError(f"locald-admin: cannot read the version of dbus-fast ({version!r}, {where})")
-    have = (int(found.group(1)), int(found.group(2)))
-    low, high = SUPPORTED
-    if not low <= have < high:
-        raise ImportError(f"locald-admin needs dbus-fast >={low[0]}.{low[1]},<{high[0]}; "
-                          f"{version} is installed ({where})")
-    missing = [name for name in _BUS_MEMBERS if not hasattr(bus_class, name)]
-    if not hasattr(Message, "_marshall") or not hasattr(Unmarshaller, "unmarshall"):
-        missing.append("Message._marshall/Unmarshaller.unmarshall")
-    if missing:
-        raise ImportError(f"locald-admin: dbus-fast {version} ({where}) lacks {', '.join(missing)}")
-
-
-_check_library(LIBRARY_VERSION)
+def socket_addresses(address=None):
+    """The Unix socket addresses to try, in order, for a bus address
+    (``DBUS_SYSTEM_BUS_ADDRESS`` or the system bus's socket when None):
+    ``unix:path=…`` and ``unix:abstract=…`` entries, ``;``-separated, their
+    values %-escaped as the specification says.  Other transports (tcp,
+    launchd, systemd:) are not for a system service: BusError if nothing
+    usable is left."""
+    if address is None:
+        address = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS_ADDRESS
+    out = []
+    for entry in address.split(";"):
+        transport, _, params = entry.partition(":")
+        if transport != "unix":
+            continue
+        keys = {}
+        for pair in params.split(","):
+            key, eq, value = pair.partition("=")
+            if eq:
+                keys[key] = _unescape(value)
+        if "path" in keys:
+            out.append(keys["path"])
+        elif "abstract" in keys:
+            out.append("\0" + keys["abstract"])
+    if not out:
+        raise BusError(f"no unix:path= or unix:abstract= in the bus address {address!r}")
+    return out
 
 
-# -- the EAGAIN-safe writer ------------------------------------------------------------
-
-class _Writer:
-    """Writes a bus's messages in order; a full socket buffer (EAGAIN) means
-    waiting until the socket is writable, never the end of the connection.
-    Takes the place of the library's writer, whose one entry point used by
-    the library is ``schedule_write``."""
-
-    def __init__(self, bus):
-        self._bus = bus
-        self._sock = bus._sock
-        self._loop = bus._loop
-        self._fd = bus._fd
-        self._queue = collections.deque()  # (memoryview of the encoded message, future or None)
-        self._offset = 0  # bytes of the queue's first message already written
-        self._waiting = False  # registered with the loop until writable
-        self._error = None  # set once the connection has failed
-
-    def schedule_write(self, msg=None, future=None, *, before_hello=False):
-        """Queue ``msg`` (its ``future`` is resolved once it is written) and
-        write what the socket takes now.  Until the bus has answered Hello
-        only Hello itself (``before_hello``) is written."""
-        if msg is not None:
-            if self._error is not None:
-                _fail(future, self._error)
-                return
-            self._queue.append((memoryview(msg._marshall(False)), future))
-        if (self._bus.unique_name is None and not before_hello) or self._waiting:
-            return  # the writable callback (or Hello's reply) writes it
-        self._flush()
-
-    def _flush(self):
-        try:
-            drained = self._write_pending()
-        except Exception as exc:  # a real socket error: the connection is gone
-            self._bus._finalize(exc)
-            return
-        if drained and self._waiting:
-            self._loop.remove_writer(self._fd)
-            self._waiting = False
-        elif not drained and not self._waiting:
-            self._loop.add_writer(self._fd, self._flush)
-            self._waiting = True
-
-    def _write_pending(self):
-        """Write queued messages until done (True) or the socket is full (False)."""
-        queue, send = self._queue, self._sock.send
-        while queue:
-            buf, fut = queue[0]
+def _unescape(value):
+    raw = value.encode()
+    out = bytearray()
+    k = 0
+    while k < len(raw):
+        if raw[k] == 0x25 and k + 2 < len(raw):  # %XX
             try:
-                self._offset += send(buf[self._offset:])
-            except (BlockingIOError, InterruptedError):
-                return False
-            if self._offset < len(buf):
-                return False
-            queue.popleft()
-            self._offset = 0
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-        return True
-
-    def close(self, exc):
-        """The connection ended: every queued message fails with ``exc``."""
-        self._error = exc if exc is not None else BusError("the connection is closed")
-        self._waiting = False
-        while self._queue:
-            _, fut = self._queue.popleft()
-            if self._bus._user_disconnect:
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
-            else:
-                _fail(fut, self._error)
-
-
-def _fail(fut, exc):
-    if fut is not None and not fut.done():
-        fut.set_exception(exc)
-        fut.exception()  # retrieved: nobody may be waiting for it (the library's own sends)
-
-
-# -- bounded reading ----------------------------------------------------------------------
-
-# The longest message read into memory.  Everything the service legitimately
-# receives (a 4,096-byte path, the bus daemon's and polkit's replies) is a
-# few KiB; the credentials of a caller in every group there is (65,536 gids)
-# are 256 KiB.
-MAX_INCOMING = 1 << 20
-MAX_HEADER = 64 << 10  # header fields of an oversized message, read to answer it
-_DROP_CHUNK = 64 << 10  # the most read from the socket at once
-_FIXED = 16  # endianness, type, flags, version, body length, serial, length of the header fields
-
-
-def _decode(data):
-    """One whole message (bytes) as the library's Message."""
-    msg = Unmarshaller(io.BytesIO(data)).unmarshall()
-    if msg is None:
-        raise InvalidMessageError("a truncated message")
-    return msg
-
-
-class _Oversized(Message):
-    """A message longer than MAX_INCOMING, from its header alone: no body.
-    ``locald_oversized`` is its length in bytes."""
-
-
-class _GuardedReader:
-    """The bus's socket reader (the loop calls it when the socket is
-    readable): at most ``_DROP_CHUNK`` bytes per call, at most MAX_INCOMING
-    of any one message (plus one chunk) kept, every message whole and in
-    order to the library's dispatch (``_process_message``)."""
-
-    def __init__(self, bus):
-        self._bus = bus
-        self._recv = bus._sock.recv
-        self._buf = bytearray()
-        self._drop = 0  # bytes of an oversized message still to throw away
-        self._header_only = None  # what to deliver once they are gone (None: nothing)
-
-    def __call__(self):
-        try:
-            self._read()
-        except Exception as exc:  # end of file, a socket error, a stream that is not D-Bus
-            self._bus._finalize(exc)
-
-    def _read(self):
-        try:
-            data = self._recv(min(self._drop, _DROP_CHUNK) if self._drop else _DROP_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        if not data:
-            raise EOFError()
-        if self._drop:
-            self._drop -= len(data)
-            if self._drop == 0:
-                self._deliver_header_only()
-            return
-        self._buf += data
-        self._frame()
-
-    def _frame(self):
-        """Deliver every whole message in the buffer; start dropping an
-        oversized one."""
-        buf = self._buf
-        while len(buf) >= _FIXED:
-            endian = buf[0]
-            if endian == 0x6C:  # 'l'
-                order = "<"
-            elif endian == 0x42:  # 'B'
-                order = ">"
-            else:
-                raise InvalidMessageError(f"a message starting with byte {endian}")
-            body_len, serial, header_len = struct.unpack_from(order + "III", buf, 4)
-            header_end = _FIXED + header_len + (-header_len & 7)
-            total = header_end + body_len
-            if total <= MAX_INCOMING:
-                if len(buf) < total:
-                    return
-                msg = _decode(bytes(buf[:total]))
-                del buf[:total]
-                self._deliver(msg)
+                out.append(int(raw[k + 1:k + 3], 16))
+                k += 3
                 continue
-            if header_len <= MAX_HEADER:
-                if len(buf) < header_end:
-                    return
-                self._header_only = _header_message(buf, order, header_end, total)
-            else:  # not even the header is read: dropped unanswered
-                self._header_only = None
-            taken = min(len(buf), total)
-            del buf[:taken]
-            self._drop = total - taken
-            if self._drop:
-                return
-            self._deliver_header_only()
-
-    def _deliver_header_only(self):
-        msg, self._header_only = self._header_only, None
-        if msg is not None:
-            self._deliver(msg)
-
-    def _deliver(self, msg):
-        try:
-            self._bus._process_message(msg)
-        except Exception as exc:  # as the library's own reader: the connection goes on
-            log.error("a message could not be processed: %s: %s", type(exc).__name__, exc)
+            except ValueError:
+                pass
+        out.append(raw[k])
+        k += 1
+    return out.decode(errors="surrogateescape")
 
 
-def _header_message(buf, order, header_end, total):
-    """The message an oversized one's header describes (``_Oversized``), or
-    None when the header is not one the library can decode.  A reply of that
-    size becomes an error reply (LimitsExceeded) to the call it answers."""
-    head = bytearray(buf[:header_end])
-    struct.pack_into(order + "I", head, 4, 0)  # body length 0: the library decodes the header only
-    try:
-        h = _decode(bytes(head))
-        if h.message_type in (MessageType.METHOD_RETURN, MessageType.ERROR):
-            msg = _Oversized(message_type=MessageType.ERROR, error_name=m.LIMITS_EXCEEDED,
-                             reply_serial=h.reply_serial, sender=h.sender, destination=h.destination,
-                             signature="s", body=[f"a reply of {total} bytes is refused"], serial=h.serial)
-        else:
-            msg = _Oversized(message_type=h.message_type, flags=h.flags, destination=h.destination,
-                             path=h.path, interface=h.interface, member=h.member, sender=h.sender,
-                             serial=h.serial, validate=False)
-    except Exception:  # header fields the library cannot make a message of: just drop it
-        return None
-    msg.locald_oversized = total
-    return msg
+# -- plain data <-> wire messages ------------------------------------------------------------
 
-
-# -- the connection of the library, hardened ---------------------------------------------
-
-class _Bus(MessageBus):
-    """dbus-fast's asyncio bus with our writer and reader (module docstring)."""
-
-    def __init__(self, bus_address=None, bus_type=BusType.SYSTEM):
-        super().__init__(bus_address=bus_address, bus_type=bus_type, negotiate_unix_fd=False)
-        self._writer = _Writer(self)
-
-    async def connect(self):
-        """Authenticate, read with ``_GuardedReader``, say Hello; returns
-        self once the bus has given the connection its unique name."""
-        await self._authenticate()
-        future = self._loop.create_future()
-        self._loop.add_reader(self._fd, _GuardedReader(self))
-
-        def on_hello(reply, err):
-            try:
-                if err is not None:
-                    raise err
-                if reply.message_type != MessageType.METHOD_RETURN or reply.signature != "s":
-                    raise BusError(f"the bus refused Hello: {reply.error_name}: {reply.body[:1]}")
-                self.unique_name = reply.body[0]
-                self._writer.schedule_write()
-                if not future.done():
-                    future.set_result(self)
-            except Exception as e:
-                if not future.done():
-                    future.set_exception(e)
-                self.disconnect()
-                self._finalize(e)
-
-        hello = Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                        interface="org.freedesktop.DBus", member="Hello", serial=self.next_serial())
-        self._method_return_handlers[hello.serial] = on_hello
-        self._writer.schedule_write(hello, before_hello=True)
-        return await future
-
-    def _finalize(self, err=None):
-        self._writer.close(err)
-        super()._finalize(err)
-
-
-async def connect_system_bus(address=None):
-    """The library's connection to the system bus (``DBUS_SYSTEM_BUS_ADDRESS``
-    is honoured) or to ``address``, hardened.  For tests that must send what
-    the product never would; the product uses ``Connection``."""
-    bus = _Bus(bus_address=address, bus_type=BusType.SYSTEM)
-    await bus.connect()
-    return bus
-
-
-# -- plain data <-> the library's messages ------------------------------------------------
-
-_SCALARS = frozenset({str, int, bool, float, bytes})  # passed as they are, both ways (checked first: cheap)
-
-
-def _to_library(value):
-    if type(value) in _SCALARS:
+def _unwrap(value):
+    """A decoded value with its variants replaced by their values (what
+    ``messages`` reads: the signature of a variant is the codec's concern)."""
+    t = type(value)
+    if t is str or t is int or t is bool or t is float or t is bytes:
         return value
-    if isinstance(value, m.Variant):
-        return _Variant(value.signature, _to_library(value.value))
-    if isinstance(value, (list, tuple)):
-        return [_to_library(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_library(v) for k, v in value.items()}
+    if t is wire.Variant:
+        return _unwrap(value.value)
+    if t is list or t is tuple:
+        return t(_unwrap(v) for v in value)
+    if t is dict:
+        return {k: _unwrap(v) for k, v in value.items()}
     return value
 
 
-def _from_library(value):
-    if type(value) in _SCALARS:
-        return value
-    if isinstance(value, _Variant):
-        return _from_library(value.value)
-    if isinstance(value, list):
-        return [_from_library(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _from_library(v) for k, v in value.items()}
-    return value
-
-
-# The flags as plain ints: an IntFlag's own "&" runs Python code of the enum module.
-_NO_REPLY_EXPECTED = int(MessageFlag.NO_REPLY_EXPECTED)
-_ALLOW_INTERACTIVE = int(MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
-
-
-def _message(out):
+def _outgoing(out, serial):
+    """The wire message of a ``messages.Call`` or ``messages.Signal``."""
     if isinstance(out, m.Signal):
-        return Message(message_type=MessageType.SIGNAL, destination=out.destination, path=out.path,
-                       interface=out.interface, member=out.member, signature=out.signature,
-                       body=_to_library(list(out.body)))
-    flags = MessageFlag.NONE
-    if out.allow_interactive:
-        flags |= MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION
-    if out.no_reply:
-        flags |= MessageFlag.NO_REPLY_EXPECTED
-    return Message(destination=out.destination, path=out.path, interface=out.interface, member=out.member,
-                   signature=out.signature, body=_to_library(list(out.body)), flags=flags)
-
-
-def _no_reply(msg):
-    """Whether the library's Message ``msg`` expects no reply."""
-    return bool(int(msg.flags) & _NO_REPLY_EXPECTED) or msg.message_type != MessageType.METHOD_CALL
+        return wire.Message(wire.SIGNAL, serial, 0, out.path, out.interface, out.member,
+                            destination=out.destination, signature=out.signature, body=tuple(out.body))
+    flags = ((wire.ALLOW_INTERACTIVE_AUTHORIZATION if out.allow_interactive else 0)
+             | (wire.NO_REPLY_EXPECTED if out.no_reply else 0))
+    return wire.Message(wire.METHOD_CALL, serial, flags, out.path, out.interface, out.member,
+                        destination=out.destination, signature=out.signature, body=tuple(out.body))
 
 
 def _reply(msg):
-    error = msg.error_name if msg.message_type == MessageType.ERROR else None
-    return m.Reply(msg.sender, error, msg.signature, tuple(_from_library(list(msg.body))))
+    error = msg.error_name if msg.type == wire.ERROR else None
+    return m.Reply(msg.sender, error, msg.signature, _unwrap(msg.body))
 
 
 def _incoming(msg):
-    flags = int(msg.flags)
-    return m.Incoming(
-        sender=msg.sender, path=msg.path, interface=msg.interface, member=msg.member, signature=msg.signature,
-        body=tuple(msg.body), allow_interactive=bool(flags & _ALLOW_INTERACTIVE),
-        no_reply=bool(flags & _NO_REPLY_EXPECTED), handle=msg,
-        oversized=getattr(msg, "locald_oversized", 0))
+    return m.Incoming(sender=msg.sender, path=msg.path, interface=msg.interface, member=msg.member,
+                      signature=msg.signature, body=_unwrap(msg.body),
+                      allow_interactive=bool(msg.flags & wire.ALLOW_INTERACTIVE_AUTHORIZATION),
+                      no_reply=bool(msg.flags & wire.NO_REPLY_EXPECTED), handle=msg, oversized=msg.oversized)
 
 
-# -- the connection ------------------------------------------------------------------------
+def _machine_id():
+    for path in MACHINE_ID_FILES:
+        try:
+            with open(path, encoding="ascii") as f:
+                value = f.read(64).strip()
+        except (OSError, ValueError):
+            continue
+        if len(value) == 32 and all(c in "0123456789abcdef" for c in value):
+            return value
+    return None
+
+
+# -- the connection --------------------------------------------------------------------------
 
 class Connection:
-    """One connection to the system bus, speaking ``messages``."""
+    """One connection to the bus, speaking ``messages``: ``open`` makes one;
+    the constructor takes a connected, authenticated non-blocking socket
+    (``open``'s, or one end of a socket pair) and starts reading it."""
 
-    def __init__(self, bus):
-        self._bus = bus
-        # The library ends the connection by setting an exception (EOFError)
-        # on a future that nobody may be waiting for; retrieve it, or asyncio
-        # logs "Future exception was never retrieved" with a traceback.
-        bus._disconnect_future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    def __init__(self, sock, loop):
+        self._sock = sock
+        self._loop = loop
+        self._fd = sock.fileno()
+        self._parser = wire.Parser()
+        self._serial = 0
+        self._pending = {}  # serial -> callback(wire.Message or None, exception or None)
+        self._signal_handlers = []
+        self._dispatch = None  # the service's, once it serves
+        self._queue = collections.deque()  # (memoryview of an encoded message, future or None)
+        self._offset = 0  # bytes of the queue's first message already written
+        self._waiting = False  # registered with the loop until writable
+        self._error = None  # why the connection ended, once it has
+        self._closed = loop.create_future()
+        self._names = set()  # well-known names this connection owns or has owned
+        self.unique_name = None
+        loop.add_reader(self._fd, self._readable)
 
+    # -- opening -----------------------------------------------------------------------
     @classmethod
     async def open(cls, address=None):
         """Connect to the system bus (``DBUS_SYSTEM_BUS_ADDRESS`` is
-        honoured) or to ``address``; raises BusError."""
+        honoured) or to ``address``, authenticate, say Hello; raises
+        BusError."""
+        loop = asyncio.get_running_loop()
+        sock = await _connect(socket_addresses(address), loop)
+        con = None
         try:
-            return cls(await connect_system_bus(address))
-        except Exception as e:
+            hello = wire.Message(wire.METHOD_CALL, 1, 0, m.DBUS_PATH, m.DBUS_NAME, "Hello", destination=m.DBUS_NAME)
+            rest = await _authenticate(sock, loop, wire.encode(hello))
+            con = cls(sock, loop)
+            con._serial = hello.serial
+            answered = loop.create_future()
+            con._pending[hello.serial] = lambda msg, err: answered.done() or (
+                answered.set_exception(err) if err is not None else answered.set_result(msg))
+            if rest:
+                con._received(rest)
+            reply = await answered
+            if reply.type != wire.METHOD_RETURN or reply.signature != "s":
+                raise BusError(f"the bus refused Hello: {reply.error_name}: {_unwrap(reply.body)[:1]}")
+            con.unique_name = reply.body[0]
+            return con
+        except BaseException as e:
+            if con is not None:
+                con.close()
+            sock.close()
+            if isinstance(e, BusError) or not isinstance(e, Exception):
+                raise
             raise BusError(str(e) or type(e).__name__) from None
 
-    @property
-    def unique_name(self):
-        return self._bus.unique_name
-
+    # -- state ---------------------------------------------------------------------------
     @property
     def connected(self):
-        return self._bus.connected
+        return self._error is None
 
     @property
     def pending_replies(self):
         """Calls still waiting for their reply (for diagnostics and tests)."""
-        return len(self._bus._method_return_handlers)
+        return len(self._pending)
 
+    def _next_serial(self):
+        self._serial = self._serial % _SERIAL_WRAP + 1
+        return self._serial
+
+    # -- reading -------------------------------------------------------------------------
+    def _readable(self):
+        try:
+            data = self._sock.recv(self._parser.want())
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._end(BusError(f"the bus connection failed: {e}"))
+            return
+        if not data:
+            self._end(BusError("the bus closed the connection"))
+            return
+        self._received(data)
+
+    def _received(self, data):
+        invalid = self._parser.invalid
+        try:
+            msgs = self._parser.feed(data)
+        except wire.WireError as e:
+            self._end(BusError(f"the bus sent something that is not D-Bus: {e}"))
+            return
+        if self._parser.invalid != invalid and self._parser.invalid <= MAX_LOGGED_INVALID:
+            log.warning("a message that is not valid D-Bus was passed over: %s", self._parser.last_invalid)
+        for msg in msgs:
+            try:
+                self._message(msg)
+            except Exception as exc:  # one message's trouble is not the connection's
+                log.error("a message could not be processed: %s: %s", type(exc).__name__, exc)
+
+    def _message(self, msg):
+        t = msg.type
+        if t != wire.SIGNAL and msg.destination is not None and self.unique_name is not None \
+                and msg.destination != self.unique_name and msg.destination not in self._names:
+            # Not ours (a connection that eavesdrops sees others' calls and
+            # replies): never answered, never taken for the answer to ours.
+            # (Before Hello's reply we have no name: the bus addresses that
+            # reply to the one it has just given us.)
+            return
+        if t == wire.METHOD_RETURN or t == wire.ERROR:
+            callback = self._pending.pop(msg.reply_serial, None)
+            if callback is not None:
+                if msg.oversized:  # a reply we did not read is no answer: an error in its place
+                    msg = wire.Message(wire.ERROR, msg.serial, 0, error_name=m.LIMITS_EXCEEDED,
+                                       reply_serial=msg.reply_serial, sender=msg.sender, signature="s",
+                                       body=(f"a reply of {msg.oversized} bytes is refused",))
+                callback(msg, None)
+        elif t == wire.SIGNAL:
+            if not msg.oversized:
+                for handler in self._signal_handlers:
+                    handler(m.Signal(msg.destination, msg.path, msg.interface, msg.member, msg.signature,
+                                     _unwrap(msg.body), sender=msg.sender))
+        elif t == wire.METHOD_CALL:
+            self._method_call(msg)
+
+    # -- writing -------------------------------------------------------------------------
+    def _write(self, msg, future=None):
+        """Queue ``msg`` (its ``future`` resolved once written) and write
+        what the socket takes now."""
+        if self._error is not None:
+            _fail(future, self._error)
+            return
+        try:
+            data = wire.encode(msg)
+        except wire.WireError as e:  # e.g. a NUL in a string: never sent, the connection goes on
+            raise BusError(f"the message cannot be sent: {e}") from None
+        self._queue.append((memoryview(data), future))
+        if not self._waiting:
+            self._flush()
+
+    def _flush(self):
+        queue, send = self._queue, self._sock.send
+        try:
+            while queue:
+                buf, fut = queue[0]
+                try:
+                    self._offset += send(buf[self._offset:])
+                except (BlockingIOError, InterruptedError):
+                    break
+                if self._offset < len(buf):
+                    break
+                queue.popleft()
+                self._offset = 0
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+        except OSError as e:  # a real socket error: the connection is gone
+            self._end(BusError(f"the bus connection failed: {e}"))
+            return
+        if not queue and self._waiting:
+            self._loop.remove_writer(self._fd)
+            self._waiting = False
+        elif queue and not self._waiting:
+            self._loop.add_writer(self._fd, self._flush)
+            self._waiting = True
+
+    # -- the end -------------------------------------------------------------------------
+    def _end(self, exc):
+        """The connection is over: every queued write and waiting call fails
+        with ``exc``; ``wait_closed`` returns."""
+        if self._error is not None:
+            return
+        self._error = exc
+        self._loop.remove_reader(self._fd)
+        if self._waiting:
+            self._loop.remove_writer(self._fd)
+            self._waiting = False
+        self._sock.close()
+        while self._queue:
+            _, fut = self._queue.popleft()
+            _fail(fut, exc)
+        pending, self._pending = self._pending, {}
+        for callback in pending.values():
+            callback(None, exc)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def close(self):
+        self._end(BusError("the connection is closed"))
+
+    async def wait_closed(self):
+        """Return when the connection is gone (for whatever reason)."""
+        await asyncio.shield(self._closed)
+
+    # -- calls ---------------------------------------------------------------------------
     async def call(self, call, timeout=None):
         """Send ``call`` and return its Reply.  Raises asyncio.TimeoutError
         after ``timeout`` seconds, BusError when the connection fails.  A
-        call that times out or is cancelled leaves nothing behind.
-
-        The reply comes through the library's table of reply handlers (a
-        callback per serial, the same in 1.84 and 2.x), into one future
-        with one timer: ``asyncio.wait_for`` around the library's own
-        ``call`` made two more futures and a task per call, a quarter of
-        the mechanism's time on a small request."""
-        msg = _message(call)
-        if _no_reply(msg):
-            await self._send_message(msg)
+        call that times out or is cancelled leaves nothing behind.  A
+        ``no_reply`` call is sent and None returned."""
+        if self._error is not None:
+            raise BusError(str(self._error))
+        msg = _outgoing(call, self._next_serial())
+        if call.no_reply:
+            await self._send(msg)
             return None
-        bus = self._bus
-        loop = bus._loop
+        loop = self._loop
         answer = loop.create_future()
         deadline = None if timeout is None else loop.time() + timeout
 
@@ -480,140 +373,211 @@ class Connection:
                 # after it was due: late is late, whichever callback runs first.
                 answer.set_exception(asyncio.TimeoutError())
             elif err is not None:
-                answer.set_exception(BusError(str(err) or type(err).__name__))
-            elif reply is None:
-                answer.set_exception(BusError("the connection is closed"))
+                answer.set_exception(err if isinstance(err, BusError) else BusError(str(err)))
             else:
                 answer.set_result(reply)
-
-        def written(f):  # a write that failed fails the call (the writer retrieved the error)
-            if not f.cancelled() and f.exception() is not None:
-                answered(None, f.exception())
 
         def expired():
             if not answer.done():
                 answer.set_exception(asyncio.TimeoutError())
 
-        if not bus.connected:
-            raise BusError("the connection is closed")
-        msg.serial = bus.next_serial()
-        bus._method_return_handlers[msg.serial] = answered  # before the write: the reply may come at once
+        self._pending[msg.serial] = answered  # before the write: the reply may come at once
         timer = None if timeout is None else loop.call_later(timeout, expired)
         try:
-            bus.send(msg).add_done_callback(written)
+            self._write(msg, _Written(answered))
             return _reply(await answer)
         finally:
             if timer is not None:
                 timer.cancel()
-            # The library keeps the handler of an unanswered call forever.
-            bus._method_return_handlers.pop(msg.serial, None)
+            self._pending.pop(msg.serial, None)
 
     async def send(self, out):
         """Send a Signal (or a no_reply Call) without waiting for an answer;
         raises BusError when the connection fails."""
-        try:
-            await self._bus.send(_message(out))
-        except Exception as e:
-            raise BusError(str(e) or type(e).__name__) from None
+        await self._send(_outgoing(out, self._next_serial()))
 
     def post(self, out):
-        """``send`` without waiting for the write either (best effort)."""
-        try:
-            fut = self._bus.send(_message(out))
-        except Exception:
-            return
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        """``send`` without waiting for the write either (best effort: a
+        message that cannot be sent is logged and dropped)."""
+        if self._error is None:
+            try:
+                self._write(_outgoing(out, self._next_serial()))
+            except BusError as e:
+                log.error("%s.%s not sent: %s", out.interface, out.member, e)
 
+    async def _send(self, msg):
+        """Write ``msg``; returns once the socket took it."""
+        done = self._loop.create_future()
+        self._write(msg, done)
+        await done
+
+    # -- signals -------------------------------------------------------------------------
     def on_signal(self, callback):
         """Call ``callback(Signal)`` for every signal this connection gets."""
-        def handler(msg):
-            if msg.message_type == MessageType.SIGNAL and not getattr(msg, "locald_oversized", 0):
-                callback(m.Signal(msg.destination, msg.path, msg.interface, msg.member, msg.signature,
-                                  tuple(_from_library(list(msg.body))), sender=msg.sender))
-            return False
-        self._bus.add_message_handler(handler)
+        self._signal_handlers.append(callback)
 
+    # -- serving -------------------------------------------------------------------------
     def serve(self, dispatch):
         """Serve ``interface.OBJECT_PATH``: method calls to it on the
         service's interface go to ``dispatch(Incoming)``, which returns False
-        for a member it does not have (the library then answers
-        UnknownMethod); a call naming no interface is refused, as the bus
-        policy refuses it.  Introspection of it and its ancestors is answered
-        from the member tables (``messages.introspection_xml``), Properties
-        from ``messages.properties_reply``."""
-        def handler(msg):
-            oversized = getattr(msg, "locald_oversized", 0)
-            if msg.message_type != MessageType.METHOD_CALL:
-                return bool(oversized)  # an oversized signal is dropped: its body was never read
-            if oversized and (msg.path != i.OBJECT_PATH or msg.interface != i.INTERFACE):
-                return Message.new_error(msg, m.LIMITS_EXCEEDED, f"a message of {oversized} bytes is refused")
-            if (msg.interface == m.INTROSPECTABLE and msg.member == "Introspect" and msg.signature == ""
-                    and m.introspects(msg.path)):
-                return Message.new_method_return(msg, "s", [m.introspection_xml(msg.path)])
-            if msg.path != i.OBJECT_PATH:
-                return False
-            if msg.interface == m.PROPERTIES:
-                error, signature, body = m.properties_reply(msg.member, msg.signature, msg.body)
-                return (Message.new_method_return(msg, signature, _to_library(list(body))) if error is None
-                        else Message.new_error(msg, error, body[0]))
-            if msg.interface is None:
-                # As the bus policy does (it allows only named interfaces):
-                # a call must say which interface it means.
-                return Message.new_error(msg, m.ACCESS_DENIED, f"calls to {i.OBJECT_PATH} must name the interface")
-            if msg.interface != i.INTERFACE:
-                return False
-            return dispatch(_incoming(msg))
+        for a member it does not have (answered UnknownMethod); a call naming
+        no interface is refused, as the bus policy refuses it.  Introspection
+        of it and its ancestors is answered from the member tables
+        (``messages.introspection_xml``), Properties from
+        ``messages.properties_reply``."""
+        self._dispatch = dispatch
 
-        def guarded(msg):
-            # The library would answer a handler's exception with its
-            # traceback as the error text: answer with a named error.
-            try:
-                return handler(msg)
-            except Exception as e:
-                log.error("a call could not be handled: %s: %s", type(e).__name__, e)
-                if msg.message_type != MessageType.METHOD_CALL:
-                    return True
-                return Message.new_error(msg, i.ERROR_FAILED, f"the call could not be handled ({type(e).__name__})")
-        self._bus.add_message_handler(guarded)
+    def _method_call(self, msg):
+        try:
+            answer = self._answer(msg)
+        except Exception as e:
+            # A dispatch that raised: a named error, never its traceback.
+            log.error("a call could not be handled: %s: %s", type(e).__name__, e)
+            answer = (i.ERROR_FAILED, "s", (f"the call could not be handled ({type(e).__name__})",))
+        if answer is None or msg.flags & wire.NO_REPLY_EXPECTED:
+            return
+        error, signature, body = answer
+        if error is None:
+            reply = wire.Message(wire.METHOD_RETURN, self._next_serial(), 0, reply_serial=msg.serial,
+                                 destination=msg.sender, signature=signature, body=tuple(body))
+        else:
+            reply = wire.Message(wire.ERROR, self._next_serial(), 0, error_name=error, reply_serial=msg.serial,
+                                 destination=msg.sender, signature=signature, body=tuple(body))
+        try:
+            self._write(reply)
+        except BusError as e:  # an answer that cannot be encoded: a plain one in its place
+            log.error("the answer to %s.%s cannot be sent: %s", msg.interface, msg.member, e)
+            self._write(wire.Message(wire.ERROR, self._next_serial(), 0, error_name=i.ERROR_FAILED,
+                                     reply_serial=msg.serial, destination=msg.sender, signature="s",
+                                     body=("the answer could not be encoded",)))
+
+    def _answer(self, msg):
+        """What to answer a method call: (error name or None, signature,
+        body), or None when the service answers it later."""
+        path, interface, member, signature = msg.path, msg.interface, msg.member, msg.signature
+        if msg.oversized and (path != i.OBJECT_PATH or interface != i.INTERFACE):
+            return m.LIMITS_EXCEEDED, "s", (f"a message of {msg.oversized} bytes is refused",)
+        if interface == m.PEER and signature == "":
+            if member == "Ping":
+                return None, "", ()
+            if member == "GetMachineId":
+                machine = _machine_id()
+                if machine is not None:
+                    return None, "s", (machine,)
+                return i.ERROR_FAILED, "s", ("this machine has no machine id",)
+        if self._dispatch is not None:
+            if interface == m.INTROSPECTABLE and member == "Introspect" and signature == "" and m.introspects(path):
+                return None, "s", (m.introspection_xml(path),)
+            if path == i.OBJECT_PATH:
+                if interface == m.PROPERTIES:
+                    return m.properties_reply(member, signature, _unwrap(msg.body))
+                if interface is None:
+                    # As the bus policy does (it allows only named interfaces):
+                    # a call must say which interface it means.
+                    return m.ACCESS_DENIED, "s", (f"calls to {i.OBJECT_PATH} must name the interface",)
+                if interface == i.INTERFACE and self._dispatch(_incoming(msg)):
+                    return None
+        return m.UNKNOWN_METHOD, "s", (f"{interface or '(no interface)'}.{member} with signature '{signature}' "
+                                       f"is not served at {path}",)
 
     async def reply(self, incoming, signature="", body=()):
         if not incoming.no_reply:
-            await self._send_message(Message.new_method_return(incoming.handle, signature, list(body)))
+            h = incoming.handle
+            await self._send(wire.Message(wire.METHOD_RETURN, self._next_serial(), 0, reply_serial=h.serial,
+                                          destination=h.sender, signature=signature, body=tuple(body)))
 
     async def reply_error(self, incoming, name, text):
         if not incoming.no_reply:
-            await self._send_message(Message.new_error(incoming.handle, name, text))
+            h = incoming.handle
+            await self._send(wire.Message(wire.ERROR, self._next_serial(), 0, error_name=name, reply_serial=h.serial,
+                                          destination=h.sender, signature="s", body=(text,)))
 
-    async def _send_message(self, msg):
-        try:
-            await self._bus.send(msg)
-        except Exception as e:
-            raise BusError(str(e) or type(e).__name__) from None
-
+    # -- names ---------------------------------------------------------------------------
     async def own_name(self, name):
         """Become the primary owner of ``name`` (never queue); BusError with
         the reason otherwise."""
-        try:
-            reply = await self._bus.request_name(name, NameFlag.DO_NOT_QUEUE)
-        except DBusError as e:
-            raise BusError(f"{e.text} ({e.type})") from None
-        except Exception as e:
-            raise BusError(str(e) or type(e).__name__) from None
-        if reply != RequestNameReply.PRIMARY_OWNER:
-            raise BusError(f"{reply.name} (another instance running?)")
+        # Ours before the reply is read: the bus sends the calls it queued
+        # for the name (bus activation) right behind that reply, often in
+        # the same read.
+        had = name in self._names
+        self._names.add(name)
+        reply = await self.call(m.Call(m.DBUS_NAME, m.DBUS_PATH, m.DBUS_NAME, "RequestName", "su",
+                                       (name, _DO_NOT_QUEUE)))
+        code = reply.body[0] if reply.error_name is None and reply.signature == "u" else None
+        if code not in (1, 4):  # the primary owner now, or already
+            if not had:
+                self._names.discard(name)
+            if reply.error_name is not None:
+                raise BusError(f"{reply.text} ({reply.error_name})")
+            raise BusError(f"{_REQUEST_NAME_REPLIES.get(code, code)} (another instance running?)")
 
     async def release_name(self, name):
-        try:
-            await self._bus.release_name(name)
-        except Exception as e:
-            raise BusError(str(e) or type(e).__name__) from None
+        # The name stays in _names: calls the bus routed to us under it
+        # before the release are still ours to answer (idle exit drains them).
+        reply = await self.call(m.Call(m.DBUS_NAME, m.DBUS_PATH, m.DBUS_NAME, "ReleaseName", "s", (name,)))
+        if reply.error_name is not None:
+            raise BusError(f"{reply.text} ({reply.error_name})")
 
-    async def wait_closed(self):
-        """Return when the connection is gone (for whatever reason)."""
-        try:
-            await self._bus.wait_for_disconnect()
-        except Exception:
-            pass
 
-    def close(self):
-        self._bus.disconnect()
+class _Written:
+    """The future of a call's write, as far as ``_write`` needs one: a write
+    that fails fails the call (no future object per call: a small request's
+    path is short)."""
+
+    __slots__ = ("_answered",)
+
+    def __init__(self, answered):
+        self._answered = answered
+
+    def done(self):
+        return False
+
+    def set_result(self, _):
+        pass
+
+    def set_exception(self, exc):
+        self._answered(None, exc)
+
+    def exception(self):
+        return None
+
+
+def _fail(fut, exc):
+    if fut is not None and not fut.done():
+        fut.set_exception(exc)
+        fut.exception()  # retrieved: nobody may be waiting for it
+
+
+async def _authenticate(sock, loop, hello):
+    """``AUTH EXTERNAL`` with our euid, ``BEGIN`` and the encoded ``hello``
+    in one write, then the server's ``OK`` line; returns what came after it
+    (the start of the message stream)."""
+    uid = str(os.geteuid()).encode().hex().encode()
+    await loop.sock_sendall(sock, b"\0AUTH EXTERNAL " + uid + b"\r\nBEGIN\r\n" + hello)
+    line = bytearray()
+    while b"\r\n" not in line:
+        if len(line) > MAX_AUTH_LINE:
+            raise BusError("the bus answered authentication with something that is not D-Bus")
+        data = await loop.sock_recv(sock, 256)
+        if not data:
+            raise BusError("the bus closed the connection during authentication")
+        line += data
+    answer, _, rest = bytes(line).partition(b"\r\n")
+    if not answer.startswith(b"OK "):
+        raise BusError(f"the bus refused authentication: {answer[:200].decode(errors='replace')}")
+    return rest
+
+
+async def _connect(addresses, loop):
+    """A connected non-blocking socket to the first address that takes it."""
+    errors = []
+    for addr in addresses:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, addr)
+            return sock
+        except OSError as e:
+            sock.close()
+            errors.append(f"{addr.replace(chr(0), '@')}: {e.strerror or e}")
+    raise BusError("cannot connect to the bus: " + "; ".join(errors))

@@ -1,7 +1,6 @@
 """Every D-Bus message locald-admin sends or reads, as plain data.
 
-No D-Bus library here (``busio`` turns these into the library's messages and
-back), so what is sent and what is concluded from a reply can be tested
+No I/O here (``busio`` turns these into ``wire`` messages and back), so what is sent and what is concluded from a reply can be tested
 without a bus.  Builders return a ``Call`` or a ``Signal``; readers take a
 ``Reply`` (or a received ``Signal``) and return the decision the code needs,
 raising ``BadReply`` when the reply does not give one.
@@ -12,6 +11,8 @@ from typing import Any, Optional, Tuple
 
 from . import __version__
 from . import interface as i
+from .wire import Variant  # noqa: F401 (a value with its signature: the codec's, sent as it is)
+
 
 DBUS_NAME = "org.freedesktop.DBus"
 DBUS_PATH = "/org/freedesktop/DBus"
@@ -29,12 +30,6 @@ UNKNOWN_INTERFACE = "org.freedesktop.DBus.Error.UnknownInterface"
 UNKNOWN_PROPERTY = "org.freedesktop.DBus.Error.UnknownProperty"
 PROPERTY_READ_ONLY = "org.freedesktop.DBus.Error.PropertyReadOnly"
 LIMITS_EXCEEDED = "org.freedesktop.DBus.Error.LimitsExceeded"
-
-
-@dataclass(frozen=True)
-class Variant:
-    signature: str
-    value: Any
 
 
 @dataclass(frozen=True)
@@ -82,8 +77,8 @@ class Reply:
 
 @dataclass(frozen=True)
 class Incoming:
-    """A method call the service received.  ``handle`` is the library's own
-    message, which only ``busio`` looks at (to address the reply)."""
+    """A method call the service received.  ``handle`` is its ``wire.Message``,
+    which only ``busio`` looks at (to address the reply)."""
 
     sender: Optional[str]
     path: str

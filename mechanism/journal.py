@@ -12,6 +12,12 @@ The datagram is ``NAME=value`` lines; a value that holds a newline is sent
 as ``NAME``, a newline, its length as a little-endian 64-bit number, the
 bytes, and a newline, so nothing a value holds can start another field or
 another entry (a path with a newline in it stays one field of one entry).
+
+Not libsystemd's sd_journal_sendv (python3-systemd): it cannot be pointed at
+another socket (the tests' journal), blocks holding the GIL while the
+journal's queue is full, reports success when there is no journal and
+refuses non-UTF-8 text; the datagrams are byte for byte the same
+(docs/architecture.md, "Libraries we could use and do not (or do)", has the figures).
 """
 
 import logging
@@ -25,9 +31,10 @@ SOCKET = "/run/systemd/journal/socket"
 SEND_TIMEOUT = 1.0  # seconds a datagram may wait for room in the journal's queue
 IDENTIFIER = "locald-admin-mechanism"
 
-# journald accepts upper-case letters, digits and "_", not first (fields
-# starting with "_" are trusted ones it sets itself), at most 64 bytes.
-_NAME = re.compile(r"[A-Z0-9][A-Z0-9_]{0,63}")
+# journald accepts upper-case letters, digits and "_", at most 64 bytes, the
+# first neither a digit nor "_" (fields starting with "_" are trusted ones it
+# sets itself); it drops any other field silently (journal_field_valid()).
+_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 
 def stderr_is_journal(fd=2, environ=None):

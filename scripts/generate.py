@@ -11,6 +11,8 @@ Each man page's prose is its template; what the code knows is filled in:
 @SYNOPSIS@ and @OPTIONS@ from the program's argparse parser, @EXIT_STATUS@
 and @ERRORS@ from the error table, @METHODS@, @SIGNALS@, @PROPERTIES@ from
 the interface's member tables, @EXAMPLE@ from the shipped admin.conf.
+The completions are shtab's, made from locald-shim's parser: shtab is a
+test extra, pinned in constraints.txt, needed only to make the files.
 """
 
 import argparse
@@ -166,63 +168,54 @@ def man_pages():
 
 
 # -- completions --------------------------------------------------------------------
+# Made by shtab from locald-shim's parser (docs/architecture.md, "Libraries
+# we could use and do not (or do)").  The committed files are what this exact
+# version makes, byte for byte (--check compares them), so another version is
+# refused here instead of showing up as a stale file; constraints.txt pins the
+# same one.
 
-def _flags(parser):
-    return sorted(o for a in parser._actions for o in a.option_strings if o.startswith("--"))
+SHTAB_VERSION = "1.13.0"
+
+
+def _shtab():
+    try:
+        import shtab
+    except ImportError:
+        raise SystemExit(f"scripts/generate: the completions are made by shtab {SHTAB_VERSION}, which is not "
+                         "installed (scripts/bootstrap installs the test extras)") from None
+    if shtab.__version__ != SHTAB_VERSION:
+        raise SystemExit(f"scripts/generate: shtab {shtab.__version__} is installed; the committed completions "
+                         f"are made by {SHTAB_VERSION} (pip install shtab=={SHTAB_VERSION})")
+    return shtab
+
+
+def completion_parser(shtab):
+    """locald-shim's parser, its ABSOLUTE-PATH completed as a directory."""
+    top = shim._parser()
+    path = next(a for a in subparser(top, "admin", "cleanup")._actions if a.dest == "path")
+    path.complete = shtab.DIRECTORY
+    return top
 
 
 def bash_completion():
-    top, cleanup = shim._parser(), subparser(shim._parser(), "admin", "cleanup")
-    return f"""# bash completion for locald-shim.  Made by scripts/generate from its parser: do not edit.
-_locald_shim() {{
-    local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}}
-    case $COMP_CWORD in
-        1) COMPREPLY=($(compgen -W "admin {' '.join(_flags(top))}" -- "$cur")); return ;;
-        2) [[ ${{COMP_WORDS[1]}} == admin ]] && COMPREPLY=($(compgen -W "cleanup" -- "$cur")); return ;;
-    esac
-    [[ ${{COMP_WORDS[1]}} == admin && ${{COMP_WORDS[2]}} == cleanup ]] || return
-    case $prev in
-        --timeout) return ;;
-    esac
-    if [[ $cur == -* ]]; then
-        COMPREPLY=($(compgen -W "{' '.join(_flags(cleanup))}" -- "$cur"))
-    else
-        compopt -o filenames 2>/dev/null
-        COMPREPLY=($(compgen -d -- "$cur"))
-    fi
-}}
-complete -F _locald_shim locald-shim
-"""
+    shtab = _shtab()
+    text = shtab.complete(completion_parser(shtab), "bash", root_prefix="locald_shim")
+    # shtab names the function (and its variables) _shtab_locald_shim...; the
+    # function keeps the name it has always had, _locald_shim (what
+    # tests/test_debian.py calls, as bash-completion does).
+    assert "_shtab_locald_shim()" in text and "_locald_shim" not in text.replace("_shtab_locald_shim", "")
+    text = text.replace("_shtab_locald_shim", "_locald_shim")
+    return ("# bash completion for locald-shim.  Made by scripts/generate from its parser with shtab "
+            f"{SHTAB_VERSION}: do not edit.\n" + text.rstrip("\n") + "\n")
 
 
 def zsh_completion():
-    cleanup = subparser(shim._parser(), "admin", "cleanup")
-    specs = []
-    for a in cleanup._actions:
-        if not a.option_strings or a.option_strings == ["-h", "--help"]:
-            continue
-        flag = next(o for o in a.option_strings if o.startswith("--"))
-        text = (a.help or "").split(" (")[0].replace("'", "'\\''").replace("[", "\\[").replace("]", "\\]")
-        value = f":{a.metavar.lower()}:" if a.nargs != 0 else ""
-        specs.append(f"'{flag}[{text}]{value}'")
-    args = " \\\n        ".join(specs)
-    return f"""#compdef locald-shim
-# zsh completion for locald-shim.  Made by scripts/generate from its parser: do not edit.
-_locald_shim() {{
-    # Each level's "*::" hands the next one its own words (the next word
-    # first, as its command name), so positions count from there.
-    local curcontext="$curcontext" state line
-    _arguments -C '--version[show the version and exit]' '(-h --help)'{{-h,--help}}'[show help]' \\
-        '1:group:(admin)' '*::group:->admin'
-    [[ $state == admin ]] || return
-    _arguments -C '1:command:(cleanup)' '*::command:->cleanup'
-    [[ $state == cleanup ]] || return
-    _arguments \\
-        {args} \\
-        '1:absolute path:_directories'
-}}
-_locald_shim "$@"
-"""
+    shtab = _shtab()
+    text = shtab.complete(completion_parser(shtab), "zsh", root_prefix="locald_shim")
+    first, _, rest = text.partition("\n")
+    assert first == "#compdef locald-shim", first
+    return (f"{first}\n# zsh completion for locald-shim.  Made by scripts/generate from its parser with shtab "
+            f"{SHTAB_VERSION}: do not edit.{rest.rstrip()}\n")
 
 
 def completions():

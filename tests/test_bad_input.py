@@ -463,9 +463,9 @@ def test_the_anchor_itself_is_removed(stack, project, clients, caller, suffix):
 def test_a_nul_byte_never_reaches_the_mechanism(stack, project, clients):
     """D-Bus strings cannot hold NUL: dbus-python refuses to marshal it;
     ``force_remove_dir_all`` refuses it lexically (InvalidPathError).  (The
-    bare ``request_cleanup`` hands it to dbus-fast, whose message the bus
-    daemon rejects by dropping the connection: MechanismUnavailable, which
-    the public helpers turn into the caller's own PermissionError.)"""
+    bare ``request_cleanup`` hands it to busio, whose codec refuses to
+    encode it (BusError): MechanismUnavailable, which the public helpers
+    turn into the caller's own PermissionError.)"""
     path = f"{project}/run\0/x"
     con = stack.connect()
     try:

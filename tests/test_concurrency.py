@@ -501,25 +501,23 @@ class SignalListener:
         self.loop.run_forever()
 
     async def _setup(self):
-        from dbus_fast import BusType, Message, MessageType
-        from dbus_fast.aio import MessageBus
+        from locald_admin import messages as m
+        from locald_admin.busio import Connection
 
         for rule, store in ((self.RULE, self.plain), (self.RULE + ",eavesdrop='true'", self.eavesdropped)):
-            b = await MessageBus(bus_address=self.address, bus_type=BusType.SYSTEM).connect()
+            b = await Connection.open(self.address)
             self.buses.append(b)
 
             def keep(store):
-                def handler(msg):
-                    if msg.message_type == MessageType.SIGNAL and msg.interface == i.INTERFACE:
-                        store.append({"member": msg.member, "sender": msg.sender,
-                                      "destination": msg.destination, "body": list(msg.body)})
+                def handler(signal):
+                    if signal.interface == i.INTERFACE:
+                        store.append({"member": signal.member, "sender": signal.sender,
+                                      "destination": signal.destination, "body": list(signal.body)})
                 return handler
 
-            b.add_message_handler(keep(store))
-            reply = await b.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                                         interface="org.freedesktop.DBus", member="AddMatch", signature="s",
-                                         body=[rule]))
-            if reply.message_type != MessageType.METHOD_RETURN:
+            b.on_signal(keep(store))
+            reply = await b.call(m.add_match(rule))
+            if reply.error_name is not None:
                 raise RuntimeError(f"AddMatch {rule}: {reply.error_name} {reply.body}")
 
     def broadcast(self, member):
@@ -536,7 +534,7 @@ class SignalListener:
     def stop(self):
         async def close():
             for b in self.buses:
-                b.disconnect()
+                b.close()
         if self.loop.is_running():
             asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
             self.loop.call_soon_threadsafe(self.loop.stop)

@@ -54,6 +54,20 @@ def test_the_check_notices_a_stale_page(tmp_path, monkeypatch):
     assert generate.main(["--check"]) == 1
 
 
+def test_another_shtab_version_is_refused_not_reported_as_stale(monkeypatch):
+    """The completions are what the pinned shtab makes; another version
+    says so instead of rewriting them (docs/architecture.md)."""
+    import shtab
+    sys.path.insert(0, str(GENERATE.parent))
+    try:
+        import generate
+    finally:
+        sys.path.remove(str(GENERATE.parent))
+    monkeypatch.setattr(shtab, "__version__", "0.0.1")
+    with pytest.raises(SystemExit, match=f"shtab 0.0.1 is installed.*{generate.SHTAB_VERSION}"):
+        generate.completions()
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_man_pages_render_without_warnings(page):
     if shutil.which("groff") is None:
@@ -105,6 +119,26 @@ def test_bash_completion_completes_the_command_its_options_and_directories():
     assert set(_complete("locald-shim", "admin", "cleanup", "--no")) == {"--no-interactive", "--no-progress"}
     assert "/tmp" in _complete("locald-shim", "admin", "cleanup", "/tm")
     assert _complete("locald-shim", "admin", "cleanup", "--timeout", "") == []
+
+
+def test_bash_completion_keeps_a_directory_with_a_space_one_word(tmp_path):
+    """The hand-written completion split compgen's output on blanks: a
+    directory "with space" came back as two words, so nothing completed."""
+    (tmp_path / "with space" / "x").mkdir(parents=True)
+    (tmp_path / "st[a]r").mkdir()
+    assert _complete("locald-shim", "admin", "cleanup", str(tmp_path / "wi")) == [str(tmp_path / "with space")]
+    assert _complete("locald-shim", "admin", "cleanup", str(tmp_path / "st")) == [str(tmp_path / "st[a]r")]
+
+
+def test_bash_completion_offers_nothing_for_any_option_value():
+    """Every option of cleanup that takes a value (from the parser, not a
+    list kept by hand) completes to nothing, never to directories."""
+    cleanup = shim._parser()._subparsers._group_actions[0].choices["admin"]
+    cleanup = cleanup._subparsers._group_actions[0].choices["cleanup"]
+    valued = [o for a in cleanup._actions if a.option_strings and a.nargs != 0 for o in a.option_strings]
+    assert valued
+    for option in valued:
+        assert _complete("locald-shim", "admin", "cleanup", option, "/tm") == [], option
 
 
 def test_zsh_completion_is_valid_zsh():

@@ -37,7 +37,7 @@ def test_a_value_with_newlines_is_one_binary_field():
     assert b"LOCALD_PATH\n" in data
 
 
-@pytest.mark.parametrize("name", ["lower", "_SOURCE_UID", "A-B", "", "X" * 65, "MESSAGE ID"])
+@pytest.mark.parametrize("name", ["lower", "_SOURCE_UID", "A-B", "", "X" * 65, "MESSAGE ID", "9LIVES", "A=B", "\u00c9T\u00c9"])
 def test_names_the_journal_would_refuse_are_refused(name):
     with pytest.raises(ValueError):
         journal.encode({name: "v"})

@@ -1,9 +1,10 @@
 """The structure docs/architecture.md describes, checked on the source:
-one module imports the D-Bus library, the import graph reads from the
+no module imports a D-Bus library, the import graph reads from the
 tree, and the two halves share code only through ``locald_admin/``.
 Runs anywhere (it only parses files)."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,18 @@ def rel(path):
     return str(path.relative_to(ROOT))
 
 
-def test_only_busio_imports_the_dbus_library():
-    users = {rel(p) for p in PRODUCT
-             if any(m.split(".")[0] in ("dbus_next", "dbus_fast", "dbus", "jeepney") for _, m in imports(p))}
-    assert users == {"locald_admin/busio.py"}
+def test_the_product_imports_no_dbus_library_and_only_busio_imports_wire():
+    """The product speaks D-Bus itself: no module imports a D-Bus library,
+    and the codec is known to the connection (busio) and to messages (for
+    Variant) alone."""
+    libraries = {rel(p) for p in PRODUCT
+                 if any(m.split(".")[0] in ("dbus_next", "dbus_fast", "dbus", "jeepney", "sdbus", "pydbus", "gi")
+                        for _, m in imports(p))}
+    assert libraries == set()
+    names_wire = re.compile(r"^(from (\.|locald_admin) import .*\bwire\b|from (\.|locald_admin\.)wire import"
+                            r"|import locald_admin\.wire)", re.M)
+    codec = {rel(p) for p in PRODUCT if names_wire.search(p.read_text())}
+    assert codec == {"locald_admin/busio.py", "locald_admin/messages.py"}
 
 
 @pytest.mark.parametrize("path", [p for p in PRODUCT if p.parts[-2] in ("mechanism", "client")], ids=rel)

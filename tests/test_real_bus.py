@@ -81,7 +81,7 @@ pytestmark = [
 root_call = functools.partial(cleanup, timeout=60.0)  # as the test process (root)
 
 
-# Raw messages sent by the unprivileged user with dbus-fast
+# Raw messages sent by the unprivileged user through busio
 # (harness/programs/raw_client.py): a list of {destination, path, interface
 # (may be null), member, signature, body}.
 def raw_as_user(clients, address, *messages):

@@ -7,7 +7,7 @@ Usage: burst.py SITE CALLS BIG_BYTES
 Sends CALLS Cleanup calls of 4,000-byte paths that do not exist, 120 at a
 time on one connection (the system bus allows 128 pending replies per
 connection), then one call whose path is BIG_BYTES long.  Prints one JSON
-object: the D-Bus library's version and file, how the CALLS were answered
+object: where busio was loaded from, how the CALLS were answered
 ({error name or "ok": count}), and the big call's error name and message.
 """
 
@@ -18,20 +18,16 @@ import sys
 
 sys.path.insert(0, sys.argv[1])
 
-import dbus_fast  # noqa: E402
-from dbus_fast import Message  # noqa: E402
-
-from locald_admin import interface as i  # noqa: E402
 from locald_admin import busio  # noqa: E402
+from locald_admin import messages as m  # noqa: E402
 
 
 def cleanup(path):
-    return Message(destination=i.BUS_NAME, path=i.OBJECT_PATH, interface=i.INTERFACE,
-                   member=i.METHOD_CLEANUP, signature="s", body=[path])
+    return m.cleanup(path)
 
 
 async def main(calls, big):
-    bus = await busio.connect_system_bus()
+    bus = await busio.Connection.open()
     window = asyncio.Semaphore(120)
 
     async def one(k):
@@ -41,8 +37,8 @@ async def main(calls, big):
     replies = await asyncio.wait_for(asyncio.gather(*(one(k) for k in range(calls))), 300)
     answers = collections.Counter(r.error_name or "ok" for r in replies)
     reply = await asyncio.wait_for(bus.call(cleanup("/nonexistent/.locald/" + "x" * big)), 120)
-    bus.disconnect()
-    print(json.dumps({"version": busio.LIBRARY_VERSION, "library": dbus_fast.__file__,
+    bus.close()
+    print(json.dumps({"library": busio.__file__,
                       "answers": dict(answers), "big": [reply.error_name, reply.body[0] if reply.body else None]}))
 
 

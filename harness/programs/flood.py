@@ -18,23 +18,21 @@ import json
 import os
 import sys
 
-from dbus_fast import Message, MessageFlag
-
 from locald_admin import interface as i
-from locald_admin.busio import connect_system_bus
+from locald_admin import messages as m
+from locald_admin.busio import Connection
 
 
 async def main(cfg):
     path = cfg["path"]
     if cfg.get("pad_to"):
         path = path + "x" * (cfg["pad_to"] - len(path.encode()))
-    flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if cfg.get("interactive") else MessageFlag.NONE
-    buses = [await connect_system_bus() for _ in range(cfg.get("connections", 1))]
+    buses = [await Connection.open() for _ in range(cfg.get("connections", 1))]
     tally = collections.Counter()
 
     async def one(bus):
-        msg = Message(destination=i.BUS_NAME, path=i.OBJECT_PATH, interface=i.INTERFACE, member="Cleanup",
-                      signature="s", body=[path], flags=flags)
+        msg = m.Call(i.BUS_NAME, i.OBJECT_PATH, i.INTERFACE, "Cleanup", "s", (path,),
+                     allow_interactive=bool(cfg.get("interactive")))
         try:
             reply = await asyncio.wait_for(bus.call(msg), cfg.get("timeout", 600))
             tally[reply.error_name or "ok"] += 1
@@ -51,7 +49,7 @@ async def main(cfg):
     unanswered = sum(1 for c in calls if not c.done())
     print(json.dumps({"answers": dict(tally), "unanswered": unanswered}), flush=True)
     for b in buses:
-        b.disconnect()
+        b.close()
     os._exit(0)  # the stdin reader thread would keep the interpreter alive
 
 
