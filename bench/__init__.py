@@ -69,7 +69,7 @@ The modules, one concern each:
   worktree    the commit a revision names, a detached git worktree of it and its removal
   staging     a tree's code laid out as make install does, built alike, and where each module comes from
   deps        a staged tree's runtime dependencies, beside its package
-  cpuclock    other processes' CPU time to the nanosecond, a sequential load window timed with it
+  cpuclock    other processes' CPU time to the nanosecond (for load.run_load's cpu_of)
   clitimes    the command line's wall time to exit and peak RSS
   report      the results table with the targets' verdicts
   targets     the targets and what makes a round quiet

@@ -35,6 +35,7 @@ from locald_admin import interface as i
 
 from . import clitimes, cpuclock, deps, inuse, latency, staging, worktree
 from .context import ClientSide, log
+from .load import run_load
 from .sampling import background_load
 from .stats import fmt_ms
 from .targets import QUIET_OTHERS_CORES
@@ -130,7 +131,7 @@ def _window(clients, made, calls, watch, leftovers):
         made.create(clients.pids, n, calls)
     clients.n += 1
     before = host_processes()
-    res, cpu, wall = cpuclock.sequential_window(clients.procs, clients.readers, "cleanup", calls, watch)
+    res, cpu, wall = run_load(clients.procs, clients.readers, "cleanup", calls, 0, watch, cpu_of=cpuclock.process_cpu)
     w = latency.summary(res[0], cpu, wall)
     w["host_processes"] = [before, host_processes()]
     w["warmup_error"] = res[0].get("warmup_error")

@@ -21,22 +21,24 @@ def load_clients(ctx, address, n, prefix):
     return procs, readers
 
 
-def run_load(procs, readers, what, count, duration, watch):
+def run_load(procs, readers, what, count, duration, watch, cpu_of=proc_cpu):
     """One command to every client; returns (client results, server CPU
-    seconds per watched process, wall seconds of the window)."""
+    seconds per watched process, wall seconds of the window).  ``cpu_of``:
+    how a watched process's CPU seconds are read (/proc's clock ticks by
+    default; ``cpuclock.process_cpu`` to the nanosecond)."""
     start = time.monotonic() + (1.0 if len(procs) > 1 else 0.2)
     for p in procs:
         p.stdin.write(f"run {what} {count} {start:.6f} {duration:.3f}\n".encode())
         p.stdin.flush()
     while time.monotonic() < start:
         time.sleep(min(0.01, max(0.0, start - time.monotonic())))
-    c0 = {k: proc_cpu(pid) for k, pid in watch.items()}
+    c0 = {k: cpu_of(pid) for k, pid in watch.items()}
     m0 = machine_cpu()
     t0 = time.monotonic()
     results = []
     if duration > 0:
         time.sleep(max(0.0, start + duration - time.monotonic()))
-        c1 = {k: proc_cpu(pid) for k, pid in watch.items()}
+        c1 = {k: cpu_of(pid) for k, pid in watch.items()}
         m1 = machine_cpu()
         t1 = time.monotonic()
         for p, rd in zip(procs, readers):
@@ -44,7 +46,7 @@ def run_load(procs, readers, what, count, duration, watch):
     else:
         for p, rd in zip(procs, readers):
             results.append(rd.json(900))
-        c1 = {k: proc_cpu(pid) for k, pid in watch.items()}
+        c1 = {k: cpu_of(pid) for k, pid in watch.items()}
         m1 = machine_cpu()
         t1 = time.monotonic()
     cpu = {k: (c1[k] - c0[k]) if c0[k] is not None and c1[k] is not None else None for k in watch}

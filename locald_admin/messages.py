@@ -1,7 +1,8 @@
 """Every D-Bus message locald-admin sends or reads, as plain data.
 
-No I/O here (``busio`` turns these into ``wire`` messages and back), so what is sent and what is concluded from a reply can be tested
-without a bus.  Builders return a ``Call`` or a ``Signal``; readers take a
+No I/O here (``busio`` turns these into ``wire`` messages and back), so
+what is sent and what is concluded from a reply can be tested without a
+bus.  Builders return a ``Call`` or a ``Signal``; readers take a
 ``Reply`` (or a received ``Signal``) and return the decision the code needs,
 raising ``BadReply`` when the reply does not give one.
 """
