@@ -64,7 +64,7 @@ class AdminClient:
 
     At most ``max_in_flight`` calls are pending on the connection at once
     (the system bus allows 128 pending replies per connection, and a full
-    socket buffer only makes the writer wait: ``busio._Writer``), the others
+    socket buffer only makes the writer wait: ``busio.Connection``), the others
     wait their turn.  A call that times out leaves nothing behind: its reply handler is
     dropped.  The connection is made on first use and again if it was lost.
     """

@@ -796,6 +796,18 @@ class Parser:
         view = memoryview(data)
         try:
             while True:
+                if not self._buf and not self._drop and len(view) >= 16:
+                    # The common case, read straight from ``data``: a whole
+                    # message at the start of it and nothing of another kept.
+                    frame = _frame(view)
+                    total = frame[7]
+                    if frame[1] <= SIGNAL and total <= self.max_message and len(view) >= total:
+                        try:
+                            out.append(_decode(bytes(view[:total]), frame))
+                        except WireError as e:
+                            self._invalid(e)
+                        view = view[total:]
+                        continue
                 if self._drop:
                     n = min(self._drop, len(view))
                     view, self._drop = view[n:], self._drop - n
