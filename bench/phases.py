@@ -35,6 +35,20 @@ def start_mechanism(ctx, bus, label, *args, site=None):
     return mech, ctx.cleanup_cb(f"stop mechanism ({label})", mech.stop)
 
 
+def with_mechanism(ctx, label, bus, watch, stop_bus, *args):
+    """A fresh mechanism (``args``) on ``bus`` (a ``mock_bus`` or
+    ``polkitd_bus``); returns (bus, mechanism, watch, stop), ``stop()``
+    stopping the mechanism, then the bus."""
+    mech, stop_mech = start_mechanism(ctx, bus, label, *args)
+    watch = {"mechanism": mech.proc.pid, **watch}
+
+    def stop():
+        stop_mech()
+        stop_bus()
+
+    return bus, mech, watch, stop
+
+
 def mock_bus(ctx, label):
     """A private permissive bus and the polkit mock allowing the action,
     each undone by the context if the run stops early; returns (bus, watch,
@@ -57,15 +71,7 @@ def mock_bus(ctx, label):
 def mock_stack(ctx, label):
     """``mock_bus`` and a fresh mechanism on it; returns (bus, mechanism,
     watch, stop)."""
-    bus, watch, stop_bus = mock_bus(ctx, label)
-    mech, stop_mech = start_mechanism(ctx, bus, label)
-    watch = {"mechanism": mech.proc.pid, **watch}
-
-    def stop():
-        stop_mech()
-        stop_bus()
-
-    return bus, mech, watch, stop
+    return with_mechanism(ctx, label, *mock_bus(ctx, label))
 
 
 def phase_mock(ctx):
@@ -148,14 +154,7 @@ def real_stack(ctx, label, coldstart_first=False):
     bus, watch, stop_bus = polkitd_bus(ctx, label)
     if coldstart_first:
         coldstart.run(ctx, bus)
-    mech, stop_mech = start_mechanism(ctx, bus, label, *REAL_MECHANISM_ARGS)
-    watch = {"mechanism": mech.proc.pid, **watch}
-
-    def stop():
-        stop_mech()
-        stop_bus()
-
-    return bus, mech, watch, stop
+    return with_mechanism(ctx, label, bus, watch, stop_bus, *REAL_MECHANISM_ARGS)
 
 
 def phase_baseline(ctx):
