@@ -10,7 +10,8 @@
 # subpackages, as pyproject.toml's package-dir says): no pip, no network, no
 # build metadata, nothing written into the source tree; its bytecode is
 # compiled here (BYTECOMPILE=no leaves that to the packager).  The compiled
-# walk (locald_admin/fs/_cwalk.c) is built straight into it with $(CC).  Three
+# extensions (locald_admin/fs/_cwalk.c, fs/_cprocscan.c, _cwire.c) are built
+# straight into it with $(CC).  Three
 # small launchers run it with Debian's python3 in isolated mode.  The
 # activation file and the unit are rewritten to name the mechanism's real
 # path.
@@ -18,8 +19,9 @@
 # The package needs nothing beyond Python's standard library (it speaks
 # D-Bus itself: locald_admin/wire.py and busio.py).
 #
-#   CWALK=no           do not build the compiled extensions, the walk and the
-#                      scan of /proc (their Python versions are used).
+#   CWALK=no           do not build the compiled extensions, the walk, the
+#                      scan of /proc and the reader of D-Bus values (their
+#                      Python versions are used).
 
 #
 # Where systemd, the bus, polkitd and bash-completion look is asked of
@@ -57,7 +59,7 @@ MANDIR     ?= $(DATADIR)/man
 BASHCOMPDIR ?= $(or $(PC_BASHCOMPDIR),$(DATADIR)/bash-completion/completions)
 ZSHCOMPDIR ?= $(DATADIR)/zsh/vendor-completions
 CWALK      ?= yes
-EXTENSIONS := _cwalk _cprocscan
+EXTENSIONS := fs/_cwalk fs/_cprocscan _cwire
 CC         ?= cc
 CFLAGS     ?= -O2 -g
 CWALK_FLAGS := -std=gnu11 -Wall -Wextra -Werror=implicit -fPIC -shared
@@ -112,9 +114,9 @@ install:
 	$(foreach f,$(PKG_FILES),install -D -m 644 '$(f)' \
 		'$(DESTDIR)$(SITE)/$(patsubst mechanism/%,locald_admin/mechanism/%,$(patsubst client/%,locald_admin/client/%,$(f)))';)
 	if [ '$(CWALK)' = yes ]; then umask 022; for ext in $(EXTENSIONS); do \
-		$(CC) $(CPPFLAGS) $(CFLAGS) $(CWALK_FLAGS) -I'$(PY_INCLUDE)' locald_admin/fs/$$ext.c $(LDFLAGS) \
-			-o '$(DESTDIR)$(SITE)/locald_admin/fs/'$$ext'$(EXT_SUFFIX)' && \
-		chmod 644 '$(DESTDIR)$(SITE)/locald_admin/fs/'$$ext'$(EXT_SUFFIX)' || exit 1; done; fi
+		$(CC) $(CPPFLAGS) $(CFLAGS) $(CWALK_FLAGS) -I'$(PY_INCLUDE)' locald_admin/$$ext.c $(LDFLAGS) \
+			-o '$(DESTDIR)$(SITE)/locald_admin/'$$ext'$(EXT_SUFFIX)' && \
+		chmod 644 '$(DESTDIR)$(SITE)/locald_admin/'$$ext'$(EXT_SUFFIX)' || exit 1; done; fi
 	@# The bytecode, now: the launchers run with -B and write none (the
 	@# Debian package leaves it to dh_python3, BYTECOMPILE=no).
 	if [ '$(BYTECOMPILE)' = yes ]; then umask 022; \

@@ -26,8 +26,8 @@ from pathlib import Path
 
 CFLAGS = ["-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit", "-fPIC", "-shared"]  # the Makefile's
 DEFAULT_PACKAGE_DIRS = {"locald_admin": "locald_admin"}
-MODULES = ("locald_admin", "locald_admin.busio", "locald_admin.fs", "locald_admin.fs._cwalk",
-           "locald_admin.fs._cprocscan", "locald_admin.mechanism", "locald_admin.mechanism.main",
+MODULES = ("locald_admin", "locald_admin.busio", "locald_admin._cwire", "locald_admin.fs",
+           "locald_admin.fs._cwalk", "locald_admin.fs._cprocscan", "locald_admin.mechanism", "locald_admin.mechanism.main",
            "locald_admin.client", "locald_admin.client.shim", "dbus_fast", "jeepney")
 
 CHECK = r'''

@@ -9,16 +9,19 @@ import pytest
 # The test harness (not part of the product) lives in <repository>/harness.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# scripts/sanitize: the C walk and the C scan of /proc built with ASan/UBSan,
-# loaded in place of the installed ones before anything imports them.
-for _var, _name in (("LOCALD_ADMIN_CWALK", "_cwalk"), ("LOCALD_ADMIN_CPROCSCAN", "_cprocscan")):
+# scripts/sanitize: the C walk, the C scan of /proc and the C reader of
+# D-Bus values built with ASan/UBSan, loaded in place of the installed ones
+# before anything imports them.
+for _var, _name in (("LOCALD_ADMIN_CWALK", "locald_admin.fs._cwalk"),
+                    ("LOCALD_ADMIN_CPROCSCAN", "locald_admin.fs._cprocscan"),
+                    ("LOCALD_ADMIN_CWIRE", "locald_admin._cwire")):
     if os.environ.get(_var):
         import importlib.util
 
-        _spec = importlib.util.spec_from_file_location(f"locald_admin.fs.{_name}", os.environ[_var])
+        _spec = importlib.util.spec_from_file_location(_name, os.environ[_var])
         _mod = importlib.util.module_from_spec(_spec)
         _spec.loader.exec_module(_mod)
-        sys.modules[f"locald_admin.fs.{_name}"] = _mod
+        sys.modules[_name] = _mod
 
 from harness import IS_ROOT  # noqa: E402
 from harness import fsmode  # noqa: E402

@@ -320,4 +320,5 @@ def test_install_works_without_a_network_and_writes_nothing_into_the_source_tree
     assert code.co_filename == "/usr/lib/locald-admin/site/locald_admin/client/shim.py"
     assert list(site.glob("locald_admin/fs/_cwalk*.so")), "the compiled walk is built"
     assert list(site.glob("locald_admin/fs/_cprocscan*.so")), "the compiled scan of /proc is built"
+    assert list(site.glob("locald_admin/_cwire*.so")), "the compiled reader of D-Bus values is built"
     assert sorted(p.name for p in site.iterdir()) == ["locald_admin"], "the package alone: no dependency"

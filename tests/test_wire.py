@@ -440,7 +440,12 @@ def test_header_fields_over_64_mib_are_refused_not_dropped():
     assert Parser().feed(patched(raw, 12, struct.pack("<I", 1 << 26))) == []  # merely oversized: dropped
 
 
-def test_an_array_over_64_mib_is_refused_before_it_is_read():
+@pytest.mark.parametrize("compiled", [False, True], ids=["python-reader", "compiled-reader"])
+def test_an_array_over_64_mib_is_refused_before_it_is_read(compiled):
+    """(Both readers: the differential tests below cannot build a message
+    this long for every case.)"""
+    if compiled and wire.compiled_reader() is None:
+        pytest.skip("the compiled reader (locald_admin._cwire) is not built")
     n = (64 << 20) + 8
     raw = handmade(probe_fields(":1.1", "at"), "at", ([],))
     at = body_at(raw)
@@ -448,7 +453,7 @@ def test_an_array_over_64_mib_is_refused_before_it_is_read():
     raw = patched(raw, at, struct.pack("<I", n))
     start = time.monotonic()
     with pytest.raises(WireError, match="64 MiB"):
-        decode(raw)
+        decode(raw, compiled=compiled)
     assert time.monotonic() - start < 0.5
     del raw
 
@@ -1191,3 +1196,117 @@ def test_fuzz_own_messages_every_single_byte_change():
                     _run_hostile(raw[:k] + bytes([b]) + raw[k + 1:], [len(raw)])
                     tried += 1
     assert tried > 5000
+
+
+# -- differential: the compiled reader against the Python reader ------------------------------
+#
+# wire._read is the reference; _cwire.read (locald_admin/_cwire.c) must give
+# the same value or the same WireError message on any bytes.  Everything
+# above ran with the compiled reader when it is built (decode's default), so
+# these tests are what holds the Python reader to it, and scripts/sanitize
+# runs this whole file under AddressSanitizer/UBSan.
+
+needs_cwire = pytest.mark.skipif(
+    wire.compiled_reader() is None,
+    reason="the compiled reader (locald_admin._cwire) is not built: no C compiler or Python headers at install")
+
+
+def _outcome(data, compiled):
+    try:
+        return decode(data, compiled=compiled)
+    except WireError as e:
+        return f"WireError: {e}"
+
+
+def assert_readers_agree(data):
+    py, c = _outcome(data, False), _outcome(data, True)
+    if isinstance(py, str) or isinstance(c, str):
+        assert py == c, data.hex()
+    else:
+        assert same_message(py, c), data.hex()
+    return py
+
+
+@needs_cwire
+def test_readers_agree_on_the_cases_above():
+    """Every hand-made broken body, header and frame, and every libdbus
+    limit case: the same result, word for word."""
+    refused = 0
+    for case in BODY_CASES:
+        good, bad = _body_case_raw(case, ":1.1")
+        assert not isinstance(assert_readers_agree(good), str)
+        refused += isinstance(assert_readers_agree(bad), str)
+    for case in FIELD_CASES:
+        refused += isinstance(assert_readers_agree(_field_case_raw(case, ":1.1")), str)
+    for case in LENIENCY_CASES:
+        assert isinstance(assert_readers_agree(_leniency_raw(case, ":1.1")), str) is not case[2]
+    assert refused == len(BODY_CASES) + len(FIELD_CASES)
+
+
+@needs_cwire
+@settings(max_examples=FUZZ_EXAMPLES, **COMMON)
+@given(st.sampled_from([jl.Endianness.little, jl.Endianness.big]).flatmap(
+    lambda e: st.tuples(st.just(e), messages(BASIC if e is jl.Endianness.little else NO_FD))),
+    mutations, st.booleans())
+def test_readers_agree_on_mutated_messages(generated, ops, fix):
+    """FUZZ_EXAMPLES (3000) generated messages in either byte order (the big
+    ones serialised by jeepney, without 'h'), each read unchanged and after
+    1-4 mutations: the same value or the same error."""
+    endianness, msg = generated
+    if endianness is jl.Endianness.big:
+        fields = {jl.HeaderFields(code): getattr(msg, name) for code, name in JEEPNEY_FIELDS.items()
+                  if getattr(msg, name)}
+        raw = jl.Message(jl.Header(endianness, msg.type, msg.flags, 1, 0, msg.serial, fields),
+                         to_jeepney(msg.body)).serialise()
+    else:
+        raw = encode(msg)
+    assert same_message(assert_readers_agree(raw), msg)
+    data = bytearray(_mutate(raw, ops, fix))
+    if fix and endianness is jl.Endianness.big and len(data) >= 16 and data[:1] == b"B":
+        body_at = (16 + struct.unpack_from(">I", data, 12)[0] + 7) & ~7  # _mutate fixes little-endian only
+        if body_at <= len(data):
+            data[4:8] = struct.pack(">I", len(data) - body_at)
+    assert_readers_agree(bytes(data))
+
+
+@needs_cwire
+@settings(max_examples=FUZZ_EXAMPLES, **COMMON)
+@given(st.sampled_from(PREFIXES), st.binary(max_size=300))
+def test_readers_agree_on_random_bytes(prefix, data):
+    """FUZZ_EXAMPLES (3000) random byte strings after a plausible start of a
+    header, with the lengths in the fixed header made to fit."""
+    raw = bytearray(prefix + data)
+    if len(raw) >= 16:
+        raw[3] = 1
+        order = "<" if raw[:1] == b"l" else ">"
+        raw[12:16] = struct.pack(order + "I", min(struct.unpack_from(order + "I", raw, 12)[0], len(raw) - 16))
+        _fix_body_length(raw) if order == "<" else None
+    assert_readers_agree(bytes(raw))
+
+
+@needs_cwire
+def test_readers_agree_on_every_single_byte_change_of_our_messages():
+    """Every byte of each of the project's messages set to each of 0, 1,
+    0x7F, 0x80, 0xFF: the same value or the same error, each time."""
+    tried = 0
+    for msg in OWN:
+        raw = encode(msg)
+        for k in range(len(raw)):
+            for b in (0, 1, 0x7F, 0x80, 0xFF):
+                if raw[k] != b:
+                    assert_readers_agree(raw[:k] + bytes([b]) + raw[k + 1:])
+                    tried += 1
+    assert tried > 5000
+
+
+def test_the_python_reader_is_used_when_asked_and_the_compiled_one_when_built():
+    """decode(compiled=False) never touches the C reader; compiled=True is
+    refused when it is not built, and is the default when it is."""
+    raw = encode(OWN[0])
+    assert same_message(decode(raw, compiled=False), OWN[0])
+    if wire.compiled_reader() is None:
+        with pytest.raises(ValueError, match="not built"):
+            decode(raw, compiled=True)
+    else:
+        assert wire._READER == (wire.compiled_reader().read, wire.compiled_reader().fields)
+        assert same_message(decode(raw, compiled=True), OWN[0])
