@@ -121,21 +121,23 @@ def identity(target):
     return (st.st_dev, st.st_ino)
 
 
-def remove(target, progress=None, threads=DEFAULT_WALK_THREADS, cancel=None, census=None):
+def remove(target, progress=None, threads=DEFAULT_WALK_THREADS, cancel=None, census=None,
+           limits=walk.DEFAULT_LIMITS):
     """Remove a resolved target; return an Outcome.  Closes it.
 
     ``progress``: a walk.WalkResult to count into, read by another thread
     for progress reports.  ``threads``: for the target's subdirectories.
     ``cancel``: stop when it is set (``is_set()``); raises Cancelled.
     ``census``: what returns the in-use check's census (a shared scan's).
-    An anchor whose holder others could write (``Target.keep_anchor``) is
-    emptied and kept (``anchor_kept`` in the Outcome's notes).
+    ``limits``: the walk's (``walk.Limits``, from the settings).  An anchor
+    whose holder others could write (``Target.keep_anchor``) is emptied and
+    kept (``anchor_kept`` in the Outcome's notes).
     """
     try:
         removed = fsremove.remove_entry(target.parent_fd, target.name, target.display, target.caller_uid,
                                         held_fd=target.anchor_fd, progress=progress, threads=threads,
                                         fs=target.fs, owners=target.rule, cancel=cancel,
-                                        keep_dir=target.keep_anchor, census=census)
+                                        keep_dir=target.keep_anchor, census=census, limits=limits)
         return Outcome(removed, {"anchor_kept": "yes"} if target.keep_anchor else {})
     except fsremove.Cancelled as e:
         raise Cancelled(e.removed) from None
@@ -151,14 +153,16 @@ def remove(target, progress=None, threads=DEFAULT_WALK_THREADS, cancel=None, cen
         target.close()
 
 
-def cleanup(path, caller_uid, config=Config(), progress=None, threads=DEFAULT_WALK_THREADS, fs=None):
+def cleanup(path, caller_uid, config=Config(), progress=None, threads=DEFAULT_WALK_THREADS, fs=None,
+            limits=walk.DEFAULT_LIMITS):
     """Remove ``path`` on behalf of ``caller_uid``; return entries removed.
 
     ``config``: the administrator's configuration (roots, owner rule).
-    A target that does not exist is success with 0 removed.
+    ``limits``: the walk's (``walk.Limits``).  A target that does not exist
+    is success with 0 removed.
     """
     target = resolve(path, caller_uid, config, fs)
-    return 0 if target is None else remove(target, progress, threads).removed
+    return 0 if target is None else remove(target, progress, threads, limits=limits).removed
 
 
 class Engine:
@@ -173,9 +177,10 @@ class Engine:
     joined cancelled runs its own.
     """
 
-    def __init__(self, walk_threads=DEFAULT_WALK_THREADS, fs=None):
+    def __init__(self, walk_threads=DEFAULT_WALK_THREADS, fs=None, limits=walk.DEFAULT_LIMITS):
         self.walk_threads = walk_threads
         self.fs = fs  # fsops.Fs (None: the kernel's default)
+        self.limits = limits  # walk.Limits: fds held per walk thread, levels entered
         self.scans = scans.SharedScans()  # the in-use check's census, shared by the requests waiting for one
         self._shared = {}  # (uid, st_dev, st_ino) -> (Future, Progress, _AllLeft)
         self._lock = threading.Lock()
@@ -198,7 +203,8 @@ class Engine:
                 target.close()
                 return Outcome(0)
             if ident is None:
-                return remove(target, progress.walk, self.walk_threads, progress.cancelled, progress.census)
+                return remove(target, progress.walk, self.walk_threads, progress.cancelled, progress.census,
+                              self.limits)
             key = (uid,) + ident
             with self._lock:
                 shared = self._shared.get(key)
@@ -223,7 +229,7 @@ class Engine:
             if stop.is_set():
                 target.close()
                 raise Cancelled(0)
-            outcome = remove(target, progress.walk, self.walk_threads, stop, progress.census)
+            outcome = remove(target, progress.walk, self.walk_threads, stop, progress.census, self.limits)
             mine.set_result(outcome)
             return outcome
         except BaseException as e:

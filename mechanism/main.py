@@ -43,6 +43,32 @@ def _at_least_one(text):
     return v
 
 
+def _whole_number_from(low, high):
+    """An option's type: a whole number from ``low`` to ``high``."""
+    def whole_number(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {v}")
+        return v
+    return whole_number
+
+
+# --max-held-fds: the walk keeps the current directory's fd whatever the
+# bound, so 1 is enough to walk any tree (fewer held: more reopening through
+# ".."; the race tests run with 1).  Every walk thread of every deletion
+# holds that many: 256 keeps one to a quarter of the 1024 fds a systemd
+# service gets (the default soft RLIMIT_NOFILE), so that a deep chain cannot
+# take the descriptors the bus connection and the other walks need (V1).
+HELD_FDS_RANGE = (1, 256)
+# --max-depth: at least the target's own subdirectories; at most 2**20
+# levels, since a walk keeps some state per level (V13: a chain a million
+# levels deep is left at the limit, not followed with its memory).
+DEPTH_RANGE = (1, 1 << 20)
+
+
 D = Settings()  # the defaults, shown in --help
 
 
@@ -70,6 +96,14 @@ def parser():
                    help=f"threads removing one tree at once with the compiled walk: they take the "
                         f"subdirectories of its first level with two or more (default {D.walk_threads}: "
                         "one per core, at most 4; the Python walk uses one)")
+    p.add_argument("--max-held-fds", type=_whole_number_from(*HELD_FDS_RANGE), default=D.max_held_fds,
+                   metavar="N",
+                   help=f"directory fds one walk thread keeps open, whatever the depth: beyond that the "
+                        f"oldest are closed, and reopened through '..' (identity checked) on the way back "
+                        f"(default {D.max_held_fds}; {HELD_FDS_RANGE[0]} to {HELD_FDS_RANGE[1]})")
+    p.add_argument("--max-depth", type=_whole_number_from(*DEPTH_RANGE), default=D.max_depth, metavar="N",
+                   help=f"levels below the target a removal enters; a directory deeper is left in place and "
+                        f"named in the error (default {D.max_depth}; {DEPTH_RANGE[0]} to {DEPTH_RANGE[1]})")
     p.add_argument("--polkit-timeout", type=_nonneg, default=D.polkit_timeout, metavar="SECONDS",
                    help=f"give up on polkit after this long for non-interactive calls "
                         f"(default {D.polkit_timeout:g})")

@@ -89,7 +89,8 @@ class CleanupService:
         self.settings = settings
         self.recorder = Recorder() if recorder is None else recorder
         self.engine = Engine(walk_threads=settings.walk_threads,
-                             fs=fsops.choose(settings.openat2, not settings.python_walk))
+                             fs=fsops.choose(settings.openat2, not settings.python_walk),
+                             limits=settings.walk_limits)
         self.jobs = Jobs(max_running=settings.workers, per_uid=settings.per_uid,
                          long_after=settings.long_job_after)
         self.authority = Authority(bus, max_in_flight=settings.polkit_checks_in_flight,

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from locald_admin.fs import walk
 from locald_admin.interface import MAX_QUEUED_PER_UID
 
 from .config import DEFAULT_PATH
@@ -31,6 +32,11 @@ class Settings:
     # about one per core, at most 4 (beyond that the directory locks of one
     # tree and the other deletions running at once gain little).
     walk_threads: int = field(default_factory=lambda: max(1, min(os.cpu_count() or 1, 4)))
+    # How far one walk may go (walk.Limits, given to every walk as
+    # ``walk_limits``): fds held at once by each walk thread, and levels
+    # entered below the target.
+    max_held_fds: int = walk.DEFAULT_LIMITS.max_held_fds
+    max_depth: int = walk.DEFAULT_LIMITS.max_depth
     polkit_timeout: float = 15.0
     polkit_interactive_timeout: float = 300.0
     polkit_checks_in_flight: int = 96  # below the bus' 128 pending replies per connection
@@ -43,3 +49,7 @@ class Settings:
 
     def polkit_timeout_for(self, interactive):
         return self.polkit_interactive_timeout if interactive else self.polkit_timeout
+
+    @property
+    def walk_limits(self):
+        return walk.Limits(max_held_fds=self.max_held_fds, max_depth=self.max_depth)

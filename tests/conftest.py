@@ -24,7 +24,7 @@ for _var, _name in (("LOCALD_ADMIN_CWALK", "locald_admin.fs._cwalk"),
         sys.modules[_name] = _mod
 
 from harness import IS_ROOT  # noqa: E402
-from harness import fsmode  # noqa: E402
+from harness import fsmode, syscalls  # noqa: E402
 from harness import mechanism as started_mechanisms  # noqa: E402
 from harness.buses import PolkitMock, PrivateBus  # noqa: E402
 from harness.trees import rm_rf, umount, world_tmpdir  # noqa: E402
@@ -94,7 +94,8 @@ def mode(request):
         return real_remove(*a, **kw)
     walk.remove_tree = counting_remove
     try:
-        with fsmode.forced(param != "fallback", param == "compiled"):
+        # (share: what a test's supervised child counts, harness.syscalls, counts here too)
+        with fsmode.forced(param != "fallback", param == "compiled"), syscalls.share(calls, cwalks, removals):
             yield param
     finally:
         fsops._raw_openat2 = real

@@ -340,7 +340,7 @@ def test_bursts_from_several_connections_are_all_authorized(top, bus, start_mech
 # The huge tree: a few flat directories (made first, so deleted first, in
 # parallel: the delete is visibly under way at once) and deep chains (about
 # 8 s to delete here, well past the 5 s long-job mark), each within the
-# walk's depth limit (walk.MAX_DEPTH).
+# walk's depth limit (--max-depth, 65,536 by default).
 HUGE_CHAINS, HUGE_DEPTH = 7, 64_300
 HUGE_FLAT = (10, 2000)
 

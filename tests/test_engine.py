@@ -15,7 +15,7 @@ import stat
 
 import pytest
 
-from harness import IS_ROOT, trees
+from harness import IS_ROOT, syscalls, trees
 from harness.trees import Canary, make_chain, rm_rf, write
 from locald_admin.fs import fsops, walk
 from locald_admin.mechanism import engine
@@ -342,9 +342,8 @@ def test_10000_deep_chain_is_removed_without_recursion_error(mode, anchor, rmrf)
 
 @pytest.mark.parametrize("max_fds", [None, 4])
 def test_fds_stay_bounded_during_a_deep_walk(mode, anchor, rmrf, monkeypatch, max_fds):
-    if max_fds is not None:
-        monkeypatch.setattr(walk, "MAX_HELD_FDS", max_fds)
-    limit = walk.MAX_HELD_FDS
+    limits = walk.DEFAULT_LIMITS if max_fds is None else walk.Limits(max_held_fds=max_fds)
+    limit = limits.max_held_fds
     depth = 3000
     assert depth > 10 * limit
     rmrf(anchor.parent)
@@ -361,12 +360,12 @@ def test_fds_stay_bounded_during_a_deep_walk(mode, anchor, rmrf, monkeypatch, ma
 
     monkeypatch.setattr(walk, "_read", counting_list)
     baseline = open_fds()
-    assert engine.cleanup(str(t), ME) == depth + 2
+    assert engine.cleanup(str(t), ME, limits=limits) == depth + 2
     # every directory was listed once by the walk (the parallel split's
     # listings of the single-subdirectory levels it descends through are
     # not the walk's)
     assert len(seen) == depth + 1
-    # The resolver's fds (prefix, anchor, target) + at most MAX_HELD_FDS
+    # The resolver's fds (prefix, anchor, target) + at most max_held_fds
     # directories + a little slack; without the bound this would be ~depth.
     assert max(seen) - baseline <= limit + 6, (max(seen), baseline, limit)
     assert max(seen) - baseline >= limit  # the bound was actually reached
@@ -375,8 +374,8 @@ def test_fds_stay_bounded_during_a_deep_walk(mode, anchor, rmrf, monkeypatch, ma
 
 def test_parallel_walk_keeps_fds_bounded_per_thread(mode, anchor, rmrf, monkeypatch):
     """Two deep chains side by side: both threads walk one each, and each
-    holds at most MAX_HELD_FDS directory fds."""
-    monkeypatch.setattr(walk, "MAX_HELD_FDS", 8)
+    holds at most max_held_fds directory fds."""
+    limits = walk.Limits(max_held_fds=8)
     rmrf(anchor.parent)
     t = anchor / "deep"
     for side in ("a", "b"):
@@ -391,14 +390,14 @@ def test_parallel_walk_keeps_fds_bounded_per_thread(mode, anchor, rmrf, monkeypa
 
     monkeypatch.setattr(walk, "_read", counting_list)
     baseline = open_fds()
-    assert engine.cleanup(str(t), ME, threads=2) == 2 * (500 + 1 + 1) + 1
-    assert max(seen) - baseline <= 2 * walk.MAX_HELD_FDS + 8, (max(seen), baseline)
+    assert engine.cleanup(str(t), ME, threads=2, limits=limits) == 2 * (500 + 1 + 1) + 1
+    assert max(seen) - baseline <= 2 * limits.max_held_fds + 8, (max(seen), baseline)
     assert open_fds() == baseline
 
 
-def test_bushy_tree_with_few_fds_is_removed_completely(mode, anchor, monkeypatch):
+def test_bushy_tree_with_few_fds_is_removed_completely(mode, anchor):
     # Many re-climbs through '..' with identity checks, all legitimate.
-    monkeypatch.setattr(walk, "MAX_HELD_FDS", 2)
+    few = walk.Limits(max_held_fds=2)
     t = anchor / "t"
     d = t
     for i in range(30):
@@ -408,7 +407,7 @@ def test_bushy_tree_with_few_fds_is_removed_completely(mode, anchor, monkeypatch
         write(d / "f")
     n = len(snapshot(t))
     baseline = open_fds()
-    assert engine.cleanup(str(t), ME) == n + 1
+    assert engine.cleanup(str(t), ME, limits=few) == n + 1
     assert not os.path.lexists(t)
     assert open_fds() == baseline
 
@@ -464,7 +463,7 @@ def test_tree_moved_during_walk_climb_identity_check(mode, tmp_path, anchor, mon
     (st_dev, st_ino) check the walk would take <outside> for the closed parent
     and unlink that parent's remaining names (f1, f2) in <outside>.
     """
-    monkeypatch.setattr(walk, "MAX_HELD_FDS", 2)
+    few = walk.Limits(max_held_fds=2)
     t = anchor / "t"
     chain = ["a", "b", "c", "d", "e"]
     d = t
@@ -496,7 +495,7 @@ def test_tree_moved_during_walk_climb_identity_check(mode, tmp_path, anchor, mon
 
     monkeypatch.setattr(walk, "_read", racing_list)
     with pytest.raises(Failed) as ei:
-        engine.cleanup(str(t), ME)
+        engine.cleanup(str(t), ME, limits=few)
     assert done, "the rename never happened: the test did not test anything"
     msg = ei.value.message
     assert "moved" in msg
@@ -513,91 +512,96 @@ def test_tree_moved_during_walk_climb_identity_check(mode, tmp_path, anchor, mon
     assert (t / "a").is_dir()
 
 
-def test_directory_swapped_for_symlink_during_walk(mode, tmp_path, anchor, canary, monkeypatch):
+def _entering(ino, name):
+    """A call that opens ``name`` in the directory ``ino`` (the walk
+    entering it: it was listed as a directory)."""
+    return lambda call: call.on(ino, "openat2", "openat") and call.string(1) == name
+
+
+@pytest.mark.parametrize("threads", [1, 2], ids=["walk", "split"])
+def test_directory_swapped_for_symlink_during_walk(mode, tmp_path, anchor, canary, threads):
     """CVE-2022-21658 style: listed as a directory, a symlink by the time it
-    is entered.  The link is removed; its target is never entered."""
+    is entered (swapped just before the first open of it runs: the walk's,
+    or with two threads in compiled mode the parallel split's as it looks
+    for subdirectories).  The link is removed; its target is never entered."""
     t = anchor / "t"
     (t / "sub").mkdir(parents=True)
     write(t / "sub" / "data", b"ours")
     write(t / "file")
-    t_ino = os.stat(t).st_ino
+    entering_sub = _entering(os.stat(t).st_ino, b"sub")
     moved_away = tmp_path / "moved_away"
-    real_list = walk._read
     done = []
 
-    def racing_list(fd, it, n):
-        entries = real_list(fd, it, n)
-        if not done and os.fstat(fd).st_ino == t_ino:
-            assert any(e.name == "sub" and e.is_dir(follow_symlinks=False) for e in entries)
+    def race(call):
+        if not done and entering_sub(call):
             os.rename(t / "sub", moved_away)
             (t / "sub").symlink_to(canary.path)
             done.append(True)
-        return entries
 
-    monkeypatch.setattr(walk, "_read", racing_list)
-    assert engine.cleanup(str(t), ME) == 3  # file, the symlink, t
+    assert syscalls.supervised(lambda: engine.cleanup(str(t), ME, threads=threads), race) == 3  # file, link, t
     assert done
     assert not os.path.lexists(t)
     canary.check()
     assert (moved_away / "data").read_bytes() == b"ours"
 
 
-def test_directory_swapped_for_symlink_to_file_during_walk(mode, tmp_path, anchor, canary, monkeypatch):
+def test_directory_swapped_for_symlink_to_file_during_walk(mode, tmp_path, anchor, canary):
     t = anchor / "t"
     (t / "sub").mkdir(parents=True)
-    t_ino = os.stat(t).st_ino
-    real_list = walk._read
+    entering_sub = _entering(os.stat(t).st_ino, b"sub")
+    done = []
 
-    def racing_list(fd, it, n):
-        entries = real_list(fd, it, n)
-        if os.fstat(fd).st_ino == t_ino and (t / "sub").is_dir() and not (t / "sub").is_symlink():
+    def race(call):
+        if not done and entering_sub(call):
             os.rename(t / "sub", tmp_path / "moved_away")
             (t / "sub").symlink_to(canary.path / "data")
-        return entries
+            done.append(True)
 
-    monkeypatch.setattr(walk, "_read", racing_list)
-    assert engine.cleanup(str(t), ME) == 2
+    assert syscalls.supervised(lambda: engine.cleanup(str(t), ME, threads=1), race) == 2
+    assert done
     canary.check()
 
 
-def test_directory_refilled_during_walk_is_rescanned(mode, anchor, monkeypatch):
+def _removing(ino, name):
+    """A call that unlinks or rmdirs ``name`` in the directory ``ino``."""
+    return lambda call: call.on(ino, "unlinkat") and call.string(1) == name
+
+
+def test_directory_refilled_during_walk_is_rescanned(mode, anchor):
+    """A file appears in sub just before the walk's rmdir of it (twice):
+    the rmdir fails (ENOTEMPTY), sub is listed again and emptied."""
     t = anchor / "t"
     (t / "sub").mkdir(parents=True)
     write(t / "sub" / "f0")
-    sub_ino = os.stat(t / "sub").st_ino
-    real_list = walk._read
+    removing_sub = _removing(os.stat(t).st_ino, b"sub")
     refills = []
 
-    def refilling_list(fd, it, n):
-        entries = real_list(fd, it, n)
-        if os.fstat(fd).st_ino == sub_ino and len(refills) < 2:
+    def refill(call):
+        if removing_sub(call) and len(refills) < 2:
             refills.append(True)
             write(t / "sub" / f"late{len(refills)}")
-        return entries
 
-    monkeypatch.setattr(walk, "_read", refilling_list)
-    assert engine.cleanup(str(t), ME) == 5  # f0, late1, late2, sub, t
+    assert syscalls.supervised(lambda: engine.cleanup(str(t), ME), refill) == 5  # f0, late1, late2, sub, t
+    assert len(refills) == 2
     assert not os.path.lexists(t)
 
 
-def test_endless_refill_gives_up_after_max_rescans(mode, anchor, monkeypatch):
+def test_endless_refill_gives_up_after_max_rescans(mode, anchor):
+    """A file appears in sub before every rmdir of it: after MAX_RESCANS
+    listings again the walk gives up and names sub."""
     t = anchor / "t"
     (t / "sub").mkdir(parents=True)
-    sub_ino = os.stat(t / "sub").st_ino
-    real_list = walk._read
+    removing_sub = _removing(os.stat(t).st_ino, b"sub")
     calls = []
 
-    def refilling_list(fd, it, n):
-        entries = real_list(fd, it, n)
-        if os.fstat(fd).st_ino == sub_ino:
+    def refill(call):
+        if removing_sub(call):
             calls.append(True)
             write(t / "sub" / f"late{len(calls)}")
-        return entries
 
-    monkeypatch.setattr(walk, "_read", refilling_list)
     with pytest.raises(Failed) as ei:
-        engine.cleanup(str(t), ME)
-    assert len(calls) == walk.MAX_RESCANS + 1
+        syscalls.supervised(lambda: engine.cleanup(str(t), ME), refill)
+    assert len(calls) == walk.MAX_RESCANS + 1  # the first rmdir, and one after each listing again
     assert f"{t}/sub" in ei.value.message
     assert os.strerror(errno.ENOTEMPTY) in ei.value.message
 
@@ -693,7 +697,7 @@ def test_anchor_swapped_after_resolution_is_not_what_gets_removed(mode, tmp_path
 
 
 @pytest.mark.parametrize("which", ["t", "anchor"])
-def test_target_replaced_during_walk_by_an_empty_directory_is_left_alone(mode, tmp_path, anchor, monkeypatch, which):
+def test_target_replaced_during_walk_by_an_empty_directory_is_left_alone(mode, tmp_path, anchor, which):
     """The walk empties the directory it holds; its final rmdir goes by name.
     If the name was given to another directory meanwhile (even an empty one,
     which rmdir would happily remove), that directory must stay."""
@@ -701,20 +705,16 @@ def test_target_replaced_during_walk_by_an_empty_directory_is_left_alone(mode, t
     make_tree(t)
     target = t if which == "t" else anchor
     target_ino = os.stat(target).st_ino
-    real_list = walk._read
     swapped = []
 
-    def racing_list(fd, it, n):
-        entries = real_list(fd, it, n)
-        if not swapped and os.fstat(fd).st_ino == target_ino:
+    def swap(call):  # as the walk first lists the target: it holds the target's fd by then
+        if not swapped and call.on(target_ino, "getdents64"):
             os.rename(target, tmp_path / "renamed_away")
             os.mkdir(target)  # somebody else's empty directory
             swapped.append(os.stat(target).st_ino)
-        return entries
 
-    monkeypatch.setattr(walk, "_read", racing_list)
     try:
-        engine.cleanup(str(target), ME)
+        syscalls.supervised(lambda: engine.cleanup(str(target), ME), swap)
     except MechanismError as e:
         assert "replaced" in e.message
     assert swapped

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import syscalls
 from harness.trees import Canary, snapshot, umount, write
 from locald_admin.fs import mounts, walk
 from locald_admin import pathrules
@@ -410,24 +411,21 @@ def test_bind_mount_at_the_anchor(mode, tmp, canary, mounter, below):
 
 # -- mounts appearing during the walk --------------------------------------------------
 
-def test_mount_appearing_on_a_subdirectory_not_yet_entered(mode, anchor, canary, mounter, monkeypatch):
+def test_mount_appearing_on_a_subdirectory_not_yet_entered(mode, anchor, canary, mounter):
     t = anchor / "t"
     for d in ("a", "b", "c"):
         (t / d).mkdir(parents=True)
         write(t / d / "f", b"ours")
     t_ino = os.stat(t).st_ino
-    real_list = walk._read
     done = []
 
-    def racing_list(fd, it, n):
-        if not done and os.fstat(fd).st_ino == t_ino:
+    def race(call):
+        if not done and call.on(t_ino, "getdents64"):
             mounter.bind(canary.path, t / "b")  # after the pre-check, before the walk reaches b
             done.append(True)
-        return real_list(fd, it, n)
 
-    monkeypatch.setattr(walk, "_read", racing_list)
     with pytest.raises(MountPoint) as ei:
-        engine.cleanup(str(t), USER)
+        syscalls.supervised(lambda: engine.cleanup(str(t), USER), race)
     assert done
     assert f"{t}/b" in ei.value.message
     assert "appeared during removal" in ei.value.message
@@ -435,7 +433,7 @@ def test_mount_appearing_on_a_subdirectory_not_yet_entered(mode, anchor, canary,
     assert sorted(os.listdir(t)) == ["b"]
 
 
-def test_mount_appearing_on_the_directory_being_listed(mode, anchor, canary, mounter, monkeypatch):
+def test_mount_appearing_on_the_directory_being_listed(mode, anchor, canary, mounter):
     """The walk holds b's fd when something is mounted over b: it keeps
     working on the covered directory (fd), never on what is now at the path."""
     t = anchor / "t"
@@ -443,18 +441,15 @@ def test_mount_appearing_on_the_directory_being_listed(mode, anchor, canary, mou
     write(t / "b" / "data", b"ours, covered by the mount")
     write(t / "b" / "other", b"ours")
     b_ino = os.stat(t / "b").st_ino
-    real_list = walk._read
     done = []
 
-    def racing_list(fd, it, n):
-        if not done and os.fstat(fd).st_ino == b_ino:
+    def race(call):  # as the walk unlinks b's first entry: it holds b's fd and has listed b
+        if not done and call.on(b_ino, "unlinkat"):
             mounter.bind(canary.path, t / "b")
             done.append(True)
-        return real_list(fd, it, n)
 
-    monkeypatch.setattr(walk, "_read", racing_list)
     with pytest.raises(MountPoint) as ei:
-        engine.cleanup(str(t), USER)
+        syscalls.supervised(lambda: engine.cleanup(str(t), USER), race)
     assert done
     assert f"{t}/b" in ei.value.message
     canary.check()

@@ -290,14 +290,15 @@ def open_fds():
     return sorted(os.listdir("/proc/self/fd"))
 
 
-def engine_call(path, uid):
-    """engine.cleanup in a thread (bounded); the outcome's name, or raise if
-    it was anything but success or a named MechanismError."""
+def engine_call(path, uid, limits=walk.DEFAULT_LIMITS):
+    """engine.cleanup in a thread (bounded), with the walk's ``limits``; the
+    outcome's name, or raise if it was anything but success or a named
+    MechanismError."""
     box = {}
 
     def run():
         try:
-            box["removed"] = engine.cleanup(path, uid)
+            box["removed"] = engine.cleanup(path, uid, limits=limits)
         except BaseException as e:  # noqa: B036 -- judged below
             box["exc"] = e
 
@@ -336,7 +337,7 @@ KINDS = {
 }
 
 
-@pytest.mark.parametrize("held_fds", [walk.MAX_HELD_FDS, 1], ids=lambda n: f"fds{n}")
+@pytest.mark.parametrize("held_fds", [walk.DEFAULT_LIMITS.max_held_fds, 1], ids=lambda n: f"fds{n}")
 @pytest.mark.parametrize("mode", fsmode.MODES)
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_engine_under_attack(racefs, users, monkeypatch, record_property, kind, mode, held_fds):
@@ -345,7 +346,7 @@ def test_engine_under_attack(racefs, users, monkeypatch, record_property, kind, 
     if fs.openat2 and not fsops.kernel_has_openat2():
         pytest.skip("this kernel has no openat2 (ENOSYS)")
     monkeypatch.setattr(fsops, "default", lambda: fs)
-    monkeypatch.setattr(walk, "MAX_HELD_FDS", held_fds)
+    limits = walk.Limits(max_held_fds=held_fds)
     stats, outcomes = collections.Counter(), collections.Counter()
     anchor_kind = kind == "d-replace-anchor"
     for r in range(max(ROUNDS, 4) if anchor_kind else ROUNDS):
@@ -363,7 +364,7 @@ def test_engine_under_attack(racefs, users, monkeypatch, record_property, kind, 
             proc = start_attacker(attacker, cfg)
             t0 = time.monotonic()
             try:
-                outcome = engine_call(str(target), attacker.pw_uid)
+                outcome = engine_call(str(target), attacker.pw_uid, limits)
             finally:
                 stats["call_ms"] += round((time.monotonic() - t0) * 1000)
                 counters = stop_attacker(proc)

@@ -16,7 +16,6 @@ RLIMIT_NOFILE, the depth limit, MAX_KEPT overflow, keep_dir, cancel from
 another thread, progress read while the C walk runs.
 """
 
-import contextlib
 import ctypes
 import errno
 import importlib.util
@@ -134,26 +133,22 @@ def _build(p, spec, outside, built):
             _build(os.path.join(p, name), sub, outside, built)
 
 
-@contextlib.contextmanager
-def held(n):
-    real = walk.MAX_HELD_FDS
-    walk.MAX_HELD_FDS = n
-    try:
-        yield
-    finally:
-        walk.MAX_HELD_FDS = real
+def limits(held=walk.DEFAULT_LIMITS.max_held_fds, depth=None):
+    """The walk's ``walk.Limits``: ``held`` fds, ``depth`` levels (None: the default)."""
+    return walk.Limits(held, walk.DEFAULT_LIMITS.max_depth if depth is None else depth)
 
 
 def remove(parent, name, fs, threads=1, **kw):
     """Remove ``parent/name`` with ``fs``'s walk (with ``threads``: first
-    the parallel split, as remove.remove_entry does); the WalkResult."""
+    the parallel split, as remove.remove_entry does); the WalkResult.
+    ``kw``: remove_tree's (``limits`` for both)."""
     pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         dfd = fs.open_beneath(pfd, name)
         try:
             res = kw.pop("result", None) or walk.WalkResult()
             walk.remove_in_parallel(dfd, res, threads, fs, owners=kw.get("owners"), cancel=kw.get("cancel"),
-                                    max_depth=kw.get("max_depth"))
+                                    limits=kw.get("limits", walk.DEFAULT_LIMITS))
             if res.cancelled:
                 return res
             return walk.remove_tree(pfd, name, dfd, result=res, fs=fs, **kw)
@@ -212,9 +207,8 @@ def test_both_walks_remove_the_same_and_report_the_same(base, tree, rule, keep_d
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir()
     rule = owners.OwnerRule(CALLER) if rule and IS_ROOT else None
-    with held(max_held):
-        c, c_left, py, py_left = both(d, tree, threads=threads, owners=rule, keep_dir=keep_dir,
-                                      max_depth=max_depth)
+    c, c_left, py, py_left = both(d, tree, threads=threads, owners=rule, keep_dir=keep_dir,
+                                  limits=limits(max_held, max_depth))
     if threads > 1:
         for o in (c, py):
             o["failures"], o["mounts"] = set(o["failures"]), set(o["mounts"])
@@ -233,8 +227,7 @@ def test_a_tree_of_every_kind_gives_the_same_nonempty_reports(base):
                       b"id": "immutable_dir", b"t": ("dir", "root_group", {b"r": ("dir", "root", {b"x": "file"})}),
                       b"r": ("dir", "root", {b"tmp": ("dir", "root_shared", {b"y": "file"})})})
     rule = owners.OwnerRule(CALLER) if IS_ROOT else None
-    with held(4):
-        c, c_left, py, py_left = both(base, kinds, owners=rule, max_depth=40)
+    c, c_left, py, py_left = both(base, kinds, owners=rule, limits=limits(4, 40))
     assert c == py and c_left == py_left
     reasons = [why for _, (_, why) in c["failures"]]
     assert walk.too_deep(40) in reasons
@@ -252,7 +245,7 @@ def test_a_tree_of_every_kind_gives_the_same_nonempty_reports(base):
 @pytest.mark.parametrize("fs", [C, PY], ids=["compiled", "python"])
 def test_the_fd_bound_holds_under_a_tight_rlimit(base, fs):
     """A 3,000-deep chain removed with RLIMIT_NOFILE just above the open fds
-    plus MAX_HELD_FDS: a walk holding more would fail with EMFILE."""
+    plus the default max_held_fds: a walk holding more would fail with EMFILE."""
     make_chain(str(base / "t"), 3000, leaf="leaf", create_base=True)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     used = len(os.listdir("/proc/self/fd"))
@@ -260,7 +253,7 @@ def test_the_fd_bound_holds_under_a_tight_rlimit(base, fs):
     dfd = fs.open_beneath(pfd, b"t")
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(fd for fd in map(int, os.listdir("/proc/self/fd")))
-                                                    + walk.MAX_HELD_FDS + 4, hard))
+                                                    + walk.DEFAULT_LIMITS.max_held_fds + 4, hard))
         try:
             res = walk.remove_tree(pfd, b"t", dfd, fs=fs)
         finally:
@@ -276,7 +269,7 @@ def test_the_fd_bound_holds_under_a_tight_rlimit(base, fs):
 @pytest.mark.parametrize("fs", [C, PY], ids=["compiled", "python"])
 def test_nothing_deeper_than_max_depth_is_entered(base, fs):
     make_chain(str(base / "t"), 150, leaf="leaf", create_base=True)
-    res = remove(os.fsencode(base), b"t", fs, max_depth=100)
+    res = remove(os.fsencode(base), b"t", fs, limits=limits(depth=100))
     deep = b"/".join([b"d"] * 101)
     assert list(res.failures.items()) == [(deep, (None, walk.too_deep(100)))]
     assert os.path.isdir(os.path.join(os.fsencode(base), b"t", deep))
@@ -307,8 +300,7 @@ def test_a_directory_that_left_more_than_max_kept_in_place_is_not_listed_again(b
             outs = []
             for fs, name in ((C, "c"), (PY, "py")):
                 tree(str(base / "tmp" / name))
-                with held(4):
-                    outs.append(outcome(remove(os.fsencode(base / "tmp"), name.encode(), fs)))
+                outs.append(outcome(remove(os.fsencode(base / "tmp"), name.encode(), fs, limits=limits(4))))
             assert outs[0] == outs[1]
             assert (b"D", (None, walk.kept_overflow(traverse.MAX_KEPT))) in outs[0]["failures"]
             assert os.path.exists(base / "tmp" / "c" / "D" / "imm0")

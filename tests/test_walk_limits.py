@@ -5,8 +5,8 @@ emptying a directory without removing it.
   kept open while its fd is held; the tracemalloc peak of removing 200,000
   entries with 200-byte names stays far below what one list of them costs
   (about 300 bytes an entry before).
-* Depth: nothing deeper than ``walk.MAX_DEPTH`` levels below the target is
-  entered; it is named as a failure, left in place, and so are its
+* Depth: nothing deeper than ``limits.max_depth`` levels below the target is
+  entered (65,536 by default); it is named as a failure, left in place, and so are its
   ancestors, nothing outside the tree is touched.
 * Termination: a directory whose fd is closed to bound the fd count loses
   its listing and is listed again when the walk comes back; what was left
@@ -30,6 +30,7 @@ import tracemalloc
 
 import pytest
 
+from harness import syscalls
 from harness.trees import Canary, make_chain, rm_rf, snapshot, write
 from locald_admin.client import as_user
 from locald_admin.fs import fsops, remove, traverse, walk
@@ -153,14 +154,15 @@ def test_memory_stays_bounded_for_a_directory_of_200000_long_names(roomy, parent
 # -- depth ---------------------------------------------------------------------------
 
 def test_a_real_chain_of_65537_levels_stops_at_the_limit(tmp_path, parent, rmrf):
-    assert walk.MAX_DEPTH == 65536
+    limit = walk.DEFAULT_LIMITS.max_depth
+    assert limit == 65536
     canary = Canary(tmp_path / "canary")
     t = tmp_path / "deep"
     t.mkdir()
     rmrf(t)
-    depth = walk.MAX_DEPTH + 1
+    depth = limit + 1
     make_chain(t, depth, leaf="leaf", data=b"deepest")
-    for level in (1, walk.MAX_DEPTH):  # files next to the chain go
+    for level in (1, limit):  # files next to the chain go
         fd = chain_at(t, level)
         os.close(os.open("f", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd))
         os.close(fd)
@@ -174,7 +176,7 @@ def test_a_real_chain_of_65537_levels_stops_at_the_limit(tmp_path, parent, rmrf)
     [(path, err)] = e.failures
     assert err is None
     assert path == str(t) + "/d" * depth  # the directory that would be deeper
-    assert f"deeper than {walk.MAX_DEPTH} levels; left in place" in e.message
+    assert f"deeper than {limit} levels; left in place" in e.message
     assert "\n" not in e.message and len(e.message) < 2 * remove.MAX_SHOWN_PATH + 300
     # The directory at the limit and everything above it stay (not empty);
     # what is below the limit was never entered.
@@ -185,7 +187,7 @@ def test_a_real_chain_of_65537_levels_stops_at_the_limit(tmp_path, parent, rmrf)
         os.close(lfd)
     finally:
         os.close(fd)
-    for level in (1, walk.MAX_DEPTH):
+    for level in (1, limit):
         fd = chain_at(t, level)
         assert os.listdir(fd) == ["d"]
         os.close(fd)
@@ -193,11 +195,11 @@ def test_a_real_chain_of_65537_levels_stops_at_the_limit(tmp_path, parent, rmrf)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_nothing_deeper_than_max_depth_is_entered(mode, tmp_path, parent, monkeypatch, threads):
-    """With MAX_DEPTH 5: t/x/c/d/e/f are levels 1 to 5 and are emptied; g,
+def test_nothing_deeper_than_max_depth_is_entered(mode, tmp_path, parent, threads):
+    """With max_depth 5: t/x/c/d/e/f are levels 1 to 5 and are emptied; g,
     level 6, is not entered.  The depth counts from the target with the
     parallel helpers too (each walks a subdirectory of it)."""
-    monkeypatch.setattr(walk, "MAX_DEPTH", 5)
+    limits = walk.Limits(max_depth=5)
     canary = Canary(tmp_path / "canary")
     t = tmp_path / "t"
     for x in ("a", "b"):
@@ -212,7 +214,7 @@ def test_nothing_deeper_than_max_depth_is_entered(mode, tmp_path, parent, monkey
             write(d / "file")
     write(t / "top")
     with pytest.raises(remove.RemoveFailed) as ei:
-        parent(t).remove(threads=threads)
+        parent(t).remove(threads=threads, limits=limits)
     e = ei.value
     assert sorted(e.failures) == [(f"{t}/a/c/d/e/f/g", None), (f"{t}/b/c/d/e/f/g", None)]
     assert "deeper than 5 levels; left in place" in e.message
@@ -227,7 +229,7 @@ def test_nothing_deeper_than_max_depth_is_entered(mode, tmp_path, parent, monkey
     pfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     dfd = fsops.default().open_beneath(pfd, b"t")
     try:
-        c = walk.count_tree(pfd, b"t", dfd)
+        c = walk.count_tree(pfd, b"t", dfd, limits=limits)
     finally:
         os.close(dfd)
         os.close(pfd)
@@ -266,13 +268,12 @@ def counting_listings_of(monkeypatch, path, limit):
 
 def test_an_undeletable_child_deeper_than_the_fd_bound_cannot_make_the_walk_loop(mode, tmp_path, parent,
                                                                                 monkeypatch):
-    """p's children c00..c02 are chains deeper than MAX_DEPTH below the target:
-    none can be emptied, and walking each closes p's fd (MAX_HELD_FDS 2), so
+    """p's children c00..c02 are chains deeper than max_depth (6) below the target:
+    none can be emptied, and walking each closes p's fd (max_held_fds 2), so
     p loses its listing every time and is listed again from the start.
     Without the entries left in place being passed over, c00 would be found
     and walked again each time, forever."""
-    monkeypatch.setattr(walk, "MAX_HELD_FDS", 2)
-    monkeypatch.setattr(walk, "MAX_DEPTH", 6)
+    limits = walk.Limits(max_held_fds=2, max_depth=6)
     t = tmp_path / "t"
     p = t / "p"
     undeletable_children(p, 3, 6)  # c<k> is level 2, its chain reaches level 8
@@ -280,7 +281,7 @@ def test_an_undeletable_child_deeper_than_the_fd_bound_cannot_make_the_walk_loop
     held = parent(t)
     baseline = open_fds()
     with pytest.raises(remove.RemoveFailed) as ei:
-        held.remove()
+        held.remove(limits=limits)
     assert open_fds() == baseline
     e = ei.value
     too_deep = [f"{p}/c{k:02d}/d/d/d/d/d" for k in range(3)]
@@ -295,15 +296,14 @@ def test_a_directory_that_left_too_many_in_place_is_not_listed_again(mode, tmp_p
     """More than MAX_KEPT undeletable children that each close p's fd: p's
     listing cannot be resumed without retrying one of them, so it ends
     there, named; the walk ends."""
-    monkeypatch.setattr(walk, "MAX_HELD_FDS", 2)
-    monkeypatch.setattr(walk, "MAX_DEPTH", 4)
+    limits = walk.Limits(max_held_fds=2, max_depth=4)
     t = tmp_path / "t"
     p = t / "p"
     n = traverse.MAX_KEPT + 3
     undeletable_children(p, n, 4)
     listings = counting_listings_of(monkeypatch, p, 3 * n)
     with pytest.raises(remove.RemoveFailed) as ei:
-        parent(t).remove()
+        parent(t).remove(limits=limits)
     e = ei.value
     # The first MAX_KEPT + 1 children were tried (each closed p's fd); then p.
     assert len(e.failures) == traverse.MAX_KEPT + 2
@@ -314,7 +314,7 @@ def test_a_directory_that_left_too_many_in_place_is_not_listed_again(mode, tmp_p
     pfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     dfd = fsops.default().open_beneath(pfd, b"t")
     try:
-        walk.remove_tree(pfd, b"t", dfd, result=res)  # again: the same end
+        walk.remove_tree(pfd, b"t", dfd, result=res, limits=limits)  # again: the same end
     finally:
         os.close(dfd)
         os.close(pfd)
@@ -322,16 +322,16 @@ def test_a_directory_that_left_too_many_in_place_is_not_listed_again(mode, tmp_p
                                         "too many to list it again; the rest left in place")
 
 
-def test_many_failures_in_a_directory_that_keeps_its_fd_are_each_tried(mode, tmp_path, parent, monkeypatch):
+def test_many_failures_in_a_directory_that_keeps_its_fd_are_each_tried(mode, tmp_path, parent):
     """The bound on what a listing remembers only matters when the listing
     is lost: a directory that keeps its fd tries every entry."""
-    monkeypatch.setattr(walk, "MAX_DEPTH", 2)
+    limits = walk.Limits(max_depth=2)
     t = tmp_path / "t"
     p = t / "p"
     n = traverse.MAX_KEPT + 8
     undeletable_children(p, n, 1)  # p/c<k>/d is level 3
     with pytest.raises(remove.RemoveFailed) as ei:
-        parent(t).remove()
+        parent(t).remove(limits=limits)
     e = ei.value
     assert len(e.failures) == n
     assert "too many to list it again" not in e.message
@@ -340,14 +340,13 @@ def test_many_failures_in_a_directory_that_keeps_its_fd_are_each_tried(mode, tmp
 
 # -- what is reported ---------------------------------------------------------------------
 
-def test_failures_are_bounded_and_counted(mode, tmp_path, parent, monkeypatch):
-    monkeypatch.setattr(walk, "MAX_DEPTH", 1)
+def test_failures_are_bounded_and_counted(mode, tmp_path, parent):
     t = tmp_path / "t"
     n = walk.MAX_FAILURES + 36
     for k in range(n):
         (t / f"x{k:03d}" / "y").mkdir(parents=True)
     with pytest.raises(remove.RemoveFailed) as ei:
-        parent(t).remove()
+        parent(t).remove(limits=walk.Limits(max_depth=1))
     e = ei.value
     assert len(e.failures) == walk.MAX_FAILURES
     assert f"could not remove {n} entries: " in e.message
@@ -499,23 +498,23 @@ def test_keep_dir_with_a_held_fd_as_the_mechanism_removes_an_anchor(mode, tmp_pa
     assert os.listdir(anchor) == [] and os.stat(anchor).st_ino == ino
 
 
-def test_keep_dir_looks_again_at_a_directory_refilled_during_the_walk(mode, tmp_path, parent, monkeypatch):
+def test_keep_dir_looks_again_at_a_directory_refilled_during_the_walk(mode, tmp_path, parent):
+    """A file appears in t as the walk unlinks each of the first two
+    entries it listed: the kept directory is still emptied."""
     t = tmp_path / "t"
     t.mkdir()
     write(t / "first")
     ino = os.stat(t).st_ino
-    real = walk._read
+    p = parent(t)
     refills = []
 
-    def refilling(fd, it, n):
-        entries = real(fd, it, n)
-        if os.fstat(fd).st_ino == ino and len(refills) < 2:
+    def refill(call):
+        if call.on(ino, "unlinkat") and len(refills) < 2:
             refills.append(True)
             write(t / f"late{len(refills)}")
-        return entries
 
-    monkeypatch.setattr(walk, "_read", refilling)
-    assert parent(t).remove(keep_dir=True) == 3
+    assert syscalls.supervised(lambda: p.remove(keep_dir=True), refill) == 3
+    assert len(refills) == 2
     assert os.listdir(t) == []
 
 

@@ -18,6 +18,7 @@ import subprocess
 import pytest
 
 from locald_admin.fs import fsops, traverse, walk
+from harness import syscalls
 from harness.trees import make_chain, snapshot
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (uid 0) to mount --bind / -t tmpfs")
@@ -44,11 +45,11 @@ class Held:
         self.parent_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
         self.dir_fd = fsops.default().open_beneath(self.parent_fd, self.name)
 
-    def count(self):
-        return walk.count_tree(self.parent_fd, self.name, self.dir_fd)
+    def count(self, limits=walk.DEFAULT_LIMITS):
+        return walk.count_tree(self.parent_fd, self.name, self.dir_fd, limits=limits)
 
-    def remove(self):
-        return walk.remove_tree(self.parent_fd, self.name, self.dir_fd)
+    def remove(self, limits=walk.DEFAULT_LIMITS):
+        return walk.remove_tree(self.parent_fd, self.name, self.dir_fd, limits=limits)
 
     def close(self):
         if self.dir_fd is not None:
@@ -145,42 +146,39 @@ def test_symlinks_to_outside_are_counted_as_links_never_followed(mode, tmp_path,
     assert (c.mounts, c.failures) == ([], {})
 
 
-def test_directory_swapped_for_a_symlink_to_outside_is_not_entered(mode, tmp_path, held, outside, monkeypatch):
+def test_directory_swapped_for_a_symlink_to_outside_is_not_entered(mode, tmp_path, held, outside):
     """Listed as a directory, a symlink to outside by the time it is entered
-    (CVE-2022-21658 style): counted as the link, outside never listed."""
+    (CVE-2022-21658 style; swapped just before the walk's open of it runs):
+    counted as the link, outside never listed."""
     t = tmp_path / "t"
     (t / "sub").mkdir(parents=True)
     write(t / "sub" / "data")
     t_ino = os.stat(t).st_ino
-    real = walk._read
+    h = held(t)
     listed, swapped = [], []
 
-    def racing(fd, it, n):
-        st = os.fstat(fd)
-        listed.append((st.st_dev, st.st_ino))
-        entries = real(fd, it, n)
-        if not swapped and st.st_ino == t_ino:
-            assert any(e.name == "sub" and e.is_dir(follow_symlinks=False) for e in entries)
+    def race(call):
+        st = call.fd_stat(0)
+        if call.name == "getdents64":
+            listed.append((st.st_dev, st.st_ino))
+        elif not swapped and call.on(t_ino, "openat2", "openat") and call.string(1) == b"sub":
             os.rename(t / "sub", tmp_path / "moved_away")
             (t / "sub").symlink_to(outside)
             swapped.append(True)
-        return entries
 
-    monkeypatch.setattr(walk, "_read", racing)
-    c = held(t).count()
+    c = syscalls.supervised(lambda: counts(h.count()), race)
     assert swapped
-    assert counts(c) == {"files": 0, "dirs": 1, "symlinks": 1, "others": 0}
+    assert c == {"files": 0, "dirs": 1, "symlinks": 1, "others": 0}
     st = os.stat(outside)
     assert (st.st_dev, st.st_ino) not in listed
-    assert len(listed) == 1  # only t itself was listed
+    assert {ino for _, ino in listed} == {t_ino}  # only t itself was listed
     assert (tmp_path / "moved_away" / "data").exists()
 
 
 @pytest.mark.parametrize("max_fds", [None, 4])
 def test_10000_deep_chain_is_counted_with_bounded_fds(mode, tmp_path, held, rmrf, monkeypatch, max_fds):
-    if max_fds is not None:
-        monkeypatch.setattr(walk, "MAX_HELD_FDS", max_fds)
-    limit = walk.MAX_HELD_FDS
+    limits = walk.DEFAULT_LIMITS if max_fds is None else walk.Limits(max_held_fds=max_fds)
+    limit = limits.max_held_fds
     depth = 10_000
     t = tmp_path / "deep"
     t.mkdir()
@@ -196,7 +194,7 @@ def test_10000_deep_chain_is_counted_with_bounded_fds(mode, tmp_path, held, rmrf
 
     monkeypatch.setattr(walk, "_read", sampling)
     baseline = open_fds()
-    c = h.count()
+    c = h.count(limits)
     assert counts(c) == {"files": 1, "dirs": depth + 1, "symlinks": 0, "others": 0}
     assert (c.mounts, c.failures) == ([], {})
     assert len(seen) == depth + 1  # every directory listed once
@@ -204,7 +202,7 @@ def test_10000_deep_chain_is_counted_with_bounded_fds(mode, tmp_path, held, rmrf
     assert open_fds() == baseline
     # The same traversal removes it, within the same bound.
     monkeypatch.setattr(walk, "_read", real)
-    assert h.remove().removed == c.total
+    assert h.remove(limits).removed == c.total
 
 
 def test_branch_moved_out_while_its_fds_are_closed_is_abandoned(mode, tmp_path, held, outside, monkeypatch):
@@ -212,7 +210,7 @@ def test_branch_moved_out_while_its_fds_are_closed_is_abandoned(mode, tmp_path, 
     moved into outside/.  Climbing from c reaches b (moved, but b); climbing
     from b reaches outside/, not a: the identity check refuses it, what is
     left of the branch (a) is abandoned, nothing of outside is listed."""
-    monkeypatch.setattr(walk, "MAX_HELD_FDS", 2)
+    few = walk.Limits(max_held_fds=2)
     t = tmp_path / "t"
     (t / "a" / "b" / "c" / "d").mkdir(parents=True)
     for rel in ("f", "a/f", "a/b/f", "a/b/c/f", "a/b/c/d/f"):
@@ -232,7 +230,7 @@ def test_branch_moved_out_while_its_fds_are_closed_is_abandoned(mode, tmp_path, 
     monkeypatch.setattr(walk, "_read", racing)
     baseline = open_fds()
     try:
-        c = held(t).count()
+        c = held(t).count(few)
         assert moved
         assert c.failures == {b"a": (None, "directory was moved during listing")}
         assert os.stat(outside).st_ino not in listed
@@ -333,23 +331,21 @@ def test_count_reports_a_mount_and_does_not_enter_it(mode, tmp_path, held, outsi
 
 
 @needs_root
-def test_count_reports_a_mount_that_appears_during_the_listing(mode, tmp_path, held, outside, mounter, monkeypatch):
+def test_count_reports_a_mount_that_appears_during_the_listing(mode, tmp_path, held, outside, mounter):
     t = tmp_path / "t"
     for d in ("a", "b", "c"):
         (t / d).mkdir(parents=True)
         write(t / d / "f")
     t_ino = os.stat(t).st_ino
-    real = walk._read
+    h = held(t)
     done = []
 
-    def racing(fd, it, n):
-        if not done and os.fstat(fd).st_ino == t_ino:
+    def race(call):
+        if not done and call.on(t_ino, "getdents64"):
             mounter("--bind", os.fsdecode(outside), target=t / "b")
             done.append(True)
-        return real(fd, it, n)
 
-    monkeypatch.setattr(walk, "_read", racing)
-    c = held(t).count()
+    mounts, c = syscalls.supervised(lambda: (lambda c: (c.mounts, counts(c)))(h.count()), race)
     assert done
-    assert c.mounts == [b"b"]
-    assert counts(c) == {"files": 2, "dirs": 3, "symlinks": 0, "others": 0}
+    assert mounts == [b"b"]
+    assert c == {"files": 2, "dirs": 3, "symlinks": 0, "others": 0}

@@ -84,7 +84,7 @@ class RemoveFailed(RemoveError):
 
 
 def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None, threads=1, fs=None,
-                 owners=None, cancel=None, keep_dir=False, census=None):
+                 owners=None, cancel=None, keep_dir=False, census=None, limits=walk.DEFAULT_LIMITS):
     """Remove the entry ``name`` of ``parent_fd``; return entries removed.
 
     ``shown``: the entry's path for messages.  ``caller_uid``: whose
@@ -104,11 +104,13 @@ def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None
     it but not the directory itself (a non-directory is removed as ever).
     ``census``: what returns the in-use check's ``procscan.Census`` (the
     mechanism's scan, shared by the requests waiting for one); None: the
-    check scans /proc itself.  A missing entry is success with 0 removed.
-    Raises RemoveError.
+    check scans /proc itself.  ``limits``: the walk's ``walk.Limits`` (fds
+    held at once per walk thread, levels entered below the target; the
+    mechanism's from its settings, the defaults for the client).  A missing
+    entry is success with 0 removed.  Raises RemoveError.
     """
     fs = fsops.default() if fs is None else fs
-    how = (progress, threads, owners, cancel, keep_dir, census)
+    how = (progress, threads, owners, cancel, keep_dir, census, limits)
     for _ in range(MAX_TYPE_RETRIES):
         done = _remove_once(fs, parent_fd, name, shown, caller_uid, held_fd, how)
         if done is not None:
@@ -160,7 +162,7 @@ def _open_error(shown, e):
 
 
 def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
-    progress, threads, owners, cancel, keep_dir, census = how
+    progress, threads, owners, cancel, keep_dir, census, limits = how
     # A directory the trust rule does not let root enter for this caller
     # (another user's work the caller moved in, root's directory others
     # could have moved in, S13/S14): nothing is removed, not even what the
@@ -191,10 +193,10 @@ def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
     if cancel is not None and cancel.is_set():
         res.cancelled = True
     else:
-        walk.remove_in_parallel(dir_fd, res, threads, fs, owners=owners, cancel=cancel)
+        walk.remove_in_parallel(dir_fd, res, threads, fs, owners=owners, cancel=cancel, limits=limits)
     if not res.cancelled:
         walk.remove_tree(parent_fd, name, dir_fd, result=res, fs=fs, owners=owners, cancel=cancel,
-                         keep_dir=keep_dir)
+                         keep_dir=keep_dir, limits=limits)
     _raise_for(shown, res)
     return res.removed
 

@@ -3,11 +3,13 @@
 The tree is walked by ``traverse.Traversal``, which holds the directory fds
 and owns the defences of the walk itself: every directory entered with
 ``Fs.open_beneath`` (never a symlink, never a mount), at most
-``MAX_HELD_FDS`` fds open whatever the depth, a closed parent reopened
+``limits.max_held_fds`` fds open whatever the depth, a closed parent reopened
 through ``..`` only if it is the directory recorded on the way down, a moved
-branch abandoned, nothing deeper than ``MAX_DEPTH`` levels entered, every
-directory read in batches of at most ``BATCH`` entries, no recursion.  What
-is done with each entry is a visitor:
+branch abandoned, nothing deeper than ``limits.max_depth`` levels entered,
+every directory read in batches of at most ``BATCH`` entries, no recursion.
+The two limits are a ``Limits``, given to every walk (the mechanism's from
+its settings, ``--max-held-fds`` and ``--max-depth``; ``DEFAULT_LIMITS``
+otherwise).  What is done with each entry is a visitor:
 
 * ``remove_tree``: the removal (``_Removal``).  Entries are removed with
   ``unlinkat``/``rmdir`` relative to the held fd of the directory that was
@@ -37,6 +39,7 @@ walk.
 """
 
 import contextlib
+import dataclasses
 import errno
 import os
 import stat
@@ -45,13 +48,37 @@ from itertools import chain, islice
 
 from . import dirents, fsops, traverse
 
-MAX_HELD_FDS = 48
 MAX_RESCANS = 3  # an attacker refilling a directory cannot keep us busy forever
-MAX_DEPTH = traverse.DEFAULT_MAX_DEPTH  # levels below the target that are entered
 BATCH = traverse.DEFAULT_BATCH  # entries of a directory read at a time, at most
 MAX_FAILURES = 64  # failures (and mounts) kept with their paths; the rest are counted
 # Failures that more privilege can fix: the client asks the mechanism.
 PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """How far one walk may go; every walk is given one (no module global
+    holds them, so nothing patches them either).
+
+    ``max_held_fds``: fds of ours open at once, whatever the depth and
+    width: the oldest are closed and reopened through ``..`` with the
+    identity check, so a deep chain cannot exhaust the fd table (V1).  Per
+    walk: each parallel helper holds as many.  ``max_depth``: levels below
+    the target that are entered; a directory deeper is named and left in
+    place, so the state kept per level stays bounded (V13)."""
+
+    max_held_fds: int = 48
+    max_depth: int = traverse.DEFAULT_MAX_DEPTH
+
+    def __post_init__(self):
+        # What both walks can work with (the C walk refuses the same): the
+        # current directory's fd is never closed, so one is enough; depth 0
+        # enters nothing below the target.
+        if self.max_held_fds < 1 or self.max_depth < 0:
+            raise ValueError(f"walk limits: max_held_fds >= 1 and max_depth >= 0, not {self}")
+
+
+DEFAULT_LIMITS = Limits()  # the client's own attempt, and the mechanism's defaults
 
 
 # What the removal says where it decided itself (errno None), the same words
@@ -213,7 +240,7 @@ SPLIT_DESCENT = 64  # single-subdirectory levels the parallel split descends thr
 SPLIT_SCAN = 2048  # entries of a level the split reads looking for two subdirectories, at most
 
 
-def remove_in_parallel(dir_fd, result, threads, fs, owners=None, cancel=None, max_depth=None):
+def remove_in_parallel(dir_fd, result, threads, fs, owners=None, cancel=None, limits=DEFAULT_LIMITS):
     """Before the ordinary walk of the target ``dir_fd``: with the C walk
     (``fs.compiled``) and ``threads`` >= 2, remove the subdirectories of
     the first level that has two or more with ``threads`` threads.
@@ -224,11 +251,13 @@ def remove_in_parallel(dir_fd, result, threads, fs, owners=None, cancel=None, ma
     applied, as the walk would) to the first level with two or more; each
     of its subdirectories is then removed by one C walk (GIL released)
     relative to that level's held fd, in one of ``threads`` Python threads,
-    with the owner rule and what is left of ``max_depth``.  The names come
-    from one listing shared by the threads, in batches.  Only counts are
-    kept (into ``result``, readable while they run): whatever a helper could
-    not remove, and every refusal, is still there for the ordinary
-    single-threaded walk that follows, which finds it again and reports it.
+    with the owner rule and ``limits`` (``Limits``: each helper holds up to
+    ``max_held_fds``, and goes as deep as is left of ``max_depth``, which
+    counts from ``dir_fd``).  The names come from one listing shared by the
+    threads, in batches.  Only counts are kept (into ``result``, readable
+    while they run): whatever a helper could not remove, and every refusal,
+    is still there for the ordinary single-threaded walk that follows,
+    which finds it again and reports it.
     With ``cancel`` set, no helper starts another subdirectory and
     ``result.cancelled`` is set.  The Python walk is single-threaded (it is
     the fallback and the reference): with it this does nothing.  Returns
@@ -239,7 +268,7 @@ def remove_in_parallel(dir_fd, result, threads, fs, owners=None, cancel=None, ma
         # the split would do the walk's work before their race.  The split
         # is raced by the tests whose attacker is another process.)
         return 0
-    max_depth = MAX_DEPTH if max_depth is None else max_depth
+    max_depth = limits.max_depth
     before = result.removed
     level, opened, depth = dir_fd, [], 0
     try:
@@ -266,14 +295,15 @@ def remove_in_parallel(dir_fd, result, threads, fs, owners=None, cancel=None, ma
                     continue
                 if not first:
                     return 0
-                _split(level, chain(first, names), result, threads, fs, owners, cancel, max_depth - depth - 1)
+                below = dataclasses.replace(limits, max_depth=max_depth - depth - 1)
+                _split(level, chain(first, names), result, threads, fs, owners, cancel, below)
                 return result.removed - before
     finally:
         for fd in opened:
             os.close(fd)
 
 
-def _split(level, pending, result, threads, fs, owners, cancel, max_depth):
+def _split(level, pending, result, threads, fs, owners, cancel, limits):
     lock = threading.Lock()
     errors = []  # of any thread: the others stop, the caller's thread raises the first
 
@@ -293,7 +323,7 @@ def _split(level, pending, result, threads, fs, owners, cancel, max_depth):
                     continue  # a symlink, mount or gone: the ordinary walk deals with it
                 try:
                     # Counts only: the ordinary walk reports what is left.
-                    compiled_remove_tree(level, name, cfd, result, owners, cancel, False, max_depth,
+                    compiled_remove_tree(level, name, cfd, result, owners, cancel, False, limits,
                                          findings=Findings())
                 finally:
                     os.close(cfd)
@@ -480,7 +510,7 @@ class _Removal(traverse.Visitor):
 
 
 def remove_tree(parent_fd, name, dir_fd, result=None, fs=None, owners=None, cancel=None, keep_dir=False,
-                max_depth=None):
+                limits=DEFAULT_LIMITS):
     """Remove the directory ``name`` of ``parent_fd`` and everything below it.
 
     ``dir_fd`` is an open (O_RDONLY) fd of that directory, obtained with
@@ -489,10 +519,10 @@ def remove_tree(parent_fd, name, dir_fd, result=None, fs=None, owners=None, canc
     directory entered, this one included (None: no rule).  ``cancel``: an
     object with ``is_set()``; once set the walk stops and
     ``result.cancelled`` is True.  ``keep_dir``: remove everything below
-    the directory but not the directory itself.  ``max_depth``: levels
-    below it that are entered (default MAX_DEPTH).  Returns a WalkResult;
-    paths in it are relative to the removed directory, which itself is
-    ``b""``.
+    the directory but not the directory itself.  ``limits``: the fds held
+    at once and the levels below it that are entered (``Limits``).  Returns
+    a WalkResult; paths in it are relative to the removed directory, which
+    itself is ``b""``.
 
     ``fs.compiled`` chooses the walk: the C one (``_cwalk.c``) or the
     Python one (``python_remove_tree``, the reference); same semantics,
@@ -500,24 +530,23 @@ def remove_tree(parent_fd, name, dir_fd, result=None, fs=None, owners=None, canc
     """
     result = WalkResult() if result is None else result
     fs = fsops.default() if fs is None else fs
-    max_depth = MAX_DEPTH if max_depth is None else max_depth
     if fs.compiled:
-        compiled_remove_tree(parent_fd, name, dir_fd, result, owners, cancel, keep_dir, max_depth)
+        compiled_remove_tree(parent_fd, name, dir_fd, result, owners, cancel, keep_dir, limits)
     else:
-        python_remove_tree(parent_fd, name, dir_fd, result, fs, owners, cancel, keep_dir, max_depth)
+        python_remove_tree(parent_fd, name, dir_fd, result, fs, owners, cancel, keep_dir, limits)
     return result
 
 
-def python_remove_tree(parent_fd, name, dir_fd, result, fs, owners, cancel, keep_dir, max_depth):
+def python_remove_tree(parent_fd, name, dir_fd, result, fs, owners, cancel, keep_dir, limits):
     """The Python walk: ``traverse.Traversal`` with the ``_Removal`` visitor."""
-    t = traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs, max_depth=max_depth, batch=BATCH,
-                           cancel=cancel)
+    t = traverse.Traversal(parent_fd, name, dir_fd, limits.max_held_fds, fs, max_depth=limits.max_depth,
+                           batch=BATCH, cancel=cancel)
     t.run(_Removal(result, owners, keep_dir))
     if t.cancelled:
         result.cancelled = True
 
 
-def compiled_remove_tree(parent_fd, name, dir_fd, result, owners, cancel, keep_dir, max_depth, findings=None):
+def compiled_remove_tree(parent_fd, name, dir_fd, result, owners, cancel, keep_dir, limits, findings=None):
     """The C walk (``_cwalk.remove_tree``), with the GIL released while it
     runs.  Its count is a ``_cwalk.Counter`` in ``result.helpers`` while it
     runs (so ``removed_total`` is current), folded into ``result.removed``
@@ -530,12 +559,13 @@ def compiled_remove_tree(parent_fd, name, dir_fd, result, owners, cancel, keep_d
     counter = cwalk.Counter()
     refuse = None if owners is None else (lambda pfd, cfd: owners.refusal(pfd, os.fstat(cfd)))
     lister = None if _read is _plain_read else _Lister(_read)
-    reasons = (too_deep(max_depth), kept_overflow(traverse.MAX_KEPT), MOVED, REPLACED)
+    reasons = (too_deep(limits.max_depth), kept_overflow(traverse.MAX_KEPT), MOVED, REPLACED)
     result.start(counter)
     try:
         cancelled = cwalk.remove_tree(parent_fd, name, dir_fd, result if findings is None else findings, counter,
                                       -1 if owners is None else owners.uid, refuse, cancel, keep_dir,
-                                      max_depth, MAX_HELD_FDS, MAX_RESCANS, traverse.MAX_KEPT, reasons, lister)
+                                      limits.max_depth, limits.max_held_fds, MAX_RESCANS, traverse.MAX_KEPT,
+                                      reasons, lister)
     finally:
         result.fold(counter)
     if cancelled:
@@ -683,21 +713,21 @@ class _Count(traverse.Visitor):
         self.count.fail(rel, None, "directory was moved during listing")
 
 
-def count_tree(parent_fd, name, dir_fd, fs=None, max_depth=None):
+def count_tree(parent_fd, name, dir_fd, fs=None, limits=DEFAULT_LIMITS):
     """Count the entries of the directory ``name`` of ``parent_fd`` and
     everything below it, deleting nothing; return a TreeCount.
 
     ``dir_fd`` as for ``remove_tree``: the directory opened with
     ``Fs.open_beneath``, owned by the caller.  The walk is the removal's
-    (same defences, same fd and depth bounds): no symlink is followed and no
-    mount entered; a directory that is a mount point is listed in
-    ``mounts``.  Mounts on non-directories (a bind-mounted file) are counted
-    as what they look like (``mounts.mounts_at_or_below`` finds every
-    mount), but where the file system does not record entry types: an entry
-    is then looked at without crossing a mount, and any mount point is
+    (same defences, the same ``limits`` on fds and depth): no symlink is
+    followed and no mount entered; a directory that is a mount point is
+    listed in ``mounts``.  Mounts on non-directories (a bind-mounted file)
+    are counted as what they look like (``mounts.mounts_at_or_below`` finds
+    every mount), but where the file system does not record entry types: an
+    entry is then looked at without crossing a mount, and any mount point is
     listed in ``mounts``.
     """
     count = TreeCount()
-    traverse.Traversal(parent_fd, name, dir_fd, MAX_HELD_FDS, fs,
-                       max_depth=MAX_DEPTH if max_depth is None else max_depth, batch=BATCH).run(_Count(count))
+    traverse.Traversal(parent_fd, name, dir_fd, limits.max_held_fds, fs, max_depth=limits.max_depth,
+                       batch=BATCH).run(_Count(count))
     return count
