@@ -341,7 +341,9 @@ def test_10000_deep_chain_is_removed_without_recursion_error(mode, anchor, rmrf)
 
 
 @pytest.mark.parametrize("max_fds", [None, 4])
-def test_fds_stay_bounded_during_a_deep_walk(mode, anchor, rmrf, monkeypatch, max_fds):
+def test_fds_stay_bounded_during_a_deep_walk(mode, anchor, rmrf, max_fds):
+    """The walk's fds, counted as it starts each listing (from outside:
+    harness.syscalls), stay within max_held_fds however deep the tree."""
     limits = walk.DEFAULT_LIMITS if max_fds is None else walk.Limits(max_held_fds=max_fds)
     limit = limits.max_held_fds
     depth = 3000
@@ -351,48 +353,32 @@ def test_fds_stay_bounded_during_a_deep_walk(mode, anchor, rmrf, monkeypatch, ma
     t.mkdir()
     make_chain(t, depth, leaf="leaf")
 
-    seen = []
-    real_list = walk._read
-
-    def counting_list(fd, it, n):
-        seen.append(len(os.listdir("/proc/self/fd")))  # no gc.collect() per directory
-        return real_list(fd, it, n)
-
-    monkeypatch.setattr(walk, "_read", counting_list)
-    baseline = open_fds()
-    assert engine.cleanup(str(t), ME, limits=limits) == depth + 2
-    # every directory was listed once by the walk (the parallel split's
-    # listings of the single-subdirectory levels it descends through are
-    # not the walk's)
-    assert len(seen) == depth + 1
+    removed, baseline, after, seen, listed = syscalls.fds_at_listings(
+        lambda: engine.cleanup(str(t), ME, limits=limits), os.stat(t).st_dev)
+    assert removed == depth + 2
+    assert len(listed) == depth + 1  # every directory was listed
     # The resolver's fds (prefix, anchor, target) + at most max_held_fds
     # directories + a little slack; without the bound this would be ~depth.
     assert max(seen) - baseline <= limit + 6, (max(seen), baseline, limit)
     assert max(seen) - baseline >= limit  # the bound was actually reached
-    assert open_fds() == baseline  # and nothing leaked
+    assert after == baseline  # and nothing leaked
 
 
-def test_parallel_walk_keeps_fds_bounded_per_thread(mode, anchor, rmrf, monkeypatch):
-    """Two deep chains side by side: both threads walk one each, and each
-    holds at most max_held_fds directory fds."""
+def test_parallel_walk_keeps_fds_bounded_per_thread(mode, anchor, rmrf):
+    """Two deep chains side by side: both threads walk one each (the
+    parallel split, in compiled mode), and each holds at most max_held_fds
+    directory fds."""
     limits = walk.Limits(max_held_fds=8)
     rmrf(anchor.parent)
     t = anchor / "deep"
     for side in ("a", "b"):
         (t / side).mkdir(parents=True)
         make_chain(t / side, 500, leaf="leaf")
-    seen = []
-    real_list = walk._read
-
-    def counting_list(fd, it, n):
-        seen.append(len(os.listdir("/proc/self/fd")))
-        return real_list(fd, it, n)
-
-    monkeypatch.setattr(walk, "_read", counting_list)
-    baseline = open_fds()
-    assert engine.cleanup(str(t), ME, threads=2, limits=limits) == 2 * (500 + 1 + 1) + 1
+    removed, baseline, after, seen, _ = syscalls.fds_at_listings(
+        lambda: engine.cleanup(str(t), ME, threads=2, limits=limits), os.stat(t).st_dev)
+    assert removed == 2 * (500 + 1 + 1) + 1
     assert max(seen) - baseline <= 2 * limits.max_held_fds + 8, (max(seen), baseline)
-    assert open_fds() == baseline
+    assert after == baseline
 
 
 def test_bushy_tree_with_few_fds_is_removed_completely(mode, anchor):
@@ -448,20 +434,15 @@ def test_5000_files(mode, anchor):
 
 # -- races during the walk -----------------------------------------------------------
 
-def _dirs_first(entries):
-    # The walk visits a batch in order: this makes it enter subdirectories
-    # before it unlinks the files next to them.
-    return sorted(entries, key=lambda e: not e.is_dir(follow_symlinks=False))
-
-
 @pytest.mark.parametrize("moved", ["d", "b"])
-def test_tree_moved_during_walk_climb_identity_check(mode, tmp_path, anchor, monkeypatch, moved):
+def test_tree_moved_during_walk_climb_identity_check(mode, tmp_path, anchor, moved):
     """A directory above the walk's open fds is renamed out of the target.
 
-    With only 2 held fds, a, b, c are closed while the walk is in e.  Renaming
-    ``moved`` to <outside>/ makes '..' of it lead to <outside>.  Without the
-    (st_dev, st_ino) check the walk would take <outside> for the closed parent
-    and unlink that parent's remaining names (f1, f2) in <outside>.
+    With only 2 held fds, a, b, c are closed while the walk is in e (the
+    move happens as the walk starts listing e).  Renaming ``moved`` to
+    <outside>/ makes '..' of it lead to <outside>.  Without the (st_dev,
+    st_ino) check the walk would take <outside> for the closed parent: list
+    it and unlink its names, or rmdir ``moved`` there by its name.
     """
     few = walk.Limits(max_held_fds=2)
     t = anchor / "t"
@@ -484,18 +465,15 @@ def test_tree_moved_during_walk_climb_identity_check(mode, tmp_path, anchor, mon
     write(outside / "sub" / "f1", b"canary sub")
     canary_before = snapshot(outside)
 
-    real_list = walk._read
     done = []
 
-    def racing_list(fd, it, n):
-        if not done and os.fstat(fd).st_ino == e_ino:
+    def race(call):
+        if not done and call.on(e_ino, "getdents64"):
             os.rename(src, outside / moved)  # the attacker moves the tree
             done.append(True)
-        return _dirs_first(real_list(fd, it, n))
 
-    monkeypatch.setattr(walk, "_read", racing_list)
-    with pytest.raises(Failed) as ei:
-        engine.cleanup(str(t), ME, limits=few)
+    with pytest.raises(Failed) as ei:  # (one thread: the walk's own listing of e, not the parallel split's)
+        syscalls.supervised(lambda: engine.cleanup(str(t), ME, threads=1, limits=few), race)
     assert done, "the rename never happened: the test did not test anything"
     msg = ei.value.message
     assert "moved" in msg

@@ -93,13 +93,6 @@ def rmrf():
         rm_rf(p)
 
 
-def dirs_first(entries):
-    # A batch is visited in order: this enters subdirectories before the
-    # files next to them are removed, so that the directory's listing is
-    # not at its end when its fd is closed.
-    return sorted(entries, key=lambda e: not e.is_dir(follow_symlinks=False))
-
-
 def chain_at(base, depth):
     """The fd of the directory ``depth`` levels of "d" below ``base``
     (opened fd-relative: beyond PATH_MAX)."""
@@ -248,26 +241,24 @@ def undeletable_children(p, n, depth):
         write(p / f"f{k:02d}")
 
 
-def counting_listings_of(monkeypatch, path, limit):
-    """Count the batches read of the directory ``path`` (directories first in
-    each); fail instead of looping when there are more than ``limit``."""
+def counting_listings_of(path, limit):
+    """(on_call, reads): ``reads`` counts the walk's getdents64 calls on the
+    directory ``path`` (harness.syscalls: a listing is one or more, the last
+    finding its end); more than ``limit`` fail the test and end the walk
+    instead of looping."""
     ino = os.stat(path).st_ino
-    real = walk._read
-    seen = []
+    reads = []
 
-    def reading(fd, it, n):
-        if os.fstat(fd).st_ino == ino:
-            seen.append(n)
-            if len(seen) > limit:
-                raise AssertionError(f"{path} listed more than {limit} times: the walk loops")
-        return dirs_first(real(fd, it, n))
+    def on_call(call):
+        if call.on(ino, "getdents64"):
+            reads.append(True)
+            if len(reads) > limit:
+                raise AssertionError(f"{path} read more than {limit} times: the walk loops")
 
-    monkeypatch.setattr(walk, "_read", reading)
-    return seen
+    return on_call, reads
 
 
-def test_an_undeletable_child_deeper_than_the_fd_bound_cannot_make_the_walk_loop(mode, tmp_path, parent,
-                                                                                monkeypatch):
+def test_an_undeletable_child_deeper_than_the_fd_bound_cannot_make_the_walk_loop(mode, tmp_path, parent):
     """p's children c00..c02 are chains deeper than max_depth (6) below the target:
     none can be emptied, and walking each closes p's fd (max_held_fds 2), so
     p loses its listing every time and is listed again from the start.
@@ -277,22 +268,30 @@ def test_an_undeletable_child_deeper_than_the_fd_bound_cannot_make_the_walk_loop
     t = tmp_path / "t"
     p = t / "p"
     undeletable_children(p, 3, 6)  # c<k> is level 2, its chain reaches level 8
-    listings = counting_listings_of(monkeypatch, p, 20)
+    on_call, reads = counting_listings_of(p, 40)
     held = parent(t)
-    baseline = open_fds()
-    with pytest.raises(remove.RemoveFailed) as ei:
-        held.remove(limits=limits)
-    assert open_fds() == baseline
-    e = ei.value
+
+    def remove_counting_fds():
+        baseline = open_fds()
+        try:
+            held.remove(limits=limits)
+        except remove.RemoveFailed as e:
+            return e, open_fds() - baseline
+        raise AssertionError("the walk removed what it could not")
+
+    e, leaked = syscalls.supervised(remove_counting_fds, on_call, syscalls=("getdents64",))
+    assert leaked == 0
     too_deep = [f"{p}/c{k:02d}/d/d/d/d/d" for k in range(3)]
     assert sorted(path for path, _ in e.failures) == too_deep
-    # p was listed once, and once more for each child that closed its fd.
-    assert 2 <= len(listings) <= 1 + 3 + 1
+    # p was listed once, and once more for each child that closed its fd
+    # while entries were left to visit (at least the first child listed):
+    # each listing one or two reads.
+    assert 2 <= len(reads) <= 2 * (1 + 3 + 1)
     assert sorted(os.listdir(p)) == ["c00", "c01", "c02"]  # every file went
     assert e.removed == 20
 
 
-def test_a_directory_that_left_too_many_in_place_is_not_listed_again(mode, tmp_path, parent, monkeypatch):
+def test_a_directory_that_left_too_many_in_place_is_not_listed_again(mode, tmp_path, parent):
     """More than MAX_KEPT undeletable children that each close p's fd: p's
     listing cannot be resumed without retrying one of them, so it ends
     there, named; the walk ends."""
@@ -301,15 +300,16 @@ def test_a_directory_that_left_too_many_in_place_is_not_listed_again(mode, tmp_p
     p = t / "p"
     n = traverse.MAX_KEPT + 3
     undeletable_children(p, n, 4)
-    listings = counting_listings_of(monkeypatch, p, 3 * n)
+    on_call, reads = counting_listings_of(p, 6 * n)
+    held = parent(t)
     with pytest.raises(remove.RemoveFailed) as ei:
-        parent(t).remove(limits=limits)
+        syscalls.supervised(lambda: held.remove(limits=limits), on_call, syscalls=("getdents64",))
     e = ei.value
     # The first MAX_KEPT + 1 children were tried (each closed p's fd); then p.
     assert len(e.failures) == traverse.MAX_KEPT + 2
     assert all(path.endswith("/d/d/d") for path, _ in e.failures[:-1])
     assert e.failures[-1] == (str(p), None)
-    assert len(listings) <= 2 * (traverse.MAX_KEPT + 3)  # batches of p: once, then once or twice a resumption
+    assert len(reads) <= 4 * (traverse.MAX_KEPT + 3)  # p: once, then once or twice a resumption, 1-2 reads each
     res = walk.WalkResult()
     pfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     dfd = fsops.default().open_beneath(pfd, b"t")

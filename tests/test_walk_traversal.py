@@ -185,60 +185,52 @@ def test_10000_deep_chain_is_counted_with_bounded_fds(mode, tmp_path, held, rmrf
     rmrf(t)
     make_chain(t, depth, leaf="leaf")
     h = held(t)
-    seen = []
-    real = walk._read
-
-    def sampling(fd, it, n):
-        seen.append(len(os.listdir("/proc/self/fd")))
-        return real(fd, it, n)
-
-    monkeypatch.setattr(walk, "_read", sampling)
-    baseline = open_fds()
-    c = h.count(limits)
-    assert counts(c) == {"files": 1, "dirs": depth + 1, "symlinks": 0, "others": 0}
-    assert (c.mounts, c.failures) == ([], {})
-    assert len(seen) == depth + 1  # every directory listed once
+    c, baseline, after, seen, listed = syscalls.fds_at_listings(
+        lambda: (lambda c: (counts(c), c.mounts, c.failures, c.total))(h.count(limits)), os.stat(t).st_dev)
+    c_counts, mounts, failures, total = c
+    assert c_counts == {"files": 1, "dirs": depth + 1, "symlinks": 0, "others": 0}
+    assert (mounts, failures) == ([], {})
+    assert len(listed) == depth + 1  # every directory listed
     assert limit <= max(seen) - baseline <= limit + 4, (max(seen), baseline, limit)
-    assert open_fds() == baseline
+    assert after == baseline
     # The same traversal removes it, within the same bound.
-    monkeypatch.setattr(walk, "_read", real)
-    assert h.remove(limits).removed == c.total
+    assert h.remove(limits).removed == total
 
 
-def test_branch_moved_out_while_its_fds_are_closed_is_abandoned(mode, tmp_path, held, outside, monkeypatch):
+def test_branch_moved_out_while_its_fds_are_closed_is_abandoned(mode, tmp_path, held, outside):
     """With 2 held fds, a and b are closed while the walk lists d, and b is
-    moved into outside/.  Climbing from c reaches b (moved, but b); climbing
-    from b reaches outside/, not a: the identity check refuses it, what is
-    left of the branch (a) is abandoned, nothing of outside is listed."""
+    moved into outside/ as that listing starts.  Climbing from c reaches b
+    (moved, but b); climbing from b reaches outside/, not a: the identity
+    check refuses it, what is left of the branch (a) is abandoned, nothing
+    of outside is listed.  (Files only in d: a listing's order is the file
+    system's, and a file next to a directory would be counted or not by it.)"""
     few = walk.Limits(max_held_fds=2)
     t = tmp_path / "t"
     (t / "a" / "b" / "c" / "d").mkdir(parents=True)
-    for rel in ("f", "a/f", "a/b/f", "a/b/c/f", "a/b/c/d/f"):
-        write(t / rel)
+    write(t / "a/b/c/d/f")
     d_ino = os.stat(t / "a/b/c/d").st_ino
-    real = walk._read
+    h = held(t)
     listed, moved = [], []
 
-    def racing(fd, it, n):
-        st = os.fstat(fd)
-        listed.append(st.st_ino)
-        if not moved and st.st_ino == d_ino:
+    def race(call):
+        ino = call.fd_stat(0).st_ino
+        listed.append(ino)
+        if not moved and ino == d_ino:
             os.rename(t / "a" / "b", outside / "b")
             moved.append(True)
-        return sorted(real(fd, it, n), key=lambda e: not e.is_dir(follow_symlinks=False))  # in order: directories first
 
-    monkeypatch.setattr(walk, "_read", racing)
-    baseline = open_fds()
     try:
-        c = held(t).count(few)
+        c, failures, baseline, after = syscalls.supervised(
+            lambda: (lambda before, c: (counts(c), c.failures, before, len(os.listdir("/proc/self/fd"))))(
+                len(os.listdir("/proc/self/fd")), h.count(few)), race, syscalls=("getdents64",))
         assert moved
-        assert c.failures == {b"a": (None, "directory was moved during listing")}
+        assert failures == {b"a": (None, "directory was moved during listing")}
         assert os.stat(outside).st_ino not in listed
-        # Not a/f (a was abandoned); b/f, c/f, d/f went with b but were
-        # listed before the walk could tell.  b itself is not counted: it was
-        # not left the ordinary way (its parent was not found).
-        assert counts(c) == {"files": 4, "dirs": 3, "symlinks": 0, "others": 0}
-        assert open_fds() == baseline + 2  # held's fds only
+        # Not b, c, d's file: they went with b, but were listed before the
+        # walk could tell (d/f); b is not counted, it was not left the
+        # ordinary way (its parent was not found).
+        assert c == {"files": 1, "dirs": 3, "symlinks": 0, "others": 0}
+        assert after == baseline  # every fd of the walk closed
     finally:
         os.rename(outside / "b", t / "a" / "b")  # the outside fixture checks its content
 

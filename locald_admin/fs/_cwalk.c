@@ -32,9 +32,8 @@
  *   - no recursion; memory per level constant (a frame, the name; the
  *     listing buffer only while the directory's fd is held).
  *
- * Test seam: with a `lister` object (the tests replaced walk._read), the
- * entries come from Python (lister.open(fd) / lister.read(fd, it, n)) and
- * the GIL is held for the whole walk; every decision is still made here.
+ * The tests race it and make its calls fail from outside, at its system
+ * calls (harness/syscalls.py, seccomp user notification): it has no seam.
  */
 #define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
@@ -83,8 +82,6 @@ PyModule_AddObjectRef(PyObject *m, const char *name, PyObject *o)
 
 #define BUFSZ 16384         /* getdents64 buffer of one held directory */
 #define CANCEL_EVERY 128    /* loop steps (entries, leaves) between looks at the cancel flag */
-#define FIRST_BATCH 256     /* the test seam's batches, as traverse's */
-#define MAX_BATCH 1024
 #define DT_UNKNOWN_ 0
 #define DT_DIR_ 4
 
@@ -155,8 +152,6 @@ typedef struct {
     int nkept;              /* -1: more than max_kept (overflow) */
     char *buf;              /* getdents64 buffer while the listing is open */
     int bpos, blen;
-    PyObject *it, *batch;   /* the test seam's listing */
-    Py_ssize_t bi;
 } Frame;
 
 typedef struct {
@@ -170,7 +165,7 @@ typedef struct {
     int has_rule;
     uid_t owner_uid;
     /* Python objects (borrowed) */
-    PyObject *result, *refuse, *cancel, *lister;
+    PyObject *result, *refuse, *cancel;
     PyObject *too_deep, *overflow, *moved, *replaced;
     Counter *counter;
     /* state */
@@ -192,7 +187,7 @@ py_enter(Walk *w)
 static void
 py_leave(Walk *w)
 {
-    if (!w->lister && !w->ts)
+    if (!w->ts)
         w->ts = PyEval_SaveThread();
 }
 
@@ -202,9 +197,6 @@ drop_listing(Frame *f)
     free(f->buf);
     f->buf = NULL;
     f->bpos = f->blen = 0;
-    Py_CLEAR(f->it);   /* only set in the test seam's walks, which hold the GIL */
-    Py_CLEAR(f->batch);
-    f->bi = 0;
 }
 
 static void
@@ -463,8 +455,7 @@ list_failed(Walk *w, Frame **fp, int err)
     Frame *f = *fp;
     f->state = L_EOF;
     f->incomplete = 1;
-    if (!w->lister)
-        drop_listing(f);
+    drop_listing(f);
     return report_fail(w, w->n, NULL, 0, err, NULL);
 }
 
@@ -525,74 +516,6 @@ next_entry_getdents(Walk *w, Entry *e)
     }
 }
 
-/* The test seam: lister.open(fd) -> iterator or errno; lister.read(fd, it,
- * n) -> [(name, ino, d_type)] or errno; batches as traverse's. */
-static int
-next_entry_lister(Walk *w, Entry *e)
-{
-    Frame *f = &w->fr[w->n - 1];
-    if (f->state == L_FRESH) {
-        drop_listing(f);
-        f->pos = 0;
-        PyObject *it = PyObject_CallMethod(w->lister, "open", "i", f->fd);
-        if (!it) {
-            w->pyerr = 1;
-            return -1;
-        }
-        if (PyLong_Check(it)) {
-            int err = (int)PyLong_AsLong(it);
-            Py_DECREF(it);
-            return list_failed(w, &f, err) < 0 ? -1 : 0;
-        }
-        f->it = it;
-        f->state = L_OPEN;
-    }
-    for (;;) {
-        if (f->batch && f->bi < PyList_GET_SIZE(f->batch)) {
-            PyObject *t = PyList_GET_ITEM(f->batch, f->bi++);
-            PyObject *name = PyTuple_GET_ITEM(t, 0);
-            e->name = PyBytes_AS_STRING(name);
-            e->namelen = (size_t)PyBytes_GET_SIZE(name);
-            e->ino = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(t, 1));
-            e->d_type = (unsigned char)PyLong_AsLong(PyTuple_GET_ITEM(t, 2));
-            if (PyErr_Occurred()) {
-                w->pyerr = 1;
-                return -1;
-            }
-            return 1;
-        }
-        if (f->state == L_EOF) {
-            drop_listing(f);
-            return 0;
-        }
-        long n = f->pos < FIRST_BATCH ? FIRST_BATCH : (f->pos > MAX_BATCH ? MAX_BATCH : f->pos);
-        PyObject *batch = PyObject_CallMethod(w->lister, "read", "iOl", f->fd, f->it, n);
-        if (!batch) {
-            w->pyerr = 1;
-            return -1;
-        }
-        if (PyLong_Check(batch)) {
-            int err = (int)PyLong_AsLong(batch);
-            Py_DECREF(batch);
-            drop_listing(f);
-            return list_failed(w, &f, err) < 0 ? -1 : 0;
-        }
-        if (!PyList_Check(batch)) {
-            Py_DECREF(batch);
-            PyErr_SetString(PyExc_TypeError, "lister.read must return a list");
-            w->pyerr = 1;
-            return -1;
-        }
-        Py_XSETREF(f->batch, batch);
-        f->bi = 0;
-        f->pos += PyList_GET_SIZE(batch);
-        if (PyList_GET_SIZE(batch) < n) {
-            f->state = L_EOF;
-            Py_CLEAR(f->it);
-        }
-    }
-}
-
 /* Close the oldest fds of ours (never the current directory's) until at
  * most a little below max_held are open (traverse._bound). */
 static void
@@ -602,9 +525,8 @@ bound(Walk *w)
     size_t last = w->n - 1;
     while (w->held > goal && (size_t)w->first_open < last) {
         Frame *f = &w->fr[w->first_open];
-        int consumed = f->state == L_EOF && !(f->batch && f->bi < PyList_GET_SIZE(f->batch))
-                       && f->bpos >= f->blen;
-        if (!consumed && !w->lister && f->state == L_OPEN && f->bpos >= f->blen) {
+        int consumed = f->state == L_EOF && f->bpos >= f->blen;
+        if (!consumed && f->state == L_OPEN && f->bpos >= f->blen) {
             /* Every entry read so far was visited: whether there are more
              * decides if it is listed again (the reference knows, having
              * read fewer than it asked for). */
@@ -955,7 +877,7 @@ run(Walk *w, int parent_fd, const char *name, size_t namelen, int dir_fd)
             f->state = L_FRESH;
         }
         Entry e;
-        int got = w->lister ? next_entry_lister(w, &e) : next_entry_getdents(w, &e);
+        int got = next_entry_getdents(w, &e);
         if (got < 0 || w->pyerr)
             return -1;
         if (got) {
@@ -986,7 +908,7 @@ cleanup(Walk *w)
 
 PyDoc_STRVAR(remove_tree_doc,
 "remove_tree(parent_fd, name, dir_fd, result, counter, owner_uid, refuse, cancel, keep_dir,\n"
-"            max_depth, max_held, max_rescans, max_kept, reasons, lister) -> cancelled\n\n"
+"            max_depth, max_held, max_rescans, max_kept, reasons) -> cancelled\n\n"
 "Remove the directory `name` (bytes) of `parent_fd`, open as `dir_fd`, and\n"
 "everything below it; see walk.remove_tree, whose semantics these are.\n"
 "`result`: a walk.Findings (keeps, keeps_mount, fail, mount are called);\n"
@@ -994,8 +916,7 @@ PyDoc_STRVAR(remove_tree_doc,
 "else the caller's uid, whose directories and root's are entered without\n"
 "asking `refuse(parent_fd, child_fd)` (None: enter; str: why not);\n"
 "`cancel`: None or an object with is_set(); `reasons`: (too deep, kept\n"
-"overflow, moved, replaced) strings; `lister`: None (getdents64) or the\n"
-"tests' listing.  Returns True if cancelled.");
+"overflow, moved, replaced) strings.  Returns True if cancelled.");
 
 static PyObject *
 cw_remove_tree(PyObject *self, PyObject *args)
@@ -1005,10 +926,10 @@ cw_remove_tree(PyObject *self, PyObject *args)
     long owner_uid, max_depth;
     const char *name;
     Py_ssize_t namelen;
-    PyObject *result, *counter, *refuse, *cancel, *reasons, *lister;
-    if (!PyArg_ParseTuple(args, "iy#iOO!lOOpliiiO!O", &parent_fd, &name, &namelen, &dir_fd, &result, &CounterType,
+    PyObject *result, *counter, *refuse, *cancel, *reasons;
+    if (!PyArg_ParseTuple(args, "iy#iOO!lOOpliiiO!", &parent_fd, &name, &namelen, &dir_fd, &result, &CounterType,
                           &counter, &owner_uid, &refuse, &cancel, &keep_dir, &max_depth, &max_held, &max_rescans,
-                          &max_kept, &PyTuple_Type, &reasons, &lister))
+                          &max_kept, &PyTuple_Type, &reasons))
         return NULL;
     if (PyTuple_GET_SIZE(reasons) != 4) {
         PyErr_SetString(PyExc_ValueError, "reasons: 4 strings");
@@ -1034,7 +955,6 @@ cw_remove_tree(PyObject *self, PyObject *args)
     w.result = result;
     w.refuse = refuse;
     w.cancel = cancel == Py_None ? NULL : cancel;
-    w.lister = lister == Py_None ? NULL : lister;
     w.too_deep = PyTuple_GET_ITEM(reasons, 0);
     w.overflow = PyTuple_GET_ITEM(reasons, 1);
     w.moved = PyTuple_GET_ITEM(reasons, 2);
@@ -1042,7 +962,6 @@ cw_remove_tree(PyObject *self, PyObject *args)
     w.counter = (Counter *)counter;
     Py_INCREF(result);
     Py_XINCREF(w.cancel);
-    Py_XINCREF(w.lister);
     Py_INCREF(reasons);
     Py_INCREF(refuse);
     Py_INCREF(counter);
@@ -1052,7 +971,6 @@ cw_remove_tree(PyObject *self, PyObject *args)
     cleanup(&w);
     Py_DECREF(result);
     Py_XDECREF(w.cancel);
-    Py_XDECREF(w.lister);
     Py_DECREF(reasons);
     Py_DECREF(refuse);
     Py_DECREF(counter);

@@ -189,17 +189,6 @@ class WalkResult(Findings):
             self.removed += counter.removed
 
 
-def _read(fd, it, n):
-    """The next at most ``n`` entries (``dirents.Entry``) of the directory
-    ``fd`` from its listing ``it`` (``dirents.listing``).  One function for
-    every listing of this module, looked up per call: the tests replace it
-    (and the C walk then lists through it, see ``_Lister``)."""
-    return list(islice(it, n))
-
-
-_plain_read = _read
-
-
 _DT_DIR, _DT_UNKNOWN = dirents.DT_DIR, dirents.DT_UNKNOWN
 _WITH_OPENAT2 = fsops.Fs(openat2=True)  # the parallel split's: it runs with the C walk only
 
@@ -263,10 +252,7 @@ def remove_in_parallel(dir_fd, result, threads, fs, owners=None, cancel=None, li
     the fallback and the reference): with it this does nothing.  Returns
     the number of entries removed.
     """
-    if threads < 2 or not fs.compiled or _read is not _plain_read:
-        # (The tests that replace ``_read`` race the walk's own listings:
-        # the split would do the walk's work before their race.  The split
-        # is raced by the tests whose attacker is another process.)
+    if threads < 2 or not fs.compiled:
         return 0
     max_depth = limits.max_depth
     before = result.removed
@@ -369,7 +355,6 @@ class _Removal(traverse.Visitor):
         self.result = result
         self.owners = owners
         self.keep_dir = keep_dir
-        self.read = _read  # looked up per walk: the tests replace it
         if owners is None:
             self.on_enter = None  # no rule: every directory is walked
 
@@ -552,49 +537,22 @@ def compiled_remove_tree(parent_fd, name, dir_fd, result, owners, cancel, keep_d
     runs (so ``removed_total`` is current), folded into ``result.removed``
     at the end.  The owner rule stays in Python: the C walk enters root's
     and the caller's directories itself and asks ``owners.refusal`` about
-    any other.  With ``_read`` replaced (the tests' races), the listing
-    comes from it (``_Lister``).  ``findings``: where failures and mounts
-    go if not into ``result`` (the parallel helpers': dropped)."""
+    any other.  ``findings``: where failures and mounts go if not into
+    ``result`` (the parallel helpers': dropped)."""
     cwalk = fsops.compiled_walk()
     counter = cwalk.Counter()
     refuse = None if owners is None else (lambda pfd, cfd: owners.refusal(pfd, os.fstat(cfd)))
-    lister = None if _read is _plain_read else _Lister(_read)
     reasons = (too_deep(limits.max_depth), kept_overflow(traverse.MAX_KEPT), MOVED, REPLACED)
     result.start(counter)
     try:
         cancelled = cwalk.remove_tree(parent_fd, name, dir_fd, result if findings is None else findings, counter,
                                       -1 if owners is None else owners.uid, refuse, cancel, keep_dir,
                                       limits.max_depth, limits.max_held_fds, MAX_RESCANS, traverse.MAX_KEPT,
-                                      reasons, lister)
+                                      reasons)
     finally:
         result.fold(counter)
     if cancelled:
         result.cancelled = True
-
-
-class _Lister:
-    """The C walk's listing when the tests replaced ``_read`` (to race it):
-    ``open(fd)`` a listing (an iterator over ``dirents.listing`` of it,
-    read at once: the C walk may close ``fd`` before it is read to its end),
-    ``read(fd, it, n)`` the next at most ``n`` entries through ``_read`` as
-    ``(name, ino, d_type)``: the C walk classifies them itself.  Errors come
-    back as errnos (the C walk reports them as listing failures)."""
-
-    def __init__(self, read):
-        self._read = read
-
-    @staticmethod
-    def open(fd):
-        try:
-            return iter(list(dirents.listing(fd)))
-        except OSError as e:
-            return e.errno
-
-    def read(self, fd, it, n):
-        try:
-            return [(e.bname, e.ino, e.d_type) for e in self._read(fd, it, n)]
-        except OSError as e:
-            return e.errno
 
 
 def _same_entry(fs, dirfd, frame):
@@ -645,7 +603,6 @@ def _kind_of(mode):
 class _Count(traverse.Visitor):
     def __init__(self, count):
         self.count = count
-        self.read = _read  # looked up per walk: the tests replace it
 
     def on_list_failed(self, t, f, err):
         self.count.fail(t.rel, err)
