@@ -31,7 +31,7 @@ import errno
 import os
 
 from locald_admin import pathrules
-from locald_admin.fs import fsops
+from locald_admin.fs import fsops, report
 from locald_admin.fs import remove as fsremove
 from .errors import InUseError, MountPointError
 
@@ -66,7 +66,7 @@ def remove(path):
 def _first_error(failed):
     """The OSError the caller gets for ``failed``: the first failure that
     more privilege would not fix, else the first permission error."""
-    chosen = next(((p, e) for p, e in failed.failures if e not in fsremove.PERMISSION_ERRNOS),
+    chosen = next(((p, e) for p, e in failed.failures if e not in report.PERMISSION_ERRNOS),
                   failed.failures[0])
     where, err = chosen
     if err is None:  # a race the walk detected itself; no errno to pass on

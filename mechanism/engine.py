@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 
 from locald_admin import pathrules
-from locald_admin.fs import fsops, walk
+from locald_admin.fs import fsops, report, walk
 from locald_admin.fs import remove as fsremove
 from . import scans, scope
 from .config import Config
@@ -47,7 +47,7 @@ class Progress:
     __slots__ = ("walk", "cancelled", "started", "census")
 
     def __init__(self, cancelled=None, census=None):
-        self.walk = walk.WalkResult()
+        self.walk = report.WalkResult()
         self.cancelled = Flag() if cancelled is None else cancelled
         self.started = False
         # What gives the in-use check its census of /proc: a
@@ -125,7 +125,7 @@ def remove(target, progress=None, threads=DEFAULT_WALK_THREADS, cancel=None, cen
            limits=walk.DEFAULT_LIMITS):
     """Remove a resolved target; return an Outcome.  Closes it.
 
-    ``progress``: a walk.WalkResult to count into, read by another thread
+    ``progress``: a report.WalkResult to count into, read by another thread
     for progress reports.  ``threads``: for the target's subdirectories.
     ``cancel``: stop when it is set (``is_set()``); raises Cancelled.
     ``census``: what returns the in-use check's census (a shared scan's).

@@ -28,7 +28,7 @@ class Settings:
     workers: int = 4  # deletions running at once
     per_uid: int = 2  # deletions of one caller running at once
     long_job_after: float = 5.0  # a job running this long stops counting against `workers`
-    # Threads removing one tree with the C walk (walk.remove_in_parallel):
+    # Threads removing one tree with the C walk (split.remove_in_parallel):
     # about one per core, at most 4 (beyond that the directory locks of one
     # tree and the other deletions running at once gain little).
     walk_threads: int = field(default_factory=lambda: max(1, min(os.cpu_count() or 1, 4)))

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from locald_admin.fs import fsops, walk
+from locald_admin.fs import fsops, report, split, walk
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the benchmark's pieces, bench/ (not part of the product)
@@ -54,8 +54,8 @@ def run_walk(parent, name, fs, threads):
     pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     dfd = fs.open_beneath(pfd, name)
     try:
-        res = walk.WalkResult()
-        walk.remove_in_parallel(dfd, res, threads, fs)
+        res = report.WalkResult()
+        split.remove_in_parallel(dfd, res, threads, fs, limits=walk.DEFAULT_LIMITS)
         walk.remove_tree(pfd, name, dfd, result=res, fs=fs)
         assert not res.failures and not res.mounts, (res.failures, res.mounts)
     finally:

@@ -30,7 +30,7 @@ from harness.buses import PolkitMock, PrivateBus  # noqa: E402
 from harness.trees import rm_rf, umount, world_tmpdir  # noqa: E402
 from harness.users import ClientRunner  # noqa: E402
 
-from locald_admin.fs import fsops, walk  # noqa: E402
+from locald_admin.fs import fsops, removal, walk  # noqa: E402
 
 needs_root = pytest.mark.skipif(
     not IS_ROOT, reason="root tier: needs uid 0 (root-owned files, other users, mounts); run the suite as root")
@@ -60,7 +60,7 @@ def mode(request):
     real = fsops._raw_openat2
     cwalk = fsops.compiled_walk()
     real_cwalk = cwalk.remove_tree if cwalk is not None else None
-    real_python, real_remove = walk.python_remove_tree, walk.remove_tree
+    real_python, real_remove = removal.python_remove_tree, walk.remove_tree
     calls, cwalks, removals = [], [], []
     if param in ("openat2", "compiled") and not fsops.kernel_has_openat2():
         pytest.skip("this kernel has no openat2 (ENOSYS)")
@@ -84,7 +84,7 @@ def mode(request):
         def python_forbidden(*a):
             raise AssertionError("the Python walk ran in compiled mode")
         cwalk.remove_tree = counting_cwalk
-        walk.python_remove_tree = python_forbidden
+        removal.python_remove_tree = python_forbidden
     elif cwalk is not None:
         def cwalk_forbidden(*a):
             raise AssertionError(f"the C walk ran in {param} mode")
@@ -99,7 +99,7 @@ def mode(request):
             yield param
     finally:
         fsops._raw_openat2 = real
-        walk.python_remove_tree, walk.remove_tree = real_python, real_remove
+        removal.python_remove_tree, walk.remove_tree = real_python, real_remove
         if cwalk is not None:
             cwalk.remove_tree = real_cwalk
     if param == "openat2":

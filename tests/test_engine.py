@@ -17,7 +17,7 @@ import pytest
 
 from harness import IS_ROOT, syscalls, trees
 from harness.trees import Canary, make_chain, rm_rf, write
-from locald_admin.fs import fsops, walk
+from locald_admin.fs import fsops, removal, walk
 from locald_admin.mechanism import engine
 from locald_admin.mechanism.errors import Failed, InvalidPath, MechanismError, OutsideScope
 
@@ -579,7 +579,7 @@ def test_endless_refill_gives_up_after_max_rescans(mode, anchor):
 
     with pytest.raises(Failed) as ei:
         syscalls.supervised(lambda: engine.cleanup(str(t), ME), refill)
-    assert len(calls) == walk.MAX_RESCANS + 1  # the first rmdir, and one after each listing again
+    assert len(calls) == removal.MAX_RESCANS + 1  # the first rmdir, and one after each listing again
     assert f"{t}/sub" in ei.value.message
     assert os.strerror(errno.ENOTEMPTY) in ei.value.message
 

@@ -125,11 +125,11 @@ def test_same_target_twice_shares_one_walk(tmp_path, monkeypatch):
     real_remove = engine.remove
     walks = []
 
-    def slow_remove(target, progress=None, threads=1, cancel=None, census=None):
+    def slow_remove(target, *args):
         walks.append(target.display)
         entered.set()
         assert release.wait(20)
-        return real_remove(target, progress, threads, cancel, census)
+        return real_remove(target, *args)
 
     monkeypatch.setattr(engine, "remove", slow_remove)
 
@@ -159,7 +159,7 @@ def test_a_shared_walk_stops_only_when_every_caller_has_left(tmp_path, monkeypat
     entered = threading.Event()
     seen = []
 
-    def watched_remove(target, progress=None, threads=1, cancel=None, census=None):
+    def watched_remove(target, progress=None, threads=1, cancel=None, *_):
         entered.set()
         try:
             deadline = time.monotonic() + 20

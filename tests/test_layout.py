@@ -58,3 +58,51 @@ def test_the_halves_do_not_import_each_other(half, other):
 def test_the_shared_package_imports_neither_half():
     for p in (ROOT / "locald_admin").rglob("*.py"):
         assert not any(m.startswith(("locald_admin.mechanism", "locald_admin.client")) for _, m in imports(p)), rel(p)
+
+
+# The walk, one module per concern (docs/architecture.md, "The rooms" and
+# "The walk"): what each may import of the others.  Data flows one way.
+WALK_PARTS = {
+    "report": set(),
+    "removal": {"report"},
+    "count": {"report"},
+    "compiled": {"removal", "report"},
+    "split": {"compiled", "report"},
+    "walk": {"compiled", "removal", "report"},
+}
+
+
+def fs_imports(path):
+    """The modules of ``locald_admin/fs/`` that ``path`` imports."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and not node.module:
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 1:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and node.module == "locald_admin.fs":
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("locald_admin.fs."):
+            names.add(node.module.split(".")[2])
+    return names
+
+
+@pytest.mark.parametrize("part", sorted(WALK_PARTS))
+def test_the_walks_modules_import_one_way(part):
+    """``report`` imports none of the walk's modules, no part imports
+    ``walk`` (the entry point), and each imports only the parts below it."""
+    got = fs_imports(ROOT / "locald_admin" / "fs" / f"{part}.py") & set(WALK_PARTS)
+    assert got == WALK_PARTS[part], part
+
+
+def test_every_module_of_fs_is_in_the_rooms_table():
+    """Each module of ``locald_admin/fs/`` (and each C file) is named in
+    "The rooms": a row of its own, or in the ``locald_admin/fs/`` row."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    start = text.index("## The rooms")
+    rooms = text[start:text.index("\n## ", start + 1)]
+    named = set(re.findall(r"`locald_admin/fs/(\w+)\.(?:py|c)`", rooms))
+    named |= set(re.findall(r"`(_?\w+)(?:\.c)?`", rooms))
+    on_disk = {p.stem for p in (ROOT / "locald_admin" / "fs").glob("*.py") if p.stem != "__init__"}
+    on_disk |= {p.stem for p in (ROOT / "locald_admin" / "fs").glob("*.c")}
+    assert on_disk - named == set()

@@ -35,7 +35,7 @@ from harness import IS_ROOT, PROGRAMS
 from harness.trees import (Canary, is_mount_point, make_chain, mounted_tmpfs, rm_rf, snapshot, umount, world_tmpdir,
                            write)
 from harness.waiting import poll_until
-from locald_admin.fs import dirents, fsops, owners, traverse, walk
+from locald_admin.fs import compiled, count, dirents, fsops, owners, report, split, traverse, walk
 
 pytestmark = pytest.mark.skipif(fsops.compiled_walk() is None or not fsops.kernel_has_openat2(),
                                 reason="the compiled walk is not built (scripts/bootstrap builds it) "
@@ -146,8 +146,8 @@ def remove(parent, name, fs, threads=1, **kw):
     try:
         dfd = fs.open_beneath(pfd, name)
         try:
-            res = kw.pop("result", None) or walk.WalkResult()
-            walk.remove_in_parallel(dfd, res, threads, fs, owners=kw.get("owners"), cancel=kw.get("cancel"),
+            res = kw.pop("result", None) or report.WalkResult()
+            split.remove_in_parallel(dfd, res, threads, fs, owners=kw.get("owners"), cancel=kw.get("cancel"),
                                     limits=kw.get("limits", walk.DEFAULT_LIMITS))
             if res.cancelled:
                 return res
@@ -230,7 +230,7 @@ def test_a_tree_of_every_kind_gives_the_same_nonempty_reports(base):
     c, c_left, py, py_left = both(base, kinds, owners=rule, limits=limits(4, 40))
     assert c == py and c_left == py_left
     reasons = [why for _, (_, why) in c["failures"]]
-    assert walk.too_deep(40) in reasons
+    assert report.too_deep(40) in reasons
     if IS_ROOT:
         assert c["mounts"] == [b"m"]
         assert (b"i", (errno.EPERM, os.strerror(errno.EPERM))) in c["failures"]
@@ -271,7 +271,7 @@ def test_nothing_deeper_than_max_depth_is_entered(base, fs):
     make_chain(str(base / "t"), 150, leaf="leaf", create_base=True)
     res = remove(os.fsencode(base), b"t", fs, limits=limits(depth=100))
     deep = b"/".join([b"d"] * 101)
-    assert list(res.failures.items()) == [(deep, (None, walk.too_deep(100)))]
+    assert list(res.failures.items()) == [(deep, (None, report.too_deep(100)))]
     assert os.path.isdir(os.path.join(os.fsencode(base), b"t", deep))
     assert not os.path.exists(os.path.join(os.fsencode(base), b"t", b"leaf"))
 
@@ -302,7 +302,7 @@ def test_a_directory_that_left_more_than_max_kept_in_place_is_not_listed_again(b
                 tree(str(base / "tmp" / name))
                 outs.append(outcome(remove(os.fsencode(base / "tmp"), name.encode(), fs, limits=limits(4))))
             assert outs[0] == outs[1]
-            assert (b"D", (None, walk.kept_overflow(traverse.MAX_KEPT))) in outs[0]["failures"]
+            assert (b"D", (None, report.kept_overflow(traverse.MAX_KEPT))) in outs[0]["failures"]
             assert os.path.exists(base / "tmp" / "c" / "D" / "imm0")
         finally:
             subprocess.run(["chattr", "-R", "-i", str(base / "tmp")], capture_output=True)
@@ -335,7 +335,7 @@ def _big(root, dirs=300, per=60):
 def test_cancel_from_another_thread_stops_the_c_walk_and_touches_nothing_outside(base):
     total = _big(str(base / "t"))
     canary = Canary(base / "outside")
-    res, cancel = walk.WalkResult(), threading.Event()
+    res, cancel = report.WalkResult(), threading.Event()
     seen = []
 
     def watch():
@@ -354,7 +354,7 @@ def test_cancel_from_another_thread_stops_the_c_walk_and_touches_nothing_outside
         w.join()
     assert res.cancelled
     assert 2000 <= res.removed < total, res.removed
-    assert res.removed - max(seen) <= walk.BATCH + 64  # it stopped within a batch of the cancel
+    assert res.removed - max(seen) <= traverse.DEFAULT_BATCH + 64  # it stopped within a batch of the cancel
     assert res.helpers == []  # the C walk's counter was folded in
     assert len(snapshot(base / "t")) + res.removed == total - 1  # the target itself is still there
     canary.check()
@@ -365,7 +365,7 @@ def test_cancel_from_another_thread_stops_the_c_walk_and_touches_nothing_outside
 
 def test_progress_is_readable_while_the_c_walk_runs(base):
     total = _big(str(base / "t"))
-    res = walk.WalkResult()
+    res = report.WalkResult()
     seen, done = [], threading.Event()
 
     def watch():
@@ -388,13 +388,13 @@ def test_progress_is_readable_while_the_c_walk_runs(base):
 
 def _recording(monkeypatch):
     calls = []
-    real = walk.compiled_remove_tree
+    real = compiled.compiled_remove_tree
 
     def rec(parent_fd, name, *a, **kw):
         calls.append((name, threading.get_ident(), kw.get("findings") is not None))
         return real(parent_fd, name, *a, **kw)
 
-    monkeypatch.setattr(walk, "compiled_remove_tree", rec)
+    monkeypatch.setattr(compiled, "compiled_remove_tree", rec)
     return calls
 
 
@@ -505,27 +505,27 @@ def test_the_split_does_not_read_a_whole_directory_of_files(base, monkeypatch):
         t.mkdir()
         (t / "d1").mkdir()
         (t / "d2").mkdir()
-        for i in range(walk.SPLIT_SCAN * 3):
+        for i in range(split.SPLIT_SCAN * 3):
             write(t / f"f{i}")
         names = os.listdir(t)  # the listing's order
-        if min(names.index("d1"), names.index("d2")) < walk.SPLIT_SCAN + walk.BATCH:
+        if min(names.index("d1"), names.index("d2")) < split.SPLIT_SCAN + traverse.DEFAULT_BATCH:
             pytest.skip("this tmpfs lists the subdirectories first")
         read = []
-        real = walk._subdirs
+        real = split._subdirs
 
         def counting(fd, it, scan=None):
             yield from real(fd, (read.append(1) or e for e in it), scan)
 
-        monkeypatch.setattr(walk, "_subdirs", counting)
-        res = walk.WalkResult()
+        monkeypatch.setattr(split, "_subdirs", counting)
+        res = report.WalkResult()
         pfd = os.open(base / "tmp", os.O_RDONLY | os.O_DIRECTORY)
         dfd = C.open_beneath(pfd, b"t")
         try:
-            walk.remove_in_parallel(dfd, res, 2, C)
+            split.remove_in_parallel(dfd, res, 2, C, limits=walk.DEFAULT_LIMITS)
         finally:
             os.close(dfd)
             os.close(pfd)
-        assert len(read) <= walk.SPLIT_SCAN + walk.BATCH
+        assert len(read) <= split.SPLIT_SCAN + traverse.DEFAULT_BATCH
         assert res.removed == 0 and len(os.listdir(t)) == len(names)
 
 
@@ -706,7 +706,7 @@ def test_count_tree_looks_at_entries_without_d_type_as_the_removal_does(no_d_typ
             pfd = os.open(no_d_type, os.O_RDONLY | os.O_DIRECTORY)
             dfd = fs.open_beneath(pfd, b"t")
             try:
-                c = walk.count_tree(pfd, b"t", dfd, fs=fs)
+                c = count.count_tree(pfd, b"t", dfd, fs=fs, limits=walk.DEFAULT_LIMITS)
             finally:
                 os.close(dfd)
                 os.close(pfd)
@@ -758,7 +758,7 @@ def test_a_hung_fuse_mount_without_d_type_is_reported_not_asked(no_d_type, what)
                 pfd = os.open(no_d_type, os.O_RDONLY | os.O_DIRECTORY)
                 dfd = fs.open_beneath(pfd, b"t")
                 try:
-                    done.append(walk.count_tree(pfd, b"t", dfd, fs=fs))
+                    done.append(count.count_tree(pfd, b"t", dfd, fs=fs, limits=walk.DEFAULT_LIMITS))
                 finally:
                     os.close(dfd)
                     os.close(pfd)

@@ -1,7 +1,7 @@
 """The walk's bounds: memory, depth, what it reports, cancellation, and
 emptying a directory without removing it.
 
-* Memory: a directory is read in batches (``walk.BATCH``) from a listing
+* Memory: a directory is read in batches (``traverse.DEFAULT_BATCH``) from a listing
   kept open while its fd is held; the tracemalloc peak of removing 200,000
   entries with 200-byte names stays far below what one list of them costs
   (about 300 bytes an entry before).
@@ -13,7 +13,7 @@ emptying a directory without removing it.
   in place is passed over then, so an undeletable child deeper than the fd
   bound cannot make the walk loop, and a directory that left too many in
   place is not listed again at all.
-* Reports: the first ``walk.MAX_FAILURES`` failures are kept, the rest
+* Reports: the first ``report.MAX_FAILURES`` failures are kept, the rest
   counted; the first failure that is not a permission error is kept too
   (the client passes it on); a path 65,537 levels deep is cut in messages.
 * Cancellation (``cancel``): the walk stops within a batch, closes its fds,
@@ -33,7 +33,7 @@ import pytest
 from harness import syscalls
 from harness.trees import Canary, make_chain, rm_rf, snapshot, write
 from locald_admin.client import as_user
-from locald_admin.fs import fsops, remove, traverse, walk
+from locald_admin.fs import count, fsops, remove, report, traverse, walk
 
 
 def open_fds():
@@ -222,7 +222,7 @@ def test_nothing_deeper_than_max_depth_is_entered(mode, tmp_path, parent, thread
     pfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     dfd = fsops.default().open_beneath(pfd, b"t")
     try:
-        c = walk.count_tree(pfd, b"t", dfd, limits=limits)
+        c = count.count_tree(pfd, b"t", dfd, limits=limits)
     finally:
         os.close(dfd)
         os.close(pfd)
@@ -310,7 +310,7 @@ def test_a_directory_that_left_too_many_in_place_is_not_listed_again(mode, tmp_p
     assert all(path.endswith("/d/d/d") for path, _ in e.failures[:-1])
     assert e.failures[-1] == (str(p), None)
     assert len(reads) <= 4 * (traverse.MAX_KEPT + 3)  # p: once, then once or twice a resumption, 1-2 reads each
-    res = walk.WalkResult()
+    res = report.WalkResult()
     pfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     dfd = fsops.default().open_beneath(pfd, b"t")
     try:
@@ -342,26 +342,26 @@ def test_many_failures_in_a_directory_that_keeps_its_fd_are_each_tried(mode, tmp
 
 def test_failures_are_bounded_and_counted(mode, tmp_path, parent):
     t = tmp_path / "t"
-    n = walk.MAX_FAILURES + 36
+    n = report.MAX_FAILURES + 36
     for k in range(n):
         (t / f"x{k:03d}" / "y").mkdir(parents=True)
     with pytest.raises(remove.RemoveFailed) as ei:
         parent(t).remove(limits=walk.Limits(max_depth=1))
     e = ei.value
-    assert len(e.failures) == walk.MAX_FAILURES
+    assert len(e.failures) == report.MAX_FAILURES
     assert f"could not remove {n} entries: " in e.message
     assert f"(and {n - remove.MAX_NAMED_FAILURES} more)" in e.message
 
 
 def test_the_first_failure_that_is_not_a_permission_error_is_kept_among_many():
-    res = walk.WalkResult()
-    for k in range(walk.MAX_FAILURES + 6):
+    res = report.WalkResult()
+    for k in range(report.MAX_FAILURES + 6):
         res.fail(b"denied%d" % k, errno.EACCES, os.strerror(errno.EACCES))
     res.fail(b"readonly", errno.EROFS, os.strerror(errno.EROFS))
     res.fail(b"later", errno.EIO, os.strerror(errno.EIO))
-    assert len(res.failures) == walk.MAX_FAILURES + 1
+    assert len(res.failures) == report.MAX_FAILURES + 1
     assert res.failures[b"readonly"] == (errno.EROFS, os.strerror(errno.EROFS))
-    assert res.failure_count == walk.MAX_FAILURES + 8
+    assert res.failure_count == report.MAX_FAILURES + 8
     with pytest.raises(remove.RemoveFailed) as ei:
         remove._raise_for("/x", res)
     # The client passes on the error more privilege would not fix.
@@ -370,13 +370,13 @@ def test_the_first_failure_that_is_not_a_permission_error_is_kept_among_many():
 
 
 def test_mounts_left_in_place_are_bounded_and_counted():
-    res = walk.WalkResult()
-    for k in range(walk.MAX_FAILURES + 3):
+    res = report.WalkResult()
+    for k in range(report.MAX_FAILURES + 3):
         res.mount(b"m%d" % k)
-    assert len(res.mounts) == walk.MAX_FAILURES and res.mount_count == walk.MAX_FAILURES + 3
+    assert len(res.mounts) == report.MAX_FAILURES and res.mount_count == report.MAX_FAILURES + 3
     with pytest.raises(remove.MountInTheWay) as ei:
         remove._raise_for("/x", res)
-    assert f"(and {walk.MAX_FAILURES + 3 - remove.MAX_NAMED_FAILURES} more)" in ei.value.message
+    assert f"(and {report.MAX_FAILURES + 3 - remove.MAX_NAMED_FAILURES} more)" in ei.value.message
 
 
 # -- cancellation ---------------------------------------------------------------------------
@@ -408,7 +408,7 @@ def test_cancel_stops_the_walk_promptly_and_the_next_call_finishes(roomy, parent
     t = roomy / "t"
     total = big_tree(t)
     p = parent(t)
-    progress, cancel = walk.WalkResult(), threading.Event()
+    progress, cancel = report.WalkResult(), threading.Event()
     at_set = []
 
     def watch():
@@ -432,7 +432,7 @@ def test_cancel_stops_the_walk_promptly_and_the_next_call_finishes(roomy, parent
     assert open_fds() == baseline
     removed = ei.value.removed
     assert at_set and 1000 < at_set[0] <= removed < total
-    assert removed - at_set[0] <= threads * (walk.BATCH + 64), "the walk went on after the cancel"
+    assert removed - at_set[0] <= threads * (traverse.DEFAULT_BATCH + 64), "the walk went on after the cancel"
     assert "cancelled" in ei.value.message and f"{removed} entries removed" in ei.value.message
     # What is left is intact: every remaining file with its content.
     left = snapshot(t)

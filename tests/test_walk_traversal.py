@@ -1,7 +1,7 @@
 """The walk's traversal on its own, and the listing that deletes nothing.
 
 ``traverse.Traversal`` holds the defences (open_beneath only, bounded fds,
-the identity check when climbing ``..``); the removal and ``walk.count_tree``
+the identity check when climbing ``..``); the removal and ``count.count_tree``
 are two visitors of it.  These tests drive the count, and a visitor that asks
 for everything to be entered, to show that the defences hold whatever the
 visitor does: no symlink followed, no mount entered, fds bounded and all
@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 
-from locald_admin.fs import fsops, traverse, walk
+from locald_admin.fs import count, fsops, traverse, walk
 from harness import syscalls
 from harness.trees import make_chain, snapshot
 
@@ -46,7 +46,7 @@ class Held:
         self.dir_fd = fsops.default().open_beneath(self.parent_fd, self.name)
 
     def count(self, limits=walk.DEFAULT_LIMITS):
-        return walk.count_tree(self.parent_fd, self.name, self.dir_fd, limits=limits)
+        return count.count_tree(self.parent_fd, self.name, self.dir_fd, limits=limits)
 
     def remove(self, limits=walk.DEFAULT_LIMITS):
         return walk.remove_tree(self.parent_fd, self.name, self.dir_fd, limits=limits)

@@ -1,13 +1,15 @@
 /* The removal walk in C: locald_admin.fs._cwalk.
  *
- * The same walk as walk.remove_tree over traverse.Traversal with the
- * _Removal visitor (the reference; read it first), decision for decision, so
- * that the differential tests (tests/test_walk_differential.py) can ask both
- * for the same result.  What differs is only how: the GIL is released for
- * the walk itself and taken back only to report (Findings), to ask the
- * trust rule about a directory that is neither the caller's nor root's alone,
- * and to look at the cancel flag; directories are read with getdents64 into
- * one bounded buffer per held directory.
+ * The same walk as the Python one, traverse.Traversal with the
+ * removal._Removal visitor (removal.py, the reference; read it first),
+ * decision for decision, so that the differential tests
+ * (tests/test_walk_differential.py) can ask both for the same result.  It is
+ * called by compiled.compiled_remove_tree, which hands it the report, the
+ * reason strings (report.py) and the limits.  What differs is only how: the
+ * GIL is released for the walk itself and taken back only to report
+ * (report.Findings), to ask the trust rule about a directory that is neither
+ * the caller's nor root's alone, and to look at the cancel flag; directories
+ * are read with getdents64 into one bounded buffer per held directory.
  *
  * The defences, each where the reference has it:
  *   - every directory is entered with openat2(RESOLVE_BENEATH |
@@ -563,7 +565,7 @@ climb(Frame *f, Frame *parent)
     return 0;
 }
 
-/* Whether f's name in dirfd is still the directory we hold (walk._same_entry). */
+/* Whether f's name in dirfd is still the directory we hold (removal._same_entry). */
 static int
 same_entry(int dirfd, const Frame *f)
 {
@@ -593,7 +595,7 @@ restart_listing(Walk *w, Frame *f)
  * EISDIR and would hide a directory) through an O_PATH fd of the entry
  * itself (a symlink's own), opened without crossing a mount, and fstat;
  * never a plain fstatat, which would follow a mount point into its file
- * system (a hung FUSE daemon).  As walk._Removal.on_entry does with
+ * system (a hung FUSE daemon).  As removal._Removal.on_entry does with
  * Fs.lstat_beneath.  1 a directory, 0 not, 2 nothing more to do (gone; or
  * reported and kept: EXDEV a mount point, any other error), -1 error. */
 static int
@@ -910,13 +912,14 @@ PyDoc_STRVAR(remove_tree_doc,
 "remove_tree(parent_fd, name, dir_fd, result, counter, owner_uid, refuse, cancel, keep_dir,\n"
 "            max_depth, max_held, max_rescans, max_kept, reasons) -> cancelled\n\n"
 "Remove the directory `name` (bytes) of `parent_fd`, open as `dir_fd`, and\n"
-"everything below it; see walk.remove_tree, whose semantics these are.\n"
-"`result`: a walk.Findings (keeps, keeps_mount, fail, mount are called);\n"
+"everything below it; see walk.remove_tree, whose semantics these are\n"
+"(called by compiled.compiled_remove_tree).\n"
+"`result`: a report.Findings (keeps, keeps_mount, fail, mount are called);\n"
 "`counter`: a Counter counting removals; `owner_uid`: -1 for no owner rule,\n"
 "else the caller's uid, whose directories and root's are entered without\n"
 "asking `refuse(parent_fd, child_fd)` (None: enter; str: why not);\n"
 "`cancel`: None or an object with is_set(); `reasons`: (too deep, kept\n"
-"overflow, moved, replaced) strings.  Returns True if cancelled.");
+"overflow, moved, replaced) strings, report.py's.  Returns True if cancelled.");
 
 static PyObject *
 cw_remove_tree(PyObject *self, PyObject *args)

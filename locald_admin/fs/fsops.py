@@ -106,9 +106,9 @@ class Fs:
     """How this process opens things below a held fd: with ``openat2``
     (``openat2`` True) or with the fallback; and which removal walk runs:
     the compiled one (``compiled`` True: ``_cwalk.c``, openat2 only) or the
-    Python one (``walk.py``, the reference and the fallback's).  Immutable;
-    made once where the choice is made (the mechanism's settings,
-    ``choose``) and passed down."""
+    Python one (``removal.py``, the reference and the fallback's;
+    ``walk.remove_tree`` dispatches on it).  Immutable; made once where the
+    choice is made (the mechanism's settings, ``choose``) and passed down."""
 
     openat2: bool
     compiled: bool = False

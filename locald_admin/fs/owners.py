@@ -3,8 +3,8 @@
 One definition (threat model, "The trust rule"), asked by every walk that
 root makes for a caller: scope resolution on the way from the anchor to the
 target (``mechanism/scope.py``), the target itself (``remove.py``), the
-Python walk (``walk._Removal.on_enter``), the parallel split
-(``walk.remove_in_parallel``) and the C walk (``_cwalk.c: refused_by_rule``,
+Python walk (``removal._Removal.on_enter``), the parallel split
+(``split.remove_in_parallel``) and the C walk (``_cwalk.c: refused_by_rule``,
 which decides the two plain cases itself, exactly as ``untrusted`` does first,
 and asks ``refusal`` about every other).
 

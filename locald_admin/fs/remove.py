@@ -13,7 +13,8 @@ Shared by both sides, so that both hold the same standard:
 fifo, socket or device node is unlinked.  A directory is opened beneath its
 parent, every mount at or below it is looked up in this process' mount table
 and, if there is one, the request is refused before anything is deleted; then
-the fd-anchored walk (``walk.py``) removes it.
+the fd-anchored walk (``walk.remove_tree``, after the parallel split of
+``split.py``) removes it.
 
 With a trust rule (``owners.OwnerRule``: the mechanism's), a target directory
 the rule does not trust is refused (``Untrusted``) and an untrusted directory
@@ -29,13 +30,11 @@ import os
 import stat
 
 from .. import pathrules
-from . import fsops, inuse, mounts, walk
+from . import fsops, inuse, mounts, report, split, walk
 
 MAX_NAMED_FAILURES = 5
 MAX_SHOWN_PATH = 1024  # characters of one path in a message; longer ones are cut in the middle
 MAX_TYPE_RETRIES = 3  # the target flips between file and directory under us
-# Failures that more privilege can fix: the client asks the mechanism.
-PERMISSION_ERRNOS = walk.PERMISSION_ERRNOS
 
 
 class RemoveError(Exception):
@@ -73,7 +72,7 @@ class Cancelled(RemoveError):
 
 class RemoveFailed(RemoveError):
     """Entries could not be removed.  ``failures``: (path for messages,
-    errno or None) of the first of them (``walk.MAX_FAILURES``, and the
+    errno or None) of the first of them (``report.MAX_FAILURES``, and the
     first that is not a permission error), in the order found; ``errno``
     None means something the walk decided itself (a directory moved or
     replaced under it, too deep, another user's)."""
@@ -90,10 +89,10 @@ def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None
     ``shown``: the entry's path for messages.  ``caller_uid``: whose
     containers count for the in-use check (``inuse.py``).  ``held_fd``: an already open,
     checked fd of the directory ``name`` (the mechanism's anchor), used
-    instead of looking the name up again.  ``progress``: a walk.WalkResult
+    instead of looking the name up again.  ``progress``: a report.WalkResult
     to count into (read by another thread for progress reports).
     ``threads``: threads for the subdirectories of the first level with two
-    or more (``walk.remove_in_parallel``; the C walk only, the Python walk
+    or more (``split.remove_in_parallel``; the C walk only, the Python walk
     is single-threaded).  ``fs``: the
     fsops.Fs to open with (default: openat2 where the kernel has it).
     ``owners``: an ``owners.OwnerRule`` for every directory entered, the
@@ -189,11 +188,11 @@ def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
     if used:
         more = f" (and {len(used) - 1} more)" if len(used) > 1 else ""
         raise InUse(f"{shown} is in use: {used[0].describe()}{more}; nothing was removed")
-    res = walk.WalkResult() if progress is None else progress
+    res = report.WalkResult() if progress is None else progress
     if cancel is not None and cancel.is_set():
         res.cancelled = True
     else:
-        walk.remove_in_parallel(dir_fd, res, threads, fs, owners=owners, cancel=cancel, limits=limits)
+        split.remove_in_parallel(dir_fd, res, threads, fs, owners=owners, cancel=cancel, limits=limits)
     if not res.cancelled:
         walk.remove_tree(parent_fd, name, dir_fd, result=res, fs=fs, owners=owners, cancel=cancel,
                          keep_dir=keep_dir, limits=limits)

@@ -3,9 +3,9 @@
 ``Traversal(parent_fd, name, dir_fd, max_held).run(visitor)`` walks the tree
 below ``dir_fd`` depth first and leaves every decision about an entry to the
 visitor (``Visitor``): whether to enter it, what to do with it, what to do
-with a directory once its entries are done.  The removal (``walk.py``) is one
-visitor, a count of the entries (``walk.count_tree``) another; both get the
-same defences, which live here and nowhere else:
+with a directory once its entries are done.  The removal (``removal.py``) is
+one visitor, a count of the entries (``count.count_tree``) another; both get
+the same defences, which live here and nowhere else:
 
 * A directory is entered only with ``Fs.open_beneath`` relative to the
   held fd of its parent: a symlink swapped in for a directory is never
@@ -57,6 +57,7 @@ walked completely before the next entry of its parent is looked at.
 import os
 import stat
 from array import array
+from collections import deque
 from itertools import islice
 
 from . import dirents, fsops
@@ -65,7 +66,6 @@ DEFAULT_MAX_DEPTH = 65536  # levels below the target
 DEFAULT_BATCH = 1024  # entries read from a listing at a time, at most
 FIRST_BATCH = 256  # the first batch of a listing; each next one doubles
 MAX_KEPT = 32  # entries left in place a directory's listing remembers
-
 
 
 class _Overflow:
@@ -84,17 +84,17 @@ class _Overflow:
 OVERFLOW = _Overflow()
 
 
-
 class Frame:
     """A directory on the traversal's stack.  ``fd`` is None while it was
     closed to bound the fd count.  ``dino``: the inode number its parent's
     listing shows for it (what a resumed listing of the parent passes over).
 
     Its listing: ``it`` is the open ``dirents.listing`` (None when none
-    is open), ``batch`` the entries read and not yet visited (consumed from
-    its end), ``pos`` how many entries were read from the listing, ``done``
-    whether it was read to its end, ``kept`` (an array, or OVERFLOW) the
-    inode numbers of its entries left in place, which are passed over."""
+    is open), ``batch`` the entries read and not yet visited (a deque, in
+    the listing's order), ``pos`` how many entries were read from the
+    listing, ``done`` whether it was read to its end, ``kept`` (an array,
+    or OVERFLOW) the inode numbers of its entries left in place, which are
+    passed over."""
 
     __slots__ = ("fd", "dev", "ino", "dino", "name", "it", "batch", "pos", "done", "kept")
 
@@ -119,12 +119,6 @@ class Visitor:
 
     Frame = Frame  # frames are made with this class: a visitor may add slots
 
-    def read(self, fd, it, n):
-        """The next at most ``n`` entries (``dirents.Entry``) of the
-        directory ``fd`` from ``it``, its open ``dirents.listing``; fewer
-        only at the end of the listing."""
-        return list(islice(it, n))
-
     def on_list_failed(self, t, frame, err):
         """Reading ``frame``'s listing raised ``err``; what was not read is
         treated as absent."""
@@ -142,8 +136,7 @@ class Visitor:
         """The directory ``name`` of ``parent`` was opened (``parent.fd`` is
         open) and ``st`` is its ``fstat``; False not to walk it (it is left
         as it is, the traversal closes its fd).  Asked of the target too,
-        with ``t.stack[0]`` as its parent, before anything is walked.  A
-        visitor that refuses nothing may set it to None."""
+        with ``t.stack[0]`` as its parent, before anything is walked."""
         return True
 
     def on_enter_failed(self, t, frame, name, err):
@@ -220,181 +213,185 @@ class Traversal:
                 frame.kept = OVERFLOW
 
     def run(self, visitor):
-        make = visitor.Frame
-        stack = self.stack
-        top = make(self.parent_fd, os.fstat(self.parent_fd), b"")
-        st = os.fstat(self.dir_fd)
-        stack[:] = [top, make(self.dir_fd, st, self.name)]
-        self.target = stack[1]
-        self.held, self.first_open = 0, 2
+        """Walk the tree with ``visitor``: the target first (``on_enter``),
+        then, depth first, every entry the listings return."""
         self.visitor = visitor
-        on_enter = visitor.on_enter  # None: every directory is walked
-        if getattr(on_enter, "__func__", None) is Visitor.on_enter:
-            on_enter = None
-        if on_enter is not None and not on_enter(self, top, self.name, st):
+        parent = visitor.Frame(self.parent_fd, os.fstat(self.parent_fd), b"")
+        st = os.fstat(self.dir_fd)
+        self.target = visitor.Frame(self.dir_fd, st, self.name)
+        self.stack[:] = [parent, self.target]
+        self.held, self.first_open = 0, 2
+        if not visitor.on_enter(self, parent, self.name, st):
             return
-        too_deep, mnt, cancel, max_held = self.max_depth + 1, self.mnt, self.cancel, self.max_held
-        on_entry, read, open_beneath = visitor.on_entry, visitor.read, self.fs.open_beneath
         try:
-            # "while True": the loop's jump back is what lets CPython 3.11
-            # specialise this long-running frame ("while <test>" does not).
-            while True:
-                if len(stack) < 2:
-                    return
-                if cancel is not None and cancel.is_set():
+            while len(self.stack) >= 2:
+                if self.cancel is not None and self.cancel.is_set():
                     self.cancelled = True
                     return
-                f = stack[-1]
-                batch = f.batch
-                if not batch and not f.done:
+                f = self.stack[-1]  # the current directory
+                if not f.batch and not f.done:
                     if f.it is None and f.pos:
-                        self._resume(visitor, f)
+                        self._resume(f)
                     else:
-                        self._next_batch(read, f)
-                    batch = f.batch
-                kept = f.kept
-                while batch:
-                    entry = batch.pop()
-                    if kept is not None and entry.inode() in kept:
-                        continue  # left in place before this listing was resumed
-                    child = entry.bname
-                    if not on_entry(self, f, child, entry):
-                        continue
-                    if len(stack) > too_deep:  # the child's depth would be len(stack) - 1
-                        # A chain deeper than the limit is left as it is: the
-                        # state kept per level stays bounded (V1).
-                        visitor.on_too_deep(self, f, child)
-                        self.keep(f, entry.inode())
-                        continue
-                    # Entered only with open_beneath relative to the held fd
-                    # of the directory that was listed: a symlink swapped in
-                    # for a directory since the listing is refused, not
-                    # followed (ELOOP/ENOTDIR, threat model R1), and so is a
-                    # mount that appeared on it (EXDEV, M3).
-                    try:
-                        cfd = open_beneath(f.fd, child, parent_mnt=mnt)
-                    except OSError as e:
-                        if fsops.refusal(e) is not fsops.GONE:
-                            if not visitor.on_enter_failed(self, f, child, e):
-                                self.keep(f, entry.inode())
-                        continue
-                    try:
-                        cst = os.fstat(cfd)
-                        refused = on_enter is not None and not on_enter(self, f, child, cst)
-                    except BaseException:
-                        os.close(cfd)
-                        raise
-                    if refused:
-                        os.close(cfd)
-                        self.keep(f, entry.inode())
-                        continue
-                    stack.append(make(cfd, cst, child, entry.inode()))
-                    # The child's fd, and f's listing if it is still open:
-                    # f is no longer the current directory.
-                    self.held += 1 if f.it is None else 2
-                    if self.held > max_held:
-                        self._bound()
-                    break  # walk the child first
-                else:
-                    if not f.done:
-                        continue  # read the next batch
-                    parent = stack[-2]
-                    if parent.fd is None:
-                        if not self._climb(f, parent):
-                            # The branch was moved elsewhere while the
-                            # parent's fd was closed, so '..' no longer leads
-                            # to it (R2): abandon the branch, every closed
-                            # ancestor with it, rather than work in whatever
-                            # '..' is now.
-                            rel = _path(stack[:-1])
-                            os.close(stack.pop().fd)
-                            self.held -= 1
-                            while stack[-1].fd is None:
-                                stack.pop()
-                            self.first_open = len(stack)
-                            survivor = stack[-1]
-                            if survivor.it is not None:
-                                self.held -= 1  # the current directory's listing again
-                            visitor.on_abandon(self, survivor, rel)
-                            continue
-                        self.held += 1
-                        self.first_open = len(stack) - 2
-                    if visitor.on_leave(self, f, parent):
-                        # List it again, from the start: a new listing.
-                        f.pos, f.done, f.kept = 0, False, None
-                        continue
-                    stack.pop()
-                    if len(stack) >= 2:
-                        os.close(f.fd)
-                        self.held -= 1
-                        if parent.it is not None:
-                            self.held -= 1  # the current directory's listing again
+                        self._next_batch(f)
+                if self._visit_batch(f):
+                    continue  # a child was entered: it is walked first
+                if not f.done:
+                    continue  # read the next batch
+                self._leave(f)
         finally:
-            for f in stack[1:]:
+            for f in self.stack[1:]:
                 if f.it is not None:
                     f.it.close()
                     f.it = None
-            for f in stack[2:]:
+            for f in self.stack[2:]:
                 if f.fd is not None:
                     os.close(f.fd)
                     f.fd = None
 
-    def _next_batch(self, read, f):
-        """Read ``f``'s next batch into ``f.batch`` (reversed, so that it is
-        consumed in the listing's order), opening its listing first if none
-        is open; sets ``f.done`` at its end."""
-        it = f.it
-        if it is None:
+    def _visit_batch(self, f):
+        """Hand the entries of ``f``'s batch to the visitor, in the
+        listing's order, until one is entered (True: the child is the
+        current directory now) or the batch is used up (False)."""
+        # Read once for the pass, not per entry: an entry kept during this
+        # pass does not make a hard link of it further on in the same pass
+        # be passed over (the C walk looks per entry: see _cwalk.c, run).
+        kept = f.kept
+        while f.batch:
+            entry = f.batch.popleft()
+            if kept is not None and entry.inode() in kept:
+                continue  # left in place before this listing was resumed
+            if self.visitor.on_entry(self, f, entry.bname, entry) and self._enter(f, entry):
+                return True
+        return False
+
+    def _enter(self, f, entry):
+        """Open the directory ``entry`` of ``f`` and push it as the current
+        directory, unless it is too deep, cannot be opened beneath ``f``
+        or the visitor refuses it.  True when it was entered."""
+        child = entry.bname
+        if len(self.stack) - 1 > self.max_depth:  # the child's depth (the target's is 0)
+            # A chain deeper than the limit is left as it is: the state kept
+            # per level stays bounded (V13).
+            self.visitor.on_too_deep(self, f, child)
+            self.keep(f, entry.inode())
+            return False
+        # Entered only with open_beneath relative to the held fd of the
+        # directory that was listed: a symlink swapped in for a directory
+        # since the listing is refused, not followed (ELOOP/ENOTDIR, threat
+        # model R1), and so is a mount that appeared on it (EXDEV, M3).
+        try:
+            cfd = self.fs.open_beneath(f.fd, child, parent_mnt=self.mnt)
+        except OSError as e:
+            if fsops.refusal(e) is not fsops.GONE:
+                if not self.visitor.on_enter_failed(self, f, child, e):
+                    self.keep(f, entry.inode())
+            return False
+        try:
+            cst = os.fstat(cfd)
+            refused = not self.visitor.on_enter(self, f, child, cst)
+        except BaseException:
+            os.close(cfd)
+            raise
+        if refused:
+            os.close(cfd)
+            self.keep(f, entry.inode())
+            return False
+        self.stack.append(self.visitor.Frame(cfd, cst, child, entry.inode()))
+        # The child's fd, and f's listing if it is still open: f is no
+        # longer the current directory.
+        self.held += 1 if f.it is None else 2
+        if self.held > self.max_held:
+            self._bound()
+        return True
+
+    def _leave(self, f):
+        """Every entry of the current directory ``f`` was visited: reopen
+        its parent if its fd was closed (checked), ask the visitor
+        (``on_leave``), then list ``f`` again or pop it."""
+        parent = self.stack[-2]
+        if parent.fd is None:
+            if not self._climb(f, parent):
+                # The branch was moved elsewhere while the parent's fd was
+                # closed, so '..' no longer leads to it (R2): abandon the
+                # branch, every closed ancestor with it, rather than work in
+                # whatever '..' is now.
+                self._abandon_branch()
+                return
+            self.held += 1
+            self.first_open = len(self.stack) - 2
+        if self.visitor.on_leave(self, f, parent):
+            # List it again, from the start: a new listing.
+            f.pos, f.done, f.kept = 0, False, None
+            return
+        self.stack.pop()
+        if len(self.stack) >= 2:  # the target's fd is the caller's
+            os.close(f.fd)
+            self.held -= 1
+            if parent.it is not None:
+                self.held -= 1  # the current directory's listing again
+
+    def _abandon_branch(self):
+        """Drop the current directory and every ancestor whose fd is
+        closed; the deepest one still held is the current directory again."""
+        stack = self.stack
+        rel = _path(stack[:-1])
+        os.close(stack.pop().fd)
+        self.held -= 1
+        while stack[-1].fd is None:
+            stack.pop()
+        self.first_open = len(stack)
+        survivor = stack[-1]
+        if survivor.it is not None:
+            self.held -= 1  # the current directory's listing again
+        self.visitor.on_abandon(self, survivor, rel)
+
+    def _next_batch(self, f):
+        """Read ``f``'s next batch into ``f.batch``, opening its listing
+        first if none is open; sets ``f.done`` at its end."""
+        if f.it is None:
             try:
-                it = f.it = dirents.listing(f.fd)
+                f.it = dirents.listing(f.fd)
             except OSError as e:
                 f.batch, f.done = None, True
                 self.visitor.on_list_failed(self, f, e)
                 return
         # The first batch of a listing is small, each next one twice the
-        # last: a listing dropped when its fd is closed wastes at most what
-        # was visited of it.
-        n = f.pos
-        if n < FIRST_BATCH:
-            n = FIRST_BATCH
-        elif n > self.batch:
-            n = self.batch
+        # last (as many as were read before it), up to ``batch``: a listing
+        # dropped when its fd is closed wastes at most what was visited of it.
+        n = FIRST_BATCH if f.pos < FIRST_BATCH else min(f.pos, self.batch)
         try:
-            batch = read(f.fd, it, n)
+            batch = deque(islice(f.it, n))
         except OSError as e:
             f.batch = None
             self._end_listing(f)
             self.visitor.on_list_failed(self, f, e)
             return
-        got = len(batch)
-        f.pos += got
-        if got < n:  # the end (the iterator has closed itself; a visitor's read may not)
-            f.done = True
-            it.close()
-            f.it = None
-        batch.reverse()
+        f.pos += len(batch)
+        if len(batch) < n:  # the end of the listing
+            self._end_listing(f)
         f.batch = batch
 
-    def _resume(self, visitor, f):
+    def _resume(self, f):
         """``f``'s listing was dropped when its fd was closed: list it again
         from the start, passing over what the visitor says (``on_resume``),
         read in the same batches as before, so that it sees the same listing;
         what was kept (``t.keep``) is passed over as it comes."""
-        drop = visitor.on_resume(self, f)
+        drop = self.visitor.on_resume(self, f)
         if drop is None:
             f.batch, f.done = None, True
             return
         f.pos = 0
         while True:
-            self._next_batch(visitor.read, f)
-            batch = f.batch
-            if not drop or batch is None:
+            self._next_batch(f)
+            if not drop or f.batch is None:
                 return
-            if drop < len(batch):
-                del batch[len(batch) - drop:]  # reversed: the first entries are at its end
+            if drop < len(f.batch):
+                for _ in range(drop):
+                    f.batch.popleft()
                 return
-            drop -= len(batch)
-            batch.clear()
+            drop -= len(f.batch)
+            f.batch.clear()
             if f.done:
                 return
 
@@ -411,17 +408,16 @@ class Traversal:
         the current directory's listing).  A 65,536-deep chain must not
         exhaust the fd table (V1); ``_climb`` reopens them on the way back,
         checked (R2)."""
-        stack, first, held = self.stack, self.first_open, self.held
-        last = len(stack) - 1
+        current = len(self.stack) - 1
         # Down to a little below the bound: a deep chain then closes a few
         # fds at a time rather than one per directory entered.
         goal = self.max_held - self.max_held // 8
-        while held > goal and first < last:
-            f = stack[first]
+        while self.held > goal and self.first_open < current:
+            f = self.stack[self.first_open]
             if f.it is not None:
                 f.it.close()
                 f.it = None
-                held -= 1
+                self.held -= 1
             if f.batch:
                 # The rest of its batch is dropped: it will be listed again.
                 f.pos -= len(f.batch)
@@ -429,9 +425,8 @@ class Traversal:
                 f.batch = None
             os.close(f.fd)
             f.fd = None
-            held -= 1
-            first += 1
-        self.first_open, self.held = first, held
+            self.held -= 1
+            self.first_open += 1
 
     @staticmethod
     def _climb(f, parent):
