@@ -31,6 +31,7 @@ import select
 import signal
 import socket
 import struct
+import time
 import traceback
 
 __all__ = ["Call", "supervised", "share", "available", "fds_at_listings"]
@@ -239,9 +240,11 @@ def supervised(fn, on_call, syscalls=WALK_CALLS, timeout=60):
         poll.register(listener, select.POLLIN)
         poll.register(parent_sock, select.POLLIN)
         need = None
+        deadline = time.monotonic() + timeout
         while need is None or len(data) < need + 8:
-            ready = poll.poll(timeout * 1000)
-            if not ready:
+            left = deadline - time.monotonic()
+            ready = poll.poll(max(0, left) * 1000) if left > 0 else []
+            if not ready:  # (a walk that loops keeps making calls: the deadline is for the whole run)
                 raise AssertionError(f"the supervised child did not finish in {timeout} s")
             for fd, events in ready:
                 if fd == listener and events & select.POLLIN:

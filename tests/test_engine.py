@@ -575,6 +575,7 @@ def test_endless_refill_gives_up_after_max_rescans(mode, anchor):
     def refill(call):
         if removing_sub(call):
             calls.append(True)
+            assert len(calls) <= 10 * removal.MAX_RESCANS, "the walk keeps listing sub again: no bound"
             write(t / "sub" / f"late{len(calls)}")
 
     with pytest.raises(Failed) as ei:
