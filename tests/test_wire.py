@@ -1184,17 +1184,22 @@ def test_fuzz_mutated_messages(msg, ops, fix, sizes):
     _run_hostile(_mutate(encode(msg), ops, fix), sizes)
 
 
-def test_fuzz_own_messages_every_single_byte_change():
+def single_byte_changes():
     """Every byte of each of the project's messages set to each of 0, 1,
     0x7F, 0x80, 0xFF (the exhaustive small-mutation neighbourhood)."""
-    tried = 0
     for msg in OWN:
         raw = encode(msg)
         for k in range(len(raw)):
             for b in (0, 1, 0x7F, 0x80, 0xFF):
                 if raw[k] != b:
-                    _run_hostile(raw[:k] + bytes([b]) + raw[k + 1:], [len(raw)])
-                    tried += 1
+                    yield raw[:k] + bytes([b]) + raw[k + 1:]
+
+
+def test_fuzz_own_messages_every_single_byte_change():
+    tried = 0
+    for data in single_byte_changes():
+        _run_hostile(data, [len(data)])
+        tried += 1
     assert tried > 5000
 
 
@@ -1289,13 +1294,9 @@ def test_readers_agree_on_every_single_byte_change_of_our_messages():
     """Every byte of each of the project's messages set to each of 0, 1,
     0x7F, 0x80, 0xFF: the same value or the same error, each time."""
     tried = 0
-    for msg in OWN:
-        raw = encode(msg)
-        for k in range(len(raw)):
-            for b in (0, 1, 0x7F, 0x80, 0xFF):
-                if raw[k] != b:
-                    assert_readers_agree(raw[:k] + bytes([b]) + raw[k + 1:])
-                    tried += 1
+    for data in single_byte_changes():
+        assert_readers_agree(data)
+        tried += 1
     assert tried > 5000
 
 
