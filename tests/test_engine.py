@@ -564,6 +564,28 @@ def test_directory_refilled_during_walk_is_rescanned(mode, anchor):
     assert not os.path.lexists(t)
 
 
+def test_a_directory_whose_listing_fails_is_named_and_the_rest_removed(mode, anchor):
+    """The kernel fails the listing of a (EIO, chosen at its getdents64):
+    a is named with the error and left, its sibling b and b's files go."""
+    t = anchor / "t"
+    for d in ("a", "b"):
+        (t / d).mkdir(parents=True)
+        write(t / d / "f")
+    a_ino = os.stat(t / "a").st_ino
+    failed = []
+
+    def fail_a(call):
+        if call.on(a_ino, "getdents64"):
+            failed.append(True)
+            return errno.EIO
+
+    with pytest.raises(Failed) as ei:
+        syscalls.supervised(lambda: engine.cleanup(str(t), ME, threads=1), fail_a)
+    assert failed
+    assert f"{t}/a" in ei.value.message and os.strerror(errno.EIO) in ei.value.message
+    assert sorted(os.listdir(t)) == ["a"] and os.listdir(t / "a") == ["f"]
+
+
 def test_endless_refill_gives_up_after_max_rescans(mode, anchor):
     """A file appears in sub before every rmdir of it: after MAX_RESCANS
     listings again the walk gives up and names sub."""
