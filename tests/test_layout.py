@@ -42,10 +42,12 @@ def test_the_product_imports_no_dbus_library_and_only_busio_imports_wire():
     assert codec == {"locald_admin/busio.py", "locald_admin/messages.py"}
 
 
-@pytest.mark.parametrize("path", [p for p in PRODUCT if p.parts[-2] in ("mechanism", "client")], ids=rel)
-def test_mechanism_and_client_name_shared_code_by_its_full_name(path):
+@pytest.mark.parametrize("path", PRODUCT, ids=rel)
+def test_modules_import_their_own_folder_relatively_and_the_rest_by_full_name(path):
     """``from ..x`` inside mechanism/ or client/ names a folder that is not
-    the parent on disk; only same-folder relative imports are allowed."""
+    the parent on disk, and inside locald_admin/fs/ hides where it goes:
+    only same-folder relative imports are allowed, everywhere in the
+    product (docs/architecture.md, "Layout")."""
     assert all(level <= 1 for level, _ in imports(path)), rel(path)
 
 

@@ -60,7 +60,7 @@ import logging
 from dataclasses import dataclass
 from typing import Optional
 
-from .. import pathrules
+from locald_admin import pathrules
 from . import mounts, owners, procscan
 
 SUBUID = "/etc/subuid"

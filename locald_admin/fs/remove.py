@@ -29,7 +29,7 @@ import errno
 import os
 import stat
 
-from .. import pathrules
+from locald_admin import pathrules
 from . import fsops, inuse, mounts, report, split, walk
 
 MAX_NAMED_FAILURES = 5
