@@ -36,6 +36,15 @@ needs_root = pytest.mark.skipif(
     not IS_ROOT, reason="root tier: needs uid 0 (root-owned files, other users, mounts); run the suite as root")
 
 
+@pytest.fixture
+def top():
+    """A directory every user can reach (the tests' other users make and
+    remove trees in it), removed with whatever is left after the test."""
+    t = world_tmpdir()
+    yield t
+    rm_rf(t)
+
+
 @pytest.fixture(scope="session")
 def clients():
     runner = ClientRunner()

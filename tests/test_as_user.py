@@ -24,20 +24,13 @@ import pytest
 from locald_admin.client import MountPointError, as_user
 from harness import IS_ROOT
 from harness.mechanism import Mechanism
-from harness.trees import make_chain, rm_rf, snapshot, umount, world_tmpdir
+from harness.trees import make_chain, snapshot, umount
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="root tier: mounts need uid 0; run the suite as root")
 
 
 def _chown_tree(path, clients):
     subprocess.run(["chown", "-R", f"{clients.uid}:{clients.gid}", str(path)], check=True)
-
-
-@pytest.fixture
-def top():
-    t = world_tmpdir()
-    yield t
-    rm_rf(t)
 
 
 @pytest.fixture

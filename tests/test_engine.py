@@ -9,13 +9,13 @@ fallback (O_NOFOLLOW + mount ids), see the ``mode`` fixture.
 
 import errno
 import functools
-import gc
 import os
 import stat
 
 import pytest
 
 from harness import IS_ROOT, syscalls, trees
+from harness.held import open_fds
 from harness.trees import Canary, make_chain, rm_rf, write
 from locald_admin.fs import fsops, removal, walk
 from locald_admin.mechanism import engine
@@ -69,11 +69,6 @@ def make_tree(root):
     return len(snapshot(root))
 
 
-def open_fds():
-    # Collect first: sockets leaked by earlier tests' bus connections would
-    # otherwise be closed by the garbage collector in the middle of a count.
-    gc.collect()
-    return len(os.listdir("/proc/self/fd"))
 
 
 # -- ordinary removal ------------------------------------------------------------

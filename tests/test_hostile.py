@@ -44,13 +44,6 @@ def victims():
     runner.close()
 
 
-@pytest.fixture
-def top():
-    d = trees.world_tmpdir("locald-admin-hostile-")
-    yield d
-    trees.rm_rf(d)
-
-
 def project_of(top, runner, name):
     anchor = trees.make_anchor(top, runner.uid, runner.gid, name=name)
     os.chown(anchor.parent, runner.uid, runner.gid)

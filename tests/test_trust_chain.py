@@ -24,7 +24,7 @@ import pytest
 
 from harness import IS_ROOT
 from harness.mechanism import stack as mechanism_stack
-from harness.trees import make_anchor, rm_rf, snapshot, world_tmpdir, write
+from harness.trees import make_anchor, rm_rf, snapshot, write
 from harness.users import OTHER_USER, ensure_user
 from locald_admin import interface as i
 
@@ -46,13 +46,6 @@ def stack(request):
 @pytest.fixture(scope="module")
 def other():
     return ensure_user(OTHER_USER)
-
-
-@pytest.fixture
-def top():
-    t = world_tmpdir()
-    yield t
-    rm_rf(t)
 
 
 @pytest.fixture

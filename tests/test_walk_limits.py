@@ -31,44 +31,17 @@ import tracemalloc
 import pytest
 
 from harness import syscalls
+from harness import held as harness_held
+from harness.held import open_fds
 from harness.trees import Canary, make_chain, rm_rf, snapshot, write
 from locald_admin.client import as_user
 from locald_admin.fs import count, fsops, remove, report, traverse, walk
 
 
-def open_fds():
-    gc.collect()
-    return len(os.listdir("/proc/self/fd"))
-
-
-class Parent:
-    """The held parent directory of a target, as the mechanism and the
-    client hold it."""
-
-    def __init__(self, target):
-        self.target = target
-        self.name = os.fsencode(target.name)
-        self.fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-
-    def remove(self, **kw):
-        return remove.remove_entry(self.fd, self.name, str(self.target), os.getuid(), **kw)
-
-    def close(self):
-        os.close(self.fd)
-
-
 @pytest.fixture
 def parent():
-    held = []
-
-    def hold(target):
-        p = Parent(target)
-        held.append(p)
-        return p
-
-    yield hold
-    for p in held:
-        p.close()
+    with harness_held.closing(harness_held.Parent) as hold:
+        yield hold
 
 
 @pytest.fixture

@@ -10,15 +10,16 @@ forced fallback (``mode``); the mount tests need root.
 """
 
 import errno
-import gc
 import os
 import socket
 import subprocess
 
 import pytest
 
-from locald_admin.fs import count, fsops, traverse, walk
+from locald_admin.fs import fsops, traverse, walk
 from harness import syscalls
+from harness import held as harness_held
+from harness.held import open_fds
 from harness.trees import make_chain, snapshot
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (uid 0) to mount --bind / -t tmpfs")
@@ -31,45 +32,10 @@ def write(path, data=b"x"):
         f.write(data)
 
 
-def open_fds():
-    gc.collect()
-    return len(os.listdir("/proc/self/fd"))
-
-
-class Held:
-    """The fds ``count_tree``/``remove_tree`` take: the parent and the
-    target opened beneath it."""
-
-    def __init__(self, target):
-        self.name = os.fsencode(target.name)
-        self.parent_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        self.dir_fd = fsops.default().open_beneath(self.parent_fd, self.name)
-
-    def count(self, limits=walk.DEFAULT_LIMITS):
-        return count.count_tree(self.parent_fd, self.name, self.dir_fd, limits=limits)
-
-    def remove(self, limits=walk.DEFAULT_LIMITS):
-        return walk.remove_tree(self.parent_fd, self.name, self.dir_fd, limits=limits)
-
-    def close(self):
-        if self.dir_fd is not None:
-            os.close(self.dir_fd)
-            os.close(self.parent_fd)
-            self.dir_fd = self.parent_fd = None
-
-
 @pytest.fixture
 def held():
-    opened = []
-
-    def hold(target):
-        h = Held(target)
-        opened.append(h)
-        return h
-
-    yield hold
-    for h in opened:
-        h.close()
+    with harness_held.closing(harness_held.Held) as hold:
+        yield hold
 
 
 @pytest.fixture
