@@ -1,5 +1,13 @@
-"""Exceptions the client raises, one per entry of the contract's error table
-(``locald_admin.interface.ERRORS``)."""
+"""Exceptions the client raises, one class per row of the contract's error
+table (``locald_admin.interface.ERRORS``).
+
+Each class names its row (``spec``) and takes its D-Bus name, its exit code
+and its description from it, so that the table stays the one place they are
+written; ``tests/test_contract.py`` holds the classes to the table (every row
+has exactly one class here, named and based as the row says, and every class
+a row)."""
+
+from typing import ClassVar, Dict, Optional, Type
 
 from locald_admin import interface as i
 
@@ -7,34 +15,65 @@ from locald_admin import interface as i
 class CleanupError(Exception):
     """Base class of every error the mechanism reports."""
 
-    spec = None
-    dbus_name = None
-    exit_code = i.EXIT_FAILED
+    spec: ClassVar[Optional[i.ErrorSpec]] = None
+    dbus_name: ClassVar[Optional[str]] = None
+    exit_code: ClassVar[int] = i.EXIT_FAILED
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """A class that names its row (``spec``) takes the row's D-Bus name,
+        exit code and meaning, and is the one ``from_dbus`` raises for that
+        name.  A subclass that names none (a caller's own) is its parent's
+        case and changes nothing here."""
+        super().__init_subclass__(**kwargs)
+        spec = cls.__dict__.get("spec")
+        if spec is None:
+            return
+        if spec.dbus_name in _BY_NAME:
+            raise TypeError(f"{cls.__name__}: {spec.dbus_name} already has its class, "
+                            f"{_BY_NAME[spec.dbus_name].__name__}")
+        cls.dbus_name, cls.exit_code = spec.dbus_name, spec.exit_code
+        if cls.__doc__ is None:
+            cls.__doc__ = spec.meaning
+        _BY_NAME[spec.dbus_name] = cls
 
 
-_BY_NAME = {}  # D-Bus name -> class
+_BY_NAME: Dict[str, Type[CleanupError]] = {}  # D-Bus name -> class, filled as the classes below are made
 
 
-def _declare(spec):
-    """The client's class for an entry of the contract's error table: a
-    CleanupError and the table's built-in base, or a case of the class of
-    the error it refines."""
-    bases = (_BY_NAME[spec.refines.dbus_name],) if spec.refines else (CleanupError, spec.client_base)
-    cls = type(spec.client_class, bases, {
-        "spec": spec, "dbus_name": spec.dbus_name, "exit_code": spec.exit_code,
-        "__doc__": spec.meaning, "__module__": __name__})
-    _BY_NAME[spec.dbus_name] = cls
-    return cls
+# One class per row of the table, in its order.  The built-in base of each is
+# the row's client_base; a row that refines another is a case of that row's
+# class.
+
+class CleanupFailedError(CleanupError, OSError):
+    spec = i.FAILED
 
 
-CleanupFailedError = _declare(i.FAILED)
-NotAuthorizedError = _declare(i.NOT_AUTHORIZED)
-InteractiveAuthorizationRequiredError = _declare(i.INTERACTIVE_AUTH_REQUIRED)
-InvalidPathError = _declare(i.INVALID_PATH)
-OutsideScopeError = _declare(i.OUTSIDE_SCOPE)
-MountPointError = _declare(i.MOUNT_POINT)
-InUseError = _declare(i.IN_USE)
-BusyError = _declare(i.BUSY)
+class NotAuthorizedError(CleanupError, PermissionError):
+    spec = i.NOT_AUTHORIZED
+
+
+class InteractiveAuthorizationRequiredError(NotAuthorizedError):
+    spec = i.INTERACTIVE_AUTH_REQUIRED
+
+
+class InvalidPathError(CleanupError, ValueError):
+    spec = i.INVALID_PATH
+
+
+class OutsideScopeError(CleanupError, PermissionError):
+    spec = i.OUTSIDE_SCOPE
+
+
+class MountPointError(CleanupError, OSError):
+    spec = i.MOUNT_POINT
+
+
+class InUseError(CleanupError, OSError):
+    spec = i.IN_USE
+
+
+class BusyError(CleanupError, OSError):
+    spec = i.BUSY
 
 
 class MechanismUnavailable(Exception):
@@ -59,7 +98,7 @@ NO_SERVICE_ERRORS = {
 }
 
 
-def from_dbus(error_name, message):
+def from_dbus(error_name: str, message: str) -> Exception:
     """The exception for a D-Bus error reply from the mechanism."""
     if error_name in NO_SERVICE_ERRORS:
         return MechanismUnavailable(f"{error_name}: {message}")

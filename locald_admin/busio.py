@@ -23,10 +23,10 @@ is the thin I/O around it, on asyncio, and depends on no D-Bus library:
   their replies in one table; a call that times out or is cancelled leaves
   nothing behind in it; a connection that ends fails every call waiting.
 * **Serving**: method calls to ``interface.OBJECT_PATH`` on the service's
-  interface go to the service's ``dispatch``; ``Introspect``, ``Properties``
-  and ``Peer`` are answered here from ``messages``; anything else is
-  ``UnknownMethod``.  A dispatch that raises is answered with a named error,
-  never a traceback.
+  interface go to the service's ``dispatch``; ``Introspect`` and
+  ``Properties`` are answered here from ``introspection``, ``Peer`` here
+  alone; anything else is ``UnknownMethod``.  A dispatch that raises is
+  answered with a named error, never a traceback.
 """
 
 import asyncio
@@ -36,6 +36,7 @@ import os
 import socket
 
 from . import interface as i
+from . import introspection
 from . import messages as m
 from . import wire
 
@@ -423,8 +424,8 @@ class Connection:
         for a member it does not have (answered UnknownMethod); a call naming
         no interface is refused, as the bus policy refuses it.  Introspection
         of it and its ancestors is answered from the member tables
-        (``messages.introspection_xml``), Properties from
-        ``messages.properties_reply``."""
+        (``introspection.introspection_xml``), Properties from
+        ``introspection.properties_reply``."""
         self._dispatch = dispatch
 
     def _method_call(self, msg):
@@ -466,11 +467,12 @@ class Connection:
                     return None, "s", (machine,)
                 return i.ERROR_FAILED, "s", ("this machine has no machine id",)
         if self._dispatch is not None:
-            if interface == m.INTROSPECTABLE and member == "Introspect" and signature == "" and m.introspects(path):
-                return None, "s", (m.introspection_xml(path),)
+            if (interface == m.INTROSPECTABLE and member == "Introspect" and signature == ""
+                    and introspection.introspects(path)):
+                return None, "s", (introspection.introspection_xml(path),)
             if path == i.OBJECT_PATH:
                 if interface == m.PROPERTIES:
-                    return m.properties_reply(member, signature, _unwrap(msg.body))
+                    return introspection.properties_reply(member, signature, _unwrap(msg.body))
                 if interface is None:
                     # As the bus policy does (it allows only named interfaces):
                     # a call must say which interface it means.

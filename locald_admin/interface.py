@@ -57,6 +57,10 @@ class PropertySpec:
     name: str
     signature: str
     doc: str = ""
+    # Its org.freedesktop.DBus.Property.EmitsChangedSignal annotation, when
+    # not the default ("true"): "const", a value that never changes while
+    # the mechanism runs (so no PropertiesChanged is ever sent for it).
+    emits_changed_signal: Optional[str] = None
 
 
 CLEANUP = MethodSpec(
@@ -73,10 +77,11 @@ PROGRESS = SignalSpec(
     "Sent during a long Cleanup, about once a second, to the caller only (never broadcast): the entries "
     "removed so far.")
 # What a client can ask the mechanism about itself (Properties.Get/GetAll).
-VERSION = PropertySpec("Version", "s", "the mechanism's release, as locald-admin-mechanism --version shows it")
+VERSION = PropertySpec("Version", "s", "the mechanism's release, as locald-admin-mechanism --version shows it",
+                       emits_changed_signal="const")
 INTERFACE_REVISION_PROPERTY = PropertySpec(
     "InterfaceRevision", "u", "the revision of this interface: 1, raised by one for every later method, "
-    "signal, property or error, so that a client can tell what the mechanism has")
+    "signal, property or error, so that a client can tell what the mechanism has", emits_changed_signal="const")
 METHODS = (CLEANUP,)
 SIGNALS = (PROGRESS,)
 PROPERTIES = (VERSION, INTERFACE_REVISION_PROPERTY)
@@ -106,10 +111,11 @@ MAX_QUEUED_PER_UID = 128
 CLIENT_MAX_IN_FLIGHT = 64
 
 # -- the error table ------------------------------------------------------------
-# Every error of the contract, once: the mechanism's and the client's
-# exception classes are made from it (mechanism/errors.py, client/errors.py),
+# Every error of the contract, once: each row has one exception class on
+# each side, which names its row and takes its D-Bus name (and the client's
+# its exit code) from it (mechanism/errors.py, client/errors.py);
 # locald-shim's exit codes come from it, the audit record's journal priority
-# too, and the README's error table is checked against it
+# too; the classes and the README's error table are checked against it
 # (tests/test_contract.py).
 
 # syslog(3) priorities, as the journal's PRIORITY field spells them.

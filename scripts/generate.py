@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from locald_admin import __version__  # noqa: E402
 from locald_admin import interface as i  # noqa: E402
-from locald_admin import messages as m  # noqa: E402
+from locald_admin import introspection  # noqa: E402
 from locald_admin.client import shim  # noqa: E402
 from locald_admin.mechanism import audit, config, main as mechanism_main  # noqa: E402
 
@@ -131,7 +131,9 @@ def signals():
 
 
 def properties():
-    return "\n".join(f".TP\n.BI \"{p.name}\" \" {p.signature}\" \" (read-only)\"\n{esc(p.doc)}"
+    def kind(p):
+        return "read-only, constant" if p.emits_changed_signal == "const" else "read-only"
+    return "\n".join(f".TP\n.BI \"{p.name}\" \" {p.signature}\" \" ({kind(p)})\"\n{esc(p.doc)}"
                      for p in i.PROPERTIES)
 
 
@@ -225,8 +227,9 @@ def completions():
 def interface_xml():
     """The interface alone, as /usr/share/dbus-1/interfaces/ holds it."""
     return {ROOT / "data" / "dbus-1" / "interfaces" / f"{i.INTERFACE}.xml":
-            m.INTROSPECT_DOCTYPE + "<!-- Made by scripts/generate from locald_admin/interface.py: do not edit. -->\n"
-            "<node>\n" + m.interface_element() + "</node>\n"}
+            introspection.INTROSPECT_DOCTYPE
+            + "<!-- Made by scripts/generate from locald_admin/interface.py: do not edit. -->\n"
+            "<node>\n" + introspection.interface_element() + "</node>\n"}
 
 
 def outputs():

@@ -2,8 +2,6 @@
 (``locald_admin.messages``): what is sent, and what is concluded from each
 reply.  Runs anywhere."""
 
-import xml.etree.ElementTree as ET
-
 import pytest
 
 from locald_admin import interface as i
@@ -78,26 +76,3 @@ def test_authorization_decisions(body, expected):
 def test_anything_but_a_clear_answer_is_a_bad_reply(reply):
     with pytest.raises(m.BadReply):
         m.read_authorization(reply)
-
-
-def test_introspection_is_made_from_the_member_tables():
-    root = ET.fromstring(m.introspection_xml(i.OBJECT_PATH))
-    iface = root.find(f"interface[@name='{i.INTERFACE}']")
-    methods = {e.get("name"): [(a.get("name"), a.get("type"), a.get("direction")) for a in e.findall("arg")]
-               for e in iface.findall("method")}
-    assert methods == {spec.name: [(a.name, a.signature, "in") for a in spec.in_args]
-                       + [(a.name, a.signature, "out") for a in spec.out_args] for spec in i.METHODS}
-    signals = {e.get("name"): [(a.get("name"), a.get("type")) for a in e.findall("arg")]
-               for e in iface.findall("signal")}
-    assert signals == {"Progress": [("path", "s"), ("removed", "t"), ("elapsed_seconds", "d")]}
-
-
-@pytest.mark.parametrize("path, child", [("/", "org"), ("/org", "locald"), ("/org/locald", "Admin1")])
-def test_ancestors_lead_to_the_object(path, child):
-    assert m.introspects(path)
-    root = ET.fromstring(m.introspection_xml(path))
-    assert [n.get("name") for n in root.findall("node")] == [child]
-
-
-def test_other_paths_are_not_ours():
-    assert not m.introspects("/org/locald/Admin1/x") and not m.introspects("/org/loc")
