@@ -159,17 +159,24 @@ def test_a_root_made_anchor_in_the_callers_own_project_counts_as_theirs(mode, an
     assert not os.path.lexists(anchor) and anchor.parent.is_dir()
 
 
+def refused_outside_scope(anchor):
+    """Root's leftovers made in anchor/t, then the caller's Cleanup of it:
+    refused as OutsideScope with nothing changed; the refusal's message."""
+    make_root_leftovers(anchor / "t")
+    before = snapshot(anchor.parent)
+    with pytest.raises(OutsideScope) as ei:
+        engine.cleanup(str(anchor / "t"), USER)
+    assert snapshot(anchor.parent) == before
+    return ei.value.message
+
+
 @pytest.mark.parametrize("mode_bits", [0o775, 0o757, 0o1777])
 def test_a_root_made_anchor_in_a_project_others_may_write_is_outside_scope(mode, anchor, mode_bits):
     """Someone else could have put it there (or could swap it): refused."""
     runc_made_anchor(anchor)
     os.chmod(anchor.parent, mode_bits)
-    make_root_leftovers(anchor / "t")
-    before = snapshot(anchor.parent)
-    with pytest.raises(OutsideScope) as ei:
-        engine.cleanup(str(anchor / "t"), USER)
-    assert "owned by uid 0" in ei.value.message and f"{mode_bits:04o}" in ei.value.message
-    assert snapshot(anchor.parent) == before
+    message = refused_outside_scope(anchor)
+    assert "owned by uid 0" in message and f"{mode_bits:04o}" in message
 
 
 @pytest.mark.parametrize("mode_bits", [0o775, 0o2775, 0o1777])
@@ -181,23 +188,13 @@ def test_a_root_made_anchor_others_may_write_is_outside_scope(mode, anchor, mode
     runc_made_anchor(anchor)
     os.chown(anchor, 0, 4343)
     os.chmod(anchor, mode_bits)
-    make_root_leftovers(anchor / "t")
-    before = snapshot(anchor.parent)
-    with pytest.raises(OutsideScope) as ei:
-        engine.cleanup(str(anchor / "t"), USER)
-    assert f"and others may write to it (mode {mode_bits:04o})" in ei.value.message
-    assert snapshot(anchor.parent) == before
+    assert f"and others may write to it (mode {mode_bits:04o})" in refused_outside_scope(anchor)
 
 
 def test_a_root_made_anchor_in_another_users_project_is_outside_scope(mode, anchor):
     runc_made_anchor(anchor)
     os.chown(anchor.parent, OTHER, OTHER)
-    make_root_leftovers(anchor / "t")
-    before = snapshot(anchor.parent)
-    with pytest.raises(OutsideScope) as ei:
-        engine.cleanup(str(anchor / "t"), USER)
-    assert f"holding it is owned by uid {OTHER}" in ei.value.message
-    assert snapshot(anchor.parent) == before
+    assert f"holding it is owned by uid {OTHER}" in refused_outside_scope(anchor)
 
 
 def test_another_users_anchor_in_the_callers_project_stays_outside_scope(mode, anchor):
@@ -324,18 +321,23 @@ def test_bind_mount_of_a_file_inside_target(mode, anchor, canary, mounter):
     canary.check()
 
 
+def mount_on(path, kind, mounter, canary):
+    """Mount on ``path`` the canary's directory ("bind") or a fresh tmpfs
+    with a canary of its own ("tmpfs"); the Canary whose content must survive."""
+    if kind == "bind":
+        mounter.bind(canary.path, path)
+        return canary
+    mounter("-t", "tmpfs", "-o", "size=1m", "tmpfs", target=path)
+    return Canary(path)
+
+
 @pytest.mark.parametrize("kind", ["bind", "tmpfs"])
 def test_walk_refuses_to_enter_a_mount_the_precheck_missed(mode, anchor, canary, mounter, monkeypatch, kind):
     """The walk's own defence, alone: the mountinfo pre-check is blinded (as
     if the mount appeared right after it); open_beneath must still refuse to
     cross into the mount and the mounted content must survive."""
     t, mp = _tree_with_mount_inside(anchor, "x/mnt")
-    if kind == "bind":
-        mounter.bind(canary.path, mp)
-        inside = canary
-    else:
-        mounter("-t", "tmpfs", "-o", "size=1m", "tmpfs", target=mp)
-        inside = Canary(mp)
+    inside = mount_on(mp, kind, mounter, canary)
     monkeypatch.setattr(mounts, "mounts_at_or_below", lambda fd, mounts=None: [])
     with pytest.raises(MountPoint) as ei:
         engine.cleanup(str(t), USER)
@@ -364,12 +366,7 @@ def test_tmpfs_mount_inside_target(mode, anchor, mounter):
 def test_mount_at_the_target_itself(mode, anchor, canary, mounter, kind):
     t = anchor / "t"
     t.mkdir()
-    if kind == "bind":
-        mounter.bind(canary.path, t)
-        inside = canary
-    else:
-        mounter("-t", "tmpfs", "-o", "size=1m", "tmpfs", target=t)
-        inside = Canary(t)
+    inside = mount_on(t, kind, mounter, canary)
     with pytest.raises(MountPoint) as ei:
         engine.cleanup(str(t), USER)
     assert "mount point" in ei.value.message

@@ -117,6 +117,20 @@ def test_errors_reach_the_caller_and_free_the_slot():
     run(main())
 
 
+async def two_sharing_one_walk(path1, path2, entered):
+    """Two Cleanup jobs of one caller, the second submitted once the first's
+    walk has started (``entered``) and awaited until it shares that walk:
+    (engine, progress 1, progress 2, job 1, job 2)."""
+    j, eng = jobs.Jobs(max_running=4, per_uid=2), engine.Engine()
+    p1, p2 = engine.Progress(), engine.Progress()
+    uid = os.getuid()
+    first = asyncio.ensure_future(j.submit(uid, eng.cleanup, path1, uid, engine.Config(), p1))
+    await until(entered.is_set)
+    second = asyncio.ensure_future(j.submit(uid, eng.cleanup, path2, uid, engine.Config(), p2))
+    await until(lambda: eng.shared_walks == 1)
+    return eng, p1, p2, first, second
+
+
 def test_same_target_twice_shares_one_walk(tmp_path, monkeypatch):
     anchor = tmp_path / "p" / ".locald"
     (anchor / "t" / "d").mkdir(parents=True)
@@ -134,14 +148,8 @@ def test_same_target_twice_shares_one_walk(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "remove", slow_remove)
 
     async def main():
-        j, eng = jobs.Jobs(max_running=4, per_uid=2), engine.Engine()
-        p1, p2 = engine.Progress(), engine.Progress()
-        uid = os.getuid()
-        first = asyncio.ensure_future(j.submit(uid, eng.cleanup, str(anchor / "t"), uid, engine.Config(), p1))
-        await until(entered.is_set)
         # the same directory, spelled differently
-        second = asyncio.ensure_future(j.submit(uid, eng.cleanup, str(anchor) + "//t/", uid, engine.Config(), p2))
-        await until(lambda: eng.shared_walks == 1)
+        eng, p1, p2, first, second = await two_sharing_one_walk(str(anchor / "t"), str(anchor) + "//t/", entered)
         release.set()
         return await first, await second, p2.walk is p1.walk
 
@@ -174,13 +182,7 @@ def test_a_shared_walk_stops_only_when_every_caller_has_left(tmp_path, monkeypat
     monkeypatch.setattr(engine, "remove", watched_remove)
 
     async def main():
-        j, eng = jobs.Jobs(max_running=4, per_uid=2), engine.Engine()
-        p1, p2 = engine.Progress(), engine.Progress()
-        uid = os.getuid()
-        first = asyncio.ensure_future(j.submit(uid, eng.cleanup, str(anchor / "t"), uid, engine.Config(), p1))
-        await until(entered.is_set)
-        second = asyncio.ensure_future(j.submit(uid, eng.cleanup, str(anchor / "t"), uid, engine.Config(), p2))
-        await until(lambda: eng.shared_walks == 1)
+        eng, p1, p2, first, second = await two_sharing_one_walk(str(anchor / "t"), str(anchor / "t"), entered)
         p1.cancelled.set()
         n = len(seen)
         await until(lambda: len(seen) > n + 10)  # still walking
