@@ -229,10 +229,11 @@ def supervised(fn, on_call, syscalls=WALK_CALLS, timeout=60):
     data = b""
     try:
         parent_sock.settimeout(timeout)
-        msg, fds, _, _ = socket.recv_fds(parent_sock, 1024, 1)
+        msg, fds, _, _ = socket.recv_fds(parent_sock, 1, 1)  # one byte: what follows is the result's
         if not fds:
-            if msg.startswith(b"E"):
-                _skip(f"cannot install a seccomp filter with a listener: {msg[1:].decode(errors='replace')}")
+            if msg == b"E":  # the reason follows, then the child exits
+                why = b"".join(iter(lambda: parent_sock.recv(4096), b""))
+                _skip(f"cannot install a seccomp filter with a listener: {why.decode(errors='replace')}")
             raise AssertionError("the supervised child could not install its seccomp filter (see stderr)")
         listener = fds[0]
         parent_sock.setblocking(False)
