@@ -18,10 +18,20 @@ POLKIT_ACTION = "org.locald.admin1.cleanup"
 
 # -- the interface's members, once: dispatch and introspection both read them --
 
+# The Python type of a basic D-Bus type's value, as the wire codec reads it.
+PYTHON_TYPES = {"s": str, "o": str, "g": str, "b": bool, "y": int, "n": int, "q": int, "i": int, "u": int,
+                "x": int, "t": int, "d": float, "h": int}
+
+
 @dataclass(frozen=True)
 class Arg:
     name: str
     signature: str
+
+    @property
+    def python_type(self):
+        """The type of its value as the mechanism receives it (a basic type's)."""
+        return PYTHON_TYPES[self.signature]
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,17 @@ class MethodSpec:
     @property
     def in_signature(self):
         return "".join(a.signature for a in self.in_args)
+
+    def unpack(self, body):
+        """The call's arguments, in order, each checked to be of its
+        ``Arg.python_type``: what the method's handler is given.  ValueError
+        when the body does not match (the signature was checked before)."""
+        if len(body) != len(self.in_args):
+            raise ValueError(f"{self.name} takes {len(self.in_args)} arguments, got {len(body)}")
+        for arg, value in zip(self.in_args, body):
+            if type(value) is not arg.python_type:
+                raise ValueError(f"{self.name}: {arg.name} is {type(value).__name__}, not {arg.signature}")
+        return tuple(body)
 
     @property
     def out_signature(self):

@@ -1,8 +1,9 @@
 """One request, start to end, without a bus: lexical rules, scope
-resolution, mount check, deletion.  Pure file-system logic, testable alone;
-the service runs ``Engine.cleanup`` inside a scheduled job (a worker thread),
-so no path is ever resolved on the event loop (a hung FUSE mount above an
-anchor would freeze every caller).
+resolution, the one lookup of the target, mount and in-use checks,
+deletion.  Pure file-system logic, testable alone; the service runs
+``Engine.cleanup`` inside a scheduled job (a worker thread), so no path is
+ever resolved on the event loop (a hung FUSE mount above an anchor would
+freeze every caller).
 """
 
 import concurrent.futures
@@ -11,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 
 from locald_admin import pathrules
-from locald_admin.fs import fsops, report, walk
+from locald_admin.fs import report, walk
 from locald_admin.fs import remove as fsremove
 from . import scans, scope
 from .config import Config
@@ -103,27 +104,63 @@ def resolve(path, caller_uid, config=Config(), fs=None):
     return scope.resolve(parse(path), caller_uid, config, fs)
 
 
-GONE = "gone"  # identity(): the entry does not exist
+GONE = "gone"  # look_up(): the entry does not exist
 
 
-def identity(target):
-    """(st_dev, st_ino) of the resolved entry, GONE if there is no such
-    entry, or None if it cannot be looked at (a mount point, which
-    ``remove`` refuses; an error, which it reports): two requests with the
-    same caller and identity may share one walk."""
+class _ChangedType(Exception):
+    """The entry looked up was swapped for a directory before it was
+    unlinked (``fs.remove.ChangedType``): the request starts again, with a
+    new lookup and so a new identity, at most MAX_TYPE_RETRIES times."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+
+def _named(e):
+    """The mechanism's error for the removal's ``e`` (a fs.remove.RemoveError)."""
+    if isinstance(e, fsremove.Cancelled):
+        return Cancelled(e.removed)
+    if isinstance(e, fsremove.ChangedType):
+        return _ChangedType(e.message)
+    if isinstance(e, fsremove.MountInTheWay):
+        return MountPoint(e.message, removed=e.removed)
+    if isinstance(e, fsremove.InUse):
+        return InUse(e.message)
+    if isinstance(e, fsremove.Untrusted):
+        return OutsideScope(e.message)
+    return Failed(e.message, removed=e.removed)
+
+
+def look_up(target):
+    """The one lookup of the resolved target's final component, relative to
+    its held parent fd, never following a symlink nor crossing a mount
+    (``fs.remove.look_up``): kept in ``target.entry`` for ``remove``, which
+    removes that entry and never looks the name up again.  Returns its
+    (st_dev, st_ino), by which two requests of the same caller share one
+    walk: the identity of what is then removed.  GONE when there is no such
+    entry.  The anchor as target is held already (R3): its own fd's
+    identity.  Raises MountPoint for a mount point, Failed for an error
+    (closing the target)."""
     if target.anchor_fd is not None:
         st = os.fstat(target.anchor_fd)
-    else:
-        try:
-            st = target.fs.lstat_beneath(target.parent_fd, target.name)
-        except OSError as e:
-            return GONE if fsops.refusal(e) is fsops.GONE else None
-    return (st.st_dev, st.st_ino)
+        return (st.st_dev, st.st_ino)
+    try:
+        entry = fsremove.look_up(target.parent_fd, target.name, target.display, target.fs)
+    except fsremove.RemoveError as e:
+        target.close()
+        raise _named(e) from None
+    if entry is None:
+        return GONE
+    target.fds.append(entry.fd)
+    target.entry = entry
+    return entry.identity
 
 
 def remove(target, progress=None, threads=DEFAULT_WALK_THREADS, cancel=None, census=None,
            limits=walk.DEFAULT_LIMITS):
-    """Remove a resolved target; return an Outcome.  Closes it.
+    """Remove a resolved target (its final component looked up by
+    ``look_up``, or else looked up here); return an Outcome.  Closes it.
 
     ``progress``: a report.WalkResult to count into, read by another thread
     for progress reports.  ``threads``: for the target's subdirectories.
@@ -135,20 +172,12 @@ def remove(target, progress=None, threads=DEFAULT_WALK_THREADS, cancel=None, cen
     """
     try:
         removed = fsremove.remove_entry(target.parent_fd, target.name, target.display, target.caller_uid,
-                                        held_fd=target.anchor_fd, progress=progress, threads=threads,
-                                        fs=target.fs, owners=target.rule, cancel=cancel,
+                                        held_fd=target.anchor_fd, entry=target.entry, progress=progress,
+                                        threads=threads, fs=target.fs, owners=target.rule, cancel=cancel,
                                         keep_dir=target.keep_anchor, census=census, limits=limits)
         return Outcome(removed, {"anchor_kept": "yes"} if target.keep_anchor else {})
-    except fsremove.Cancelled as e:
-        raise Cancelled(e.removed) from None
-    except fsremove.MountInTheWay as e:
-        raise MountPoint(e.message, removed=e.removed) from None
-    except fsremove.InUse as e:
-        raise InUse(e.message) from None
-    except fsremove.Untrusted as e:
-        raise OutsideScope(e.message) from None
     except fsremove.RemoveError as e:
-        raise Failed(e.message, removed=e.removed) from None
+        raise _named(e) from None
     finally:
         target.close()
 
@@ -156,21 +185,26 @@ def remove(target, progress=None, threads=DEFAULT_WALK_THREADS, cancel=None, cen
 def cleanup(path, caller_uid, config=Config(), progress=None, threads=DEFAULT_WALK_THREADS, fs=None,
             limits=walk.DEFAULT_LIMITS):
     """Remove ``path`` on behalf of ``caller_uid``; return entries removed.
+    The service's sequence (``Engine.cleanup``) without a service.
 
     ``config``: the administrator's configuration (roots, owner rule).
-    ``limits``: the walk's (``walk.Limits``).  A target that does not exist
-    is success with 0 removed.
+    ``progress``: a report.WalkResult to count into.  ``limits``: the
+    walk's (``walk.Limits``).  A target that does not exist is success with
+    0 removed.
     """
-    target = resolve(path, caller_uid, config, fs)
-    return 0 if target is None else remove(target, progress, threads, limits=limits).removed
+    request = Progress()
+    if progress is not None:
+        request.walk = progress
+    return Engine(threads, fs, limits).cleanup(path, caller_uid, config, request).removed
 
 
 class Engine:
     """The requests of one running service: each one's sequence, and which
     of them share a walk.
 
-    Two concurrent requests of the same uid for the same resolved target
-    (same st_dev, st_ino) share one walk: the second waits for the first's
+    Two concurrent requests of the same uid for the same target (the same
+    st_dev, st_ino of the entry looked up, ``look_up``, which is the entry
+    then removed) share one walk: the second waits for the first's
     result instead of racing it through the same tree.  A shared walk stops
     only when every request sharing it was cancelled (its caller left the
     bus); a request whose caller is still there and that finds the walk it
@@ -189,6 +223,16 @@ class Engine:
     def cleanup(self, path, uid, config, progress):
         """Cleanup(path) for ``uid``, in a worker thread; returns an Outcome
         or raises a MechanismError, or Cancelled."""
+        for _ in range(fsremove.MAX_TYPE_RETRIES):
+            try:
+                return self._once(path, uid, config, progress)
+            except _ChangedType as e:
+                changed = e  # look it up again: a new entry, a new identity
+        raise Failed(changed.message)
+
+    def _once(self, path, uid, config, progress):
+        """One attempt: resolve the scope, look the target up, then remove
+        it or wait for the walk of the same identity already under way."""
         while True:
             if progress.cancelled.is_set():
                 raise Cancelled(0)  # the caller left before its turn came
@@ -196,15 +240,12 @@ class Engine:
             target = resolve(path, uid, config, self.fs)
             if target is None:
                 return Outcome(0)
-            ident = identity(target)
+            ident = look_up(target)
             if ident is GONE:
                 # Nothing there when we looked: success, as when it was
-                # missing above the target (one lookup, not a second in remove).
+                # missing above the target.
                 target.close()
                 return Outcome(0)
-            if ident is None:
-                return remove(target, progress.walk, self.walk_threads, progress.cancelled, progress.census,
-                              self.limits)
             key = (uid,) + ident
             with self._lock:
                 shared = self._shared.get(key)

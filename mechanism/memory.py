@@ -13,8 +13,8 @@ page wherever it lies.  After every attack of threat-model V17 at once the
 service stayed 5.7-13 MiB above its idle size with pymalloc, 3.2-3.5 MiB
 with malloc (the Python objects still alive were 83 kB: tracemalloc), at
 the same idle size.  ``trim`` asks
-glibc to return free heap pages (``malloc_trim(0)``); the service calls it
-once it has been idle for ``TRIM_AFTER`` seconds.  ``one_arena`` (called
+glibc to return free heap pages (``malloc_trim(0)``); ``IdleTrim`` calls it
+once the service has been idle for ``TRIM_AFTER`` seconds.  ``one_arena`` (called
 once at start, before any thread) makes every thread allocate from glibc's
 one main arena: with an arena per worker thread, what a walk in one thread
 freed stayed mapped there (4 MiB after a 65,536-deep walk, against under
@@ -22,11 +22,13 @@ freed stayed mapped there (4 MiB after a 65,536-deep walk, against under
 Elsewhere (musl, no glibc) both do nothing.
 """
 
+import asyncio
 import ctypes
 import ctypes.util
 import gc
 import os
 import sys
+import time
 
 TRIM_AFTER = 1.0  # seconds without a call in flight
 
@@ -104,3 +106,33 @@ def trim():
     lib = _glibc()
     if lib is not None:
         lib.malloc_trim(0)
+
+
+class IdleTrim:
+    """``trim`` once nothing has been in flight for ``after`` seconds, so
+    that the memory of a big walk or a flood goes back to the system once
+    things have been quiet for a moment.  ``busy()`` says whether a call is
+    in flight; ``idle()`` is told when the last one ended.  One timer, moved
+    on while calls keep coming (not one per call)."""
+
+    def __init__(self, busy, after=TRIM_AFTER):
+        self._busy = busy
+        self._after = after
+        self._since = time.monotonic()  # when the service last became idle
+        self._timer = None
+
+    def idle(self):
+        """The last call in flight has ended (on the event loop)."""
+        self._since = time.monotonic()
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._after, self._fire)
+
+    def _fire(self):
+        self._timer = None
+        if self._busy():
+            return  # the last of those calls calls idle() again
+        remaining = self._since + self._after - time.monotonic()
+        if remaining > 0:
+            self._timer = asyncio.get_running_loop().call_later(remaining, self._fire)
+        else:
+            trim()

@@ -18,6 +18,7 @@ from typing import List, Optional
 
 from locald_admin import pathrules
 from locald_admin.fs import fsops, owners
+from locald_admin.fs import remove as fsremove
 from .config import Config
 from .errors import Failed, MountPoint, OutsideScope
 
@@ -37,6 +38,10 @@ class Target:
     # entry is never looked up by name again (that lookup could find another
     # directory swapped in after the check).
     anchor_fd: Optional[int] = None
+    # Otherwise, once looked up (``engine.look_up``, the one lookup of the
+    # final component): the entry that is removed, and whose identity the
+    # walks are shared by.  Its fd is in ``fds``.
+    entry: Optional[fsremove.Entry] = None
     fs: fsops.Fs = field(default_factory=fsops.default)  # how it was opened, and is to be removed
     caller_uid: int = -1  # whose request it is (their containers count for the in-use check)
     # The anchor as target, in a directory where someone else could swap it

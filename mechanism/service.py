@@ -1,26 +1,36 @@
 """The service: receive method calls, authorize, run them off the loop, reply.
 
 The interface's members are declared once, in ``locald_admin.interface``
-(names, arguments, polkit action); ``METHODS`` below binds each to what it
-does, and that one table drives dispatch here and introspection in
-``busio``/``messages``.
+(names, typed arguments, polkit action); ``METHODS`` below binds each to its
+handler, and that one table drives dispatch here (introspection reads the
+interface's own tables).
 
-Per call: the size of the argument (on arrival: nothing is asked of anyone
-for an oversized one) -> sender (from the message header) -> uid and pid
-(from the bus daemon, never from arguments) -> the caller's queue bound
-(Busy) -> polkit for the method's action -> the operation, which queues the
-work (``jobs``) for the engine in a worker thread -> reply -> one audit
-record.  Every exception becomes a named D-Bus error with a one-line
-message, never a traceback.  A caller that leaves the bus (the daemon's
-NameOwnerChanged) has its polkit checks and queued requests cancelled and
-its walks stopped; the record then says ``result=cancelled``.
+A call's way through, one job per function:
+
+* ``dispatch``: the method by name, its signature checked and its arguments
+  unpacked by its spec (``MethodSpec.unpack``); the call counted in flight
+  (``callers.Callers``) and served in a task of its own;
+* ``_serve``: the handler, then one audit record (``_record``) and the
+  reply (``_answer``); every exception becomes a named D-Bus error with a
+  one-line message (``_outcome``), never a traceback;
+* the handler, as hostnamed's are: its arguments read (handed to it) ->
+  validated (Cleanup: the path's size, on arrival: nothing is asked of
+  anyone for an oversized one) -> authorized (``_authorize``: uid and pid
+  from the bus daemon, never from arguments -> the uid's queue bound (Busy)
+  -> polkit for the method's action) -> acted on (Cleanup: ``_remove``
+  queues the work, ``jobs``, for the engine in a worker thread: resolve the
+  scope, check it is not in use, remove) -> its reply body.
+
+A caller that leaves the bus (the daemon's NameOwnerChanged) has its polkit
+checks and queued requests cancelled and its walks stopped; the record then
+says ``result=cancelled``.
 """
 
 import asyncio
 import collections
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from locald_admin import interface as i
@@ -30,8 +40,9 @@ from locald_admin.fs import fsops
 from .config import ConfigError
 from . import memory
 from .audit import RESULT_CANCELLED, RESULT_OK, Recorder
-from .engine import Cancelled, Engine, Flag, Progress
-from .errors import Busy, Failed, InvalidPath, MechanismError, NotAuthorized
+from .callers import Callers
+from .engine import Cancelled, Engine, Progress
+from .errors import Failed, InvalidPath, MechanismError, NotAuthorized
 from .jobs import Jobs
 from .polkit import Authority
 from .settings import Settings
@@ -50,25 +61,27 @@ class Caller:
 
 @dataclass(frozen=True)
 class Method:
-    """A member of the interface and the coroutine method of CleanupService
-    that performs it: ``run(service, caller, incoming, request, start)``
-    returns (entries removed, reply body, extra audit fields)."""
+    """A member of the interface and its handler, a coroutine method of
+    CleanupService: ``handler(service, request, *arguments)``, the
+    arguments unpacked by ``spec``, returns (reply body, entries removed)
+    and puts what else the audit record says in ``request.fields`` and
+    ``request.notes``.  ``too_big(service, request, size)`` refuses, in the
+    method's own words, a call whose body busio did not read (over
+    ``wire.MAX_INCOMING``): it has no arguments to hand over."""
 
     spec: i.MethodSpec
-    run: Callable
+    handler: Callable
+    too_big: Callable
 
 
-@dataclass(eq=False)
-class Request:
-    """A call being served, from arrival to reply.  ``cancelled`` is set
-    when the caller leaves the bus (the walk reads it from its thread);
-    ``running`` once its job has a worker (from then on the task is not
-    cancelled: the walk stops itself and the record says how far it got)."""
+@dataclass(frozen=True)
+class Ending:
+    """How a call ended: its result for the record, the entries removed,
+    and its reply (``(send, args)``; None: nobody is left to answer)."""
 
-    sender: str
-    task: Optional[asyncio.Task] = None
-    cancelled: Flag = field(default_factory=Flag)
-    running: bool = False
+    result: str
+    removed: int
+    reply: Optional[tuple]
 
 
 class _Repeating:
@@ -99,16 +112,13 @@ class CleanupService:
         # A Config, or the ConfigError that made the configuration unusable:
         # then every call fails closed, naming the problem.
         self.config = config
-        self.in_flight = 0
         self.unsent = 0  # replies the bus connection could not take
-        self.last_done = time.monotonic()
         self._tasks = set()
         self._creds = collections.OrderedDict()  # unique name -> (uid, pid), LRU
-        self._queued = collections.Counter()  # uid -> requests past the credentials step
-        self._requests = {}  # unique name -> set of its Requests in flight
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._trim = None  # the pending return of freed memory (memory.trim) once idle
+        # The calls in flight by caller; once none is, the memory of a big
+        # walk or a flood goes back to the system after a quiet moment.
+        self._trim = memory.IdleTrim(busy=lambda: self.callers.in_flight > 0)
+        self.callers = Callers(settings.max_queued_per_uid, on_idle=self._trim.idle)
 
     async def start(self):
         """Serve the object, and learn from the bus daemon when a caller
@@ -119,22 +129,28 @@ class CleanupService:
             raise BusError(f"cannot watch callers leaving the bus: {reply.error_name}")
         self.bus.serve(self.dispatch)
 
-    # -- dispatch ---------------------------------------------------------
+    # -- a call's way through ---------------------------------------------
     def dispatch(self, call):
         """Take a call to our object; False for a member we do not have."""
         method = METHODS.get(call.member)
         if method is None:
             return False
-        if not call.oversized and call.signature != method.spec.in_signature:
-            self._spawn(self.bus.reply_error(
-                call, messages.INVALID_ARGS,
-                f"{method.spec.name} takes signature '{method.spec.in_signature}', got '{call.signature}'"))
-            return True
-        self.in_flight += 1
-        self._idle.clear()
-        request = Request(call.sender)
-        self._requests.setdefault(call.sender, set()).add(request)
-        request.task = self._spawn(self._serve(method, call, request))
+        if call.oversized:  # its body was dropped unread (V11): nothing to unpack
+            handle = (method.too_big, call.oversized)
+        else:
+            try:
+                if call.signature != method.spec.in_signature:
+                    raise ValueError(f"{method.spec.name} takes signature '{method.spec.in_signature}', "
+                                     f"got '{call.signature}'")
+                handle = (method.handler, *method.spec.unpack(call.body))
+            except ValueError as e:
+                self._spawn(self.bus.reply_error(call, messages.INVALID_ARGS, str(e)))
+                return True
+        request = self.callers.begin(call)
+        request.task = self._spawn(self._serve(request, method.spec, *handle))
+        # Its bookkeeping ends with its task, even one cancelled (its caller
+        # gone) before it ever ran.
+        request.task.add_done_callback(lambda _: self.callers.end(request))
         return True
 
     def _spawn(self, coro):
@@ -143,94 +159,63 @@ class CleanupService:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _serve(self, method, call, request):
-        start = time.monotonic()
-        path = call.body[0] if call.body else ""
-        uid = pid = "-"
-        result, removed, note = RESULT_OK, 0, {}
-        counted = None
-        reply = None
-        try:
-            try:
-                # 1. On arrival, before anything is asked of anyone: an
-                #    argument over the contract's size says nothing about the
-                #    file system, and a big one costs memory everywhere it
-                #    goes (polkit, Progress, the log).
-                if call.oversized:
-                    note = {"message_bytes": call.oversized}
-                    raise InvalidPath(f"the call is {call.oversized} bytes long; a path is at most "
-                                      f"{i.MAX_PATH_BYTES} bytes")
-                size = len(path.encode("utf-8", "surrogatepass"))
-                if size > i.MAX_PATH_BYTES:
-                    path = ""
-                    note = {"path_bytes": size}
-                    raise InvalidPath(f"the path is {size} bytes long; at most {i.MAX_PATH_BYTES} are accepted")
-                uid, pid = await self._credentials(call.sender)
-                caller = Caller(call.sender, uid, pid)
-                # 2. One user's flood queues at most this many requests: past
-                #    it they are told to come back, before polkit is asked.
-                if self._queued[uid] >= self.settings.max_queued_per_uid:
-                    raise Busy(f"uid {uid} already has {self._queued[uid]} requests queued; try again later")
-                self._queued[uid] += 1
-                counted = uid
-                await self.authority.authorize(call.sender, uid, method.spec.action, call.allow_interactive,
-                                               self.settings.polkit_timeout_for(call.allow_interactive),
-                                               gone=request.cancelled)
-                if request.cancelled.is_set():
-                    raise asyncio.CancelledError()  # it left as polkit said yes
-                removed, body, note = await method.run(self, caller, call, request, start)
-                reply = (self.bus.reply, (call, method.spec.out_signature, body))
-            except MechanismError as e:
-                result, removed = e.dbus_name, e.removed
-                reply = (self.bus.reply_error, (call, e.dbus_name, e.message))
-            except Cancelled as e:  # the caller left while its walk ran: nobody to answer
-                result, removed = RESULT_CANCELLED, e.removed
-            except asyncio.CancelledError:  # it left while waiting for polkit or for a worker
-                result = RESULT_CANCELLED
-            except Exception:
-                log.exception("internal error while serving %s", call.sender)
-                result = i.ERROR_FAILED
-                reply = (self.bus.reply_error, (call, i.ERROR_FAILED, "internal error in locald-admin; see its log"))
-            self.recorder.record(sender=call.sender, uid=uid, pid=pid, path=path, result=result, removed=removed,
-                                 duration_ms=round((time.monotonic() - start) * 1000, 3), **note)
-            if reply is not None:
-                send, args = reply
-                try:
-                    await send(*args)
-                except BusError as e:  # the connection is gone; main() notices
-                    self.unsent += 1
-                    if self.bus.connected:
-                        log.warning("could not send the reply to %s: %s", call.sender, e)
-        finally:
-            if counted is not None:
-                self._queued[counted] -= 1
-                if not self._queued[counted]:
-                    del self._queued[counted]
-            mine = self._requests.get(call.sender)
-            if mine is not None:
-                mine.discard(request)
-                if not mine:
-                    del self._requests[call.sender]
-            self.in_flight -= 1
-            self.last_done = time.monotonic()
-            if self.in_flight == 0:
-                self._idle.set()
-                # Give the memory of a big walk or a flood back to the
-                # system once things have been quiet for a moment.
-                if self._trim is None:
-                    self._trim = asyncio.get_running_loop().call_later(memory.TRIM_AFTER, self._trim_when_idle)
+    async def _serve(self, request, spec, handler, *args):
+        """The handler, then the call's audit record and its answer."""
+        outcome = await self._outcome(request, spec, handler(self, request, *args))
+        self._record(request, outcome)
+        await self._answer(request, outcome)
 
-    def _trim_when_idle(self):
-        """memory.trim once nothing has been in flight for TRIM_AFTER s.
-        One timer, moved on while calls keep coming (not one per call)."""
-        self._trim = None
-        if self.in_flight:
-            return  # the last of those calls schedules it again
-        remaining = self.last_done + memory.TRIM_AFTER - time.monotonic()
-        if remaining > 0:
-            self._trim = asyncio.get_running_loop().call_later(remaining, self._trim_when_idle)
-        else:
-            memory.trim()
+    async def _outcome(self, request, spec, handling):
+        """How ``handling`` (the handler's coroutine) ends, as an Ending:
+        every exception a named error with a one-line message (V7)."""
+        call = request.call
+        try:
+            body, removed = await handling
+            return Ending(RESULT_OK, removed, (self.bus.reply, (call, spec.out_signature, body)))
+        except MechanismError as e:
+            return Ending(e.dbus_name, e.removed, (self.bus.reply_error, (call, e.dbus_name, e.message)))
+        except Cancelled as e:  # the caller left while its walk ran: nobody to answer
+            return Ending(RESULT_CANCELLED, e.removed, None)
+        except asyncio.CancelledError:  # it left while waiting for polkit or for a worker
+            return Ending(RESULT_CANCELLED, 0, None)
+        except Exception:
+            log.exception("internal error while serving %s", call.sender)
+            return Ending(i.ERROR_FAILED, 0, (self.bus.reply_error, (call, i.ERROR_FAILED,
+                                                                      "internal error in locald-admin; see its log")))
+
+    def _record(self, request, outcome):
+        """One audit record per call, however it ended."""
+        self.recorder.record(sender=request.sender, uid=request.uid, pid=request.pid, **request.fields,
+                             result=outcome.result, removed=outcome.removed,
+                             duration_ms=round((time.monotonic() - request.start) * 1000, 3), **request.notes)
+
+    async def _answer(self, request, outcome):
+        """Send the reply, if anyone is left to take it."""
+        if outcome.reply is None:
+            return
+        send, args = outcome.reply
+        try:
+            await send(*args)
+        except BusError as e:  # the connection is gone; main() notices
+            self.unsent += 1
+            if self.bus.connected:
+                log.warning("could not send the reply to %s: %s", request.sender, e)
+
+    async def _authorize(self, request, action):
+        """The Caller, once it may have ``action`` done: who it is, from the
+        bus daemon (A1: never from the arguments); a place in its uid's
+        queue (V12: Busy past the bound, before polkit is asked); polkit's
+        yes (A3, A5: asked before anything touches the file system, and
+        anything but a clear yes is NotAuthorized)."""
+        call = request.call
+        request.uid, request.pid = await self._credentials(request.sender)
+        self.callers.queue(request)
+        await self.authority.authorize(request.sender, request.uid, action, call.allow_interactive,
+                                       self.settings.polkit_timeout_for(call.allow_interactive),
+                                       gone=request.cancelled)
+        if request.cancelled.is_set():
+            raise asyncio.CancelledError()  # it left as polkit said yes
+        return Caller(request.sender, request.uid, request.pid)
 
     # -- callers leaving ----------------------------------------------------
     def _on_signal(self, signal):
@@ -243,31 +228,58 @@ class CleanupService:
         and queued requests are cancelled, its walks told to stop (a walk
         shared with a caller still there goes on)."""
         self._creds.pop(name, None)
-        for request in self._requests.get(name, ()):
+        for request in self.callers.of(name):
             request.cancelled.set()
             if not request.running:
                 request.task.cancel()
 
-    # -- the methods ----------------------------------------------------------
-    async def _cleanup(self, caller, call, request, start):
+    # -- the methods: read -> validate -> authorize -> act -> reply ------------
+    async def cleanup(self, request, path):
+        """Cleanup(s path) -> ()."""
+        # Validate, on arrival, before anything is asked of anyone (V11): a
+        # path over the contract's size says nothing about the file system,
+        # and a big one costs memory everywhere it goes (polkit, Progress,
+        # the log); the record carries its size, not the path.
+        size = len(path.encode("utf-8", "surrogatepass"))
+        if size > i.MAX_PATH_BYTES:
+            request.fields["path"] = ""
+            request.notes["path_bytes"] = size
+            raise InvalidPath(f"the path is {size} bytes long; at most {i.MAX_PATH_BYTES} are accepted")
+        request.fields["path"] = path
+        caller = await self._authorize(request, i.CLEANUP.action)
+        outcome = await self._remove(caller, path, request)
+        request.notes.update(outcome.notes)
+        return (), outcome.removed
+
+    async def cleanup_too_big(self, request, size):
+        """A Cleanup call of ``size`` bytes, over what busio reads of a
+        message (V11): its path was dropped unread, and it is refused before
+        anything is asked of anyone."""
+        request.fields["path"] = ""
+        request.notes["message_bytes"] = size
+        raise InvalidPath(f"the call is {size} bytes long; a path is at most {i.MAX_PATH_BYTES} bytes")
+
+    async def _remove(self, caller, path, request):
+        """Cleanup's act: ``path`` removed for ``caller`` by the engine, in a
+        worker thread of ``jobs`` (the scope resolved, the in-use check made
+        on a census shared with the requests waiting for one, the walk), with
+        Progress meanwhile; the engine's Outcome."""
         config = self.config
-        if isinstance(config, ConfigError):
+        if isinstance(config, ConfigError):  # S10: a broken configuration fails every call closed
             raise Failed(f"locald-admin is not configured correctly: {config}")
-        path = call.body[0]
         ticket = self.engine.scans.ticket(caller.uid)
         progress = Progress(request.cancelled, ticket.census)
-        reports = self._report_progress(caller.name, path, progress, start)
+        reports = self._report_progress(caller.name, path, progress, request.start)
 
         def started():
             request.running = True
 
         try:
-            outcome = await self.jobs.submit(caller.uid, self.engine.cleanup, path, caller.uid, config, progress,
-                                             on_start=started)
+            return await self.jobs.submit(caller.uid, self.engine.cleanup, path, caller.uid, config, progress,
+                                          on_start=started)
         finally:
             reports.cancel()
             ticket.close()
-        return outcome.removed, (), outcome.notes
 
     def _report_progress(self, sender, path, progress, start):
         """Every progress_interval, tell the caller (only the caller: paths
@@ -312,18 +324,18 @@ class CleanupService:
     async def wait_idle(self, idle_timeout):
         """Return once no call has been in flight for ``idle_timeout`` s."""
         while True:
-            await self._idle.wait()
-            remaining = self.last_done + idle_timeout - time.monotonic()
-            if remaining <= 0 and self.in_flight == 0:
+            await self.callers.idle.wait()
+            remaining = self.callers.last_done + idle_timeout - time.monotonic()
+            if remaining <= 0 and self.callers.in_flight == 0:
                 return
             await asyncio.sleep(max(remaining, 0.05))
 
     async def drain(self):
         """Wait until every call already received has been answered."""
-        await self._idle.wait()
+        await self.callers.idle.wait()
 
 
-# The interface's methods, each bound to what performs it.
+# The interface's methods, each bound to its handler.
 METHODS = {m.spec.name: m for m in (
-    Method(i.CLEANUP, CleanupService._cleanup),
+    Method(i.CLEANUP, CleanupService.cleanup, CleanupService.cleanup_too_big),
 )}

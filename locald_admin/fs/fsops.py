@@ -144,6 +144,33 @@ class Fs:
             return _raw_openat2(dirfd, relpath, PATH_FLAGS, RESOLVE_NO_MAGICLINKS)
         return os.open(relpath, PATH_FLAGS, dir_fd=dirfd)
 
+    def open_entry(self, dirfd, name, parent_mnt=None):
+        """An O_PATH fd of the single entry ``name`` of ``dirfd``, whatever it
+        is, never following it (a symlink gives the link itself) and refusing
+        (EXDEV) a mount point.
+
+        Nothing is asked of the file system the entry is: the entry is opened
+        O_PATH without crossing a mount (openat2's RESOLVE_NO_XDEV stops
+        before the mounted file system; the fallback compares mount ids from
+        fdinfo), so a hung FUSE daemon mounted there cannot hang us.  The fd
+        pins that one inode: ``fstat`` it, or ``reopen_dir`` a directory,
+        without looking the name up again.
+        """
+        if self.openat2:
+            return _raw_openat2(dirfd, name, ENTRY_FLAGS, BENEATH)
+        if b"/" in name or name in (b".", b".."):
+            raise OSError(errno.EXDEV, "not a single component", name)
+        fd = os.open(name, ENTRY_FLAGS, dir_fd=dirfd)
+        try:
+            if parent_mnt is None:
+                parent_mnt = mount_id(dirfd)
+            if mount_id(fd) != parent_mnt:
+                raise OSError(errno.EXDEV, "is a mount point", name)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def lstat_beneath(self, dirfd, name, parent_mnt=None):
         """``lstat`` of the single entry ``name`` of ``dirfd``, refusing (EXDEV)
         to look at a mount point.
@@ -151,24 +178,21 @@ class Fs:
         A plain ``fstatat`` of a mount point reports the root of the mounted file
         system, which means asking that file system: a hung FUSE daemon would
         hang us.  Here the entry is opened O_PATH without crossing the mount
-        (openat2's RESOLVE_NO_XDEV stops before the mounted file system; the
-        fallback compares mount ids from fdinfo before any stat).
+        (``open_entry``) and that fd is ``fstat``ed.
         """
-        if self.openat2:
-            fd = _raw_openat2(dirfd, name, ENTRY_FLAGS, BENEATH)
-        else:
-            if b"/" in name or name in (b".", b".."):
-                raise OSError(errno.EXDEV, "not a single component", name)
-            fd = os.open(name, ENTRY_FLAGS, dir_fd=dirfd)
+        fd = self.open_entry(dirfd, name, parent_mnt)
         try:
-            if not self.openat2:
-                if parent_mnt is None:
-                    parent_mnt = mount_id(dirfd)
-                if mount_id(fd) != parent_mnt:
-                    raise OSError(errno.EXDEV, "is a mount point", name)
             return os.fstat(fd)
         finally:
             os.close(fd)
+
+    @staticmethod
+    def reopen_dir(path_fd, flags=DIR_FLAGS):
+        """The directory an O_PATH fd (``open_entry``'s) holds, opened for
+        reading: through ``/proc/self/fd``, which reopens exactly that inode
+        on that mount, with the permission check of a plain open and no
+        lookup of any name (the entry cannot have been swapped meanwhile)."""
+        return os.open(f"/proc/self/fd/{path_fd}", flags & ~os.O_NOFOLLOW)
 
     def open_beneath(self, dirfd, name, flags=DIR_FLAGS, parent_mnt=None):
         """Open the single component ``name`` relative to ``dirfd``.

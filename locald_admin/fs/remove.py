@@ -8,13 +8,16 @@ Shared by both sides, so that both hold the same standard:
   (``client/cleanup.py``), where ``shutil.rmtree`` would walk into a
   container's bind mount and delete the user's own files through it.
 
-``remove_entry(parent_fd, name, ...)`` looks at ``name`` in the held
-``parent_fd`` without following it or crossing a mount.  A file, symlink,
-fifo, socket or device node is unlinked.  A directory is opened beneath its
-parent, every mount at or below it is looked up in this process' mount table
-and, if there is one, the request is refused before anything is deleted; then
-the fd-anchored walk (``walk.remove_tree``, after the parallel split of
-``split.py``) removes it.
+``look_up(parent_fd, name, ...)`` looks the final component up, once: an
+O_PATH fd of ``name`` in the held ``parent_fd``, opened without following it
+or crossing a mount, and its ``fstat`` (an ``Entry``; its identity is what
+the mechanism shares walks by).  ``remove_entry`` removes that entry (or
+looks it up itself): a file, symlink, fifo, socket or device node is
+unlinked; a directory is opened for reading from the entry's own fd (never
+by name again), every mount at or below it is looked up in this process'
+mount table and, if there is one, the request is refused before anything is
+deleted; then the fd-anchored walk (``walk.remove_tree``, after the parallel
+split of ``split.py``) removes it.
 
 With a trust rule (``owners.OwnerRule``: the mechanism's), a target directory
 the rule does not trust is refused (``Untrusted``) and an untrusted directory
@@ -65,6 +68,13 @@ class Untrusted(RemoveError):
     not let root enter for this caller: refused before deleting anything."""
 
 
+class ChangedType(RemoveError):
+    """The entry looked up was a non-directory, but its name held a
+    directory when it was unlinked: someone swapped it meanwhile.  Nothing
+    was removed; a new lookup may try again (``remove_entry`` does, at most
+    MAX_TYPE_RETRIES times, when it made the lookup itself)."""
+
+
 class Cancelled(RemoveError):
     """``cancel`` was set: the removal stopped where it was, ``removed``
     entries removed; the rest is left as it was (a later call goes on)."""
@@ -82,14 +92,61 @@ class RemoveFailed(RemoveError):
         self.failures = list(failures)
 
 
+class Entry:
+    """The final component, looked up once (``look_up``): ``fd``, an O_PATH
+    fd of the entry itself (never followed, not across a mount), and ``st``,
+    its ``fstat``.  ``identity`` (st_dev, st_ino) is that of what
+    ``remove_entry`` then removes: a directory through this fd, anything
+    else by its name.  Whoever looked it up closes it."""
+
+    __slots__ = ("fd", "st")
+
+    def __init__(self, fd, st):
+        self.fd = fd
+        self.st = st
+
+    @property
+    def identity(self):
+        return (self.st.st_dev, self.st.st_ino)
+
+    def close(self):
+        os.close(self.fd)
+
+
+def look_up(parent_fd, name, shown, fs=None):
+    """The entry ``name`` of the held ``parent_fd``, looked up once,
+    relative to that fd (no path is resolved again): an ``Entry``, or None
+    when there is none.  ``name`` is opened O_PATH without following it (S4:
+    a symlink is the link itself, never its target) and without crossing a
+    mount (M2, M6: a mount point is refused unlooked-at, ``MountInTheWay``).
+    Raises RemoveError."""
+    fs = fsops.default() if fs is None else fs
+    try:
+        fd = fs.open_entry(parent_fd, name)
+    except OSError as e:
+        if fsops.refusal(e) is fsops.GONE:
+            return None
+        raise _open_error(shown, e) from None
+    try:
+        return Entry(fd, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None, threads=1, fs=None,
-                 owners=None, cancel=None, keep_dir=False, census=None, limits=walk.DEFAULT_LIMITS):
+                 owners=None, cancel=None, keep_dir=False, census=None, limits=walk.DEFAULT_LIMITS, entry=None):
     """Remove the entry ``name`` of ``parent_fd``; return entries removed.
 
     ``shown``: the entry's path for messages.  ``caller_uid``: whose
     containers count for the in-use check (``inuse.py``).  ``held_fd``: an already open,
     checked fd of the directory ``name`` (the mechanism's anchor), used
-    instead of looking the name up again.  ``progress``: a report.WalkResult
+    instead of looking the name up again.  ``entry``: the ``Entry`` of
+    ``name`` (``look_up``), whose identity the caller went by: that entry is
+    removed, never a second lookup of the name (if its name no longer holds
+    it, ``ChangedType``); the caller closes it.  Without either, the name is
+    looked up here (again after a ``ChangedType``, at most MAX_TYPE_RETRIES
+    times).  ``progress``: a report.WalkResult
     to count into (read by another thread for progress reports).
     ``threads``: threads for the subdirectories of the first level with two
     or more (``split.remove_in_parallel``; the C walk only, the Python walk
@@ -110,48 +167,51 @@ def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None
     """
     fs = fsops.default() if fs is None else fs
     how = (progress, threads, owners, cancel, keep_dir, census, limits)
+    if held_fd is not None:
+        return _remove_dir(fs, parent_fd, name, shown, caller_uid, held_fd, how)
+    if entry is not None:
+        return _remove_looked_up(fs, parent_fd, name, shown, caller_uid, entry, how)
     for _ in range(MAX_TYPE_RETRIES):
-        done = _remove_once(fs, parent_fd, name, shown, caller_uid, held_fd, how)
-        if done is not None:
-            return done
+        entry = look_up(parent_fd, name, shown, fs)
+        if entry is None:
+            return 0
+        try:
+            return _remove_looked_up(fs, parent_fd, name, shown, caller_uid, entry, how)
+        except ChangedType:
+            continue
+        finally:
+            entry.close()
     raise RemoveFailed(f"{shown}: kept changing type while being removed", [(shown, errno.EAGAIN)])
 
 
-def _remove_once(fs, parent_fd, name, shown, caller_uid, held_fd, how):
-    """One attempt; None means 'it changed type, try again'."""
-    if held_fd is not None:
-        return _remove_dir(fs, parent_fd, name, shown, caller_uid, held_fd, how)
-    try:
-        st = fs.lstat_beneath(parent_fd, name)
-    except OSError as e:
-        if fsops.refusal(e) is fsops.GONE:
-            return 0
-        raise _open_error(shown, e) from None
-    if not stat.S_ISDIR(st.st_mode):
-        # A file, symlink (the link itself, never its target), fifo, socket
-        # or device node.
+def _remove_looked_up(fs, parent_fd, name, shown, caller_uid, entry, how):
+    """Remove ``entry``, the entry ``name`` of ``parent_fd`` as looked up."""
+    if stat.S_ISDIR(entry.st.st_mode):
+        # R3's rule for every directory target: opened from the entry's own
+        # fd, so the directory checked and walked is the one looked up (and
+        # whose identity the walks are shared by), not whatever the name
+        # holds by now.
         try:
-            os.unlink(name, dir_fd=parent_fd)
-            return 1
-        except FileNotFoundError:
-            return 0
-        except IsADirectoryError:
-            return None
+            dir_fd = fs.reopen_dir(entry.fd)
         except OSError as e:
-            raise RemoveFailed(f"could not remove {shown}: {e.strerror}", [(shown, e.errno)]) from None
+            raise _open_error(shown, e) from None
+        try:
+            return _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how)
+        finally:
+            os.close(dir_fd)
+    # A file, symlink (the link itself, never its target, S4), fifo, socket
+    # or device node: unlinked by its name (there is no unlink by fd), which
+    # unlinkat refuses for a directory: a directory swapped in since the
+    # lookup is never removed as if it were the entry looked up.
     try:
-        dir_fd = fs.open_beneath(parent_fd, name)
+        os.unlink(name, dir_fd=parent_fd)
+        return 1
+    except FileNotFoundError:
+        return 0
+    except IsADirectoryError:
+        raise ChangedType(f"{shown}: kept changing type while being removed") from None
     except OSError as e:
-        why = fsops.refusal(e)
-        if why is fsops.GONE:
-            return 0
-        if why is fsops.NOT_FOLLOWED:
-            return None  # a symlink or file swapped in since the lstat: look again
-        raise _open_error(shown, e) from None
-    try:
-        return _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how)
-    finally:
-        os.close(dir_fd)
+        raise RemoveFailed(f"could not remove {shown}: {e.strerror}", [(shown, e.errno)]) from None
 
 
 def _open_error(shown, e):

@@ -1,0 +1,208 @@
+"""The request's way through the service, piece by piece, without a bus:
+the one lookup of the target's final component (what is removed is what was
+looked up, whose identity the walks are shared by), a method's arguments
+unpacked by its spec, the callers' bookkeeping, and the memory trim's timer.
+The whole way over a real bus is test_dbusmock_tier.py's and
+test_hostile.py's.
+"""
+
+import asyncio
+import os
+
+import pytest
+
+from harness import trees
+from locald_admin import interface as i
+from locald_admin import messages
+from locald_admin.mechanism import engine, memory
+from locald_admin.mechanism.callers import Callers
+from locald_admin.mechanism.errors import Busy, MechanismError
+from locald_admin.mechanism.service import CleanupService
+
+ME = os.getuid()
+
+
+@pytest.fixture
+def anchor(tmp_path):
+    a = tmp_path / "proj" / ".locald"
+    a.mkdir(parents=True)
+    return a
+
+
+def write(path, data=b"x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trees.write(path, data)
+
+
+def swap_after_lookup(monkeypatch, act):
+    """Run ``act()`` right after the engine's first lookup of a target."""
+    real, done = engine.look_up, []
+
+    def racing(target):
+        ident = real(target)
+        if not done:
+            done.append(True)
+            act()
+        return ident
+
+    monkeypatch.setattr(engine, "look_up", racing)
+    return done
+
+
+# -- one lookup of the final component -------------------------------------------
+
+def test_the_directory_looked_up_is_the_one_removed(mode, tmp_path, anchor, monkeypatch):
+    """The target swapped for another directory between its lookup and its
+    removal: the directory looked up (whose identity the walks are shared
+    by) is the one emptied, the one swapped in is untouched (until the
+    lookup was made once, removal looked the name up again and emptied the
+    directory swapped in)."""
+    t = anchor / "t"
+    write(t / "a" / "f")
+    write(t / "g")
+    moved = tmp_path / "moved"
+
+    def swap():
+        os.rename(t, moved)
+        write(t / "keep", b"swapped in")
+
+    done = swap_after_lookup(monkeypatch, swap)
+    try:
+        engine.cleanup(str(t), ME)
+    except MechanismError as e:
+        assert "replaced" in e.message  # the final rmdir by name found another directory (R4)
+    assert done
+    assert (t / "keep").read_bytes() == b"swapped in"
+    assert not moved.exists() or os.listdir(moved) == []
+
+
+def test_a_file_swapped_for_a_directory_after_its_lookup_is_looked_up_again(mode, anchor, monkeypatch):
+    """The file looked up is a directory by the time it is unlinked: not
+    removed as if it were the file; the request starts again with a new
+    lookup (and a new identity), which finds the directory."""
+    t = anchor / "t"
+    write(t, b"a file")
+
+    def swap():
+        os.unlink(t)
+        write(t / "f")
+
+    done = swap_after_lookup(monkeypatch, swap)
+    assert engine.cleanup(str(t), ME) == 2
+    assert done and not os.path.lexists(t)
+
+
+def test_a_symlink_target_is_looked_up_as_the_link(mode, tmp_path, anchor):
+    """The one lookup does not follow the final component: the link goes,
+    the directory it points to stays."""
+    elsewhere = tmp_path / "elsewhere"
+    write(elsewhere / "f", b"kept")
+    (anchor / "link").symlink_to(elsewhere)
+    assert engine.cleanup(str(anchor / "link"), ME) == 1
+    assert not os.path.lexists(anchor / "link") and (elsewhere / "f").read_bytes() == b"kept"
+
+
+# -- arguments by the method's spec ----------------------------------------------------
+
+def test_a_method_gets_its_arguments_by_its_spec():
+    assert i.CLEANUP.unpack(("/x",)) == ("/x",)
+    assert [a.python_type for a in i.CLEANUP.in_args] == [str]
+    with pytest.raises(ValueError, match="takes 1 arguments"):
+        i.CLEANUP.unpack(())
+    with pytest.raises(ValueError, match="path is int"):
+        i.CLEANUP.unpack((1,))
+
+
+# -- the callers' bookkeeping -------------------------------------------------------------
+
+def call(sender=":1.5", body=("/nowhere/.locald/x",)):
+    return messages.Incoming(sender=sender, path=i.OBJECT_PATH, interface=i.INTERFACE, member=i.METHOD_CLEANUP,
+                             signature="s", body=body, allow_interactive=False, no_reply=False)
+
+
+def test_each_uid_queues_at_most_its_bound_and_the_last_end_is_idle():
+    async def main():
+        idles = []
+        c = Callers(max_queued_per_uid=2, on_idle=lambda: idles.append(c.in_flight))
+        reqs = [c.begin(call()) for _ in range(3)]
+        for r in reqs:
+            r.uid = 1000
+        c.queue(reqs[0])
+        c.queue(reqs[1])
+        with pytest.raises(Busy, match="uid 1000 already has 2 requests queued"):
+            c.queue(reqs[2])
+        assert not c.idle.is_set() and set(c.of(":1.5")) == set(reqs)
+        c.end(reqs[0])
+        c.queue(reqs[2])  # a place was freed
+        c.end(reqs[1])
+        c.end(reqs[2])
+        assert idles == [0] and c.idle.is_set() and c.in_flight == 0 and not c.of(":1.5")
+        assert not c._queued and not c._by_sender
+    asyncio.run(main())
+
+
+class _Bus:
+    connected = True
+
+    def __init__(self):
+        self.errors = []
+
+    async def reply(self, incoming, signature="", body=()):
+        pass
+
+    async def reply_error(self, incoming, name, text):
+        self.errors.append((name, text))
+
+
+def test_a_call_whose_caller_left_before_it_ran_is_not_counted_forever(capsys):
+    """NameOwnerChanged read right behind the call: its task is cancelled
+    before its first step, and its bookkeeping still ends (the service goes
+    idle)."""
+    async def main():
+        service = CleanupService(_Bus())
+        assert service.dispatch(call())
+        service.caller_left(":1.5")
+        await asyncio.wait_for(service.drain(), 5)
+        assert service.callers.in_flight == 0
+    asyncio.run(main())
+
+
+def test_a_call_with_the_wrong_signature_is_answered_invalid_args_and_not_counted():
+    async def main():
+        bus = _Bus()
+        service = CleanupService(bus)
+        wrong = messages.Incoming(sender=":1.6", path=i.OBJECT_PATH, interface=i.INTERFACE,
+                                  member=i.METHOD_CLEANUP, signature="u", body=(7,), allow_interactive=False,
+                                  no_reply=False)
+        assert service.dispatch(wrong)
+        assert service.callers.in_flight == 0
+        await asyncio.sleep(0.01)
+        assert bus.errors == [(messages.INVALID_ARGS, "Cleanup takes signature 's', got 'u'")]
+    asyncio.run(main())
+
+
+# -- the memory trim's timer ------------------------------------------------------------------
+
+def test_the_trim_runs_once_after_a_quiet_moment_and_not_while_busy(monkeypatch):
+    trims = []
+    monkeypatch.setattr(memory, "trim", lambda: trims.append(True))
+
+    async def main():
+        busy = [False]
+        t = memory.IdleTrim(busy=lambda: busy[0], after=0.1)
+        t.idle()
+        await asyncio.sleep(0.05)
+        t.idle()  # another call ended meanwhile: the one timer moves on
+        await asyncio.sleep(0.08)
+        assert trims == []  # 0.13 s after the first, 0.08 after the last
+        await asyncio.sleep(0.1)
+        assert trims == [True]
+        busy[0] = True
+        t.idle()
+        await asyncio.sleep(0.2)
+        assert trims == [True]  # a call was in flight when it fired: the next idle() schedules it
+        busy[0] = False
+        t.idle()
+        await asyncio.sleep(0.2)
+        assert trims == [True, True]
+    asyncio.run(main())
