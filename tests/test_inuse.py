@@ -169,6 +169,26 @@ def test_the_login_uid_range_comes_from_login_defs(tmp_path):
     assert procscan.login_uid_range(str(tmp_path / "missing")) == procscan.LOGIN_UID_DEFAULT
 
 
+def test_login_defs_is_parsed_again_only_when_it_changed(tmp_path, monkeypatch):
+    """Every scan asks for the range: the file is parsed once, and again as
+    soon as it was changed (even to the same size) or replaced."""
+    defs = tmp_path / "login.defs"
+    defs.write_text("UID_MIN 2000\nUID_MAX 3000\n")
+    parsed = []
+    real = procscan._parse_login_defs
+    monkeypatch.setattr(procscan, "_parse_login_defs", lambda f: parsed.append(1) or real(f))
+    assert [procscan.login_uid_range(str(defs)) for _ in range(3)] == [(2000, 3000)] * 3
+    assert len(parsed) == 1
+    with open(defs, "r+") as f:  # the same size, written in place
+        f.write("UID_MIN 2001")
+    assert procscan.login_uid_range(str(defs)) == (2001, 3000)
+    new = tmp_path / "new"
+    new.write_text("UID_MIN 4000\nUID_MAX 5000\n")
+    os.replace(new, defs)
+    assert procscan.login_uid_range(str(defs)) == (4000, 5000)
+    assert len(parsed) == 3
+
+
 # -- overlay roots: the layers are named only in the super options -------------------------
 
 def overlay_root(target, uid=0):

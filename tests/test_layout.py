@@ -70,7 +70,7 @@ WALK_PARTS = {
     "count": {"report"},
     "compiled": {"removal", "report"},
     "split": {"compiled", "report"},
-    "walk": {"compiled", "removal", "report"},
+    "walk": {"compiled", "removal", "report", "split"},
 }
 
 

@@ -133,25 +133,27 @@ def _build(p, spec, outside, built):
             _build(os.path.join(p, name), sub, outside, built)
 
 
-def limits(held=walk.DEFAULT_LIMITS.max_held_fds, depth=None):
-    """The walk's ``walk.Limits``: ``held`` fds, ``depth`` levels (None: the default)."""
-    return walk.Limits(held, walk.DEFAULT_LIMITS.max_depth if depth is None else depth)
+def limits(held=walk.DEFAULT_LIMITS.max_held_fds, depth=None, split_after=walk.DEFAULT_LIMITS.split_after):
+    """The walk's ``walk.Limits``: ``held`` fds, ``depth`` levels (None: the
+    default), ``split_after`` steps alone before the split."""
+    return walk.Limits(held, walk.DEFAULT_LIMITS.max_depth if depth is None else depth, split_after)
+
+
+SPLIT_FIRST = walk.Limits(split_after=0)  # the parallel split at once, however small the tree
 
 
 def remove(parent, name, fs, threads=1, **kw):
-    """Remove ``parent/name`` with ``fs``'s walk (with ``threads``: first
-    the parallel split, as remove.remove_entry does); the WalkResult.
-    ``kw``: remove_tree's (``limits`` for both)."""
+    """Remove ``parent/name`` with ``fs``'s walk (with ``threads``: the C
+    walk alone up to ``limits.split_after`` steps, then the parallel split,
+    as remove.remove_entry does: ``walk.remove_with_threads``); the
+    WalkResult.  ``kw``: remove_tree's."""
     pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         dfd = fs.open_beneath(pfd, name)
         try:
             res = kw.pop("result", None) or report.WalkResult()
-            split.remove_in_parallel(dfd, res, threads, fs, owners=kw.get("owners"), cancel=kw.get("cancel"),
-                                    limits=kw.get("limits", walk.DEFAULT_LIMITS))
-            if res.cancelled:
-                return res
-            return walk.remove_tree(pfd, name, dfd, result=res, fs=fs, **kw)
+            limits = kw.pop("limits", walk.DEFAULT_LIMITS)
+            return walk.remove_with_threads(pfd, name, dfd, res, threads, fs, limits=limits, **kw)
         finally:
             os.close(dfd)
     finally:
@@ -198,17 +200,20 @@ EXAMPLES = int(os.environ.get("LOCALD_ADMIN_DIFF_EXAMPLES", "60"))
 @settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(tree=trees, rule=st.booleans(), keep_dir=st.booleans(), max_depth=st.sampled_from([None, 1, 3, 40]),
-       max_held=st.sampled_from([48, 6, 2]), threads=st.sampled_from([1, 1, 2, 3]))
-def test_both_walks_remove_the_same_and_report_the_same(base, tree, rule, keep_dir, max_depth, max_held, threads):
+       max_held=st.sampled_from([48, 6, 2]), threads=st.sampled_from([1, 1, 2, 3]),
+       split_after=st.sampled_from([0, 1, 128, 1024]))
+def test_both_walks_remove_the_same_and_report_the_same(base, tree, rule, keep_dir, max_depth, max_held, threads,
+                                                        split_after):
     """Single-threaded: the same reports in the same order.  With threads
-    (the C walk's split; the Python walk is single-threaded): the same as
-    sets, the same survivors and count."""
+    (the C walk alone for ``split_after`` steps, then its split; the Python
+    walk is single-threaded): the same as sets, the same survivors and
+    count."""
     d = base / "round"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir()
     rule = owners.OwnerRule(CALLER) if rule and IS_ROOT else None
     c, c_left, py, py_left = both(d, tree, threads=threads, owners=rule, keep_dir=keep_dir,
-                                  limits=limits(max_held, max_depth))
+                                  limits=limits(max_held, max_depth, split_after))
     if threads > 1:
         for o in (c, py):
             o["failures"], o["mounts"] = set(o["failures"]), set(o["mounts"])
@@ -407,7 +412,7 @@ def test_the_split_descends_to_the_first_level_with_two_subdirectories(base, mon
         for j in range(5):
             write(y / f"d{i}" / f"f{j}")
     calls = _recording(monkeypatch)
-    res = remove(os.fsencode(base), b"t", C, threads=2)
+    res = remove(os.fsencode(base), b"t", C, threads=2, limits=SPLIT_FIRST)
     assert (res.failures, res.removed) == ({}, 10 * 6 + 2 + 1 + 1)
     helpers = {name for name, _, helper in calls if helper}
     assert helpers == {f"d{i}".encode() for i in range(10)}  # y's subdirectories, each by a helper walk
@@ -425,10 +430,105 @@ def test_the_split_does_not_enter_a_directory_the_owner_rule_refuses(base, monke
         os.chown(p, CALLER, CALLER)
     os.chown(t / "x", OTHER, OTHER)  # another user's, in the caller's t
     calls = _recording(monkeypatch)
-    res = remove(os.fsencode(base), b"t", C, threads=2, owners=owners.OwnerRule(CALLER))
+    res = remove(os.fsencode(base), b"t", C, threads=2, owners=owners.OwnerRule(CALLER), limits=SPLIT_FIRST)
     assert [name for name, _, helper in calls] == [b"t"]  # no helper walked below x
     assert list(res.failures) == [b"x"] and res.removed == 0
     assert (t / "x" / "a" / "f").exists()
+
+
+def _no_threads(monkeypatch):
+    """Make starting a thread fail the test."""
+    def refuse(self):
+        raise AssertionError("a thread was started")
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+
+
+def test_a_small_tree_is_removed_by_one_walk_without_a_thread(base, monkeypatch):
+    """A runc leftover's size (well under ``split_after`` steps): with
+    threads, one C walk alone removes it and reports (no split, no thread
+    started: they cost a small request more than its walk)."""
+    t = base / "t"
+    for d in ("rootfs/dev", "rootfs/proc", "rootfs/run/shm"):
+        (t / d).mkdir(parents=True)
+    write(t / "config.json")
+    write(t / "state")
+    calls = _recording(monkeypatch)
+    _no_threads(monkeypatch)
+    res = remove(os.fsencode(base), b"t", C, threads=2)
+    assert (res.failures, res.removed, res.cancelled) == ({}, 8, False)
+    assert calls == [(b"t", threading.get_ident(), True)]  # one walk, its findings its own until it finished
+    assert not t.exists()
+
+
+def test_what_the_walk_alone_finds_in_a_small_tree_is_reported(base, monkeypatch):
+    if not IS_ROOT:
+        pytest.skip("chattr +i needs root")
+    t = base / "t"
+    for i in range(3):
+        (t / f"d{i}").mkdir(parents=True)
+        write(t / f"d{i}" / "f")
+    subprocess.run(["chattr", "+i", str(t / "d1" / "f")], check=True)
+    _no_threads(monkeypatch)
+    try:
+        res = remove(os.fsencode(base), b"t", C, threads=2)
+    finally:
+        subprocess.run(["chattr", "-i", str(t / "d1" / "f")], check=True)
+    assert list(res.failures.items()) == [(b"d1/f", (errno.EPERM, os.strerror(errno.EPERM)))]
+    assert res.removed == 2 * 2
+    assert sorted(os.listdir(t)) == ["d1"]
+
+
+def test_a_tree_bigger_than_split_after_is_split_after_the_walk_alone_stops(base, monkeypatch):
+    """Past ``split_after`` steps the walk alone stops (its findings
+    dropped), the split's helpers take the rest and the ordinary walk
+    reports: everything removed once, counted once, a failure reported
+    once."""
+    if not IS_ROOT:
+        pytest.skip("chattr +i needs root")
+    t = base / "t"
+    for i in range(8):
+        for j in range(3):
+            (t / f"d{i}" / f"e{j}").mkdir(parents=True)
+            for k in range(20):
+                write(t / f"d{i}" / f"e{j}" / f"f{k}")
+    total = 8 * (1 + 3 * 21) + 1
+    subprocess.run(["chattr", "+i", str(t / "d0" / "e0" / "f0"), str(t / "d7" / "e2" / "f19")], check=True)
+    calls = _recording(monkeypatch)
+    try:
+        res = remove(os.fsencode(base), b"t", C, threads=2, limits=limits(split_after=300))
+    finally:
+        subprocess.run(["chattr", "-i", str(t / "d0" / "e0" / "f0"), str(t / "d7" / "e2" / "f19")], check=True)
+    assert sorted(res.failures) == [b"d0/e0/f0", b"d7/e2/f19"]
+    assert res.more_failures == 0 and not res.cancelled
+    # What is left: the two files and the directories holding them.
+    assert res.removed == total - 2 - 2 * 2 - 1
+    first, *rest = calls
+    assert first[0] == b"t" and first[2]  # the walk alone, its findings its own
+    assert any(helper and name != b"t" for name, _, helper in rest)  # then the split's helpers
+    assert rest[-1][0] == b"t" and not rest[-1][2]  # and the ordinary walk, which reports
+
+
+def test_a_cancel_during_the_walk_alone_stops_without_a_split(base, monkeypatch):
+    t = base / "t"
+    for i in range(40):
+        (t / f"d{i}").mkdir(parents=True)
+        for k in range(40):
+            write(t / f"d{i}" / f"f{k}")
+
+    class After:
+        """Set once looked at three times (the removal's own look before it
+        starts, then the walk's, every 128 steps)."""
+        looks = 0
+
+        def is_set(self):
+            self.looks += 1
+            return self.looks > 3
+
+    calls = _recording(monkeypatch)
+    _no_threads(monkeypatch)
+    res = remove(os.fsencode(base), b"t", C, threads=2, cancel=After())
+    assert res.cancelled and 0 < res.removed < 40 * 41
+    assert [name for name, _, _ in calls] == [b"t"]  # neither the split nor another walk
 
 
 def test_a_failure_in_a_helper_is_reported_by_the_ordinary_walk(base):
@@ -440,7 +540,7 @@ def test_a_failure_in_a_helper_is_reported_by_the_ordinary_walk(base):
         write(t / f"d{i}" / "f")
     subprocess.run(["chattr", "+i", str(t / "d2" / "f")], check=True)
     try:
-        res = remove(os.fsencode(base), b"t", C, threads=2)
+        res = remove(os.fsencode(base), b"t", C, threads=2, limits=SPLIT_FIRST)
     finally:
         subprocess.run(["chattr", "-i", str(t / "d2" / "f")], check=True)
     assert list(res.failures.items()) == [(b"d2/f", (errno.EPERM, os.strerror(errno.EPERM)))]
@@ -645,7 +745,8 @@ def test_both_walks_decide_the_same_on_a_file_system_without_d_type(no_d_type, t
         built = Built()
         try:
             _every_kind_without_d_type(no_d_type / name, canary.path, built)
-            res = remove(os.fsencode(no_d_type), name.encode(), fs, threads=threads if fs is C else 1)
+            res = remove(os.fsencode(no_d_type), name.encode(), fs, threads=threads if fs is C else 1,
+                         limits=SPLIT_FIRST)
             lefts.append(snapshot(no_d_type / name))
             outcomes.append(outcome(res))
         finally:
@@ -763,7 +864,8 @@ def test_a_hung_fuse_mount_without_d_type_is_reported_not_asked(no_d_type, what)
                     os.close(dfd)
                     os.close(pfd)
             else:
-                done.append(remove(os.fsencode(no_d_type), b"t", fs, threads=2 if fs is C else 1))  # the split too
+                done.append(remove(os.fsencode(no_d_type), b"t", fs, threads=2 if fs is C else 1,
+                                   limits=SPLIT_FIRST))  # the split too
 
         walker = threading.Thread(target=run, daemon=True)
         walker.start()

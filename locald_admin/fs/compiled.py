@@ -14,6 +14,8 @@ import os
 
 from . import fsops, removal, report, traverse
 
+CANCEL_EVERY = 128  # steps of the C walk between its looks at the cancel flag (_cwalk.c's CANCEL_EVERY)
+
 
 def compiled_remove_tree(parent_fd, name, dir_fd, result, owners, cancel, keep_dir, limits, findings=None):
     """The C walk (``_cwalk.remove_tree``), with the GIL released while it

@@ -35,26 +35,44 @@ LOGIN_UID_DEFAULT = (1000, 60000)  # UID_MIN, UID_MAX where login.defs says noth
 IDENTITY_MAP = (0, 0, 4294967295)  # uid_map of the initial user namespace
 
 
+def _parse_login_defs(f):
+    lo, hi = LOGIN_UID_DEFAULT
+    for line in f:
+        if "UID_M" not in line:  # most lines are comments: only UID_MIN and UID_MAX count
+            continue
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in ("UID_MIN", "UID_MAX"):
+            try:
+                value = int(parts[1], 0)
+            except ValueError:
+                continue
+            if parts[0] == "UID_MIN":
+                lo = value
+            else:
+                hi = value
+    return lo, hi
+
+
+_login_defs_read = {}  # path -> (what fstat said of the file read, its range)
+
+
 def login_uid_range(path=LOGIN_DEFS):
     """(UID_MIN, UID_MAX) of ``/etc/login.defs`` (its defaults where it
-    says nothing or cannot be read)."""
-    lo, hi = LOGIN_UID_DEFAULT
+    says nothing or cannot be read).  Parsed again only when the file is
+    another or was changed (its inode, size, mtime and ctime: a write
+    changes the ctime), so a request pays an open and an fstat for it."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2 and parts[0] in ("UID_MIN", "UID_MAX"):
-                    try:
-                        value = int(parts[1], 0)
-                    except ValueError:
-                        continue
-                    if parts[0] == "UID_MIN":
-                        lo = value
-                    else:
-                        hi = value
+            st = os.fstat(f.fileno())
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            known = _login_defs_read.get(path)
+            if known is not None and known[0] == key:
+                return known[1]
+            value = _parse_login_defs(f)
     except OSError:
-        pass
-    return lo, hi
+        return LOGIN_UID_DEFAULT
+    _login_defs_read[path] = (key, value)
+    return value
 
 
 class LoginUsers:

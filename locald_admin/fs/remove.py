@@ -33,7 +33,7 @@ import os
 import stat
 
 from locald_admin import pathrules
-from . import fsops, inuse, mounts, report, split, walk
+from . import fsops, inuse, mounts, report, walk
 
 MAX_NAMED_FAILURES = 5
 MAX_SHOWN_PATH = 1024  # characters of one path in a message; longer ones are cut in the middle
@@ -249,13 +249,8 @@ def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
         more = f" (and {len(used) - 1} more)" if len(used) > 1 else ""
         raise InUse(f"{shown} is in use: {used[0].describe()}{more}; nothing was removed")
     res = report.WalkResult() if progress is None else progress
-    if cancel is not None and cancel.is_set():
-        res.cancelled = True
-    else:
-        split.remove_in_parallel(dir_fd, res, threads, fs, owners=owners, cancel=cancel, limits=limits)
-    if not res.cancelled:
-        walk.remove_tree(parent_fd, name, dir_fd, result=res, fs=fs, owners=owners, cancel=cancel,
-                         keep_dir=keep_dir, limits=limits)
+    walk.remove_with_threads(parent_fd, name, dir_fd, res, threads, fs, owners=owners, cancel=cancel,
+                             keep_dir=keep_dir, limits=limits)
     _raise_for(shown, res)
     return res.removed
 

@@ -89,6 +89,16 @@ class Findings:
         else:
             self.mounts.append(rel() if callable(rel) else rel)
 
+    def merge(self, other):
+        """Add what another walk (``other``, a Findings) found, within the
+        same bounds."""
+        for rel, (err, reason) in other.failures.items():
+            self.fail(rel, err, reason)
+        self.more_failures += other.more_failures
+        for rel in other.mounts:
+            self.mount(rel)
+        self.more_mounts += other.more_mounts
+
     @property
     def failure_count(self):
         return len(self.failures) + self.more_failures

@@ -1,8 +1,14 @@
-"""The removal walk's entry point: ``remove_tree``, and ``Limits``, how far a walk may go.
+"""The removal walk's entry points: ``remove_tree``, ``remove_with_threads``,
+and ``Limits``, how far a walk may go.
 
 ``remove_tree`` removes a directory tree through held directory fds, with
-the C walk or the Python walk as ``Fs.compiled`` says; the rest of the walk
-is one module per concern, each below this one (none imports it):
+the C walk or the Python walk as ``Fs.compiled`` says.
+``remove_with_threads`` is the whole removal with threads: the C walk alone
+first, for at most ``Limits.split_after`` steps (a small tree, what runc
+leaves, is then gone without a thread started: starting and joining them
+cost a small request more than its walk), then the parallel split and
+``remove_tree``.  The rest of the walk is one module per concern, each below
+this one (none imports it):
 
 * ``report``: what a walk reports, bounded (``Findings``, ``WalkResult``,
   ``MAX_FAILURES``, the reasons both walks give);
@@ -28,7 +34,7 @@ otherwise).
 
 import dataclasses
 
-from . import compiled, fsops, removal, report, traverse
+from . import compiled, fsops, removal, report, split, traverse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,17 +47,22 @@ class Limits:
     identity check, so a deep chain cannot exhaust the fd table (V1).  Per
     walk: each parallel helper holds as many.  ``max_depth``: levels below
     the target that are entered; a directory deeper is named and left in
-    place, so the state kept per level stays bounded (V13)."""
+    place, so the state kept per level stays bounded (V13).
+    ``split_after``: with threads (``split.remove_with_threads``), the C
+    walk first goes this many steps alone (entries and directories), so that
+    a small tree, a runc leftover, is removed by one walk without starting
+    a thread; past it the parallel split takes over (0: the split first)."""
 
     max_held_fds: int = 48
     max_depth: int = traverse.DEFAULT_MAX_DEPTH
+    split_after: int = 1024
 
     def __post_init__(self):
         # What both walks can work with (the C walk refuses the same): the
         # current directory's fd is never closed, so one is enough; depth 0
         # enters nothing below the target.
-        if self.max_held_fds < 1 or self.max_depth < 0:
-            raise ValueError(f"walk limits: max_held_fds >= 1 and max_depth >= 0, not {self}")
+        if self.max_held_fds < 1 or self.max_depth < 0 or self.split_after < 0:
+            raise ValueError(f"walk limits: max_held_fds >= 1, max_depth >= 0 and split_after >= 0, not {self}")
 
 
 DEFAULT_LIMITS = Limits()  # the client's own attempt, and the mechanism's defaults
@@ -84,4 +95,59 @@ def remove_tree(parent_fd, name, dir_fd, result=None, fs=None, owners=None, canc
         compiled.compiled_remove_tree(parent_fd, name, dir_fd, result, owners, cancel, keep_dir, limits)
     else:
         removal.python_remove_tree(parent_fd, name, dir_fd, result, fs, owners, cancel, keep_dir, limits)
+    return result
+
+
+class _Alone:
+    """The cancel flag of the first walk alone: set once the walk has gone
+    about ``steps`` steps (it looks every ``compiled.CANCEL_EVERY``), or
+    when the request's own flag (``cancel``) is.  ``spent``: it stopped the walk for
+    its steps, not for the request."""
+
+    __slots__ = ("cancel", "looks", "spent")
+
+    def __init__(self, cancel, steps):
+        self.cancel = cancel
+        self.looks = -(-steps // compiled.CANCEL_EVERY)
+        self.spent = False
+
+    def is_set(self):
+        if self.cancel is not None and self.cancel.is_set():
+            return True
+        self.looks -= 1
+        if self.looks < 0:
+            self.spent = True
+        return self.spent
+
+
+def remove_with_threads(parent_fd, name, dir_fd, result, threads, fs, owners=None, cancel=None, keep_dir=False,
+                        *, limits):
+    """Remove the tree ``dir_fd`` (``name`` of ``parent_fd``) with up to
+    ``threads`` threads, the arguments as for ``remove_tree``.
+
+    With the C walk and two threads or more, the walk first goes alone for
+    ``limits.split_after`` steps: a tree that small is removed by it, and
+    what it found is the report.  A bigger one it leaves part-removed, its
+    findings dropped, as the split's helpers' are (the walks that follow
+    find whatever it left again):
+    ``remove_in_parallel``, then the ordinary walk (``remove_tree``),
+    which reports.  Returns ``result``."""
+    if cancel is not None and cancel.is_set():
+        result.cancelled = True
+        return result
+    if threads >= 2 and fs.compiled and limits.split_after > 0:
+        alone = _Alone(cancel, limits.split_after)
+        findings = report.Findings()
+        compiled.compiled_remove_tree(parent_fd, name, dir_fd, result, owners, alone, keep_dir, limits,
+                                      findings=findings)
+        if not alone.spent or (cancel is not None and cancel.is_set()):
+            result.merge(findings)
+            return result
+        result.cancelled = False  # stopped for its steps: the tree is big
+        split.remove_in_parallel(dir_fd, result, threads, fs, owners=owners, cancel=cancel, limits=limits)
+    elif threads >= 2:
+        split.remove_in_parallel(dir_fd, result, threads, fs, owners=owners, cancel=cancel, limits=limits)
+    if not result.cancelled:
+        remove_tree(parent_fd, name, dir_fd, result=result, fs=fs, owners=owners, cancel=cancel, keep_dir=keep_dir,
+                    limits=limits)
     return result
