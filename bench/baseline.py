@@ -12,7 +12,7 @@ user, and an import check that each side really runs its own code.
 with the real polkitd), rounds A B B A A B B A ... (A the baseline), each
 with a fresh mechanism started from that side's staged code and a fresh
 client of that side: sequential ``Cleanup`` calls of small root-owned
-leftovers (bench/inuse.py's, on a tmpfs) and of missing targets below the
+leftovers (bench/leftovers.py's, on a tmpfs) and of missing targets below the
 caller's anchor; client p50/p99 and the mechanism's CPU per call (its
 CPU-time clock, bench/cpuclock.py); with the real polkitd also the command
 line (bench/clitimes.py).  After each round the mechanism's mapped
@@ -33,9 +33,8 @@ from harness import PROGRAMS, ROOT, trees
 from harness.buses import wait_for_no_owner
 from locald_admin import interface as i
 
-from . import clitimes, cpuclock, deps, inuse, latency, staging, worktree
+from . import clitimes, cpuclock, deps, latency, leftovers, staging, worktree
 from .context import ClientSide, log
-from .load import run_load
 from .sampling import background_load
 from .stats import fmt_ms
 from .targets import QUIET_OTHERS_CORES
@@ -103,8 +102,7 @@ def prepare(ctx):
     sides = {key: _stage_side(ctx, top, key, rev, built)
              for key, rev in (("baseline", args.baseline), ("working", args.against))}
     differ = _differences(sides["baseline"].info, sides["working"].info)
-    fs_top, _ = ctx.tmpfs("ab", "size=256m,nr_inodes=400k,mode=755")
-    anchor = trees.make_anchor(fs_top, ctx.runner.uid, ctx.runner.gid)
+    anchor = leftovers.anchor(ctx, "ab")
     calls = 1500 if args.long else 500
     ctx.results["baseline"] = {
         "rule": f"no worse: working median <= {NO_WORSE} x baseline median", "no_worse_ratio": NO_WORSE,
@@ -117,7 +115,7 @@ def prepare(ctx):
     log(f"  {len(differ)} staged files differ" + (f": {', '.join(differ[:8])}{' ...' if len(differ) > 8 else ''}"
                                                   if differ else " (identical code)"))
     ctx.flush()
-    return SimpleNamespace(sides=sides, anchor=anchor, made=inuse.Leftovers(anchor), calls=calls)
+    return SimpleNamespace(sides=sides, anchor=anchor, made=leftovers.Leftovers(anchor), calls=calls)
 
 
 def host_processes():
@@ -125,19 +123,17 @@ def host_processes():
     return sum(name.isdigit() for name in os.listdir("/proc"))
 
 
-def _window(clients, made, calls, watch, leftovers):
-    n = clients.n
-    if leftovers:
-        made.create(clients.pids, n, calls)
-    clients.n += 1
+def _window(clients, calls, leftover):
+    """One sequential window: a fresh leftover per call, or (``leftover``
+    False) missing targets."""
     before = host_processes()
-    res, cpu, wall = run_load(clients.procs, clients.readers, "cleanup", calls, 0, watch, cpu_of=cpuclock.process_cpu)
+    res, cpu, wall, check = clients.run("cleanup", calls, 0, cpu_of=cpuclock.process_cpu, leftovers=leftover)
     w = latency.summary(res[0], cpu, wall)
     w["host_processes"] = [before, host_processes()]
     w["warmup_error"] = res[0].get("warmup_error")
     w["quiet"] = w["others_busy_cores"] is not None and w["others_busy_cores"] <= QUIET_OTHERS_CORES
-    if leftovers:
-        w["leftovers"] = made.check(clients.pids, n, calls, res, exact=True)
+    if check is not None:
+        w["leftovers"] = check
     return w
 
 
@@ -157,12 +153,12 @@ def one_round(ctx, address, watch, start, side, ab, cli_runs):
     try:
         w = {"mechanism": mech.proc.pid, **watch}
         try:
-            clients = inuse.Clients(side.clients, address, 1, ab.anchor, w, ab.made)
+            clients = leftovers.Clients(side.clients, address, 1, ab.anchor, w, ab.made)
         except RuntimeError as e:
             raise RuntimeError(f"the {side.key} side's client ({side.info.get('rev') or 'working tree'}): {e}") from e
         try:
-            rec["leftover"] = _window(clients, ab.made, ab.calls, w, leftovers=True)
-            rec["missing"] = _window(clients, ab.made, ab.calls, w, leftovers=False)
+            rec["leftover"] = _window(clients, ab.calls, leftover=True)
+            rec["missing"] = _window(clients, ab.calls, leftover=False)
         finally:
             clients.quit()
         if cli_runs:

@@ -2,13 +2,10 @@
 realistic small request, on a private bus with Debian's system-bus policy,
 the real polkitd (the headless group rule) and a fresh mechanism.
 
-Every Cleanup deletes its own small root-owned leftover (what runc leaves:
-a root 0700 directory holding a root 0700 directory and a file) below the
-client user's ``.locald`` on a tmpfs, created as root before each window
-(untimed).  The clients name their targets ``<prefix>-<pid>-<n>-<k>``
-(warm-up ``<prefix>-<pid>-w<n>-<k>``, ``n`` the client's command number),
-so the section creates exactly those, and after each window checks that no
-client ran out of them.
+Every Cleanup deletes its own small root-owned leftover (bench/leftovers.py:
+what runc leaves) below the client user's ``.locald`` on a tmpfs, created as
+root before each window (untimed); after each window the section checks
+that every call removed one and no client ran out of them.
 
 1. Sequential, one client: Cleanup p50 and the mechanism's CPU per call,
    and a direct CheckAuthorization for reference, without and with
@@ -35,7 +32,7 @@ from harness.users import SYSTEM_PYTHON, ensure_login_user
 
 from . import procprofile
 from .context import log
-from .load import quit_clients, run_load
+from .leftovers import Clients, Leftovers
 from .procs import Lines, Reaper, close_pipes
 from .sampling import background_load
 from .stats import fmt_ms, pct
@@ -45,9 +42,6 @@ CLIENTS = 32
 EXTRA_SLEEPS = 2000
 EXTRA_NAMESPACES = 20
 OTHER_SLEEPS = 20000
-WARMUP = 3  # warm-up calls per command (bench_client.py)
-PER_CLIENT_RATE = 100  # leftovers per client per second of a window (32 x 100/s: far above any rate seen)
-PREFIX = "lo"
 
 HELPER = r'''
 import ctypes, os, signal, sys, time
@@ -164,93 +158,6 @@ def ensure_pid_room(ctx, extra):
     ctx.cleanup_cb("restore kernel.pid_max", path.write_text, f"{pid_max}\n")
     path.write_text(f"{new}\n")
     return new
-
-
-class Clients:
-    """Load clients (harness/programs/bench_client.py ``load``) whose pids
-    are known, the command number each is at, and their leftovers."""
-
-    def __init__(self, ctx, address, n, anchor, watch, made):
-        self.anchor, self.watch, self.made = anchor, watch, made
-        self.procs = [ctx.spawn_client(["load", str(anchor / PREFIX)], address, stdin=True) for _ in range(n)]
-        self.readers = [Lines(p) for p in self.procs]
-        self.pids = []
-        for p, rd in zip(self.procs, self.readers):
-            try:
-                ready = rd.json(120)
-            except (TimeoutError, EOFError, ValueError) as e:
-                raise RuntimeError(f"load client did not start: {e}: {ctx.client_stderr(p)}") from None
-            if "pid" not in ready:
-                raise RuntimeError("the bench client does not report its pid (harness/programs/bench_client.py)")
-            self.pids.append(ready["pid"])
-        self.n = 0  # every client's command number (all get the same commands)
-
-    def quit(self):
-        quit_clients(self.procs)
-
-    def run(self, what, count, duration):
-        """One window; returns (results, cpu, wall, leftover check)."""
-        n = self.n
-        per_client = count if count else int(duration * PER_CLIENT_RATE) + 200
-        if what == "cleanup":
-            self.made.create(self.pids, n, per_client)
-        self.n += 1
-        res, cpu, wall = run_load(self.procs, self.readers, what, count, duration, self.watch)
-        check = self.made.check(self.pids, n, per_client, res, exact=bool(count)) if what == "cleanup" else None
-        return res, cpu, wall, check
-
-
-class Leftovers:
-    """The leftovers the clients name, created as root in ``anchor``."""
-
-    def __init__(self, anchor):
-        self.anchor = anchor
-        self.created = 0
-        self.create_seconds = 0.0
-        self.problems = []
-
-    def names(self, pid, n, count):
-        return ([f"{PREFIX}-{pid}-w{n}-{k}" for k in range(WARMUP)],
-                [f"{PREFIX}-{pid}-{n}-{k}" for k in range(count)])
-
-    def create(self, pids, n, count):
-        t0 = time.monotonic()
-        fd = os.open(self.anchor, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            for pid in pids:
-                warm, timed = self.names(pid, n, count)
-                for name in warm + timed:
-                    os.mkdir(name, 0o700, dir_fd=fd)
-                    os.mkdir(f"{name}/rootfs", 0o700, dir_fd=fd)
-                    f = os.open(f"{name}/config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=fd)
-                    os.write(f, b"{}\n")
-                    os.close(f)
-                    self.created += 1
-        finally:
-            os.close(fd)
-        self.create_seconds += time.monotonic() - t0
-
-    def check(self, pids, n, count, results, exact):
-        """Every client's leftovers after window ``n``: deleted ones vs its
-        calls, and whether it ran out (its last one is gone)."""
-        out = {"per_client": count, "deleted": 0, "left": 0, "ran_out": 0, "mismatch": 0, "warm_left": 0}
-        for pid, r in zip(pids, results):
-            warm, timed = self.names(pid, n, count)
-            left = sum(os.path.lexists(self.anchor / name) for name in timed)
-            out["warm_left"] += sum(os.path.lexists(self.anchor / name) for name in warm)
-            deleted = count - left
-            out["deleted"] += deleted
-            out["left"] += left
-            calls = r["ok"] + r["errors"]
-            if not exact and left == 0:
-                out["ran_out"] += 1
-            # Duration windows: the call that ends after the window deletes one more, uncounted.
-            if not (calls <= deleted <= calls + (0 if exact else 1)):
-                out["mismatch"] += 1
-        if out["ran_out"] or out["mismatch"] or out["warm_left"]:
-            self.problems.append(f"window {n}: {out}")
-            log(f"  leftovers: PROBLEM in window {n}: {out}")
-        return out
 
 
 def window(res, cpu, wall, duration, check):
@@ -393,9 +300,7 @@ def run(ctx, address, watch, top):
             tp["ratio_without_extras"] = c0 / mean_rate(tp["polkit"])
     finally:
         many.quit()
-        out["leftovers"] = {"created": made.created, "create_seconds": made.create_seconds,
-                            "us_per_leftover": made.create_seconds / made.created * 1e6 if made.created else None,
-                            "problems": made.problems}
+        out["leftovers"] = made.summary()
         ctx.flush()
     log(f"  leftovers: {made.created:,} created in {made.create_seconds:.1f} s (not timed), "
         f"{len(made.problems)} problems")

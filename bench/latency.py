@@ -1,12 +1,19 @@
-"""Section 2, small-call latency: sequential Cleanup calls on a missing
-target over one connection, with Peer.Ping, a bus-driver call and a direct
-CheckAuthorization for reference."""
+"""Section 2, small-call latency: sequential Cleanup calls over one
+connection, each of a fresh small root-owned leftover (bench/leftovers.py:
+the request locald makes, the headline), then of missing targets (the
+secondary line: it stops after scope resolution), with Peer.Ping, a
+bus-driver call and a direct CheckAuthorization for reference."""
 
 import statistics
 
+from . import cpuclock, leftovers
 from .context import log
-from .load import load_clients, quit_clients, run_load
 from .stats import fmt_ms, pct
+from .targets import QUIET_OTHERS_CORES
+
+# result key -> (what the bench client calls, a fresh leftover per call)
+WINDOWS = {"cleanup": ("cleanup", True), "cleanup_missing": ("cleanup", False), "polkit": ("polkit", False),
+           "ping": ("ping", False), "driver": ("driver", False)}
 
 
 def summary(r, cpu, wall):
@@ -25,18 +32,25 @@ def summary(r, cpu, wall):
 
 
 def run(ctx, label, address, watch, calls):
-    procs, readers = load_clients(ctx, address, 1, str(ctx.small_anchor / "missing"))
+    made = leftovers.Leftovers(leftovers.anchor(ctx, "latency-" + label.replace(" ", "-")))
+    clients = leftovers.Clients(ctx, address, 1, made.anchor, watch, made)
     out = {}
     try:
-        for what in ("cleanup", "ping", "driver", "polkit"):
-            res, cpu, wall = run_load(procs, readers, what, calls, 0, watch)
+        for key, (what, fresh) in WINDOWS.items():
+            res, cpu, wall, check = clients.run(what, calls, 0, cpu_of=cpuclock.process_cpu, leftovers=fresh)
             r = res[0]
             ms = r["ms"] or []
-            out[what] = summary(r, cpu, wall)
-            log(f"  [{label}] {what}: p50 {fmt_ms(out[what]['p50_ms'])}, p99 {fmt_ms(out[what]['p99_ms'])}"
-                f" ({len(ms)} calls, {r['errors']} errors{'; ' + r['first_error'] if r['first_error'] else ''})")
+            w = out[key] = summary(r, cpu, wall)
+            w["quiet"] = w["others_busy_cores"] is not None and w["others_busy_cores"] <= QUIET_OTHERS_CORES
+            if check is not None:
+                w["leftovers"] = check
+            log(f"  [{label}] {key}: p50 {fmt_ms(w['p50_ms'])}, p99 {fmt_ms(w['p99_ms'])}"
+                f" ({len(ms)} calls, {r['errors']} errors{'; ' + r['first_error'] if r['first_error'] else ''};"
+                f" others {w['others_busy_cores']:.2f} cores)")
     finally:
-        quit_clients(procs)
+        clients.quit()
+    out["leftover_shape"] = leftovers.SHAPE
+    out["leftover_problems"] = made.problems
     ctx.results.setdefault("latency", {})[label] = out
     ctx.flush()
     return out

@@ -2,14 +2,20 @@
 
 TARGETS = {
     # Cleanup / rm -rf, median of the rounds, per tree (issue 12)
-    "delete_ratio": {"a": 0.65, "c": 0.95, "d": 0.8, "e": 0.65, "f": 1.0},
+    "delete_ratio": {"a": 0.60, "c": 0.95, "d": 0.8, "e": 0.65, "f": 1.0},  # (a) 0.60: issue 25
     "delete_a_round": 0.7,  # ... and at least QUIET_ROUNDS_NEEDED quiet rounds of (a), each <= 0.7 x
     "delete_peak_mib": 64.0,  # the mechanism's peak RSS during the delete of (f), above its size before
-    "over_polkit_ms": 0.35,  # p50 of Cleanup minus p50 of CheckAuthorization direct, real polkitd
-    "mech_cpu_us": 350.0,  # mechanism CPU per small call, real polkitd
-    "p50_ms": 1.5,  # real polkitd
-    "p99_ms": 5.0,
-    "throughput_ratio": 0.9,  # >= 0.9 x direct polkit
+    # issue 25: the small root-owned leftover (bench/leftovers.py), real polkitd
+    "over_polkit_ms": 0.8,  # p50 of Cleanup minus p50 of CheckAuthorization direct
+    "throughput_ratio": 0.85,  # 32 clients: >= 0.85 x direct polkit
+    "cli_over_python_ms": 25.0,  # locald-shim admin cleanup - python3 -I -S -c pass, median
+    "cli_peak_mib": 15.0,  # its peak RSS
+    # the missing target (the secondary line), real polkitd
+    "over_polkit_missing_ms": 0.35,
+    "mech_cpu_missing_us": 350.0,  # mechanism CPU per call
+    "p50_missing_ms": 1.5,
+    "p99_missing_ms": 5.0,
+    "throughput_missing_ratio": 0.9,
     "cold_start_ms": 300.0,
     "idle_rss_mb": 30.0,
     "attack_peak_mib": 64.0,  # peak RSS <= idle + 64 MiB under attack
