@@ -13,6 +13,7 @@ uids).
 """
 
 import os
+import pwd
 import shutil
 import subprocess
 import time
@@ -167,6 +168,27 @@ def test_the_login_uid_range_comes_from_login_defs(tmp_path):
     defs.write_text("# comment\nUID_MIN\t\t 2000\nUID_MAX 0x7000\nGID_MIN 5\n")
     assert procscan.login_uid_range(str(defs)) == (2000, 0x7000)
     assert procscan.login_uid_range(str(tmp_path / "missing")) == procscan.LOGIN_UID_DEFAULT
+
+
+def test_the_password_database_is_listed_again_when_its_files_change_or_the_listing_is_old(tmp_path, monkeypatch):
+    """getpwall costs a scan 0.1 ms: its listing is used again while
+    login.defs and the files the database depends on are unchanged, and for
+    at most LISTED_FOR seconds (a directory service changes without them)."""
+    defs, passwd = tmp_path / "login.defs", tmp_path / "passwd"
+    defs.write_text("UID_MIN 0\nUID_MAX 60000\n")
+    passwd.write_text("one\n")
+    calls = []
+    real = pwd.getpwall
+    monkeypatch.setattr(pwd, "getpwall", lambda: calls.append(1) or real())
+    users = lambda: procscan.LoginUsers(str(defs), passwd_files=(str(passwd),)).listed()  # noqa: E731
+    everyone = frozenset(p.pw_uid for p in real() if p.pw_uid <= 60000)
+    assert users() == users() == everyone
+    assert len(calls) == 1
+    passwd.write_text("two\n")  # a user added or removed
+    assert users() == everyone and len(calls) == 2
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + procscan.LISTED_FOR + 1)
+    assert users() == everyone and len(calls) == 3
 
 
 def test_login_defs_is_parsed_again_only_when_it_changed(tmp_path, monkeypatch):
