@@ -82,6 +82,12 @@ class Jobs:
     def running(self):
         return sum(self._running_per_uid.values())
 
+    def spawn(self, fn):
+        """Run ``fn()`` in one of the jobs' threads now, outside the limits
+        and the turns: for work of the service's own that is bounded by its
+        caller (the census ahead, at most one at a time: ``scans.ahead``)."""
+        self._threads.run(fn)
+
     async def submit(self, uid, fn, *args, on_start=None):
         """Run ``fn(*args)`` in a thread when ``uid``'s turn comes;
         ``on_start()`` is called (on the loop) when it gets its thread.

@@ -15,10 +15,13 @@ one or running it; ``ticket.close()`` when the request is over.  A scan looks
 at every process but those of login users who are none of the callers
 holding tickets when it starts (their namespaces count for nobody else):
 another user's 20,000 sleeping processes cost a ``stat`` each.
-A scan starts only when a check needs one, never at arrival: an
-unauthorized caller's flood of calls must not keep a core busy reading
-/proc (with a scan per arrival, it would).  At most one scan runs at a time;
-the requests that arrive during it are served by the next.
+A scan starts when a check needs one, or ahead (``ahead``): the service
+starts one while polkit is being asked for a caller whose uid polkit said
+yes to last time, so that the census (most of a small request's own time)
+is ready when the answer is.  Never at arrival, nor for a uid polkit did
+not say yes to: an unauthorized caller's flood of calls must not keep a core
+busy reading /proc (with a scan per arrival, it would).  At most one scan
+runs at a time; the requests that arrive during it are served by the next.
 """
 
 import collections
@@ -72,6 +75,7 @@ class SharedScans:
         # looks for each of them (a ticket taken before a scan starts is
         # among them when it starts).
         self._callers = collections.Counter()
+        self._ahead = False  # a scan ahead is on its way to a thread
         self.scans = 0  # scans run, for the tests and the benchmark
 
     def ticket(self, uid):
@@ -89,6 +93,27 @@ class SharedScans:
             self._callers[ticket.uid] -= 1
             if self._callers[ticket.uid] <= 0:
                 del self._callers[ticket.uid]
+
+    def ahead(self, run):
+        """Start a scan now, for the tickets taken so far, unless one is
+        running or on its way: ``run(fn)`` runs ``fn`` in a thread.  A
+        ticket taken before serves itself from it (``census``), waiting for
+        it if it is still running.  Returns whether one was started."""
+        with self._cond:
+            if self._running or self._ahead:
+                return False
+            self._ahead = True
+            after = self._started
+        run(lambda: self._scan_ahead(after))
+        return True
+
+    def _scan_ahead(self, after):
+        with self._cond:
+            self._ahead = False
+        try:
+            self.census_after(after)
+        except BaseException:
+            pass  # kept as the scan's result: each request it serves gets it from census()
 
     def census_after(self, after, ticket=None):
         """The census of a scan numbered above ``after``: the one running

@@ -15,11 +15,13 @@ A call's way through, one job per function:
   one-line message (``_outcome``), never a traceback;
 * the handler, as hostnamed's are: its arguments read (handed to it) ->
   validated (Cleanup: the path's size, on arrival: nothing is asked of
-  anyone for an oversized one) -> authorized (``_authorize``: uid and pid
-  from the bus daemon, never from arguments -> the uid's queue bound (Busy)
-  -> polkit for the method's action) -> acted on (Cleanup: ``_remove``
-  queues the work, ``jobs``, for the engine in a worker thread: resolve the
-  scope, check it is not in use, remove) -> its reply body.
+  anyone for an oversized one) -> authorized (``_identify``: uid and pid
+  from the bus daemon, never from arguments -> the uid's queue bound (Busy);
+  ``_authorize``: polkit for the method's action, Cleanup's census of /proc
+  started meanwhile for a uid polkit said yes to last time) -> acted on
+  (Cleanup: ``_remove`` queues the work, ``jobs``, for the engine in a
+  worker thread: resolve the scope, check it is not in use, remove) -> its
+  reply body.
 
 A caller that leaves the bus (the daemon's NameOwnerChanged) has its polkit
 checks and queued requests cancelled and its walks stopped; the record then
@@ -50,6 +52,7 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 CREDENTIALS_CACHE_SIZE = 4096
+APPROVED_UIDS = 4096  # uids polkit said yes to last time, remembered (only to scan /proc ahead for them)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,10 @@ class CleanupService:
         self.unsent = 0  # replies the bus connection could not take
         self._tasks = set()
         self._creds = collections.OrderedDict()  # unique name -> (uid, pid), LRU
+        # uids whose last polkit answer was yes, LRU.  Never an answer for a
+        # call (polkit is asked every time); only whether to start the
+        # census while it is asked (_authorize's ``meanwhile``).
+        self._approved = collections.OrderedDict()
         # The calls in flight by caller; once none is, the memory of a big
         # walk or a flood goes back to the system after a quiet moment.
         self._trim = memory.IdleTrim(busy=lambda: self.callers.in_flight > 0)
@@ -201,18 +208,32 @@ class CleanupService:
             if self.bus.connected:
                 log.warning("could not send the reply to %s: %s", request.sender, e)
 
-    async def _authorize(self, request, action):
-        """The Caller, once it may have ``action`` done: who it is, from the
-        bus daemon (A1: never from the arguments); a place in its uid's
-        queue (V12: Busy past the bound, before polkit is asked); polkit's
-        yes (A3, A5: asked before anything touches the file system, and
-        anything but a clear yes is NotAuthorized)."""
-        call = request.call
+    async def _identify(self, request):
+        """Who the caller is, from the bus daemon (A1: never from the
+        arguments), and a place in its uid's queue (V12: Busy past the
+        bound, before polkit is asked)."""
         request.uid, request.pid = await self._credentials(request.sender)
         self.callers.queue(request)
-        await self.authority.authorize(request.sender, request.uid, action, call.allow_interactive,
-                                       self.settings.polkit_timeout_for(call.allow_interactive),
-                                       gone=request.cancelled)
+
+    async def _authorize(self, request, action, meanwhile=None):
+        """The Caller (identified), once polkit said yes to ``action`` (A3,
+        A5: asked before anything touches the file system, and anything but
+        a clear yes is NotAuthorized).  ``meanwhile()`` is called as polkit
+        is asked, if polkit said yes to the caller's uid last time."""
+        call = request.call
+        if meanwhile is not None and request.uid in self._approved:
+            meanwhile()
+        try:
+            await self.authority.authorize(request.sender, request.uid, action, call.allow_interactive,
+                                           self.settings.polkit_timeout_for(call.allow_interactive),
+                                           gone=request.cancelled)
+        except MechanismError:
+            self._approved.pop(request.uid, None)
+            raise
+        self._approved[request.uid] = True
+        self._approved.move_to_end(request.uid)
+        if len(self._approved) > APPROVED_UIDS:
+            self._approved.popitem(last=False)
         if request.cancelled.is_set():
             raise asyncio.CancelledError()  # it left as polkit said yes
         return Caller(request.sender, request.uid, request.pid)
@@ -246,8 +267,18 @@ class CleanupService:
             request.notes["path_bytes"] = size
             raise InvalidPath(f"the path is {size} bytes long; at most {i.MAX_PATH_BYTES} are accepted")
         request.fields["path"] = path
-        caller = await self._authorize(request, i.CLEANUP.action)
-        outcome = await self._remove(caller, path, request)
+        await self._identify(request)
+        # The in-use check's census is one that starts after this (scans.py):
+        # for a uid polkit said yes to last time, one starts as polkit is
+        # asked, so that it is ready with the answer.  Never before polkit's
+        # first yes: a flood of calls polkit refuses costs no scan.
+        ticket = self.engine.scans.ticket(request.uid)
+        try:
+            caller = await self._authorize(request, i.CLEANUP.action,
+                                           meanwhile=lambda: self.engine.scans.ahead(self.jobs.spawn))
+            outcome = await self._remove(caller, path, request, ticket)
+        finally:
+            ticket.close()
         request.notes.update(outcome.notes)
         return (), outcome.removed
 
@@ -259,15 +290,14 @@ class CleanupService:
         request.notes["message_bytes"] = size
         raise InvalidPath(f"the call is {size} bytes long; a path is at most {i.MAX_PATH_BYTES} bytes")
 
-    async def _remove(self, caller, path, request):
+    async def _remove(self, caller, path, request, ticket):
         """Cleanup's act: ``path`` removed for ``caller`` by the engine, in a
         worker thread of ``jobs`` (the scope resolved, the in-use check made
-        on a census shared with the requests waiting for one, the walk), with
-        Progress meanwhile; the engine's Outcome."""
+        on the census of ``ticket``, shared with the requests waiting for
+        one, the walk), with Progress meanwhile; the engine's Outcome."""
         config = self.config
         if isinstance(config, ConfigError):  # S10: a broken configuration fails every call closed
             raise Failed(f"locald-admin is not configured correctly: {config}")
-        ticket = self.engine.scans.ticket(caller.uid)
         progress = Progress(request.cancelled, ticket.census)
         reports = self._report_progress(caller.name, path, progress, request.start)
 
@@ -279,7 +309,6 @@ class CleanupService:
                                           on_start=started)
         finally:
             reports.cancel()
-            ticket.close()
 
     def _report_progress(self, sender, path, progress, start):
         """Every progress_interval, tell the caller (only the caller: paths

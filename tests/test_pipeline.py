@@ -16,6 +16,7 @@ from locald_admin import interface as i
 from locald_admin import messages
 from locald_admin.mechanism import engine, memory
 from locald_admin.mechanism.callers import Callers
+from locald_admin.mechanism.scans import SharedScans
 from locald_admin.mechanism.errors import Busy, MechanismError
 from locald_admin.mechanism.service import CleanupService
 
@@ -178,6 +179,66 @@ def test_a_call_with_the_wrong_signature_is_answered_invalid_args_and_not_counte
         assert service.callers.in_flight == 0
         await asyncio.sleep(0.01)
         assert bus.errors == [(messages.INVALID_ARGS, "Cleanup takes signature 's', got 'u'")]
+    asyncio.run(main())
+
+
+# -- the census ahead ---------------------------------------------------------------------------
+
+class _Reply:
+    def __init__(self, body):
+        self.body, self.error_name, self.text = body, None, ""
+
+
+class _PolkitBus(_Bus):
+    """The bus daemon answers at once (uid 4242); each CheckAuthorization
+    waits for the test's answer (``asked``: a future per check)."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked = asyncio.Queue()
+        self.answered = asyncio.Queue()
+
+    async def call(self, msg, timeout=None):
+        if msg.member == "GetConnectionCredentials":
+            return _Reply(({"UnixUserID": 4242, "ProcessID": 7},))
+        answer = asyncio.get_running_loop().create_future()
+        await self.asked.put(answer)
+        return _Reply(((await answer, False, {}),))
+
+    def post(self, msg):
+        pass
+
+    async def reply(self, incoming, signature="", body=()):
+        await self.answered.put(None)
+
+    async def reply_error(self, incoming, name, text):
+        await self.answered.put(name)
+
+
+def test_the_census_starts_as_polkit_is_asked_only_for_a_uid_it_said_yes_to_last_time():
+    """The in-use check's census is most of a small request's own time: for
+    a uid whose last polkit answer was yes it starts while polkit is asked;
+    never for a uid polkit has not said yes to, nor after a no (a flood of
+    refused calls costs no scan of /proc)."""
+    async def main():
+        bus = _PolkitBus()
+        service = CleanupService(bus)
+        scanned = []
+        service.engine.scans = SharedScans(scan=lambda callers: scanned.append(set(callers)))
+
+        async def one(yes):
+            assert service.dispatch(call(body=("/nowhere/.locald/x",)))  # missing: it needs no census
+            answer = await asyncio.wait_for(bus.asked.get(), 5)
+            await asyncio.sleep(0.1)  # time for a census ahead to run
+            seen = list(scanned)
+            answer.set_result(yes)
+            return seen, await asyncio.wait_for(bus.answered.get(), 5)
+
+        assert await one(True) == ([], None)  # never said yes before: no census
+        assert await one(False) == ([{4242}], i.ERROR_NOT_AUTHORIZED)  # yes last time: one, for the caller
+        assert await one(True) == ([{4242}], None)  # no last time: none more
+        assert service.engine.scans.scans == 1
+        await service.drain()
     asyncio.run(main())
 
 

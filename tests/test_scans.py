@@ -196,6 +196,34 @@ def test_no_census_is_reused_by_a_request_that_arrives_after_it_began():
     assert scan.runs == 2
 
 
+def test_a_scan_ahead_serves_the_tickets_taken_before_it_and_only_one_runs_at_a_time():
+    """``ahead``: started as polkit is asked, it serves the request's
+    ticket (no second scan when its check asks), and no second one starts
+    while it runs; a ticket taken while it runs gets the next."""
+    scan = SlowScan()
+    scans = SharedScans(scan)
+    ticket = scans.ticket(5)
+    started = []
+
+    def run(fn):
+        t = threading.Thread(target=fn)
+        started.append(t)
+        t.start()
+
+    assert scans.ahead(run)
+    assert scan.running.wait(10)
+    assert not scans.ahead(run)  # one is running: it serves whoever took a ticket before it
+    late = scans.ticket(6)
+    threads, out = in_threads(lambda k: ticket.census(), 1)
+    time.sleep(0.05)
+    scan.release.set()
+    for t in threads + started:
+        t.join(10)
+    assert out == ["census 1"] and scan.runs == 1 and scan.callers == {5}  # taken before it began
+    assert late.census() == "census 2"  # it arrived after that scan began
+    assert len(started) == 1
+
+
 def test_a_failed_scan_fails_its_waiters_and_the_next_request_scans_again():
     calls = []
 
