@@ -16,12 +16,14 @@ at every process but those of login users who are none of the callers
 holding tickets when it starts (their namespaces count for nobody else):
 another user's 20,000 sleeping processes cost a ``stat`` each.
 A scan starts when a check needs one, or ahead (``ahead``): the service
-starts one while polkit is being asked for a caller whose uid polkit said
-yes to last time, so that the census (most of a small request's own time)
-is ready when the answer is.  Never at arrival, nor for a uid polkit did
-not say yes to: an unauthorized caller's flood of calls must not keep a core
-busy reading /proc (with a scan per arrival, it would).  At most one scan
-runs at a time; the requests that arrive during it are served by the next.
+starts one while polkit is being asked, so that the census (most of a small
+request's own time) is ready when the answer is, for a uid that
+``Ahead.wanted`` names: polkit said yes to its last request, and that one
+needed a census (a missing target does not: scanning for it would be
+wasted).  Never at arrival, nor for a uid polkit did not say yes to: an
+unauthorized caller's flood of calls must not keep a core busy reading /proc
+(with a scan per arrival, it would).  At most one scan runs at a time; the
+requests that arrive during it are served by the next.
 """
 
 import collections
@@ -54,6 +56,11 @@ class Ticket:
         if self._census is None:
             self._census = self._scans.census_after(self._after, self)
         return self._census
+
+    @property
+    def used(self):
+        """Whether the request got a census (its in-use check ran)."""
+        return self._census is not None
 
     def close(self):
         """The request is over: a later scan need not look for its caller."""
@@ -145,3 +152,32 @@ class SharedScans:
         if isinstance(self._result, BaseException):
             raise self._result
         return self._result
+
+
+class Ahead:
+    """Which uids get a scan started ahead, while polkit is asked: those
+    whose last request polkit said yes to and that needed a census.  Only a
+    guess at what the next request needs (polkit is asked every time, the
+    census is still one that starts after the request arrived).  At most
+    ``size`` uids, the least recent forgotten first."""
+
+    def __init__(self, size=4096):
+        self.size = size
+        self._uids = collections.OrderedDict()
+
+    def wanted(self, uid):
+        return uid in self._uids
+
+    def refused(self, uid):
+        """polkit did not say yes to ``uid``."""
+        self._uids.pop(uid, None)
+
+    def served(self, uid, used):
+        """polkit said yes to ``uid``'s request, which ``used`` a census or not."""
+        if not used:
+            self._uids.pop(uid, None)
+            return
+        self._uids[uid] = True
+        self._uids.move_to_end(uid)
+        if len(self._uids) > self.size:
+            self._uids.popitem(last=False)

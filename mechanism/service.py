@@ -18,7 +18,8 @@ A call's way through, one job per function:
   anyone for an oversized one) -> authorized (``_identify``: uid and pid
   from the bus daemon, never from arguments -> the uid's queue bound (Busy);
   ``_authorize``: polkit for the method's action, Cleanup's census of /proc
-  started meanwhile for a uid polkit said yes to last time) -> acted on
+  started meanwhile for a uid whose last request polkit said yes to and
+  needed one, ``scans.Ahead``) -> acted on
   (Cleanup: ``_remove`` queues the work, ``jobs``, for the engine in a
   worker thread: resolve the scope, check it is not in use, remove) -> its
   reply body.
@@ -47,12 +48,12 @@ from .engine import Cancelled, Engine, Progress
 from .errors import Failed, InvalidPath, MechanismError, NotAuthorized
 from .jobs import Jobs
 from .polkit import Authority
+from .scans import Ahead
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 CREDENTIALS_CACHE_SIZE = 4096
-APPROVED_UIDS = 4096  # uids polkit said yes to last time, remembered (only to scan /proc ahead for them)
 
 
 @dataclass(frozen=True)
@@ -118,10 +119,9 @@ class CleanupService:
         self.unsent = 0  # replies the bus connection could not take
         self._tasks = set()
         self._creds = collections.OrderedDict()  # unique name -> (uid, pid), LRU
-        # uids whose last polkit answer was yes, LRU.  Never an answer for a
-        # call (polkit is asked every time); only whether to start the
-        # census while it is asked (_authorize's ``meanwhile``).
-        self._approved = collections.OrderedDict()
+        # Whose census starts while polkit is asked (cleanup): never an
+        # answer for a call, polkit is asked every time.
+        self._ahead = Ahead()
         # The calls in flight by caller; once none is, the memory of a big
         # walk or a flood goes back to the system after a quiet moment.
         self._trim = memory.IdleTrim(busy=lambda: self.callers.in_flight > 0)
@@ -215,25 +215,14 @@ class CleanupService:
         request.uid, request.pid = await self._credentials(request.sender)
         self.callers.queue(request)
 
-    async def _authorize(self, request, action, meanwhile=None):
+    async def _authorize(self, request, action):
         """The Caller (identified), once polkit said yes to ``action`` (A3,
         A5: asked before anything touches the file system, and anything but
-        a clear yes is NotAuthorized).  ``meanwhile()`` is called as polkit
-        is asked, if polkit said yes to the caller's uid last time."""
+        a clear yes is NotAuthorized)."""
         call = request.call
-        if meanwhile is not None and request.uid in self._approved:
-            meanwhile()
-        try:
-            await self.authority.authorize(request.sender, request.uid, action, call.allow_interactive,
-                                           self.settings.polkit_timeout_for(call.allow_interactive),
-                                           gone=request.cancelled)
-        except MechanismError:
-            self._approved.pop(request.uid, None)
-            raise
-        self._approved[request.uid] = True
-        self._approved.move_to_end(request.uid)
-        if len(self._approved) > APPROVED_UIDS:
-            self._approved.popitem(last=False)
+        await self.authority.authorize(request.sender, request.uid, action, call.allow_interactive,
+                                       self.settings.polkit_timeout_for(call.allow_interactive),
+                                       gone=request.cancelled)
         if request.cancelled.is_set():
             raise asyncio.CancelledError()  # it left as polkit said yes
         return Caller(request.sender, request.uid, request.pid)
@@ -268,15 +257,23 @@ class CleanupService:
             raise InvalidPath(f"the path is {size} bytes long; at most {i.MAX_PATH_BYTES} are accepted")
         request.fields["path"] = path
         await self._identify(request)
-        # The in-use check's census is one that starts after this (scans.py):
-        # for a uid polkit said yes to last time, one starts as polkit is
-        # asked, so that it is ready with the answer.  Never before polkit's
-        # first yes: a flood of calls polkit refuses costs no scan.
+        # The in-use check's census is one that starts after this (scans.py).
+        # For a uid whose last request polkit said yes to and needed one, a
+        # scan starts as polkit is asked, ready with the answer; never for a
+        # uid polkit has not said yes to (V19: refused calls cost no scan).
         ticket = self.engine.scans.ticket(request.uid)
         try:
-            caller = await self._authorize(request, i.CLEANUP.action,
-                                           meanwhile=lambda: self.engine.scans.ahead(self.jobs.spawn))
-            outcome = await self._remove(caller, path, request, ticket)
+            if self._ahead.wanted(request.uid):
+                self.engine.scans.ahead(self.jobs.spawn)
+            try:
+                caller = await self._authorize(request, i.CLEANUP.action)
+            except MechanismError:
+                self._ahead.refused(request.uid)
+                raise
+            try:
+                outcome = await self._remove(caller, path, request, ticket)
+            finally:
+                self._ahead.served(request.uid, ticket.used)
         finally:
             ticket.close()
         request.notes.update(outcome.notes)

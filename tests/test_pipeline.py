@@ -8,6 +8,7 @@ test_hostile.py's.
 
 import asyncio
 import os
+import shutil
 
 import pytest
 
@@ -16,7 +17,8 @@ from locald_admin import interface as i
 from locald_admin import messages
 from locald_admin.mechanism import engine, memory
 from locald_admin.mechanism.callers import Callers
-from locald_admin.mechanism.scans import SharedScans
+from locald_admin.mechanism.config import Config
+from locald_admin.mechanism.scans import SharedScans, scan_for
 from locald_admin.mechanism.errors import Busy, MechanismError
 from locald_admin.mechanism.service import CleanupService
 
@@ -189,8 +191,11 @@ class _Reply:
         self.body, self.error_name, self.text = body, None, ""
 
 
+CALLER = ME if ME != 0 else 4242  # polkit is not asked about root
+
+
 class _PolkitBus(_Bus):
-    """The bus daemon answers at once (uid 4242); each CheckAuthorization
+    """The bus daemon answers at once (uid CALLER); each CheckAuthorization
     waits for the test's answer (``asked``: a future per check)."""
 
     def __init__(self):
@@ -200,7 +205,7 @@ class _PolkitBus(_Bus):
 
     async def call(self, msg, timeout=None):
         if msg.member == "GetConnectionCredentials":
-            return _Reply(({"UnixUserID": 4242, "ProcessID": 7},))
+            return _Reply(({"UnixUserID": CALLER, "ProcessID": 7},))
         answer = asyncio.get_running_loop().create_future()
         await self.asked.put(answer)
         return _Reply(((await answer, False, {}),))
@@ -215,30 +220,46 @@ class _PolkitBus(_Bus):
         await self.answered.put(name)
 
 
-def test_the_census_starts_as_polkit_is_asked_only_for_a_uid_it_said_yes_to_last_time():
-    """The in-use check's census is most of a small request's own time: for
-    a uid whose last polkit answer was yes it starts while polkit is asked;
-    never for a uid polkit has not said yes to, nor after a no (a flood of
-    refused calls costs no scan of /proc)."""
+def test_the_census_starts_as_polkit_is_asked_for_a_uid_whose_last_request_was_allowed_and_needed_one(anchor):
+    """The in-use check's census is most of a small request's own time: it
+    starts while polkit is asked for a uid whose last request polkit said
+    yes to and needed a census; never for a uid polkit has not said yes to,
+    nor after a no (a flood of refused calls costs no scan of /proc), nor
+    after a request that needed none (a missing target)."""
+    if ME == 0:
+        for p in (anchor.parent, anchor):
+            os.chown(p, CALLER, CALLER)
+
     async def main():
         bus = _PolkitBus()
-        service = CleanupService(bus)
+        service = CleanupService(bus, config=Config())
         scanned = []
-        service.engine.scans = SharedScans(scan=lambda callers: scanned.append(set(callers)))
+        service.engine.scans = SharedScans(scan=lambda callers: scanned.append(set(callers)) or scan_for(callers))
 
-        async def one(yes):
-            assert service.dispatch(call(body=("/nowhere/.locald/x",)))  # missing: it needs no census
+        async def one(yes, leftover=True):
+            target = anchor / "t"
+            if leftover:
+                (target / "run").mkdir(parents=True)
+                if ME == 0:
+                    os.chown(target, CALLER, CALLER)  # run stays root's: a leftover
+            assert service.dispatch(call(body=(str(target),)))
             answer = await asyncio.wait_for(bus.asked.get(), 5)
             await asyncio.sleep(0.1)  # time for a census ahead to run
-            seen = list(scanned)
+            during = len(scanned)
             answer.set_result(yes)
-            return seen, await asyncio.wait_for(bus.answered.get(), 5)
+            reply = await asyncio.wait_for(bus.answered.get(), 5)
+            await service.drain()
+            if reply is not None:
+                shutil.rmtree(target)
+            return during, reply
 
-        assert await one(True) == ([], None)  # never said yes before: no census
-        assert await one(False) == ([{4242}], i.ERROR_NOT_AUTHORIZED)  # yes last time: one, for the caller
-        assert await one(True) == ([{4242}], None)  # no last time: none more
-        assert service.engine.scans.scans == 1
-        await service.drain()
+        assert await one(True) == (0, None)  # never said yes before: no scan ahead; its check scanned
+        assert scanned == [{CALLER}]
+        assert await one(False) == (2, i.ERROR_NOT_AUTHORIZED)  # yes and a census last time: one ahead
+        assert await one(True) == (2, None)  # no last time: none ahead; its check scanned
+        assert await one(True, leftover=False) == (4, None)  # yes and a census: ahead (not needed this time)
+        assert await one(True) == (4, None)  # the last one needed none: none ahead
+        assert scanned == [{CALLER}] * 5
     asyncio.run(main())
 
 

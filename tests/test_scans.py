@@ -20,7 +20,7 @@ import pytest
 
 from harness import IS_ROOT
 from locald_admin.fs import inuse, mounts, procscan
-from locald_admin.mechanism.scans import SharedScans
+from locald_admin.mechanism.scans import Ahead, SharedScans
 
 IDENTITY = b"         0          0 4294967295\n"
 ROOTLESS = b"         0       4300          1\n         1     200000      65536\n"
@@ -222,6 +222,19 @@ def test_a_scan_ahead_serves_the_tickets_taken_before_it_and_only_one_runs_at_a_
     assert out == ["census 1"] and scan.runs == 1 and scan.callers == {5}  # taken before it began
     assert late.census() == "census 2"  # it arrived after that scan began
     assert len(started) == 1
+
+
+def test_ahead_names_uids_whose_last_allowed_request_needed_a_census_and_forgets_the_oldest():
+    ahead = Ahead(size=2)
+    assert not ahead.wanted(1)
+    ahead.served(1, used=True)
+    ahead.served(2, used=True)
+    assert ahead.wanted(1) and ahead.wanted(2)
+    ahead.served(3, used=True)  # over the size: the least recent (1) goes
+    assert not ahead.wanted(1) and ahead.wanted(2) and ahead.wanted(3)
+    ahead.served(2, used=False)  # its last request needed none
+    ahead.refused(3)  # polkit said no
+    assert not ahead.wanted(2) and not ahead.wanted(3)
 
 
 def test_a_failed_scan_fails_its_waiters_and_the_next_request_scans_again():
