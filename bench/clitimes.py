@@ -2,12 +2,13 @@
 --version`` and ``locald-shim admin cleanup --no-interactive`` of a missing
 path below the test user's anchor, run as that user from a tree's staged
 client code, alternately; per run the wall time from just before the spawn
-to its exit (a pidfd says when) and its peak resident size (``wait4``'s
-rusage of that one child)."""
+to its exit (a pidfd says when) and its peak resident size (``timed``)."""
 
 import os
 import select
+import shutil
 import subprocess
+import tempfile
 import time
 
 from harness.users import SHIM
@@ -28,25 +29,66 @@ def argv_for(what, anchor, k):
 
 
 def run_once(side, argv, address, errpath):
-    """One run; returns {wall_ms, maxrss_kib, rc}."""
-    with open(errpath, "ab") as err:
-        t0 = time.perf_counter()
-        p = side.runner.popen(["-c", SHIM, *argv], address, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=err)
-    Reaper.add(p)
-    fd = os.pidfd_open(p.pid)
-    try:
-        ready, _, _ = select.select([fd], [], [], TIMEOUT)
-        t1 = time.perf_counter()
-        if not ready:
-            p.kill()
-            p.wait(10)
-            return {"wall_ms": None, "maxrss_kib": None, "rc": None, "error": f"no exit within {TIMEOUT:g} s"}
-        _, status, usage = os.wait4(p.pid, 0)
-    finally:
+    """One run of locald-shim ``argv`` from ``side``'s staged client;
+    returns {wall_ms, maxrss_kib, rc}."""
+    runner = side.runner
+    return timed([runner.python, "-c", SHIM, *argv], runner.env(address), runner.uid, runner.gid, errpath)
+
+
+TIME = "/usr/bin/time"  # GNU time (Debian's package time)
+SETPRIV = "/usr/bin/setpriv"
+
+
+def timed(argv, env, uid, gid, errpath):
+    """One run of ``argv`` as ``uid``:``gid`` with exactly ``env``, no
+    terminal anywhere; the wall time from just before the spawn to its exit
+    (a pidfd says when) and its peak resident size; returns {wall_ms,
+    maxrss_kib, rc}.
+
+    The peak is GNU time's ``%M`` of the command, which time forks from its
+    own small process and ``setpriv`` turns into the user: the rusage of a
+    child of this process would count this process's own size (the kernel
+    records the size of the memory a process leaves at ``exec``, and a
+    forked child leaves a copy of ours).  Without GNU time, that rusage,
+    marked ``maxrss_includes_parent``."""
+    as_user = [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+    rss = None
+    if os.access(TIME, os.X_OK):
+        fd, rss = tempfile.mkstemp(prefix="locald-bench-rss-")
         os.close(fd)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return {"wall_ms": (t1 - t0) * 1000, "maxrss_kib": usage.ru_maxrss, "rc": p.returncode}
+        argv = [TIME, "-q", "-o", rss, "-f", "%M", *as_user, *argv]
+    else:
+        argv = [*as_user, *argv]
+    try:
+        with open(errpath, "ab") as err:
+            t0 = time.perf_counter()
+            p = subprocess.Popen(argv, env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=err)
+        Reaper.add(p)
+        fd = os.pidfd_open(p.pid)
+        try:
+            ready, _, _ = select.select([fd], [], [], TIMEOUT)
+            t1 = time.perf_counter()
+            if not ready:
+                p.kill()
+                p.wait(10)
+                return {"wall_ms": None, "maxrss_kib": None, "rc": None, "error": f"no exit within {TIMEOUT:g} s"}
+            _, status, usage = os.wait4(p.pid, 0)
+        finally:
+            os.close(fd)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out = {"wall_ms": (t1 - t0) * 1000, "maxrss_kib": usage.ru_maxrss, "rc": p.returncode}
+        if rss is None:
+            out["maxrss_includes_parent"] = True
+        else:
+            try:
+                out["maxrss_kib"] = int(open(rss).read().split()[-1])
+            except (OSError, ValueError, IndexError):
+                out["maxrss_kib"] = None
+        return out
+    finally:
+        if rss is not None:
+            os.unlink(rss)
 
 
 def run(side, address, anchor, n, watch):

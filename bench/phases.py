@@ -2,7 +2,7 @@
 commit (``--baseline``: a bus with the polkit mock, then one with the real
 polkitd, a fresh mechanism per round from either tree), phase 1 (private
 bus, polkit mock: latency, delete), phase 2 (Debian's bus policy and the
-real polkitd: coldstart, rss, latency, throughput), the in-use phase (its
+real polkitd: coldstart, rss, latency, throughput, cli), the in-use phase (its
 own private bus, the real polkitd and a fresh mechanism: inuse), phase 3
 (attack)."""
 
@@ -14,14 +14,14 @@ from harness.buses import PolkitMock, PrivateBus
 from harness.mechanism import Mechanism
 from harness.users import TEST_USER
 
-from . import attack, baseline, coldstart, delete, installed, inuse, latency, rss, throughput
+from . import attack, baseline, cli, coldstart, delete, installed, inuse, latency, rss, throughput
 from .context import log
 from .hostinfo import machine_info
 from .procs import Reaper
 from .sampling import NPROC, background_load
 from .targets import TARGETS
 
-SECTIONS = ("baseline", "delete", "latency", "throughput", "coldstart", "rss", "inuse", "installed", "attack")
+SECTIONS = ("baseline", "delete", "latency", "throughput", "cli", "coldstart", "rss", "inuse", "installed", "attack")
 BENCH_RULE_NAME = "50-locald-admin-bench.rules"
 REAL_MECHANISM_ARGS = ("--polkit-timeout", "10")
 
@@ -194,6 +194,10 @@ def phase_real(ctx):
     if ctx.want("throughput"):
         group.ensure()
         throughput.run(ctx, bus.address, watch, ctx.args.duration, ctx.args.pairs)
+    if ctx.want("cli"):
+        group.ensure()
+        log("the command line as locald runs it, with the real polkitd")
+        cli.run(ctx, bus.address, watch)
     if ctx.want("rss"):
         rss.run(ctx, "real-bus mechanism after the phase", mech.proc.pid)
     stop()
@@ -222,7 +226,7 @@ def run(ctx):
             phase_mock(ctx)
         except Exception as e:
             ctx.note_error("phase 1 (polkit mock)", e)
-    if any(ctx.want(s) for s in ("latency", "throughput", "coldstart", "rss")):
+    if any(ctx.want(s) for s in ("latency", "throughput", "cli", "coldstart", "rss")):
         try:
             phase_real(ctx)
         except Exception as e:

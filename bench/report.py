@@ -136,6 +136,29 @@ def _throughput_rows(res):
     return rows
 
 
+def _cli_rows(res):
+    c = res.get("cli")
+    if not c:
+        return []
+    rows = []
+    quiet = "" if c.get("quiet") else " (NOT quiet)"
+    errs = sum(c[w]["errors"] for w in ("python", "version", "cleanup"))
+    err = f" [{errs} errors, {c['leftovers_left']} leftovers left]" if errs or c["leftovers_left"] else ""
+    for what, name in (("python", "python3 -I -S -c pass"), ("version", "locald-shim --version"),
+                       ("cleanup", "locald-shim admin cleanup --no-interactive (small leftover)")):
+        r = c[what]
+        rows.append((f"command line: {name}, median of {c['runs']}", fmt_ms(r["wall_ms_median"]),
+                     f"peak RSS {(r['maxrss_kib_max'] or 0) / 1024:.1f} MiB{quiet}", "", "-"))
+    over = c.get("cleanup_over_python_ms")
+    rows.append(("command line: admin cleanup minus python3 -I -S -c pass", fmt_ms(over) + err, "",
+                 f"<= {TARGETS['cli_over_python_ms']:g} ms",
+                 verdict(over is not None and over <= TARGETS["cli_over_python_ms"] and not err)))
+    peak = c["cleanup"]["maxrss_kib_max"]
+    rows.append(("command line: admin cleanup peak RSS", "-" if peak is None else f"{peak * 1024 / 1e6:.1f} MB", "",
+                 f"<= {TARGETS['cli_peak_mb']:g} MB", verdict(peak is not None and peak * 1024 / 1e6 <= TARGETS["cli_peak_mb"])))
+    return rows
+
+
 def _coldstart_rows(res):
     rows = []
     for label, cs in res.get("cold_start", {}).items():
@@ -340,7 +363,8 @@ def _baseline_rows(res):
     return rows
 
 
-SECTION_ROWS = (_baseline_rows, _deletion_rows, _latency_rows, _throughput_rows, _coldstart_rows, _rss_rows,
+SECTION_ROWS = (_baseline_rows, _deletion_rows, _latency_rows, _throughput_rows, _cli_rows, _coldstart_rows,
+                _rss_rows,
                 _inuse_rows, _installed_rows, _attack_rows)
 
 

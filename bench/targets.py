@@ -9,7 +9,7 @@ TARGETS = {
     "over_polkit_ms": 0.8,  # p50 of Cleanup minus p50 of CheckAuthorization direct
     "throughput_ratio": 0.85,  # 32 clients: >= 0.85 x direct polkit
     "cli_over_python_ms": 25.0,  # locald-shim admin cleanup - python3 -I -S -c pass, median
-    "cli_peak_mib": 15.0,  # its peak RSS
+    "cli_peak_mb": 15.0,  # its peak RSS (MB: 10^6 bytes)
     # the missing target (the secondary line), real polkitd
     "over_polkit_missing_ms": 0.35,
     "mech_cpu_missing_us": 350.0,  # mechanism CPU per call
