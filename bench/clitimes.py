@@ -6,7 +6,6 @@ to its exit (a pidfd says when) and its peak resident size (``timed``)."""
 
 import os
 import select
-import shutil
 import subprocess
 import tempfile
 import time
