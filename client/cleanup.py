@@ -8,9 +8,7 @@ refused before anything is deleted); when that fails with PermissionError
 """
 
 import asyncio
-import itertools
 import os
-import random
 import weakref
 from typing import Callable, Optional, Union
 
@@ -19,17 +17,11 @@ PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 ProgressCallback = Callable[[int, float], None]
 
 from locald_admin import interface as i
-from locald_admin import messages, pathrules
+from locald_admin import messages
 from locald_admin.busio import BusError, Connection
-from . import as_user
-from .errors import (NO_SERVICE_ERRORS, CleanupError, CleanupFailedError, InvalidPathError,
-                     MechanismUnavailable, from_dbus)
-
-# Busy (the mechanism holds as many of this user's requests as it takes):
-# retried after a pause that doubles from the first to the last, within the
-# call's own timeout.
-BUSY_BACKOFF_FIRST = 0.05
-BUSY_BACKOFF_MAX = 2.0
+from . import as_user, blocking, request
+from .errors import CleanupError, MechanismUnavailable
+from .request import BUSY_BACKOFF_FIRST, BUSY_BACKOFF_MAX  # noqa: F401 (the client's figures, named here too)
 
 HINT = ("locald-admin could not be asked to remove it ({why}); "
         "install locald-admin (see its README) or remove the directory as root")
@@ -41,22 +33,7 @@ def absolute_path(path: PathLike) -> str:
     Refuses (InvalidPathError) what the mechanism would refuse lexically,
     '..' above all, before anything is touched.
     """
-    path = os.fspath(path)
-    if isinstance(path, bytes):
-        try:
-            path = path.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidPathError("path is not valid UTF-8; D-Bus cannot carry it") from None
-    if not os.path.isabs(path):
-        path = os.path.join(os.getcwd(), path)
-    try:
-        pathrules.split_components(path)
-        path.encode("utf-8")
-    except pathrules.PathRuleError as e:
-        raise InvalidPathError(str(e)) from None
-    except UnicodeEncodeError:
-        raise InvalidPathError("path is not valid UTF-8; D-Bus cannot carry it") from None
-    return path
+    return request.absolute_path(path)
 
 
 class AdminClient:
@@ -101,7 +78,7 @@ class AdminClient:
         try:
             bus = await Connection.open(self.address)
         except BusError as e:
-            raise MechanismUnavailable(f"cannot connect to the system bus: {e}") from None
+            raise request.unreachable(e) from None
         bus.on_signal(self._on_signal)
         self._bus = bus
         self._owner = None
@@ -134,22 +111,15 @@ class AdminClient:
         ``Busy`` is retried with backoff until ``timeout``; BusyError only
         when the mechanism stays busy that long.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        for attempt in itertools.count():
-            reply = await self._call_once(path, interactive, deadline - loop.time(), timeout, on_progress)
-            if reply.error_name != i.ERROR_BUSY:
-                break
-            # The mechanism has as many of this user's requests queued as it
-            # takes: come back later, sooner at first, never past our timeout.
-            pause = min(BUSY_BACKOFF_MAX, BUSY_BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.5, 1.0)
-            if loop.time() + pause >= deadline:
+        busy = request.Busy(timeout, asyncio.get_running_loop().time)
+        while True:
+            reply = await self._call_once(path, interactive, busy.remaining(), timeout, on_progress)
+            pause = busy.pause(reply)
+            if pause is None:
                 break
             await asyncio.sleep(pause)
-        if reply.sender and reply.error_name not in NO_SERVICE_ERRORS:
-            self._owner = reply.sender  # e.g. after an activation or a restart
-        if reply.error_name is not None:
-            raise from_dbus(reply.error_name, reply.text)
+        self._owner = request.owner(reply) or self._owner
+        request.conclude(reply)
 
     async def _call_once(self, path, interactive, remaining, timeout, on_progress):
         async with self._slots:
@@ -159,9 +129,9 @@ class AdminClient:
             try:
                 return await bus.call(messages.cleanup(path, interactive), max(remaining, 0.001))
             except asyncio.TimeoutError:
-                raise CleanupFailedError(f"no answer from {i.BUS_NAME} within {timeout:g} s") from None
+                raise request.timed_out(timeout) from None
             except BusError as e:  # connection lost mid-call
-                raise MechanismUnavailable(f"the bus connection failed: {e}") from None
+                raise request.lost(e) from None
             finally:
                 if on_progress is not None:
                     callbacks = self._progress.get(path, set())
@@ -219,13 +189,14 @@ def _raise_delegated(exc, original):
 def force_remove_dir_all(path: PathLike, *, interactive: bool = False, timeout: float = i.DEFAULT_CALL_TIMEOUT) -> None:
     """Remove ``path`` (a directory tree or a single entry), delegating to
     the mechanism on PermissionError.  Synchronous: do not call it from a
-    running event loop; use ``force_remove_dir_all_async`` there."""
+    running event loop (the call to the mechanism blocks: ``blocking.cleanup``);
+    use ``force_remove_dir_all_async`` there."""
     path = absolute_path(path)
     try:
         as_user.remove(path)
     except PermissionError as original:
         try:
-            asyncio.run(request_cleanup(path, interactive=interactive, timeout=timeout))
+            blocking.cleanup(path, interactive=interactive, timeout=timeout)
         except (CleanupError, MechanismUnavailable) as exc:
             _raise_delegated(exc, original)
 

@@ -7,9 +7,13 @@ written; ``tests/test_contract.py`` holds the classes to the table (every row
 has exactly one class here, named and based as the row says, and every class
 a row)."""
 
-from typing import ClassVar, Dict, Optional, Type
+from __future__ import annotations  # the annotations are for type checkers: typing is not imported to run
 
 from locald_admin import interface as i
+
+TYPE_CHECKING = False  # typing's constant, without importing typing (mypy takes the name as true)
+if TYPE_CHECKING:
+    from typing import ClassVar, Dict, Optional, Type
 
 
 class CleanupError(Exception):

@@ -8,26 +8,29 @@ shim never resolves one against its working directory); 5 outside scope;
 SIGINT / SIGTERM (the connection closes, so the mechanism stops the walk, and
 a pkttyagent the shim started is stopped).  On failure one plain line on
 stderr.
+
+locald runs it for every delegated delete, so it starts with what one call
+needs and no more: the blocking call (``blocking.cleanup``, no asyncio), the
+request's rules (``request``), the error table; pkttyagent's helpers
+(``subprocess``, ``shutil``) only when it is interactive.
 """
 
-import argparse
-import asyncio
-import os
-import shutil
 import signal
-import subprocess
 import sys
 
 from locald_admin import __version__
 from locald_admin import interface as i
 from locald_admin.pathrules import display
-from .cleanup import absolute_path, request_cleanup
+from . import blocking
 from .errors import CleanupError, InvalidPathError, MechanismUnavailable
+from .request import absolute_path
 
 PROG = "locald-shim"
 
 
 def _parser():
+    import argparse  # 5-6 ms of a start: only when the quick reading below does not do
+
     p = argparse.ArgumentParser(prog=PROG, description="locald's privileged helper commands.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="group", required=True, metavar="admin")
@@ -51,10 +54,59 @@ def _parser():
     return p
 
 
+class _Args:
+    """What ``_parser().parse_args`` gives for a cleanup, read by ``_quick``."""
+
+    def __init__(self, path, interactive, progress, timeout):
+        self.group, self.command = "admin", "cleanup"
+        self.path, self.interactive, self.progress, self.timeout = path, interactive, progress, timeout
+
+
+_SWITCHES = {"--interactive": ("interactive", True), "--no-interactive": ("interactive", False),
+             "--progress": ("progress", True), "--no-progress": ("progress", False)}
+
+
+def _quick(argv):
+    """The arguments of a cleanup as locald writes them (``admin cleanup``,
+    then whole option names, ``--timeout`` with its value as the next
+    argument, and one path that does not start with '-'), read without
+    building the parser (argparse costs 5-6 ms of a 30 ms start); the same
+    values as ``_parser().parse_args`` (``tests/test_shim.py`` holds the two
+    together).  None for anything else: argparse reads it (help, errors,
+    abbreviations, ``--timeout=N``, ``--``, a repeated option)."""
+    if len(argv) < 3 or argv[0] != "admin" or argv[1] != "cleanup":
+        return None
+    values = {"path": None, "interactive": None, "progress": None, "timeout": None}
+    rest = iter(argv[2:])
+    for arg in rest:
+        if arg in _SWITCHES:
+            name, value = _SWITCHES[arg]
+            if values[name] is not None:
+                return None
+            values[name] = value
+        elif arg == "--timeout":
+            value = next(rest, None)
+            if values["timeout"] is not None or value is None or value.startswith("-"):
+                return None
+            try:
+                values["timeout"] = float(value)
+            except ValueError:
+                return None
+        elif arg.startswith("-") or values["path"] is not None:
+            return None
+        else:
+            values["path"] = arg
+    if values["path"] is None:
+        return None
+    timeout = i.DEFAULT_CALL_TIMEOUT if values["timeout"] is None else values["timeout"]
+    return _Args(values["path"], values["interactive"], values["progress"], timeout)
+
+
 class _Terminated(SystemExit):
-    """SIGTERM arrived.  A SystemExit, which asyncio lets through from any
-    callback (another BaseException landing in one would be logged and
-    swallowed), so that it ends the call wherever it lands."""
+    """SIGTERM arrived.  A SystemExit, so that it ends the call wherever it
+    lands (a wait for the bus, a pause before a retry) and nothing on the
+    way takes it for an error of the call; the connection is closed on the
+    way out."""
 
 
 def _terminated(signum, frame):
@@ -69,6 +121,10 @@ def _fail(code, message):
 def _start_agent():
     """Start pkttyagent for this process, as systemctl does, so that polkit
     can ask for a password on this terminal.  Returns the process or None."""
+    import os
+    import shutil
+    import subprocess
+
     agent = shutil.which("pkttyagent")
     if agent is None:
         return None
@@ -89,7 +145,11 @@ def _start_agent():
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--version"]:  # as argparse's version action says it
+        print(f"{PROG} {__version__}")
+        return i.EXIT_OK
+    args = _quick(argv) or _parser().parse_args(argv)
     if args.timeout <= 0:
         return _fail(i.EXIT_USAGE, "--timeout must be positive")
     if not args.path.startswith("/"):
@@ -111,8 +171,8 @@ def main(argv=None):
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         agent = _start_agent() if interactive else None
-        asyncio.run(request_cleanup(args.path, interactive=interactive, timeout=args.timeout,
-                                    on_progress=on_progress if show_progress else None))
+        blocking.cleanup(args.path, interactive=interactive, timeout=args.timeout,
+                         on_progress=on_progress if show_progress else None)
     except CleanupError as e:
         failure = (e.exit_code, str(e))
     except MechanismUnavailable as e:

@@ -3,8 +3,11 @@
 Everything else speaks ``locald_admin.messages`` (plain data) through a
 ``Connection``: ``call`` a method and get a ``Reply``, ``send`` a signal,
 ``serve`` the service's object, ``on_signal`` for the client.  What goes on
-the wire is ``wire.py``'s (the codec and the framing, Sans-I/O); this module
-is the thin I/O around it, on asyncio, and depends on no D-Bus library:
+the wire is ``wire.py``'s (the codec and the framing, Sans-I/O), how a
+connection starts and what it reads is ``busproto.py``'s (the address, the
+authentication, Hello, messages to and from the wire, Sans-I/O too: the
+client's blocking one-call connection shares it); this module is the thin
+I/O around them, on asyncio, and depends on no D-Bus library:
 
 * **Connecting**: the bus address (``DBUS_SYSTEM_BUS_ADDRESS``, else the
   well-known socket), the ``EXTERNAL`` authentication with our euid, and
@@ -32,20 +35,19 @@ is the thin I/O around it, on asyncio, and depends on no D-Bus library:
 import asyncio
 import collections
 import logging
-import os
 import socket
 
+from . import busproto as proto
 from . import interface as i
 from . import introspection
 from . import messages as m
 from . import wire
+from .busproto import MAX_AUTH_LINE, SYSTEM_BUS_ADDRESS, BusError, socket_addresses  # noqa: F401 (busio's names too)
 
 log = logging.getLogger(__name__)
 
-SYSTEM_BUS_ADDRESS = "unix:path=/run/dbus/system_bus_socket"
 MAX_INCOMING = wire.MAX_INCOMING  # the longest message read into memory (wire.py says why this size)
 MAX_LOGGED_INVALID = 100  # messages passed over as invalid (wire.Parser) that are logged, per connection
-MAX_AUTH_LINE = 512  # the server's answer to AUTH: "OK <32 hex digits>\r\n"
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 _SERIAL_WRAP = (1 << 32) - 1
 
@@ -54,93 +56,9 @@ _DO_NOT_QUEUE = 4
 _REQUEST_NAME_REPLIES = {1: "PRIMARY_OWNER", 2: "IN_QUEUE", 3: "EXISTS", 4: "ALREADY_OWNER"}
 
 
-class BusError(ConnectionError):
-    """The connection failed, was lost, or the bus refused a request."""
-
-
-# -- the address -------------------------------------------------------------------------
-
-def socket_addresses(address=None):
-    """The Unix socket addresses to try, in order, for a bus address
-    (``DBUS_SYSTEM_BUS_ADDRESS`` or the system bus's socket when None):
-    ``unix:path=…`` and ``unix:abstract=…`` entries, ``;``-separated, their
-    values %-escaped as the specification says.  Other transports (tcp,
-    launchd, systemd:) are not for a system service: BusError if nothing
-    usable is left."""
-    if address is None:
-        address = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS_ADDRESS
-    out = []
-    for entry in address.split(";"):
-        transport, _, params = entry.partition(":")
-        if transport != "unix":
-            continue
-        keys = {}
-        for pair in params.split(","):
-            key, eq, value = pair.partition("=")
-            if eq:
-                keys[key] = _unescape(value)
-        if "path" in keys:
-            out.append(keys["path"])
-        elif "abstract" in keys:
-            out.append("\0" + keys["abstract"])
-    if not out:
-        raise BusError(f"no unix:path= or unix:abstract= in the bus address {address!r}")
-    return out
-
-
-def _unescape(value):
-    raw = value.encode()
-    out = bytearray()
-    k = 0
-    while k < len(raw):
-        if raw[k] == 0x25 and k + 2 < len(raw):  # %XX
-            try:
-                out.append(int(raw[k + 1:k + 3], 16))
-                k += 3
-                continue
-            except ValueError:
-                pass
-        out.append(raw[k])
-        k += 1
-    return out.decode(errors="surrogateescape")
-
-
-# -- plain data <-> wire messages ------------------------------------------------------------
-
-def _unwrap(value):
-    """A decoded value with its variants replaced by their values (what
-    ``messages`` reads: the signature of a variant is the codec's concern)."""
-    t = type(value)
-    if t is str or t is int or t is bool or t is float or t is bytes:
-        return value
-    if t is wire.Variant:
-        return _unwrap(value.value)
-    if t is list or t is tuple:
-        return t(_unwrap(v) for v in value)
-    if t is dict:
-        return {k: _unwrap(v) for k, v in value.items()}
-    return value
-
-
-def _outgoing(out, serial):
-    """The wire message of a ``messages.Call`` or ``messages.Signal``."""
-    if isinstance(out, m.Signal):
-        return wire.Message(wire.SIGNAL, serial, 0, out.path, out.interface, out.member,
-                            destination=out.destination, signature=out.signature, body=tuple(out.body))
-    flags = ((wire.ALLOW_INTERACTIVE_AUTHORIZATION if out.allow_interactive else 0)
-             | (wire.NO_REPLY_EXPECTED if out.no_reply else 0))
-    return wire.Message(wire.METHOD_CALL, serial, flags, out.path, out.interface, out.member,
-                        destination=out.destination, signature=out.signature, body=tuple(out.body))
-
-
-def _reply(msg):
-    error = msg.error_name if msg.type == wire.ERROR else None
-    return m.Reply(msg.sender, error, msg.signature, _unwrap(msg.body))
-
-
 def _incoming(msg):
     return m.Incoming(sender=msg.sender, path=msg.path, interface=msg.interface, member=msg.member,
-                      signature=msg.signature, body=_unwrap(msg.body),
+                      signature=msg.signature, body=proto.unwrap(msg.body),
                       allow_interactive=bool(msg.flags & wire.ALLOW_INTERACTIVE_AUTHORIZATION),
                       no_reply=bool(msg.flags & wire.NO_REPLY_EXPECTED), handle=msg, oversized=msg.oversized)
 
@@ -192,19 +110,15 @@ class Connection:
         sock = await _connect(socket_addresses(address), loop)
         con = None
         try:
-            hello = wire.Message(wire.METHOD_CALL, 1, 0, m.DBUS_PATH, m.DBUS_NAME, "Hello", destination=m.DBUS_NAME)
-            rest = await _authenticate(sock, loop, wire.encode(hello))
+            rest = await _authenticate(sock, loop)
             con = cls(sock, loop)
-            con._serial = hello.serial
+            con._serial = 1  # Hello's
             answered = loop.create_future()
-            con._pending[hello.serial] = lambda msg, err: answered.done() or (
+            con._pending[1] = lambda msg, err: answered.done() or (
                 answered.set_exception(err) if err is not None else answered.set_result(msg))
             if rest:
                 con._received(rest)
-            reply = await answered
-            if reply.type != wire.METHOD_RETURN or reply.signature != "s":
-                raise BusError(f"the bus refused Hello: {reply.error_name}: {_unwrap(reply.body)[:1]}")
-            con.unique_name = reply.body[0]
+            con.unique_name = proto.read_hello(await answered)
             return con
         except BaseException as e:
             if con is not None:
@@ -258,27 +172,18 @@ class Connection:
                 log.error("a message could not be processed: %s: %s", type(exc).__name__, exc)
 
     def _message(self, msg):
-        t = msg.type
-        if t != wire.SIGNAL and msg.destination is not None and self.unique_name is not None \
-                and msg.destination != self.unique_name and msg.destination not in self._names:
-            # Not ours (a connection that eavesdrops sees others' calls and
-            # replies): never answered, never taken for the answer to ours.
-            # (Before Hello's reply we have no name: the bus addresses that
-            # reply to the one it has just given us.)
+        if proto.addressed_elsewhere(msg, self.unique_name, self._names):
             return
-        if t == wire.METHOD_RETURN or t == wire.ERROR:
+        t = msg.type
+        if proto.is_reply(msg):
             callback = self._pending.pop(msg.reply_serial, None)
             if callback is not None:
-                if msg.oversized:  # a reply we did not read is no answer: an error in its place
-                    msg = wire.Message(wire.ERROR, msg.serial, 0, error_name=m.LIMITS_EXCEEDED,
-                                       reply_serial=msg.reply_serial, sender=msg.sender, signature="s",
-                                       body=(f"a reply of {msg.oversized} bytes is refused",))
-                callback(msg, None)
+                callback(proto.answer(msg), None)
         elif t == wire.SIGNAL:
-            if not msg.oversized:
+            signal = proto.received_signal(msg)
+            if signal is not None:
                 for handler in self._signal_handlers:
-                    handler(m.Signal(msg.destination, msg.path, msg.interface, msg.member, msg.signature,
-                                     _unwrap(msg.body), sender=msg.sender))
+                    handler(signal)
         elif t == wire.METHOD_CALL:
             self._method_call(msg)
 
@@ -358,7 +263,7 @@ class Connection:
         ``no_reply`` call is sent and None returned."""
         if self._error is not None:
             raise BusError(str(self._error))
-        msg = _outgoing(call, self._next_serial())
+        msg = proto.outgoing(call, self._next_serial())
         if call.no_reply:
             await self._send(msg)
             return None
@@ -386,7 +291,7 @@ class Connection:
         timer = None if timeout is None else loop.call_later(timeout, expired)
         try:
             self._write(msg, _Written(answered))
-            return _reply(await answer)
+            return proto.reply(await answer)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -395,14 +300,14 @@ class Connection:
     async def send(self, out):
         """Send a Signal (or a no_reply Call) without waiting for an answer;
         raises BusError when the connection fails."""
-        await self._send(_outgoing(out, self._next_serial()))
+        await self._send(proto.outgoing(out, self._next_serial()))
 
     def post(self, out):
         """``send`` without waiting for the write either (best effort: a
         message that cannot be sent is logged and dropped)."""
         if self._error is None:
             try:
-                self._write(_outgoing(out, self._next_serial()))
+                self._write(proto.outgoing(out, self._next_serial()))
             except BusError as e:
                 log.error("%s.%s not sent: %s", out.interface, out.member, e)
 
@@ -472,7 +377,7 @@ class Connection:
                 return None, "s", (introspection.introspection_xml(path),)
             if path == i.OBJECT_PATH:
                 if interface == m.PROPERTIES:
-                    return introspection.properties_reply(member, signature, _unwrap(msg.body))
+                    return introspection.properties_reply(member, signature, proto.unwrap(msg.body))
                 if interface is None:
                     # As the bus policy does (it allows only named interfaces):
                     # a call must say which interface it means.
@@ -550,24 +455,20 @@ def _fail(fut, exc):
         fut.exception()  # retrieved: nobody may be waiting for it
 
 
-async def _authenticate(sock, loop, hello):
-    """``AUTH EXTERNAL`` with our euid, ``BEGIN`` and the encoded ``hello``
-    in one write, then the server's ``OK`` line; returns what came after it
-    (the start of the message stream)."""
-    uid = str(os.geteuid()).encode().hex().encode()
-    await loop.sock_sendall(sock, b"\0AUTH EXTERNAL " + uid + b"\r\nBEGIN\r\n" + hello)
+async def _authenticate(sock, loop):
+    """``AUTH EXTERNAL``, ``BEGIN`` and ``Hello`` in one write
+    (``busproto.greeting``), then the server's ``OK`` line; returns what
+    came after it (the start of the message stream)."""
+    await loop.sock_sendall(sock, proto.greeting())
     line = bytearray()
-    while b"\r\n" not in line:
-        if len(line) > MAX_AUTH_LINE:
-            raise BusError("the bus answered authentication with something that is not D-Bus")
+    while True:
+        rest = proto.auth_answer(line)
+        if rest is not None:
+            return rest
         data = await loop.sock_recv(sock, 256)
         if not data:
             raise BusError("the bus closed the connection during authentication")
         line += data
-    answer, _, rest = bytes(line).partition(b"\r\n")
-    if not answer.startswith(b"OK "):
-        raise BusError(f"the bus refused authentication: {answer[:200].decode(errors='replace')}")
-    return rest
 
 
 async def _connect(addresses, loop):
@@ -581,5 +482,5 @@ async def _connect(addresses, loop):
             return sock
         except OSError as e:
             sock.close()
-            errors.append(f"{addr.replace(chr(0), '@')}: {e.strerror or e}")
-    raise BusError("cannot connect to the bus: " + "; ".join(errors))
+            errors.append((addr, e))
+    raise proto.unreachable(errors)

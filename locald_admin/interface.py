@@ -6,8 +6,7 @@ CLI exit codes are spelled out; the mechanism and the client import them
 from here.
 """
 
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from .records import frozen
 
 BUS_NAME = "org.locald.Admin1"
 OBJECT_PATH = "/org/locald/Admin1"
@@ -23,7 +22,7 @@ PYTHON_TYPES = {"s": str, "o": str, "g": str, "b": bool, "y": int, "n": int, "q"
                 "x": int, "t": int, "d": float, "h": int}
 
 
-@dataclass(frozen=True)
+@frozen
 class Arg:
     name: str
     signature: str
@@ -34,11 +33,11 @@ class Arg:
         return PYTHON_TYPES[self.signature]
 
 
-@dataclass(frozen=True)
+@frozen
 class MethodSpec:
     name: str
-    in_args: Tuple[Arg, ...]
-    out_args: Tuple[Arg, ...]
+    in_args: tuple[Arg, ...]
+    out_args: tuple[Arg, ...]
     action: str  # the polkit action that gates it
     doc: str = ""  # what it does, for the man page
 
@@ -62,10 +61,10 @@ class MethodSpec:
         return "".join(a.signature for a in self.out_args)
 
 
-@dataclass(frozen=True)
+@frozen
 class SignalSpec:
     name: str
-    args: Tuple[Arg, ...]
+    args: tuple[Arg, ...]
     doc: str = ""
 
     @property
@@ -73,7 +72,7 @@ class SignalSpec:
         return "".join(a.signature for a in self.args)
 
 
-@dataclass(frozen=True)
+@frozen
 class PropertySpec:
     name: str
     signature: str
@@ -81,7 +80,7 @@ class PropertySpec:
     # Its org.freedesktop.DBus.Property.EmitsChangedSignal annotation, when
     # not the default ("true"): "const", a value that never changes while
     # the mechanism runs (so no PropertiesChanged is ever sent for it).
-    emits_changed_signal: Optional[str] = None
+    emits_changed_signal: str | None = None
 
 
 CLEANUP = MethodSpec(
@@ -144,7 +143,7 @@ PRIORITY_ERR, PRIORITY_WARNING, PRIORITY_NOTICE, PRIORITY_INFO = 3, 4, 5, 6
 PRIORITY_OK = PRIORITY_INFO  # a request that succeeded
 PRIORITY_CANCELLED = PRIORITY_NOTICE  # its caller left before the answer
 
-@dataclass(frozen=True)
+@frozen
 class ErrorSpec:
     """One error of the contract, as both sides see it."""
 
@@ -155,7 +154,7 @@ class ErrorSpec:
     client_base: type  # the built-in exception the client's class also is
     meaning: str  # when it is answered, in one line
     priority: int  # of the request's audit record in the journal: a refusal is a notice, ...
-    refines: Optional["ErrorSpec"] = None  # a more general error it is a case of
+    refines: "ErrorSpec | None" = None  # a more general error it is a case of
 
 
 FAILED = ErrorSpec(

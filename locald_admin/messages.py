@@ -9,10 +9,8 @@ service's object says about itself (introspection, its properties) is
 ``introspection``'s; the standard names both use are here.
 """
 
-from dataclasses import dataclass, field
-from typing import Any, Optional, Tuple
-
 from . import interface as i
+from .records import field, frozen
 from .wire import Variant  # noqa: F401 (a value with its signature: the codec's, sent as it is)
 
 
@@ -34,42 +32,42 @@ PROPERTY_READ_ONLY = "org.freedesktop.DBus.Error.PropertyReadOnly"
 LIMITS_EXCEEDED = "org.freedesktop.DBus.Error.LimitsExceeded"
 
 
-@dataclass(frozen=True)
+@frozen
 class Call:
     """A method call to send."""
 
-    destination: Optional[str]
+    destination: str | None
     path: str
-    interface: Optional[str]
+    interface: str | None
     member: str
     signature: str = ""
-    body: Tuple = ()
+    body: tuple = ()
     allow_interactive: bool = False  # the ALLOW_INTERACTIVE_AUTHORIZATION flag
     no_reply: bool = False  # NO_REPLY_EXPECTED: sent, never answered
 
 
-@dataclass(frozen=True)
+@frozen
 class Signal:
     """A signal to send (``sender`` None) or one received."""
 
-    destination: Optional[str]
+    destination: str | None
     path: str
     interface: str
     member: str
     signature: str = ""
-    body: Tuple = ()
-    sender: Optional[str] = None
+    body: tuple = ()
+    sender: str | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Reply:
     """The answer to a call: a method return (``error_name`` None) or an
     error.  Variants in the body arrive unwrapped to their values."""
 
-    sender: Optional[str]
-    error_name: Optional[str]
+    sender: str | None
+    error_name: str | None
     signature: str = ""
-    body: Tuple = ()
+    body: tuple = ()
 
     @property
     def text(self):
@@ -77,20 +75,20 @@ class Reply:
         return self.body[0] if self.body and isinstance(self.body[0], str) else ""
 
 
-@dataclass(frozen=True)
+@frozen
 class Incoming:
     """A method call the service received.  ``handle`` is its ``wire.Message``,
     which only ``busio`` looks at (to address the reply)."""
 
-    sender: Optional[str]
+    sender: str | None
     path: str
-    interface: Optional[str]
+    interface: str | None
     member: str
     signature: str
-    body: Tuple
+    body: tuple
     allow_interactive: bool
     no_reply: bool
-    handle: Any = field(default=None, compare=False, repr=False)
+    handle: object = field(default=None, compare=False, repr=False)
     # When not 0: the message was this many bytes, longer than the service
     # reads (busio.MAX_INCOMING), and ``body`` is empty: only its header
     # was read.
@@ -189,7 +187,7 @@ def cancel_check_authorization(cancel_id):
                 no_reply=True)
 
 
-@dataclass(frozen=True)
+@frozen
 class Authorization:
     authorized: bool
     challenge: bool  # polkit would ask for a password

@@ -6,10 +6,8 @@ whether it is safe to act on is decided later, on held file descriptors
 boundary: it only rejects what is malformed and finds the anchor to start from.
 """
 
-from dataclasses import dataclass
-from typing import Tuple
-
 from .interface import ANCHOR_NAME, DATA_DIR_NAME, MAX_PATH_BYTES
+from .records import frozen
 
 ANCHOR = ANCHOR_NAME.encode()
 # The second anchor kind: <home>/.local/share/locald (the last component is
@@ -28,7 +26,7 @@ class PathRuleError(Exception):
         self.kind = kind
 
 
-@dataclass(frozen=True)
+@frozen
 class ParsedPath:
     """An absolute path split at its anchor.
 
@@ -39,8 +37,8 @@ class ParsedPath:
     ``prefix[:-2]`` must be the caller's home directory.
     """
 
-    prefix: Tuple[bytes, ...]
-    below: Tuple[bytes, ...]
+    prefix: tuple[bytes, ...]
+    below: tuple[bytes, ...]
     anchor: bytes = ANCHOR
     kind: str = KIND_PROJECT
 
@@ -49,7 +47,7 @@ class ParsedPath:
         return b"/" + b"/".join(self.prefix + (self.anchor,) + self.below)
 
     @property
-    def home(self) -> Tuple[bytes, ...]:
+    def home(self) -> tuple[bytes, ...]:
         """For a data-directory anchor: the components of the home directory."""
         return self.prefix[:-2]
 
@@ -67,7 +65,7 @@ def display(raw) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def split_components(path) -> Tuple[bytes, ...]:
+def split_components(path) -> tuple[bytes, ...]:
     """Check the lexical rules and return the components of ``path``.
 
     Rules: a str or bytes; not empty; absolute; at most MAX_PATH_BYTES bytes;

@@ -44,8 +44,9 @@ ignore them; refusing them would let anyone end our connection).
 
 import re
 import struct
-from dataclasses import dataclass
 from functools import lru_cache
+
+from .records import frozen
 
 __all__ = [
     "METHOD_CALL", "METHOD_RETURN", "ERROR", "SIGNAL",
@@ -80,31 +81,48 @@ class WireError(ValueError):
     cannot be encoded as the given signature."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Variant:
     """A variant value: its signature (one complete type) and its value."""
     signature: str
     value: object
 
 
-@dataclass(slots=True)
+_MESSAGE_FIELDS = ("type", "serial", "flags", "path", "interface", "member", "error_name", "reply_serial",
+                   "destination", "sender", "signature", "body", "oversized")
+
+
 class Message:
     """One D-Bus message.  ``oversized`` > 0: a message of that many bytes
     whose body was dropped unread (only its header was decoded; ``body`` is
-    ``()`` and ``signature`` is the one its header announced)."""
-    type: int
-    serial: int = 0
-    flags: int = 0
-    path: str | None = None
-    interface: str | None = None
-    member: str | None = None
-    error_name: str | None = None
-    reply_serial: int | None = None
-    destination: str | None = None
-    sender: str | None = None
-    signature: str = ""
-    body: tuple = ()
-    oversized: int = 0
+    ``()`` and ``signature`` is the one its header announced).
+
+    A plain class with slots (what ``@dataclass(slots=True)`` made of it,
+    without importing dataclasses): the fields in this order, positionally
+    or by name; equal when every field is; not hashable (it is mutable)."""
+    __slots__ = _MESSAGE_FIELDS
+    __match_args__ = _MESSAGE_FIELDS
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, type: int, serial: int = 0, flags: int = 0, path: str | None = None,
+                 interface: str | None = None, member: str | None = None, error_name: str | None = None,
+                 reply_serial: int | None = None, destination: str | None = None, sender: str | None = None,
+                 signature: str = "", body: tuple = (), oversized: int = 0) -> None:
+        (self.type, self.serial, self.flags, self.path, self.interface, self.member, self.error_name,
+         self.reply_serial, self.destination, self.sender, self.signature, self.body, self.oversized) = (
+            type, serial, flags, path, interface, member, error_name, reply_serial, destination, sender, signature,
+            body, oversized)
+
+    def _values(self):
+        return tuple(getattr(self, name) for name in _MESSAGE_FIELDS)
+
+    def __eq__(self, other):
+        if other.__class__ is self.__class__:
+            return self._values() == other._values()
+        return NotImplemented
+
+    def __repr__(self):
+        return f"Message({', '.join(f'{name}={getattr(self, name)!r}' for name in _MESSAGE_FIELDS)})"
 
 
 # -- names ------------------------------------------------------------------------------------

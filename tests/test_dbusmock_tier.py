@@ -4,22 +4,30 @@ suite runs as root (uid 0 would bypass polkit and prove nothing), as the
 current user otherwise.  Runs anywhere, as any user.
 """
 
+import asyncio
+import json
 import os
 import re
 import stat
 import subprocess
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import dbus
 import pytest
 
+from locald_admin import busio
 from locald_admin import interface as i
+from locald_admin import messages as m
+from locald_admin.client import blocking
+from locald_admin.client.errors import InvalidPathError, MechanismUnavailable, OutsideScopeError
 from harness import IS_ROOT
 from harness.buses import PolkitMock, PrivateBus
 from harness.calls import cleanup
 from harness.mechanism import Mechanism, stack
-from harness.trees import check_canary, plant_canary, rm_rf, world_tmpdir
+from harness.trees import check_canary, make_anchor, make_chain, plant_canary, rm_rf, world_tmpdir
+from harness.waiting import poll_until
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -342,6 +350,157 @@ class TestInteractiveChallenge:
         r = clients.api("request", str(project / "run"), stack.address, interactive=True)
         assert r["ok"], r
         assert not (project / "run").exists()
+
+
+# -- the blocking client (client/blocking.py, locald-shim's path) ---------------------
+#
+# The shim's other cases run through it too: the errors and exit codes above,
+# the bad-input catalogue (tests/test_bad_input.py), the interrupted shim, its
+# agent and Busy (tests/test_hostile.py).
+
+# locald-shim's main as the client user, then what it loaded: its last line.
+LOADED = """
+import json, sys
+from locald_admin.client.shim import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+loaded = sorted(sys.modules)
+print(json.dumps({"code": code, "modules": loaded}))
+"""
+# Loaded only by the asyncio client and the user's own removal; argparse only
+# for what the shim's quick reading of locald's forms does not take.
+NOT_FOR_THE_SHIM = ("asyncio", "dataclasses", "locald_admin.busio", "locald_admin.client.cleanup",
+                    "locald_admin.client.as_user", "subprocess", "argparse")
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["admin", "cleanup", "--no-interactive", "{project}/run"]],
+                         ids=["version", "cleanup"])
+def test_the_shim_loads_neither_asyncio_nor_dataclasses_nor_argparse(bus, allowed, clients, project, argv):
+    argv = [a.format(project=project) for a in argv]
+    cp = clients.run(["-c", LOADED, *argv], bus.address, text=True)
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout.splitlines()[-1])
+    assert out["code"] in (0, None), (out["code"], cp.stderr)
+    assert "locald_admin.client.blocking" in out["modules"] or argv == ["--version"]
+    assert [name for name in NOT_FOR_THE_SHIM if name in out["modules"]] == []
+    if argv != ["--version"]:
+        assert not (project / "run").exists()
+
+
+def test_blocking_success_and_answers_in_process(bus, allowed, clients, project):
+    """``blocking.cleanup`` in this process (root skips polkit; otherwise the
+    mock allows): success, OutsideScope, InvalidPath from the mechanism
+    (the lexical check is the caller's, skipped here), a missing target."""
+    if os.geteuid() != 0 and os.geteuid() != clients.uid:
+        pytest.skip("the anchor belongs to another user")
+    blocking.cleanup(str(project / "run"), address=bus.address)
+    assert not (project / "run").exists()
+    blocking.cleanup(str(project / "missing"), address=bus.address)
+    with pytest.raises(OutsideScopeError):
+        blocking.cleanup("/tmp/no-anchor-here/x", address=bus.address)
+    with pytest.raises(InvalidPathError, match="'..'"):
+        blocking.cleanup(str(project / ".." / ".locald" / "x"), address=bus.address)
+
+
+@pytest.mark.parametrize("address", ["unix:path=/nonexistent/socket", "tcp:host=localhost,port=1"],
+                         ids=["no-socket", "no-unix-address"])
+def test_blocking_without_a_bus_is_mechanism_unavailable(address):
+    with pytest.raises(MechanismUnavailable, match="cannot connect to the system bus"):
+        blocking.cleanup("/x/.locald/y", address=address)
+
+
+def test_blocking_on_a_bus_without_the_mechanism_is_mechanism_unavailable():
+    with PrivateBus() as empty:
+        with pytest.raises(MechanismUnavailable, match="ServiceUnknown|NameHasNoOwner"):
+            blocking.cleanup("/x/.locald/y", address=empty.address, timeout=10)
+
+
+def test_shim_no_answer_within_the_timeout_is_failed_and_the_call_is_dropped(bus, polkit, mechanism, clients,
+                                                                            project):
+    """polkit hangs: the shim gives up after --timeout (exit 1, one line),
+    and the mechanism, seeing its caller leave, records the call as
+    cancelled."""
+    polkit.allow(True)
+    polkit.mock.SimulateHang(True)
+    try:
+        before = len(mechanism.audits(result="cancelled"))
+        cp = clients.shim("admin", "cleanup", "--no-interactive", "--timeout", "1", str(project / "run"),
+                          bus_address=bus.address)
+        assert cp.returncode == i.EXIT_FAILED, cp.stderr
+        assert cp.stderr == f"locald-shim: no answer from {i.BUS_NAME} within 1 s\n"
+        assert poll_until(lambda: len(mechanism.audits(result="cancelled")) > before, 10, 0.05), \
+            mechanism.log()[-2000:]
+    finally:
+        polkit.mock.SimulateHang(False)
+        polkit.mock.ReleaseHangingCalls()
+        polkit.allow(False)
+    assert (project / "run" / "shm" / "data").exists()
+
+
+FORGED = 987654321  # the count every forged Progress carries
+
+
+class Forger:
+    """Another connection that sends a Progress signal for ``path`` to
+    every connection that joins the bus, every few milliseconds, as anyone
+    on the bus may; the mechanism's name is not its own."""
+
+    def __init__(self, address, path):
+        self.address, self.path = address, path
+        self.sent = 0
+        self._names = set()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10), "the forger did not connect"
+
+    async def _run(self):
+        con = await busio.Connection.open(self.address)
+        con.on_signal(self._joined)
+        rule = ("type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
+                "member='NameOwnerChanged',arg1=''")
+        await con.call(m.add_match(rule))
+        self._ready.set()
+        while not self._stop.is_set():
+            for name in list(self._names):
+                con.post(m.progress(name, self.path, FORGED, 0.5))
+                self.sent += 1
+            await asyncio.sleep(0.005)
+        con.close()
+
+    def _joined(self, signal):
+        if signal.member == "NameOwnerChanged" and signal.body[0].startswith(":"):
+            self._names.add(signal.body[0])
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(10)
+
+
+def test_blocking_believes_progress_only_from_the_services_owner(top):
+    """A delete of about a second with a 0.05 s Progress interval, while
+    another connection sends Progress for the same path to every newcomer:
+    the callback sees the mechanism's counts, never the forged one."""
+    anchor = make_anchor(top, os.geteuid(), os.getegid())
+    target = anchor / "big"
+    target.mkdir()
+    for k in range(2):
+        make_chain(target / f"chain{k}", 20_000, create_base=True)
+    seen = []
+    with stack(progress_interval=0.05) as (b, _, _):
+        forger = Forger(b.address, str(target))
+        try:
+            blocking.cleanup(str(target), address=b.address, timeout=120,
+                             on_progress=lambda removed, elapsed: seen.append(removed))
+        finally:
+            forger.stop()
+    assert not target.exists()
+    assert forger.sent > 0
+    assert seen and FORGED not in seen, seen
+    assert seen == sorted(seen)
 
 
 # -- staying on the bus ----------------------------------------------------------

@@ -25,7 +25,7 @@ from harness.attack import rss_kib
 from harness.buses import PolkitMock
 from harness.calls import cleanup as raw_call
 from harness.mechanism import Mechanism, audit_fields
-from harness.users import OTHER_USER, ClientRunner
+from harness.users import OTHER_USER, SHIM, ClientRunner
 from harness.waiting import poll_until
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -181,9 +181,12 @@ def test_one_users_queue_is_bounded_and_the_rest_are_busy(bus, polkit, clients, 
 
 
 @needs_root
-def test_the_client_library_retries_busy_with_backoff(bus, polkit, clients, top):
+@pytest.mark.parametrize("client", ["api", "shim"])
+def test_the_client_library_retries_busy_with_backoff(bus, polkit, clients, top, client):
     """The user's queue is full (128 calls hanging in polkit): the client's
-    own call is told Busy, retries, and succeeds once the queue drains."""
+    own call is told Busy, retries, and succeeds once the queue drains;
+    through the asyncio API (``request_cleanup``) and through locald-shim
+    (the blocking client)."""
     anchor = project_of(top, clients, "p")
     (anchor / "mine").mkdir()
     os.chown(anchor / "mine", clients.uid, clients.gid)
@@ -193,17 +196,24 @@ def test_the_client_library_retries_busy_with_backoff(bus, polkit, clients, top)
         try:
             with flood(clients, bus, calls=i.MAX_QUEUED_PER_UID, connections=2, path=str(anchor / "gone")) as p:
                 assert poll_until(lambda: polkit.mock.HaveHangingCalls(), 30, 0.05)
-                proc = clients.popen([clients.probe, "request", str(anchor / "mine"), json.dumps({"timeout": 60})],
-                                     bus.address, stdout=subprocess.PIPE)
+                if client == "api":
+                    argv = [clients.probe, "request", str(anchor / "mine"), json.dumps({"timeout": 60})]
+                else:
+                    argv = ["-c", SHIM, "admin", "cleanup", "--no-interactive", "--timeout", "60", str(anchor / "mine")]
+                proc = clients.popen(argv, bus.address, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 assert poll_until(lambda: mech.audits(result=i.ERROR_BUSY), 30, 0.05)
                 polkit.mock.SimulateHang(False)
                 polkit.mock.ReleaseHangingCalls()
-                report = json.loads(proc.communicate(timeout=60)[0])
+                out, err = proc.communicate(timeout=60)
                 tally(p, 120)
         finally:
             polkit.mock.SimulateHang(False)
             polkit.mock.ReleaseHangingCalls()
-        assert report["ok"], report
+        if client == "api":
+            report = json.loads(out)
+            assert report["ok"], report
+        else:
+            assert proc.returncode == 0 and err == b"", err
         assert not (anchor / "mine").exists()
         busy = {f["sender"] for f in mech.audits(result=i.ERROR_BUSY)}
         assert busy & {f["sender"] for f in mech.audits(path=str(anchor / "mine"), result="ok")}
@@ -283,7 +293,7 @@ def test_an_interrupted_shim_exits_128_plus_the_signal_and_its_call_is_cancelled
     with Mechanism(bus) as mech:
         polkit.mock.SimulateHang(True)
         try:
-            proc = clients.popen(["-c", "import sys; from locald_admin.client.shim import main; sys.exit(main())",
+            proc = clients.popen(["-c", SHIM,
                                   "admin", "cleanup", "--no-interactive", "/nowhere/.locald/x"], bus.address,
                                  stderr=subprocess.PIPE)
             assert poll_until(lambda: polkit.mock.HaveHangingCalls(), 30, 0.05)
@@ -307,11 +317,11 @@ def test_the_shim_stops_the_agent_it_started_when_terminated(tmp_path, monkeypat
                      "os.close(int(sys.argv[sys.argv.index('--notify-fd') + 1]))  # registered\n"
                      "time.sleep(300)\n")
     agent.chmod(0o755)
-    script = ("import sys, os, signal, threading\n"
-              "from locald_admin.client import shim\n"
-              "async def hang(*a, **k):\n"
-              "    import asyncio; await asyncio.sleep(60)\n"
-              "shim.request_cleanup = hang\n"
+    script = ("import sys, os, signal, threading, time\n"
+              "from locald_admin.client import blocking, shim\n"
+              "def hang(*a, **k):\n"
+              "    time.sleep(60)\n"
+              "blocking.cleanup = hang\n"
               "threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
               "sys.exit(shim.main(['admin', 'cleanup', '--interactive', '/nowhere/.locald/x']))\n")
     env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}")

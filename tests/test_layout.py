@@ -30,8 +30,9 @@ def rel(path):
 
 def test_the_product_imports_no_dbus_library_and_only_busio_imports_wire():
     """The product speaks D-Bus itself: no module imports a D-Bus library,
-    and the codec is known to the connection (busio) and to messages (for
-    Variant) alone."""
+    and the codec is known to the connection (busio, and busproto, its
+    Sans-I/O part the client's blocking connection shares) and to messages
+    (for Variant) alone."""
     libraries = {rel(p) for p in PRODUCT
                  if any(m.split(".")[0] in ("dbus_next", "dbus_fast", "dbus", "jeepney", "sdbus", "pydbus", "gi")
                         for _, m in imports(p))}
@@ -39,7 +40,7 @@ def test_the_product_imports_no_dbus_library_and_only_busio_imports_wire():
     names_wire = re.compile(r"^(from (\.|locald_admin) import .*\bwire\b|from (\.|locald_admin\.)wire import"
                             r"|import locald_admin\.wire)", re.M)
     codec = {rel(p) for p in PRODUCT if names_wire.search(p.read_text())}
-    assert codec == {"locald_admin/busio.py", "locald_admin/messages.py"}
+    assert codec == {"locald_admin/busio.py", "locald_admin/busproto.py", "locald_admin/messages.py"}
 
 
 @pytest.mark.parametrize("path", PRODUCT, ids=rel)

@@ -460,24 +460,6 @@ def test_a_small_tree_is_removed_by_one_walk_without_a_thread(base, monkeypatch)
     assert not t.exists()
 
 
-def test_what_the_walk_alone_finds_in_a_small_tree_is_reported(base, monkeypatch):
-    if not IS_ROOT:
-        pytest.skip("chattr +i needs root")
-    t = base / "t"
-    for i in range(3):
-        (t / f"d{i}").mkdir(parents=True)
-        write(t / f"d{i}" / "f")
-    subprocess.run(["chattr", "+i", str(t / "d1" / "f")], check=True)
-    _no_threads(monkeypatch)
-    try:
-        res = remove(os.fsencode(base), b"t", C, threads=2)
-    finally:
-        subprocess.run(["chattr", "-i", str(t / "d1" / "f")], check=True)
-    assert list(res.failures.items()) == [(b"d1/f", (errno.EPERM, os.strerror(errno.EPERM)))]
-    assert res.removed == 2 * 2
-    assert sorted(os.listdir(t)) == ["d1"]
-
-
 def test_a_tree_bigger_than_split_after_is_split_after_the_walk_alone_stops(base, monkeypatch):
     """Past ``split_after`` steps the walk alone stops (its findings
     dropped), the split's helpers take the rest and the ordinary walk
@@ -531,7 +513,10 @@ def test_a_cancel_during_the_walk_alone_stops_without_a_split(base, monkeypatch)
     assert [name for name, _, _ in calls] == [b"t"]  # neither the split nor another walk
 
 
-def test_a_failure_in_a_helper_is_reported_by_the_ordinary_walk(base):
+@pytest.mark.parametrize("alone", [True, False], ids=["walk-alone", "split"])
+def test_a_failure_in_a_small_tree_is_reported_once(base, monkeypatch, alone):
+    """By the walk alone (a small tree: no thread started), or with the
+    split first by the ordinary walk after the helper that met it."""
     if not IS_ROOT:
         pytest.skip("chattr +i needs root")
     t = base / "t"
@@ -539,8 +524,10 @@ def test_a_failure_in_a_helper_is_reported_by_the_ordinary_walk(base):
         (t / f"d{i}").mkdir(parents=True)
         write(t / f"d{i}" / "f")
     subprocess.run(["chattr", "+i", str(t / "d2" / "f")], check=True)
+    if alone:
+        _no_threads(monkeypatch)
     try:
-        res = remove(os.fsencode(base), b"t", C, threads=2, limits=SPLIT_FIRST)
+        res = remove(os.fsencode(base), b"t", C, threads=2, limits=walk.DEFAULT_LIMITS if alone else SPLIT_FIRST)
     finally:
         subprocess.run(["chattr", "-i", str(t / "d2" / "f")], check=True)
     assert list(res.failures.items()) == [(b"d2/f", (errno.EPERM, os.strerror(errno.EPERM)))]

@@ -37,7 +37,7 @@ def _fault(name, where):
 
 def install_faults():
     real_parse = pathrules.parse
-    real_remove_tree = walk.remove_tree
+    real_remove = walk.remove_with_threads
 
     def parse(path):
         """The first thing the mechanism does with a path (lexical rules)."""
@@ -45,13 +45,14 @@ def install_faults():
         _fault(text.rstrip("/").rsplit("/", 1)[-1], "parse")
         return real_parse(path)
 
-    def remove_tree(parent_fd, name, dir_fd, *args, **kwargs):
-        """Deep inside the deletion, after scope resolution, in a worker."""
+    def remove_with_threads(parent_fd, name, dir_fd, *args, **kwargs):
+        """The walk of a directory, after scope resolution and the mount and
+        in-use checks, in a worker (``remove._remove_dir`` calls it)."""
         _fault(name.decode("utf-8", "replace"), "walk")
-        return real_remove_tree(parent_fd, name, dir_fd, *args, **kwargs)
+        return real_remove(parent_fd, name, dir_fd, *args, **kwargs)
 
     pathrules.parse = parse
-    walk.remove_tree = remove_tree
+    walk.remove_with_threads = remove_with_threads
 
 
 def run(argv):
