@@ -144,9 +144,8 @@ def remove_with_threads(parent_fd, name, dir_fd, result, threads, fs, owners=Non
             result.merge(findings)
             return result
         result.cancelled = False  # stopped for its steps: the tree is big
-        split.remove_in_parallel(dir_fd, result, threads, fs, owners=owners, cancel=cancel, limits=limits)
-    elif threads >= 2:
-        split.remove_in_parallel(dir_fd, result, threads, fs, owners=owners, cancel=cancel, limits=limits)
+    # (With one thread or the Python walk the split does nothing.)
+    split.remove_in_parallel(dir_fd, result, threads, fs, owners=owners, cancel=cancel, limits=limits)
     if not result.cancelled:
         remove_tree(parent_fd, name, dir_fd, result=result, fs=fs, owners=owners, cancel=cancel, keep_dir=keep_dir,
                     limits=limits)
