@@ -52,7 +52,8 @@ def test_installed_launcher_runs_again_isolated_under_system_malloc(staged):
             env, argv = _environ(proc.pid), _cmdline(proc.pid)
             assert env.get("PYTHONMALLOC") == "malloc", env
             assert not {k for k in env if k.startswith("PYTHON")} - {"PYTHONMALLOC"}, env
-            assert argv[1:5] == ["-s", "-P", "-B", str(launcher)] and argv[5:] == ["--address", bus.address], argv
+            # The launcher's -I as -s -P (-E dropped for PYTHONMALLOC), its -S and -B kept.
+            assert argv[1:6] == ["-s", "-P", "-S", "-B", str(launcher)] and argv[6:] == ["--address", bus.address], argv
         finally:
             terminate(proc)
         assert b"Traceback" not in proc.stderr.read()
