@@ -133,6 +133,7 @@ class Clients:
                 raise RuntimeError("the bench client does not report its pid (harness/programs/bench_client.py)")
             self.pids.append(ready["pid"])
         self.n = 0  # every client's command number (all get the same commands)
+        self.waited = {}  # the last window's seconds each watched process waited for a CPU
 
     def quit(self):
         quit_clients(self.procs)
@@ -149,6 +150,7 @@ class Clients:
             self.made.create(self.pids, n, per_client)
         self.n += 1
         kw = {} if cpu_of is None else {"cpu_of": cpu_of}
-        res, cpu, wall = run_load(self.procs, self.readers, what, count, duration, self.watch, **kw)
+        self.waited = {}
+        res, cpu, wall = run_load(self.procs, self.readers, what, count, duration, self.watch, waited=self.waited, **kw)
         check = self.made.check(self.pids, n, per_client, res, exact=bool(count)) if made else None
         return res, cpu, wall, check

@@ -6,6 +6,7 @@ import contextlib
 import subprocess
 import time
 
+from .cpuclock import run_delay
 from .procs import Lines, close_pipes
 from .sampling import machine_cpu, proc_cpu
 
@@ -21,11 +22,13 @@ def load_clients(ctx, address, n, prefix):
     return procs, readers
 
 
-def run_load(procs, readers, what, count, duration, watch, cpu_of=proc_cpu):
+def run_load(procs, readers, what, count, duration, watch, cpu_of=proc_cpu, waited=None):
     """One command to every client; returns (client results, server CPU
     seconds per watched process, wall seconds of the window).  ``cpu_of``:
     how a watched process's CPU seconds are read (/proc's clock ticks by
-    default; ``cpuclock.process_cpu`` to the nanosecond)."""
+    default; ``cpuclock.process_cpu`` to the nanosecond).  ``waited``: a
+    dict given is filled with the seconds each watched process spent
+    runnable, waiting for a CPU (``cpuclock.run_delay``)."""
     start = time.monotonic() + (1.0 if len(procs) > 1 else 0.2)
     for p in procs:
         p.stdin.write(f"run {what} {count} {start:.6f} {duration:.3f}\n".encode())
@@ -33,12 +36,14 @@ def run_load(procs, readers, what, count, duration, watch, cpu_of=proc_cpu):
     while time.monotonic() < start:
         time.sleep(min(0.01, max(0.0, start - time.monotonic())))
     c0 = {k: cpu_of(pid) for k, pid in watch.items()}
+    w0 = {k: run_delay(pid) for k, pid in watch.items()}
     m0 = machine_cpu()
     t0 = time.monotonic()
     results = []
     if duration > 0:
         time.sleep(max(0.0, start + duration - time.monotonic()))
         c1 = {k: cpu_of(pid) for k, pid in watch.items()}
+        w1 = {k: run_delay(pid) for k, pid in watch.items()}
         m1 = machine_cpu()
         t1 = time.monotonic()
         for p, rd in zip(procs, readers):
@@ -47,8 +52,11 @@ def run_load(procs, readers, what, count, duration, watch, cpu_of=proc_cpu):
         for p, rd in zip(procs, readers):
             results.append(rd.json(900))
         c1 = {k: cpu_of(pid) for k, pid in watch.items()}
+        w1 = {k: run_delay(pid) for k, pid in watch.items()}
         m1 = machine_cpu()
         t1 = time.monotonic()
+    if waited is not None:
+        waited.update({k: (w1[k] - w0[k]) if w0[k] is not None and w1[k] is not None else None for k in watch})
     cpu = {k: (c1[k] - c0[k]) if c0[k] is not None and c1[k] is not None else None for k in watch}
     # Everything else the machine did meanwhile: other people's work.
     ours = sum(v for v in cpu.values() if v is not None) + sum(r.get("cpu", 0) for r in results)

@@ -48,11 +48,17 @@ def run(ctx, address, watch, duration, pairs):
                                               for k, v in cpu.items()
                                               if k not in ("machine_total", "others")},
                    "client_cpu_ms_per_call": sum(r["cpu"] for r in res) / ok * 1000 if ok else None,
+                   # Runnable but waiting for a CPU, per call: what each
+                   # server lost to the others on the machine's 2 cores.
+                   "server_wait_ms_per_call": {k: (v / ok * 1000 if v is not None and ok else None)
+                                               for k, v in clients.waited.items()},
                    "leftovers": check}
             runs[key].append(run)
             log(f"  {key}: {run['calls_per_s']:.0f} calls/s ({errors} errors"
                 f"{'; ' + first if first else ''}); CPU s: clients {run['clients_cpu_s']:.2f}, "
-                + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if v is not None))
+                + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if v is not None)
+                + "; waited for a CPU, ms per call: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in run["server_wait_ms_per_call"].items() if v is not None))
     finally:
         clients.quit()
     out = {"clients": CLIENTS, "duration_s": duration, "runs": runs, "leftovers": made.summary()}

@@ -224,6 +224,30 @@ def test_a_scan_ahead_serves_the_tickets_taken_before_it_and_only_one_runs_at_a_
     assert len(started) == 1
 
 
+def test_no_scan_ahead_while_another_ticket_waits_the_scan_it_needs_serves_both():
+    """Under load, a scan ahead per arrival would run back to back, each
+    replaced before anyone took it: with another ticket waiting, ``ahead``
+    starts none, and the scan the first check starts serves both (it
+    starts after both arrived).  Alone again, it starts one."""
+    scan = SlowScan()
+    scan.release.set()
+    scans = SharedScans(scan)
+    ran = []
+
+    def run(fn):
+        ran.append(fn)
+        fn()
+
+    first, second = scans.ticket(5), scans.ticket(6)
+    assert not scans.ahead(run) and ran == []
+    assert first.census() == "census 1" and second.census() == "census 1" and scan.runs == 1
+    first.close()
+    second.close()
+    alone = scans.ticket(7)
+    assert scans.ahead(run) and len(ran) == 1 and scan.runs == 2
+    assert alone.census() == "census 2" and scan.runs == 2
+
+
 def test_ahead_names_uids_whose_last_allowed_request_needed_a_census_and_forgets_the_oldest():
     ahead = Ahead(size=2)
     assert not ahead.wanted(1)
