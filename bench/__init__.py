@@ -69,7 +69,8 @@ The modules, one concern each:
   worktree    the commit a revision names, a detached git worktree of it and its removal
   staging     a tree's code laid out as make install does, built alike, and where each module comes from
   deps        a staged tree's runtime dependencies, beside its package
-  cpuclock    other processes' CPU time to the nanosecond (for load.run_load's cpu_of)
+  cpuclock    other processes' CPU time to the nanosecond (for load.run_load's cpu_of), and the time
+              their threads waited for a CPU (run_delay, load.run_load's waited)
   clitimes    the command line's wall time to exit and peak RSS
   report      the results table with the targets' verdicts
   targets     the targets and what makes a round quiet
