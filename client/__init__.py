@@ -6,8 +6,9 @@ names (PEP 562), so that ``locald-shim``, which needs none of it, does not
 pay for asyncio and the user's own walk at its start."""
 
 from .errors import (BusyError, CleanupError, CleanupFailedError, InteractiveAuthorizationRequiredError,
-                     InUseError, InvalidPathError, MechanismUnavailable, MountPointError, NotAuthorizedError,
-                     OutsideScopeError)
+                     InUseError, InvalidArgumentsError, InvalidPathError, MechanismUnavailable, MountPointError,
+                     NotAuthorizedError, OutsideScopeError, UnsupportedError)
+from .request import CleanupResult
 
 TYPE_CHECKING = False  # typing's constant, without importing typing (mypy takes the name as true)
 if TYPE_CHECKING:
@@ -22,7 +23,8 @@ __all__ = [
     "AdminClient", "shared_client",
     "CleanupError", "CleanupFailedError", "NotAuthorizedError",
     "InteractiveAuthorizationRequiredError", "InvalidPathError", "OutsideScopeError",
-    "MountPointError", "InUseError", "BusyError", "MechanismUnavailable",
+    "MountPointError", "InUseError", "BusyError", "InvalidArgumentsError", "UnsupportedError",
+    "MechanismUnavailable", "CleanupResult",
 ]
 
 

@@ -162,9 +162,13 @@ def _connect(addresses, deadline):
     raise busproto.unreachable(errors)
 
 
-def cleanup(path, *, interactive=False, timeout=i.DEFAULT_CALL_TIMEOUT, on_progress=None, address=None):
+def cleanup(path, *, interactive=False, timeout=i.DEFAULT_CALL_TIMEOUT, on_progress=None, address=None,
+            with_result=False, dry_run=False):
     """Call ``Cleanup(path)`` (an absolute path) once, blocking; return None
-    on success.
+    on success.  With ``with_result`` or ``dry_run``, call
+    ``CleanupWithOptions`` instead and return its ``request.CleanupResult``
+    (a mechanism without it: ``Cleanup`` again on the same connection for a
+    plain call, UnsupportedError for a dry run).
 
     Raises a CleanupError subclass for the mechanism's errors, or
     MechanismUnavailable when there is no mechanism to ask.
@@ -173,6 +177,13 @@ def cleanup(path, *, interactive=False, timeout=i.DEFAULT_CALL_TIMEOUT, on_progr
     the mechanism stays busy that long.  ``address``: the bus's (default:
     ``DBUS_SYSTEM_BUS_ADDRESS``, else the system bus).
     """
+    options = with_result or dry_run
+
+    def call():
+        if options:
+            return messages.cleanup_with_options(path, interactive, dry_run, allow_interactive=interactive)
+        return messages.cleanup(path, interactive)
+
     busy = request.Busy(timeout, time.monotonic)
     owner = []  # the service's unique name, once GetNameOwner is answered
 
@@ -184,7 +195,7 @@ def cleanup(path, *, interactive=False, timeout=i.DEFAULT_CALL_TIMEOUT, on_progr
             except Exception:
                 pass
 
-    first = [messages.cleanup(path, interactive)]
+    first = [call()]
     if on_progress is not None:  # Progress is believed only from the service's own connection
         first.insert(0, messages.get_name_owner(i.BUS_NAME))
     try:
@@ -199,15 +210,24 @@ def cleanup(path, *, interactive=False, timeout=i.DEFAULT_CALL_TIMEOUT, on_progr
         serial = 1 + len(first)
         while True:
             reply = bus.answer(serial, busy.deadline)
+            if options and request.older(reply):
+                if dry_run:
+                    raise request.unsupported()
+                options = False  # an older mechanism: the plain call, which says nothing of what it did
+                serial = bus.call(call(), busy.deadline)
+                continue
             pause = busy.pause(reply)
             if pause is None:
                 break
             time.sleep(pause)
-            serial = bus.call(messages.cleanup(path, interactive), busy.deadline)
+            serial = bus.call(call(), busy.deadline)
     except TimeoutError:
         raise request.timed_out(timeout) from None
     except busproto.BusError as e:
         raise request.lost(e) from None
     finally:
         bus.close()
+    if options:
+        return request.result(reply, dry_run)
     request.conclude(reply)
+    return request.UNKNOWN_RESULT if with_result else None

@@ -111,23 +111,51 @@ class AdminClient:
         ``Busy`` is retried with backoff until ``timeout``; BusyError only
         when the mechanism stays busy that long.
         """
+        reply = await self._call(lambda: messages.cleanup(path, interactive), path, timeout, on_progress)
+        request.conclude(reply)
+
+    async def cleanup_with_options(self, path: str, *, dry_run: bool = False, interactive: bool = False,
+                                   timeout: float = i.DEFAULT_CALL_TIMEOUT,
+                                   on_progress: Optional[ProgressCallback] = None) -> "request.CleanupResult":
+        """Call ``CleanupWithOptions(path, options)``; return what it did
+        (a ``CleanupResult``: entries removed, whether the target existed,
+        the call's duration; for a ``dry_run``, what a real call would
+        remove and the first entries it would leave in place, nothing
+        removed).  ``interactive`` is sent as the option and as the
+        message's flag.  A mechanism older than the method (UnknownMethod):
+        a plain call is made with ``Cleanup`` (its result says nothing but
+        success: ``request.UNKNOWN_RESULT``), a dry run raises
+        UnsupportedError.  Errors as ``cleanup``'s."""
+        reply = await self._call(
+            lambda: messages.cleanup_with_options(path, interactive, dry_run, allow_interactive=interactive),
+            path, timeout, on_progress)
+        if request.older(reply):
+            if dry_run:
+                raise request.unsupported()
+            await self.cleanup(path, interactive=interactive, timeout=timeout, on_progress=on_progress)
+            return request.UNKNOWN_RESULT
+        return request.result(reply, dry_run)
+
+    async def _call(self, make, path, timeout, on_progress):
+        """The reply to ``make()`` (a message), asked again after Busy's
+        pauses within ``timeout``."""
         busy = request.Busy(timeout, asyncio.get_running_loop().time)
         while True:
-            reply = await self._call_once(path, interactive, busy.remaining(), timeout, on_progress)
+            reply = await self._call_once(make(), path, busy.remaining(), timeout, on_progress)
             pause = busy.pause(reply)
             if pause is None:
                 break
             await asyncio.sleep(pause)
         self._owner = request.owner(reply) or self._owner
-        request.conclude(reply)
+        return reply
 
-    async def _call_once(self, path, interactive, remaining, timeout, on_progress):
+    async def _call_once(self, message, path, remaining, timeout, on_progress):
         async with self._slots:
             bus = await self._connection()
             if on_progress is not None:
                 self._progress.setdefault(path, set()).add(on_progress)
             try:
-                return await bus.call(messages.cleanup(path, interactive), max(remaining, 0.001))
+                return await bus.call(message, max(remaining, 0.001))
             except asyncio.TimeoutError:
                 raise request.timed_out(timeout) from None
             except BusError as e:  # connection lost mid-call

@@ -80,6 +80,18 @@ class BusyError(CleanupError, OSError):
     spec = i.BUSY
 
 
+class InvalidArgumentsError(CleanupError, ValueError):
+    spec = i.INVALID_ARGS
+
+
+class UnsupportedError(CleanupError):
+    """The mechanism answering is older than what was asked of it (a dry
+    run needs CleanupWithOptions, InterfaceRevision 2): not a row of the
+    table, the client's own conclusion."""
+
+    exit_code = i.EXIT_UNSUPPORTED
+
+
 class MechanismUnavailable(Exception):
     """No mechanism to ask: bus unreachable, name not owned, not installed.
     Internal: the public API re-raises the caller's own PermissionError."""

@@ -9,14 +9,19 @@ for ``locald-shim``.
   ``BUSY_BACKOFF_FIRST`` to ``BUSY_BACKOFF_MAX`` (jittered), within the
   call's own timeout;
 * what an answer, a timeout or a lost connection means to the caller
-  (``conclude``, ``owner``, ``timed_out``, ``unreachable``, ``lost``).
+  (``conclude``, ``owner``, ``timed_out``, ``unreachable``, ``lost``);
+* CleanupWithOptions: its typed answer (``CleanupResult``, ``result``), and
+  an older mechanism's (``older``: Cleanup instead for a plain call,
+  ``unsupported`` for a dry run).
 """
 
 import os
 
 from locald_admin import interface as i
-from locald_admin import pathrules
-from .errors import NO_SERVICE_ERRORS, CleanupFailedError, InvalidPathError, MechanismUnavailable, from_dbus
+from locald_admin import messages, pathrules
+from locald_admin.records import frozen
+from .errors import (NO_SERVICE_ERRORS, CleanupFailedError, InvalidPathError, MechanismUnavailable, UnsupportedError,
+                     from_dbus)
 
 # Busy (the mechanism holds as many of this user's requests as it takes):
 # retried after a pause that doubles from the first to the last, within the
@@ -103,3 +108,65 @@ def unreachable(e):
 def lost(e):
     """The connection failed mid-call (``e``: the BusError)."""
     return MechanismUnavailable(f"the bus connection failed: {e}")
+
+
+@frozen
+class CleanupResult:
+    """What a CleanupWithOptions call did.  ``removed``, ``existed`` and
+    ``duration_usec`` are None when the mechanism is older and answered a
+    plain Cleanup instead (it says nothing of them).  A dry run's
+    ``would_remove`` and ``refused`` ((path, reason) of the first entries a
+    real call would leave in place, at most ``interface.MAX_REFUSED``)."""
+
+    removed: "int | None"
+    existed: "bool | None"
+    duration_usec: "int | None"
+    dry_run: bool = False
+    would_remove: "int | None" = None
+    refused: tuple = ()
+
+    @property
+    def left_behind(self):
+        """A dry run: whether a real call would leave something in place."""
+        return bool(self.refused)
+
+    def as_dict(self):
+        """The result object under the interface's own key names (what
+        ``locald-shim admin cleanup --json`` prints); keys of what the
+        mechanism did not say are left out."""
+        out = {i.RESULT_REMOVED: self.removed, i.RESULT_EXISTED: self.existed,
+               i.RESULT_DURATION: self.duration_usec}
+        if self.dry_run:
+            out[i.RESULT_WOULD_REMOVE] = self.would_remove
+            out[i.RESULT_REFUSED] = [list(r) for r in self.refused]
+        return {k: v for k, v in out.items() if v is not None}
+
+
+# What a plain call answered by an older mechanism's Cleanup did, as far as
+# anyone can tell: it succeeded.
+UNKNOWN_RESULT = CleanupResult(None, None, None)
+
+
+def older(reply):
+    """Whether ``reply`` says the mechanism has no CleanupWithOptions (its
+    InterfaceRevision is below ``interface.REVISION_WITH_OPTIONS``)."""
+    return reply.error_name == messages.UNKNOWN_METHOD and reply.sender is not None
+
+
+def unsupported():
+    return UnsupportedError("the locald-admin mechanism on this system is older than this client and cannot do "
+                            f"a dry run (it needs InterfaceRevision {i.REVISION_WITH_OPTIONS}); "
+                            "update locald-admin and restart it")
+
+
+def result(reply, dry_run):
+    """The CleanupResult of a CleanupWithOptions ``reply``; raise what an
+    error means (``conclude``)."""
+    conclude(reply)
+    try:
+        values = messages.read_cleanup_result(reply)
+    except messages.BadReply as e:
+        raise CleanupFailedError(str(e)) from None
+    refused = tuple(values.get(i.RESULT_REFUSED, ()))[:i.MAX_REFUSED]
+    return CleanupResult(values.get(i.RESULT_REMOVED), values.get(i.RESULT_EXISTED), values.get(i.RESULT_DURATION),
+                         dry_run, values.get(i.RESULT_WOULD_REMOVE), refused)

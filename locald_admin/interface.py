@@ -19,7 +19,9 @@ POLKIT_ACTION = "org.locald.admin1.cleanup"
 
 # The Python type of a basic D-Bus type's value, as the wire codec reads it.
 PYTHON_TYPES = {"s": str, "o": str, "g": str, "b": bool, "y": int, "n": int, "q": int, "i": int, "u": int,
-                "x": int, "t": int, "d": float, "h": int}
+                "x": int, "t": int, "d": float, "h": int,
+                # and the one container an argument has: a vardict, str -> wire.Variant
+                "a{sv}": dict}
 
 
 @frozen
@@ -90,6 +92,38 @@ CLEANUP = MethodSpec(
     "that does not exist is success. Nothing outside the target is touched: no symbolic link is "
     "followed, no mount entered, and a mount at or below the target, or one of a running container "
     "that uses it, refuses the call before anything is deleted.")
+# CleanupWithOptions' options and result: each key's D-Bus type, once (the
+# mechanism checks the options against it, the client reads the result by
+# it, the man page lists both).  A key the table does not have, or a value of
+# another type, is InvalidArgs naming it: an option a newer client sends and
+# this mechanism would ignore could change what a call means.
+OPTION_INTERACTIVE = "interactive"
+OPTION_DRY_RUN = "dry-run"
+CLEANUP_OPTIONS = {
+    OPTION_INTERACTIVE: ("b", "whether polkit may ask for a password; when absent, the message's "
+                              "ALLOW_INTERACTIVE_AUTHORIZATION flag decides"),
+    OPTION_DRY_RUN: ("b", "check and walk the tree as a real call would, and remove nothing"),
+}
+MAX_REFUSED = 5  # entries named in a dry run's refused
+RESULT_REMOVED = "removed"
+RESULT_EXISTED = "existed"
+RESULT_DURATION = "duration-usec"
+RESULT_WOULD_REMOVE = "would-remove"
+RESULT_REFUSED = "refused"
+CLEANUP_RESULT = {
+    RESULT_REMOVED: ("t", "entries removed (0 for a dry run)"),
+    RESULT_EXISTED: ("b", "whether the target existed when it was looked up"),
+    RESULT_DURATION: ("t", "microseconds from the call's arrival to its answer"),
+    RESULT_WOULD_REMOVE: ("t", "a dry run only: entries a real call would remove"),
+    RESULT_REFUSED: ("a(ss)", f"a dry run only: the first {MAX_REFUSED} entries a real call would leave in place, "
+                              "each with its reason (path, reason)"),
+}
+CLEANUP_WITH_OPTIONS = MethodSpec(
+    "CleanupWithOptions", (Arg("path", "s"), Arg("options", "a{sv}")), (Arg("result", "a{sv}"),), POLKIT_ACTION,
+    "Cleanup with options, answering with what it did: the same rules, checks and polkit action. "
+    "A dry run resolves the scope and runs every check (mounts, in use, the trust rule), then walks the "
+    "tree without removing anything.")
+
 # Sent during a long Cleanup, only to the caller's unique name (never
 # broadcast): paths are private.
 PROGRESS = SignalSpec(
@@ -100,14 +134,19 @@ PROGRESS = SignalSpec(
 VERSION = PropertySpec("Version", "s", "the mechanism's release, as locald-admin-mechanism --version shows it",
                        emits_changed_signal="const")
 INTERFACE_REVISION_PROPERTY = PropertySpec(
-    "InterfaceRevision", "u", "the revision of this interface: 1, raised by one for every later method, "
+    "InterfaceRevision", "u", "the revision of this interface: 1 for Cleanup, Progress, Version and "
+    "InterfaceRevision, 2 with CleanupWithOptions and InvalidArgs; raised by one for every later method, "
     "signal, property or error, so that a client can tell what the mechanism has", emits_changed_signal="const")
-METHODS = (CLEANUP,)
+METHODS = (CLEANUP, CLEANUP_WITH_OPTIONS)
 SIGNALS = (PROGRESS,)
 PROPERTIES = (VERSION, INTERFACE_REVISION_PROPERTY)
 # Raised by one with every method, signal, property or error added (1: this
-# interface, with Busy, Progress, Version and InterfaceRevision).
-INTERFACE_REVISION = 1
+# interface, with Busy, Progress, Version and InterfaceRevision; 2:
+# CleanupWithOptions and the InvalidArgs row of the error table).
+INTERFACE_REVISION = 2
+# The revision that brought CleanupWithOptions: a client finding an older
+# mechanism (UnknownMethod) falls back to Cleanup, and fails a dry run.
+REVISION_WITH_OPTIONS = 2
 
 METHOD_CLEANUP = CLEANUP.name
 CLEANUP_SIGNATURE = CLEANUP.in_signature
@@ -185,8 +224,13 @@ BUSY = ErrorSpec(
     "the caller already has the most requests queued that one user may have; the client library "
     "retries with backoff", PRIORITY_WARNING)
 
+INVALID_ARGS = ErrorSpec(
+    "org.freedesktop.DBus.Error.InvalidArgs", 10, "InvalidArgs", "InvalidArgumentsError", ValueError,
+    "arguments of the wrong type, or an option the method does not know or of the wrong type (named)",
+    PRIORITY_NOTICE)
+
 ERRORS = (FAILED, NOT_AUTHORIZED, INTERACTIVE_AUTH_REQUIRED, INVALID_PATH, OUTSIDE_SCOPE, MOUNT_POINT, IN_USE,
-          BUSY)
+          BUSY, INVALID_ARGS)
 ERROR_BY_NAME = {e.dbus_name: e for e in ERRORS}
 
 # The names and codes as constants, for readable call sites.
@@ -198,11 +242,14 @@ ERROR_OUTSIDE_SCOPE = OUTSIDE_SCOPE.dbus_name
 ERROR_MOUNT_POINT = MOUNT_POINT.dbus_name
 ERROR_IN_USE = IN_USE.dbus_name
 ERROR_BUSY = BUSY.dbus_name
+ERROR_INVALID_ARGS = INVALID_ARGS.dbus_name
 
 # locald-shim exit codes: the table's, plus those that are no bus error.
 EXIT_OK = 0
 EXIT_USAGE = 2  # a bad command line
 EXIT_NO_SERVICE = 7  # bus unreachable, mechanism not installed
+EXIT_LEFT_BEHIND = 1  # --dry-run: a real call would leave something in place
+EXIT_UNSUPPORTED = 11  # the mechanism is older than what was asked (a dry run needs CleanupWithOptions)
 EXIT_SIGINT = 130  # interrupted (128 + SIGINT), as shells report it
 EXIT_SIGTERM = 143  # terminated (128 + SIGTERM)
 EXIT_FAILED = FAILED.exit_code
@@ -212,8 +259,23 @@ EXIT_OUTSIDE_SCOPE = OUTSIDE_SCOPE.exit_code
 EXIT_MOUNT_POINT = MOUNT_POINT.exit_code
 EXIT_IN_USE = IN_USE.exit_code
 EXIT_BUSY = BUSY.exit_code
+EXIT_INVALID_ARGS = INVALID_ARGS.exit_code
 
 EXIT_CODE_BY_ERROR = {e.dbus_name: e.exit_code for e in ERRORS}
+
+
+def exit_statuses():
+    """locald-shim's exit statuses, (code, meaning) in order of code: what
+    its man page (scripts/generate) and its ``--help`` list."""
+    rows = [(EXIT_OK, "success, or the target did not exist"),
+            (EXIT_LEFT_BEHIND, "--dry-run: a cleanup would leave something in place"),
+            (EXIT_USAGE, "a bad command line"),
+            (EXIT_NO_SERVICE, "the bus is unreachable or the mechanism is not installed"),
+            (EXIT_UNSUPPORTED, f"the mechanism is older than what was asked (a dry run needs InterfaceRevision "
+                               f"{REVISION_WITH_OPTIONS})"),
+            (EXIT_SIGINT, "interrupted (SIGINT)"), (EXIT_SIGTERM, "terminated (SIGTERM)")]
+    rows += [(spec.exit_code, f"{spec.dbus_name}: {spec.meaning}") for spec in ERRORS if spec.refines is None]
+    return sorted(rows, key=lambda row: row[0])
 
 # polkit's CheckAuthorization flag (polkit's PolkitCheckAuthorizationFlags).
 POLKIT_ALLOW_USER_INTERACTION = 0x1

@@ -11,7 +11,7 @@ service's object says about itself (introspection, its properties) is
 
 from . import interface as i
 from .records import field, frozen
-from .wire import Variant  # noqa: F401 (a value with its signature: the codec's, sent as it is)
+from .wire import Variant  # a value with its signature: the codec's, sent as it is
 
 
 DBUS_NAME = "org.freedesktop.DBus"
@@ -104,6 +104,73 @@ class BadReply(Exception):
 def cleanup(path, interactive=False):
     return Call(i.BUS_NAME, i.OBJECT_PATH, i.INTERFACE, i.CLEANUP.name, i.CLEANUP.in_signature, (path,),
                 allow_interactive=interactive)
+
+
+def cleanup_with_options(path, interactive=None, dry_run=False, allow_interactive=False):
+    """CleanupWithOptions(path, options): ``interactive`` sent as the
+    option when not None (it then decides), ``dry-run`` when true;
+    ``allow_interactive``: the message's flag."""
+    options = {}
+    if interactive is not None:
+        options[i.OPTION_INTERACTIVE] = Variant("b", bool(interactive))
+    if dry_run:
+        options[i.OPTION_DRY_RUN] = Variant("b", True)
+    return Call(i.BUS_NAME, i.OBJECT_PATH, i.INTERFACE, i.CLEANUP_WITH_OPTIONS.name,
+                i.CLEANUP_WITH_OPTIONS.in_signature, (path, options), allow_interactive=allow_interactive)
+
+
+def read_cleanup_options(options):
+    """CleanupWithOptions' ``options`` as received (variants unwrapped:
+    each value's Python type is its signature's, ``interface.PYTHON_TYPES``,
+    and only ``b`` is a bool) -> (options by name, the unknown keys, the
+    keys whose value is of another type).  The caller refuses the call when
+    either list is not empty."""
+    known, unknown, mistyped = {}, [], []
+    for key, value in options.items():
+        spec = i.CLEANUP_OPTIONS.get(key)
+        if spec is None:
+            unknown.append(key)
+        elif type(value) is not i.PYTHON_TYPES[spec[0]]:
+            mistyped.append(key)
+        else:
+            known[key] = value
+    return known, unknown, mistyped
+
+
+def cleanup_result(removed, existed, duration_usec, would_remove=None, refused=()):
+    """CleanupWithOptions' result: each key with its type from
+    ``interface.CLEANUP_RESULT``; ``would_remove`` and ``refused`` only for
+    a dry run (``would_remove`` not None)."""
+    values = {i.RESULT_REMOVED: removed, i.RESULT_EXISTED: existed, i.RESULT_DURATION: duration_usec}
+    if would_remove is not None:
+        values[i.RESULT_WOULD_REMOVE] = would_remove
+        values[i.RESULT_REFUSED] = [tuple(r) for r in refused]
+    return {k: Variant(i.CLEANUP_RESULT[k][0], v) for k, v in values.items()}
+
+
+def read_cleanup_result(reply):
+    """The result of a CleanupWithOptions reply, as a dict of plain values
+    of the keys ``interface.CLEANUP_RESULT`` names, each of its type; keys
+    it does not name (a newer mechanism's) are passed over.  BadReply when
+    the reply is not a{sv} or a known key holds another type."""
+    if reply.signature != "a{sv}" or len(reply.body) != 1 or not isinstance(reply.body[0], dict):
+        raise BadReply(f"CleanupWithOptions answered with signature '{reply.signature}', not a{{sv}}")
+    out = {}
+    for key, value in reply.body[0].items():
+        spec = i.CLEANUP_RESULT.get(key)
+        if spec is None:
+            continue
+        if not _of_type(value, spec[0]):
+            raise BadReply(f"CleanupWithOptions' result: {key} is not of type {spec[0]}")
+        out[key] = [tuple(r) for r in value] if spec[0] == "a(ss)" else value
+    return out
+
+
+def _of_type(value, signature):
+    if signature == "a(ss)":
+        return isinstance(value, (list, tuple)) and all(
+            isinstance(r, (list, tuple)) and len(r) == 2 and all(type(x) is str for x in r) for r in value)
+    return type(value) is i.PYTHON_TYPES[signature]
 
 
 def progress(destination, path, removed, elapsed):

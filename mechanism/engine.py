@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 
 from locald_admin import pathrules
-from locald_admin.fs import report, walk
+from locald_admin.fs import count, report, walk
 from locald_admin.fs import remove as fsremove
 from . import scans, scope
 from .config import Config
@@ -71,11 +71,15 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a finished request did: entries removed, and fields for its
-    audit record (``anchor_kept``)."""
+    """What a finished request did: entries removed, whether its target
+    existed, fields for its audit record (``anchor_kept``), and for a dry
+    run the count (``plan``, an fs.count.TreeCount: ``would_remove``, and
+    what would be left in place)."""
 
     removed: int
     notes: dict = field(default_factory=dict)
+    existed: bool = True
+    plan: object = None
 
 
 class _AllLeft:
@@ -158,7 +162,7 @@ def look_up(target):
 
 
 def remove(target, progress=None, threads=DEFAULT_WALK_THREADS, cancel=None, census=None,
-           limits=walk.DEFAULT_LIMITS):
+           limits=walk.DEFAULT_LIMITS, dry_run=False):
     """Remove a resolved target (its final component looked up by
     ``look_up``, or else looked up here); return an Outcome.  Closes it.
 
@@ -168,14 +172,20 @@ def remove(target, progress=None, threads=DEFAULT_WALK_THREADS, cancel=None, cen
     ``census``: what returns the in-use check's census (a shared scan's).
     ``limits``: the walk's (``walk.Limits``, from the settings).  An anchor
     whose holder others could write (``Target.keep_anchor``) is emptied and
-    kept (``anchor_kept`` in the Outcome's notes).
+    kept (``anchor_kept`` in the Outcome's notes).  ``dry_run``: every
+    check, the errors they raise, then a count instead of the walk; nothing
+    is removed (the Outcome's ``plan``).
     """
+    plan = count.TreeCount() if dry_run else None
     try:
         removed = fsremove.remove_entry(target.parent_fd, target.name, target.display, target.caller_uid,
                                         held_fd=target.anchor_fd, entry=target.entry, progress=progress,
                                         threads=threads, fs=target.fs, owners=target.rule, cancel=cancel,
-                                        keep_dir=target.keep_anchor, census=census, limits=limits)
-        return Outcome(removed, {"anchor_kept": "yes"} if target.keep_anchor else {})
+                                        keep_dir=target.keep_anchor, census=census, limits=limits, plan=plan)
+        notes = {"anchor_kept": "yes"} if target.keep_anchor else {}
+        if plan is not None:
+            return Outcome(0, notes, plan=plan)
+        return Outcome(removed, notes)
     except fsremove.RemoveError as e:
         raise _named(e) from None
     finally:
@@ -220,15 +230,33 @@ class Engine:
         self._lock = threading.Lock()
         self.shared_walks = 0  # requests that joined another's walk
 
-    def cleanup(self, path, uid, config, progress):
+    def cleanup(self, path, uid, config, progress, dry_run=False):
         """Cleanup(path) for ``uid``, in a worker thread; returns an Outcome
-        or raises a MechanismError, or Cancelled."""
+        or raises a MechanismError, or Cancelled.  ``dry_run``: the same
+        sequence and checks, a count instead of the removal (never shared
+        with a removal's walk)."""
         for _ in range(fsremove.MAX_TYPE_RETRIES):
             try:
+                if dry_run:
+                    return self._dry_run(path, uid, config, progress)
                 return self._once(path, uid, config, progress)
             except _ChangedType as e:
                 changed = e  # look it up again: a new entry, a new identity
         raise Failed(changed.message)
+
+    def _dry_run(self, path, uid, config, progress):
+        """One attempt of a dry run: the same resolution, lookup and checks
+        as ``_once``, then a count; no walk is shared either way."""
+        if progress.cancelled.is_set():
+            raise Cancelled(0)
+        progress.started = True
+        target = resolve(path, uid, config, self.fs)
+        if target is None:
+            return Outcome(0, existed=False)
+        if look_up(target) is GONE:
+            target.close()
+            return Outcome(0, existed=False)
+        return remove(target, cancel=progress.cancelled, census=progress.census, limits=self.limits, dry_run=True)
 
     def _once(self, path, uid, config, progress):
         """One attempt: resolve the scope, look the target up, then remove
@@ -239,13 +267,13 @@ class Engine:
             progress.started = True
             target = resolve(path, uid, config, self.fs)
             if target is None:
-                return Outcome(0)
+                return Outcome(0, existed=False)
             ident = look_up(target)
             if ident is GONE:
                 # Nothing there when we looked: success, as when it was
                 # missing above the target.
                 target.close()
-                return Outcome(0)
+                return Outcome(0, existed=False)
             key = (uid,) + ident
             with self._lock:
                 shared = self._shared.get(key)

@@ -73,3 +73,7 @@ class InUse(MechanismError):
 
 class Busy(MechanismError):
     spec = i.BUSY
+
+
+class InvalidArgs(MechanismError):
+    spec = i.INVALID_ARGS

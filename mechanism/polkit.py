@@ -57,6 +57,13 @@ class _PerUid:
             del self._slots[uid]
 
 
+# The second way in, for callers without a session (ssh, CI, services): the
+# example rule the package ships (Makefile, debian/: installed there).
+EXAMPLE_RULE = "/usr/share/doc/locald-admin/examples/50-locald-admin.rules.example"
+WAYS_IN = (f"for callers without one (ssh, CI, services) the administrator can allow a group with the polkit "
+           f"rule {EXAMPLE_RULE}")
+
+
 class Authority:
     """polkit as seen from one bus connection."""
 
@@ -107,10 +114,14 @@ class Authority:
             raise NotAuthorized(str(e)) from None
         if decision.authorized:
             return
+        # What a person can do about it, in the answer itself (issue 26):
+        # the two ways in that polkit's defaults and the shipped rule give.
         if decision.challenge and not interactive:
             raise InteractiveAuthorizationRequired(
-                "authentication is required; call again allowing interactive authorization")
-        raise NotAuthorized(f"polkit denied {action} to uid {uid}")
+                "authentication is required: the caller is in no active local session; call again allowing "
+                f"interactive authorization (locald-shim --interactive, on a terminal), or {WAYS_IN}")
+        raise NotAuthorized(f"polkit denied {action} to uid {uid}: it is allowed without a password from an active "
+                            f"local session (a desktop or console login on this machine); {WAYS_IN}")
 
     async def _ask(self, call, cancel_id, remaining, timeout):
         try:

@@ -15,7 +15,8 @@ A call's way through, one job per function:
   one-line message (``_outcome``), never a traceback;
 * the handler, as hostnamed's are: its arguments read (handed to it) ->
   validated (Cleanup: the path's size, on arrival: nothing is asked of
-  anyone for an oversized one) -> authorized (``_identify``: uid and pid
+  anyone for an oversized one; CleanupWithOptions: its options too, by the
+  interface's table, ``_options``) -> authorized (``_identify``: uid and pid
   from the bus daemon, never from arguments -> the uid's queue bound (Busy);
   ``_authorize``: polkit for the method's action, Cleanup's census of /proc
   started meanwhile for a uid whose last request polkit said yes to and
@@ -32,12 +33,13 @@ says ``result=cancelled``.
 import asyncio
 import collections
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from locald_admin import interface as i
-from locald_admin import messages
+from locald_admin import messages, pathrules
 from locald_admin.busio import BusError
 from locald_admin.fs import fsops
 from .config import ConfigError
@@ -45,7 +47,7 @@ from . import memory
 from .audit import RESULT_CANCELLED, RESULT_OK, Recorder
 from .callers import Callers
 from .engine import Cancelled, Engine, Progress
-from .errors import Failed, InvalidPath, MechanismError, NotAuthorized
+from .errors import Failed, InvalidArgs, InvalidPath, MechanismError, NotAuthorized
 from .jobs import Jobs
 from .polkit import Authority
 from .scans import Ahead
@@ -86,6 +88,7 @@ class Ending:
     result: str
     removed: int
     reply: Optional[tuple]
+    reason: Optional[str] = None  # an error's message, for the audit record
 
 
 class _Repeating:
@@ -180,7 +183,7 @@ class CleanupService:
             body, removed = await handling
             return Ending(RESULT_OK, removed, (self.bus.reply, (call, spec.out_signature, body)))
         except MechanismError as e:
-            return Ending(e.dbus_name, e.removed, (self.bus.reply_error, (call, e.dbus_name, e.message)))
+            return Ending(e.dbus_name, e.removed, (self.bus.reply_error, (call, e.dbus_name, e.message)), e.message)
         except Cancelled as e:  # the caller left while its walk ran: nobody to answer
             return Ending(RESULT_CANCELLED, e.removed, None)
         except asyncio.CancelledError:  # it left while waiting for polkit or for a worker
@@ -192,9 +195,11 @@ class CleanupService:
 
     def _record(self, request, outcome):
         """One audit record per call, however it ended."""
+        reason = {} if outcome.reason is None else {"reason": outcome.reason}
         self.recorder.record(sender=request.sender, uid=request.uid, pid=request.pid, **request.fields,
                              result=outcome.result, removed=outcome.removed,
-                             duration_ms=round((time.monotonic() - request.start) * 1000, 3), **request.notes)
+                             duration_ms=round((time.monotonic() - request.start) * 1000, 3), **request.notes,
+                             **reason)
 
     async def _answer(self, request, outcome):
         """Send the reply, if anyone is left to take it."""
@@ -215,14 +220,15 @@ class CleanupService:
         request.uid, request.pid = await self._credentials(request.sender)
         self.callers.queue(request)
 
-    async def _authorize(self, request, action):
+    async def _authorize(self, request, action, interactive=None):
         """The Caller (identified), once polkit said yes to ``action`` (A3,
         A5: asked before anything touches the file system, and anything but
-        a clear yes is NotAuthorized)."""
+        a clear yes is NotAuthorized).  ``interactive``: whether polkit may
+        ask for a password (None: the message's flag says)."""
         call = request.call
-        await self.authority.authorize(request.sender, request.uid, action, call.allow_interactive,
-                                       self.settings.polkit_timeout_for(call.allow_interactive),
-                                       gone=request.cancelled)
+        allow = call.allow_interactive if interactive is None else interactive
+        await self.authority.authorize(request.sender, request.uid, action, allow,
+                                       self.settings.polkit_timeout_for(allow), gone=request.cancelled)
         if request.cancelled.is_set():
             raise asyncio.CancelledError()  # it left as polkit said yes
         return Caller(request.sender, request.uid, request.pid)
@@ -246,6 +252,28 @@ class CleanupService:
     # -- the methods: read -> validate -> authorize -> act -> reply ------------
     async def cleanup(self, request, path):
         """Cleanup(s path) -> ()."""
+        outcome = await self._cleanup(request, path)
+        return (), outcome.removed
+
+    async def cleanup_with_options(self, request, path, options):
+        """CleanupWithOptions(s path, a{sv} options) -> (a{sv} result)."""
+        interactive, dry_run = _options(options)  # before anything is asked of anyone, as the path's size
+        if dry_run:
+            request.notes["dry_run"] = "yes"  # the audit record says what it was
+        outcome = await self._cleanup(request, path, interactive, dry_run)
+        would, refused = None, ()
+        if dry_run:
+            plan = outcome.plan
+            would = plan.would_remove if plan is not None else 0
+            refused = _refused(path, plan)
+            request.notes["would_remove"] = would
+        duration = int((time.monotonic() - request.start) * 1e6)
+        return (messages.cleanup_result(outcome.removed, outcome.existed, duration, would, refused),), outcome.removed
+
+    async def _cleanup(self, request, path, interactive=None, dry_run=False):
+        """Either method's sequence; the engine's Outcome.  ``interactive``:
+        None, the message's flag decides; ``dry_run``: a count, nothing
+        removed."""
         # Validate, on arrival, before anything is asked of anyone (V11): a
         # path over the contract's size says nothing about the file system,
         # and a big one costs memory everywhere it goes (polkit, Progress,
@@ -266,18 +294,18 @@ class CleanupService:
             if self._ahead.wanted(request.uid):
                 self.engine.scans.ahead(self.jobs.spawn)
             try:
-                caller = await self._authorize(request, i.CLEANUP.action)
+                caller = await self._authorize(request, i.CLEANUP.action, interactive)
             except MechanismError:
                 self._ahead.refused(request.uid)
                 raise
             try:
-                outcome = await self._remove(caller, path, request, ticket)
+                outcome = await self._remove(caller, path, request, ticket, dry_run)
             finally:
                 self._ahead.served(request.uid, ticket.used)
         finally:
             ticket.close()
         request.notes.update(outcome.notes)
-        return (), outcome.removed
+        return outcome
 
     async def cleanup_too_big(self, request, size):
         """A Cleanup call of ``size`` bytes, over what busio reads of a
@@ -287,25 +315,28 @@ class CleanupService:
         request.notes["message_bytes"] = size
         raise InvalidPath(f"the call is {size} bytes long; a path is at most {i.MAX_PATH_BYTES} bytes")
 
-    async def _remove(self, caller, path, request, ticket):
+    async def _remove(self, caller, path, request, ticket, dry_run=False):
         """Cleanup's act: ``path`` removed for ``caller`` by the engine, in a
         worker thread of ``jobs`` (the scope resolved, the in-use check made
         on the census of ``ticket``, shared with the requests waiting for
-        one, the walk), with Progress meanwhile; the engine's Outcome."""
+        one, the walk), with Progress meanwhile; the engine's Outcome.  A
+        dry run is a job as any other (it counts against the same limits),
+        with no Progress: it removes nothing."""
         config = self.config
         if isinstance(config, ConfigError):  # S10: a broken configuration fails every call closed
             raise Failed(f"locald-admin is not configured correctly: {config}")
         progress = Progress(request.cancelled, ticket.census)
-        reports = self._report_progress(caller.name, path, progress, request.start)
+        reports = None if dry_run else self._report_progress(caller.name, path, progress, request.start)
 
         def started():
             request.running = True
 
         try:
             return await self.jobs.submit(caller.uid, self.engine.cleanup, path, caller.uid, config, progress,
-                                          on_start=started)
+                                          dry_run, on_start=started)
         finally:
-            reports.cancel()
+            if reports is not None:
+                reports.cancel()
 
     def _report_progress(self, sender, path, progress, start):
         """Every progress_interval, tell the caller (only the caller: paths
@@ -362,6 +393,53 @@ class CleanupService:
 
 
 # The interface's methods, each bound to its handler.
+# An option's name in an error message: at most this many characters of it,
+# and at most MAX_NAMED_OPTIONS of them (a caller may send thousands).
+MAX_OPTION_NAME_SHOWN = 64
+MAX_NAMED_OPTIONS = 5
+
+
+def _options(options):
+    """(interactive, dry_run) from CleanupWithOptions' ``options``, or
+    InvalidArgs naming every key the table (``interface.CLEANUP_OPTIONS``)
+    does not have or whose value is of another type: an option this
+    mechanism would pass over could change what the caller meant (a dry
+    run done for real)."""
+    known, unknown, mistyped = messages.read_cleanup_options(options)
+    if unknown or mistyped:
+        def named(keys):
+            shown = [repr(k if len(k) <= MAX_OPTION_NAME_SHOWN else k[:MAX_OPTION_NAME_SHOWN] + "...")
+                     for k in sorted(keys)[:MAX_NAMED_OPTIONS]]
+            more = len(keys) - len(shown)
+            return ", ".join(shown) + (f" and {more} more" if more else "")
+
+        parts = ([f"unknown option {named(unknown)}"] if unknown else []) + \
+                ([f"option of the wrong type {named(mistyped)}"] if mistyped else [])
+        raise InvalidArgs(f"CleanupWithOptions: {'; '.join(parts)}; it takes "
+                          + ", ".join(f"{k} ({t})" for k, (t, _) in i.CLEANUP_OPTIONS.items()))
+    return known.get(i.OPTION_INTERACTIVE), known.get(i.OPTION_DRY_RUN, False)
+
+
+def _refused(path, plan):
+    """A dry run's ``refused``: (path, reason) of the first MAX_REFUSED
+    entries a real call would leave in place (mounts first), each path the
+    request's own path joined with the entry's below it."""
+    if plan is None:
+        return []
+    base = path.rstrip("/") or "/"
+
+    def full(rel):
+        if not rel:
+            return base
+        return f"{base}/{pathrules.display(rel)}" if base != "/" else f"/{pathrules.display(rel)}"
+
+    out = [(full(rel), "a mount point; left in place") for rel in plan.mounts]
+    for rel, (err, reason) in plan.failures.items():
+        out.append((full(rel), reason or (os.strerror(err) if err else "left in place")))
+    return out[:i.MAX_REFUSED]
+
+
 METHODS = {m.spec.name: m for m in (
     Method(i.CLEANUP, CleanupService.cleanup, CleanupService.cleanup_too_big),
+    Method(i.CLEANUP_WITH_OPTIONS, CleanupService.cleanup_with_options, CleanupService.cleanup_too_big),
 )}

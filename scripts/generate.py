@@ -99,14 +99,7 @@ def options(parser):
 
 
 def exit_status():
-    rows = [(i.EXIT_OK, "success, or the target did not exist"),
-            (i.EXIT_USAGE, "a bad command line"),
-            (i.EXIT_NO_SERVICE, "the bus is unreachable or the mechanism is not installed")]
-    for spec in i.ERRORS:
-        if spec.refines is None:
-            rows.append((spec.exit_code, f"{spec.dbus_name}: {spec.meaning}"))
-    rows += [(i.EXIT_SIGINT, "interrupted (SIGINT)"), (i.EXIT_SIGTERM, "terminated (SIGTERM)")]
-    return "\n".join(f".TP\n.B {code}\n{esc(text)}" for code, text in sorted(rows))
+    return "\n".join(f".TP\n.B {code}\n{esc(text)}" for code, text in i.exit_statuses())
 
 
 def errors():
@@ -123,7 +116,14 @@ def _args(args):
 
 
 def methods():
-    return "\n".join(f".TP\n.BI \"{m.name}(\" \"{_args(m.in_args)}\" )\n{esc(m.doc)}" for m in i.METHODS)
+    def out(m):
+        return f" \" \\-> (\" \"{_args(m.out_args)}\" )" if m.out_args else ""
+    return "\n".join(f".TP\n.BI \"{m.name}(\" \"{_args(m.in_args)}\" ){out(m)}\n{esc(m.doc)}" for m in i.METHODS)
+
+
+def keys(table):
+    """A table of option or result keys (interface.CLEANUP_OPTIONS, CLEANUP_RESULT)."""
+    return "\n".join(f".TP\n.BI \"{k}\" \" {sig}\"\n{esc(text)}" for k, (sig, text) in table.items())
 
 
 def signals():
@@ -155,7 +155,8 @@ def man_pages():
                                 "@DENY@": esc(" ".join(config.DEFAULT_DENY))},
         "org.locald.Admin1.5": {"@BUS_NAME@": i.BUS_NAME, "@OBJECT_PATH@": i.OBJECT_PATH,
                                 "@INTERFACE@": i.INTERFACE, "@ACTION@": i.POLKIT_ACTION, "@METHODS@": methods(),
-                                "@SIGNALS@": signals(), "@PROPERTIES@": properties(), "@ERRORS@": errors()},
+                                "@SIGNALS@": signals(), "@PROPERTIES@": properties(), "@ERRORS@": errors(),
+                                "@CLEANUP_OPTIONS@": keys(i.CLEANUP_OPTIONS), "@CLEANUP_RESULT@": keys(i.CLEANUP_RESULT)},
     }
     out = {}
     for page, fill in fills.items():

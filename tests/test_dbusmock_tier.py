@@ -94,6 +94,8 @@ def test_denied_caller_gets_not_authorized_and_nothing_is_deleted(bus, mechanism
     cp = clients.shim("admin", "cleanup", str(project / "run"), bus_address=bus.address)
     assert cp.returncode == i.EXIT_NOT_AUTHORIZED
     assert "polkit denied" in cp.stderr and cp.stderr.count("\n") == 1
+    # what a person can do about it: the two ways in, with the shipped rule's file
+    assert "active local session" in cp.stderr and "50-locald-admin.rules.example" in cp.stderr
     assert (project / "run" / "shm" / "data").read_text() == "leftover"
     r = clients.api("request", str(project / "run"), bus.address)
     assert r["type"] == "NotAuthorizedError" and "PermissionError" in r["mro"]
@@ -321,6 +323,7 @@ def test_bus_without_the_mechanism_is_no_service(clients, project):
         cp = clients.shim("admin", "cleanup", str(project / "run"), bus_address=empty.address)
     assert cp.returncode == i.EXIT_NO_SERVICE, cp.stderr
     assert "ServiceUnknown" in cp.stderr or "not available" in cp.stderr
+    assert "apt install locald-admin" in cp.stderr  # what installs it
 
 
 @pytest.fixture(scope="class")

@@ -58,7 +58,7 @@ def test_priorities_come_from_the_error_table():
     (and for a caller that left), warning for InUse, MountPoint and Busy,
     err for Failed."""
     expected = {i.FAILED: 3, i.NOT_AUTHORIZED: 5, i.INTERACTIVE_AUTH_REQUIRED: 5, i.INVALID_PATH: 5,
-                i.OUTSIDE_SCOPE: 5, i.MOUNT_POINT: 4, i.IN_USE: 4, i.BUSY: 4}
+                i.OUTSIDE_SCOPE: 5, i.MOUNT_POINT: 4, i.IN_USE: 4, i.BUSY: 4, i.INVALID_ARGS: 5}
     assert set(expected) == set(i.ERRORS)
     for spec, prio in expected.items():
         assert audit.priority(spec.dbus_name) == prio, spec.dbus_name

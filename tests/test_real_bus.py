@@ -329,6 +329,30 @@ def test_group_member_outside_a_session_is_allowed(bus, mechanism, group_rule, c
     assert not (anchor / "svc").exists() and anchor.is_dir()
 
 
+def test_cleanup_with_options_and_its_dry_run_with_the_real_polkitd(bus, mechanism, group_rule, clients, user,
+                                                                   projects):
+    """CleanupWithOptions through Debian's bus policy and the real polkitd:
+    the dry run removes nothing and counts what the cleanup then removes;
+    a caller polkit refuses gets InteractiveAuthorizationRequired for a dry
+    run as for a cleanup."""
+    anchor, secret = projects(user)
+    target = str(anchor / "svc")
+    cp = as_user(clients, user, ["-c", SHIM, "admin", "cleanup", "--no-interactive", "--dry-run", "--json", target],
+                 bus.address, extra_groups=[group_rule])
+    assert cp.returncode == 0, cp.stderr
+    dry = json.loads(cp.stdout)
+    assert dry["would-remove"] > 0 and dry["refused"] == [] and secret.exists()
+    cp = as_user(clients, user, ["-c", SHIM, "admin", "cleanup", "--no-interactive", "--json", target],
+                 bus.address, extra_groups=[group_rule])
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(cp.stdout)["removed"] == dry["would-remove"] and not secret.exists()
+    other = ensure_user(OTHER_USER)
+    anchor, secret = projects(other)
+    cp = as_user(clients, other, ["-c", SHIM, "admin", "cleanup", "--no-interactive", "--dry-run", str(anchor / "svc")],
+                 bus.address)
+    assert cp.returncode == i.EXIT_NOT_AUTHORIZED and secret.exists(), cp.stderr
+
+
 def test_non_member_is_refused_even_with_the_gid_in_its_process(bus, mechanism, group_rule, clients, projects):
     """polkit asks the user database (getgrouplist) whether the subject is in
     the group, not the caller's credentials: a process carrying the gid as a

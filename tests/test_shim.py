@@ -18,10 +18,11 @@ LOCALD_FORMS = [
     ["admin", "cleanup", "/home/u/.locald/build"],
     ["admin", "cleanup", "--no-interactive", "--no-progress", "--timeout", "30", "/p/.locald/x"],
     ["admin", "cleanup", "/p/.locald/x", "--interactive", "--progress", "--timeout", "0.5"],
+    ["admin", "cleanup", "--no-interactive", "--dry-run", "--json", "/p/.locald/x"],
 ]
 TOKENS = ["admin", "cleanup", "--interactive", "--no-interactive", "--progress", "--no-progress", "--timeout", "5",
           "0.5", "-1", "nan", "1e3", " 7 ", "x", "/p/.locald/a", "/b", "--", "-h", "--help", "--time", "--timeout=3",
-          "--no-inter", "-", "--version", "café"]
+          "--no-inter", "-", "--version", "café", "--dry-run", "--json", "--dry"]
 
 
 def argparse_reads(argv):
@@ -37,8 +38,8 @@ def argparse_reads(argv):
 
 def same(quick, ns):
     assert ns is not None
-    assert (quick.group, quick.command, quick.path, quick.interactive, quick.progress) == (
-        ns.group, ns.command, ns.path, ns.interactive, ns.progress)
+    assert (quick.group, quick.command, quick.path, quick.interactive, quick.progress, quick.dry_run, quick.json) == (
+        ns.group, ns.command, ns.path, ns.interactive, ns.progress, ns.dry_run, ns.json)
     assert quick.timeout == ns.timeout or (math.isnan(quick.timeout) and math.isnan(ns.timeout))
 
 

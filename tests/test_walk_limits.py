@@ -200,7 +200,9 @@ def test_nothing_deeper_than_max_depth_is_entered(mode, tmp_path, parent, thread
         os.close(dfd)
         os.close(pfd)
     assert sorted(c.failures) == [b"a/c/d/e/f/g", b"b/c/d/e/f/g"]
-    assert c.failures[b"a/c/d/e/f/g"] == (None, "deeper than 5 levels; not listed")
+    # in the removal's words: the dry run says what a cleanup would leave in place
+    assert c.failures[b"a/c/d/e/f/g"] == (None, "deeper than 5 levels; left in place")
+    assert c.would_remove == 0  # what the removal left is all kept by the limit: another one removes nothing
 
 
 # -- termination when listings are lost ------------------------------------------------

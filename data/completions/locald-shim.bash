@@ -9,7 +9,7 @@
 _locald_shim_admin_subparsers=(cleanup)
 _locald_shim_subparsers=(admin)
 
-_locald_shim_admin_cleanup_option_strings=(-h --help --interactive --no-interactive --progress --no-progress --timeout)
+_locald_shim_admin_cleanup_option_strings=(-h --help --interactive --no-interactive --progress --no-progress --timeout --dry-run --json)
 _locald_shim_admin_option_strings=(-h --help)
 _locald_shim_option_strings=(-h --help --version)
 
@@ -24,6 +24,8 @@ _locald_shim_admin_cleanup___interactive_nargs=0
 _locald_shim_admin_cleanup___no_interactive_nargs=0
 _locald_shim_admin_cleanup___progress_nargs=0
 _locald_shim_admin_cleanup___no_progress_nargs=0
+_locald_shim_admin_cleanup___dry_run_nargs=0
+_locald_shim_admin_cleanup___json_nargs=0
 _locald_shim_admin_pos_0_nargs=A...
 _locald_shim_admin__h_nargs=0
 _locald_shim_admin___help_nargs=0

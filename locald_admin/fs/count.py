@@ -1,13 +1,23 @@
 """A listing that deletes nothing: ``count_tree``, another visitor of the traversal.
 
-How many entries of each kind a tree holds, and the mounts and failures
-found on the way, walked as the removal walks it (``traverse.Traversal``:
-the same defences, the same ``walk.Limits``); nothing is removed.  Nothing
-in the product calls it yet: a dry run is to build on it.  Entries are
-counted by the listing's ``d_type``; where the file system does not record
-it (DT_UNKNOWN) an entry is looked at with ``Fs.lstat_beneath``, never a
-plain ``fstatat`` (which would follow a mount point into its file system),
-as the removal does.
+How many entries of each kind a tree holds, the mounts and failures found
+on the way, and how many of them a removal would remove (``would_remove``:
+the dry run's figure), walked as the removal walks it
+(``traverse.Traversal``: the same defences, the same ``walk.Limits``);
+nothing is removed.  The dry run (``remove.remove_entry`` with ``plan``)
+counts with it, given the removal's trust rule (``owners``): a directory
+the rule refuses is not entered (its names are never listed) and is
+reported with the rule's reason, as the removal reports it.  A directory
+is counted as removed only when everything below it would be: what a walk
+would leave in place keeps its ancestors, as ``rmdir`` would.
+
+What it cannot foresee, the kernel's own refusals (an immutable or
+append-only entry, a read-only file system), is counted as removed; and a
+tree deeper than the fd bound is listed again after eviction, which the
+removal does differently.  Entries are counted by the listing's ``d_type``;
+where the file system does not record it (DT_UNKNOWN) an entry is looked
+at with ``Fs.lstat_beneath``, never a plain ``fstatat`` (which would
+follow a mount point into its file system), as the removal does.
 """
 
 import stat
@@ -17,15 +27,25 @@ from . import dirents, fsops, report, traverse
 
 class TreeCount(report.Findings):
     """What ``count_tree`` saw.  ``dirs`` counts the directories listed to
-    the end, the target included, so on a quiet tree ``total`` is what
-    ``walk.remove_tree`` would remove.  ``mounts`` and ``failures`` as in
+    the end, the target included, so on a quiet tree with nothing refused
+    ``total`` is what ``walk.remove_tree`` would remove; ``would_remove``
+    is that figure with what would be left in place taken out (and the
+    target itself, when it is kept).  ``mounts`` and ``failures`` as in
     ``report.WalkResult`` (paths relative to the target)."""
 
-    __slots__ = ("files", "dirs", "symlinks", "others")
+    __slots__ = ("files", "dirs", "symlinks", "others", "would_remove", "cancelled")
 
     def __init__(self):
         super().__init__()
         self.files = self.dirs = self.symlinks = self.others = 0
+        self.would_remove = 0
+        self.cancelled = False  # stopped by ``cancel``: the figures are partial
+
+    @property
+    def left_behind(self):
+        """Whether a removal would leave something in place (a failure or a
+        mount found, named or only counted)."""
+        return bool(self.failures or self.mounts or self.more_failures or self.more_mounts)
 
     @property
     def total(self):
@@ -47,15 +67,33 @@ def _kind_of(mode):
     return _DIR if stat.S_ISDIR(mode) else _OTHER
 
 
+class _CountFrame(traverse.Frame):
+    """A directory of the count: ``incomplete``, whether a removal would
+    leave something below it in place (then it is kept too)."""
+
+    __slots__ = ("incomplete",)
+
+    def __init__(self, fd, st, name, dino=None):
+        super().__init__(fd, st, name, dino)
+        self.incomplete = False
+
+
 class _Count(traverse.Visitor):
     """Count every entry by its kind into ``count`` (a ``TreeCount``);
-    enter every directory the traversal lets it."""
+    enter every directory the traversal lets it, and that ``owners`` (an
+    ``owners.OwnerRule``; None: every one) trusts.  ``keep_dir``: the
+    target would be emptied and kept, not counted as removed."""
 
-    def __init__(self, count):
+    Frame = _CountFrame
+
+    def __init__(self, count, owners=None, keep_dir=False):
         self.count = count
+        self.owners = owners
+        self.keep_dir = keep_dir
 
     def on_list_failed(self, t, f, err):
         self.count.fail(t.rel, err)
+        f.incomplete = True
 
     def on_entry(self, t, f, child, entry):
         d_type = entry.d_type
@@ -67,10 +105,13 @@ class _Count(traverse.Visitor):
             return self._counted(_kind_of(t.fs.lstat_beneath(f.fd, child, parent_mnt=t.mnt).st_mode))
         except OSError as e:
             why = fsops.refusal(e)
+            if why is fsops.GONE:
+                return False
             if why is fsops.MOUNT:  # of any type: a mount point is not looked into
                 c.mount(lambda: t.rel(child))
-            elif why is not fsops.GONE:
+            else:
                 c.fail(lambda: t.rel(child), e)
+            f.incomplete = True
             return False
 
     def _counted(self, kind):
@@ -83,6 +124,20 @@ class _Count(traverse.Visitor):
             c.symlinks += 1
         elif kind is _OTHER:
             c.others += 1
+        c.would_remove += 1  # unlinked as a name, whatever it is
+        return False
+
+    def on_enter(self, t, parent, child, st):
+        # The removal's own rule, asked the same way (removal._Removal): a
+        # directory it would not enter is not listed here either (the dry
+        # run names nothing inside it), and is reported with its reason.
+        if self.owners is None:
+            return True
+        why = self.owners.refusal(parent.fd, st)
+        if why is None:
+            return True
+        self.count.fail(b"" if parent is t.stack[0] else lambda: t.rel(child), None, why)
+        parent.incomplete = True
         return False
 
     def on_enter_failed(self, t, f, child, e):
@@ -97,6 +152,7 @@ class _Count(traverse.Visitor):
             else:
                 if kind is _DIR:  # and back again: its entries are not counted
                     c.fail(lambda: t.rel(child), None, "kept changing type while being listed")
+                    f.incomplete = True
                 else:
                     self._counted(kind)
                 return False
@@ -107,20 +163,28 @@ class _Count(traverse.Visitor):
             c.mount(lambda: t.rel(child))
         else:
             c.fail(lambda: t.rel(child), e)
+        f.incomplete = True
         return False
 
     def on_too_deep(self, t, f, child):
-        self.count.fail(lambda: t.rel(child), None, f"deeper than {t.max_depth} levels; not listed")
+        self.count.fail(lambda: t.rel(child), None, report.too_deep(t.max_depth))
+        f.incomplete = True
 
     def on_leave(self, t, f, parent):
-        self.count.dirs += 1
+        c = self.count
+        c.dirs += 1
+        if f.incomplete:  # something below stays, so this directory does
+            parent.incomplete = True
+        elif not (f is t.target and self.keep_dir):
+            c.would_remove += 1
         return False
 
     def on_abandon(self, t, survivor, rel):
         self.count.fail(rel, None, "directory was moved during listing")
+        survivor.incomplete = True
 
 
-def count_tree(parent_fd, name, dir_fd, fs=None, *, limits):
+def count_tree(parent_fd, name, dir_fd, fs=None, *, limits, owners=None, keep_dir=False, count=None, cancel=None):
     """Count the entries of the directory ``name`` of ``parent_fd`` and
     everything below it, deleting nothing; return a TreeCount.
 
@@ -132,9 +196,15 @@ def count_tree(parent_fd, name, dir_fd, fs=None, *, limits):
     are counted as what they look like (``mounts.mounts_at_or_below`` finds
     every mount), but where the file system does not record entry types: an
     entry is then looked at without crossing a mount, and any mount point is
-    listed in ``mounts``.
+    listed in ``mounts``.  ``owners``: the removal's trust rule (an
+    ``owners.OwnerRule``) for every directory below the target, which the
+    caller checked itself; ``keep_dir``: the target would be kept
+    (``walk.remove_tree``'s); ``count``: a TreeCount to count into;
+    ``cancel``: stop when it is set (``is_set()``; then ``count.cancelled``).
     """
-    count = TreeCount()
-    traverse.Traversal(parent_fd, name, dir_fd, limits.max_held_fds, fs,
-                       max_depth=limits.max_depth).run(_Count(count))
+    count = TreeCount() if count is None else count
+    t = traverse.Traversal(parent_fd, name, dir_fd, limits.max_held_fds, fs, max_depth=limits.max_depth,
+                           cancel=cancel)
+    t.run(_Count(count, owners, keep_dir))
+    count.cancelled = t.cancelled
     return count

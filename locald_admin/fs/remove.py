@@ -22,7 +22,10 @@ split of ``split.py``) removes it.
 With a trust rule (``owners.OwnerRule``: the mechanism's), a target directory
 the rule does not trust is refused (``Untrusted``) and an untrusted directory
 inside it is left in place and named.  ``cancel`` stops a removal under way (``Cancelled``);
-``keep_dir`` empties a directory without removing it.
+``keep_dir`` empties a directory without removing it.  ``plan`` (a
+``count.TreeCount``) makes it a dry run: every check as for the removal,
+then the count (``count.count_tree``, with the same trust rule) instead of
+the walk, and nothing removed.
 
 Errors are neutral (``RemoveError`` and its subclasses), each with a one-line
 message naming the paths; each side turns them into its own errors.
@@ -33,7 +36,7 @@ import os
 import stat
 
 from locald_admin import pathrules
-from . import fsops, inuse, mounts, report, walk
+from . import count, fsops, inuse, mounts, report, walk
 
 MAX_NAMED_FAILURES = 5
 MAX_SHOWN_PATH = 1024  # characters of one path in a message; longer ones are cut in the middle
@@ -135,7 +138,8 @@ def look_up(parent_fd, name, shown, fs=None):
 
 
 def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None, threads=1, fs=None,
-                 owners=None, cancel=None, keep_dir=False, census=None, limits=walk.DEFAULT_LIMITS, entry=None):
+                 owners=None, cancel=None, keep_dir=False, census=None, limits=walk.DEFAULT_LIMITS, entry=None,
+                 plan=None):
     """Remove the entry ``name`` of ``parent_fd``; return entries removed.
 
     ``shown``: the entry's path for messages.  ``caller_uid``: whose
@@ -162,11 +166,14 @@ def remove_entry(parent_fd, name, shown, caller_uid, held_fd=None, progress=None
     mechanism's scan, shared by the requests waiting for one); None: the
     check scans /proc itself.  ``limits``: the walk's ``walk.Limits`` (fds
     held at once per walk thread, levels entered below the target; the
-    mechanism's from its settings, the defaults for the client).  A missing
+    mechanism's from its settings, the defaults for the client).  ``plan``:
+    a ``count.TreeCount``: a dry run (the same checks and errors, nothing
+    removed; returns what would be, ``plan.would_remove``, and ``plan``
+    holds what would be left in place).  A missing
     entry is success with 0 removed.  Raises RemoveError.
     """
     fs = fsops.default() if fs is None else fs
-    how = (progress, threads, owners, cancel, keep_dir, census, limits)
+    how = (progress, threads, owners, cancel, keep_dir, census, limits, plan)
     if held_fd is not None:
         return _remove_dir(fs, parent_fd, name, shown, caller_uid, held_fd, how)
     if entry is not None:
@@ -203,6 +210,10 @@ def _remove_looked_up(fs, parent_fd, name, shown, caller_uid, entry, how):
     # or device node: unlinked by its name (there is no unlink by fd), which
     # unlinkat refuses for a directory: a directory swapped in since the
     # lookup is never removed as if it were the entry looked up.
+    plan = how[-1]
+    if plan is not None:
+        plan.would_remove = 1
+        return 1
     try:
         os.unlink(name, dir_fd=parent_fd)
         return 1
@@ -221,7 +232,7 @@ def _open_error(shown, e):
 
 
 def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
-    progress, threads, owners, cancel, keep_dir, census, limits = how
+    progress, threads, owners, cancel, keep_dir, census, limits, plan = how
     # A directory the trust rule does not let root enter for this caller
     # (another user's work the caller moved in, root's directory others
     # could have moved in, S13/S14): nothing is removed, not even what the
@@ -248,6 +259,14 @@ def _remove_dir(fs, parent_fd, name, shown, caller_uid, dir_fd, how):
     if used:
         more = f" (and {len(used) - 1} more)" if len(used) > 1 else ""
         raise InUse(f"{shown} is in use: {used[0].describe()}{more}; nothing was removed")
+    if plan is not None:
+        # The dry run: the same checks above, then the count with the same
+        # trust rule, which lists nothing the removal would not enter.
+        count.count_tree(parent_fd, name, dir_fd, fs, limits=limits, owners=owners, keep_dir=keep_dir, count=plan,
+                         cancel=cancel)
+        if plan.cancelled:
+            raise Cancelled(f"{shown}: the dry run was cancelled", removed=0)
+        return plan.would_remove
     res = report.WalkResult() if progress is None else progress
     walk.remove_with_threads(parent_fd, name, dir_fd, res, threads, fs, owners=owners, cancel=cancel,
                              keep_dir=keep_dir, limits=limits)
