@@ -165,10 +165,28 @@ def outcome(res):
             "mounts": list(res.mounts), "more_mounts": res.more_mounts, "cancelled": res.cancelled}
 
 
+def dry_run(parent, name, fs, **kw):
+    """The dry run's count of ``parent/name`` (``count.count_tree`` with the
+    removal's trust rule, ``keep_dir`` and limits, as remove.remove_entry
+    makes it): what a removal with the same ``kw`` would remove."""
+    pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        dfd = fs.open_beneath(pfd, name)
+        try:
+            return count.count_tree(pfd, name, dfd, fs, limits=kw.get("limits", walk.DEFAULT_LIMITS),
+                                    owners=kw.get("owners"), keep_dir=kw.get("keep_dir", False))
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(pfd)
+
+
 def both(base, tree, threads=1, **kw):
-    """Build two copies of ``tree`` below ``base``, remove one with each
-    walk (the C walk with ``threads``), check the canary; (C outcome, C
-    survivors, Python outcome, Python survivors)."""
+    """Build two copies of ``tree`` below ``base``, count each as the dry
+    run does, remove one with each walk (the C walk with ``threads``), check
+    the canary; (C outcome, C survivors, Python outcome, Python survivors).
+    The dry run's count must be what each walk then removed, but where the
+    kernel refuses what a count cannot foresee (the immutable entries)."""
     canary = Canary(os.path.join(base, "outside"))
     results = []
     for fs, name in ((C, b"c"), (PY, b"py")):
@@ -176,7 +194,14 @@ def both(base, tree, threads=1, **kw):
         built = Built()
         try:
             build(os.path.join(os.fsencode(base), name), tree, os.fsencode(canary.path), built)
+            before = snapshot(os.path.join(os.fsencode(base), name))
+            plan = dry_run(os.fsencode(base), name, PY, **kw)
+            assert snapshot(os.path.join(os.fsencode(base), name)) == before  # the dry run removed nothing
             res = remove(os.fsencode(base), name, fs, **kw)
+            if not built.immutable:
+                assert plan.would_remove == res.removed, (fs, plan.would_remove, res.removed)
+                assert plan.left_behind == bool(res.failures or res.mounts or res.more_failures
+                                                or res.more_mounts)
             left = snapshot(os.path.join(os.fsencode(base), name)) if os.path.lexists(
                 os.path.join(os.fsencode(base), name)) else None
             results += [outcome(res), left]
