@@ -80,8 +80,11 @@ MANPAGES   := $(MANDIR)/man1/locald-shim.1 $(MANDIR)/man8/locald-admin-mechanism
               $(MANDIR)/man5/locald-admin.conf.5 $(MANDIR)/man5/org.locald.Admin1.5
 BASHCOMP   := $(BASHCOMPDIR)/locald-shim
 ZSHCOMP    := $(ZSHCOMPDIR)/_locald-shim
+# The headless polkit rule, as an example the administrator copies (never
+# active by itself); polkit's refusals name it (mechanism/polkit.py).
+EXAMPLERULE := $(DATADIR)/doc/locald-admin/examples/50-locald-admin.rules.example
 INSTALLED  := $(BUSCONF) $(ACTIVATION) $(POLICY) $(UNIT) $(SHIM) $(GENERATOR) $(IFACEXML) $(MANPAGES) \
-              $(BASHCOMP) $(ZSHCOMP)
+              $(BASHCOMP) $(ZSHCOMP) $(EXAMPLERULE)
 # The package's modules, by where they go below $(SITE) (pyproject.toml's
 # package-dir): locald_admin/** as is, mechanism/** and client/** below it.
 PKG_FILES  := $(shell find locald_admin mechanism client -name '*.py' -o -name py.typed)
@@ -142,6 +145,7 @@ install:
 	$(foreach p,$(MANPAGES),install -D -m 644 data/man/$(notdir $(p)) '$(DESTDIR)$(p)';)
 	install -D -m 644 data/completions/locald-shim.bash '$(DESTDIR)$(BASHCOMP)'
 	install -D -m 644 data/completions/_locald-shim '$(DESTDIR)$(ZSHCOMP)'
+	install -D -m 644 data/polkit-1/rules.d/50-locald-admin.rules.example '$(DESTDIR)$(EXAMPLERULE)'
 	@# The commented defaults; an admin's own file is never overwritten.
 	if [ ! -e '$(DESTDIR)$(ADMINCONF)' ]; then \
 		install -D -m 644 data/locald/admin.conf '$(DESTDIR)$(ADMINCONF)'; fi

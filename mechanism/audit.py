@@ -86,6 +86,12 @@ def journal_fields(**fields):
     entry = {"MESSAGE": audit_line(**fields), "MESSAGE_ID": MESSAGE_ID,
              "PRIORITY": priority(fields.get("result")), "SYSLOG_IDENTIFIER": journal.IDENTIFIER}
     entry.update((FIELD_PREFIX + k.upper(), v) for k, v in fields.items())
+    # The caller's pid, as systemd's own services give it: journald (we run
+    # as root) then attaches the caller's OBJECT_UID, unit and command line
+    # itself.  Only a real pid: the bus daemon may not know it ("-").
+    pid = fields.get("pid")
+    if type(pid) is int and pid > 0:
+        entry["OBJECT_PID"] = pid
     return entry
 
 

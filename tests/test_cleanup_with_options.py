@@ -94,8 +94,8 @@ def test_a_dry_run_is_audited_as_one(bus, mechanism, allowed, clients, project):
     ({"dry-run": ["s", "yes"]}, "'dry-run'"),
     ({"interactive": ["u", 1]}, "'interactive'"),
 ])
-def test_an_unknown_or_mistyped_option_is_invalid_args_before_anything_is_asked(bus, allowed, clients, project,
-                                                                                options, named):
+def test_an_unknown_or_mistyped_option_is_invalid_args_before_anything_is_asked(bus, mechanism, allowed, clients,
+                                                                                project, options, named):
     """An option this mechanism would pass over could change what the call
     means (a dry run done for real): refused, naming it, before polkit is
     asked or anything touched."""
@@ -104,6 +104,8 @@ def test_an_unknown_or_mistyped_option_is_invalid_args_before_anything_is_asked(
     assert (r["ok"], r["error"]) == (False, i.ERROR_INVALID_ARGS), r
     assert named in r["message"] and "\n" not in r["message"]
     assert count_entries(project / "svc") == entries and allowed.checks() == []
+    record = mechanism.audit_lines()[-1]  # audited with its reason, in its own field under systemd
+    assert f"result={i.ERROR_INVALID_ARGS}" in record and "reason=" in record and named in record
 
 
 def test_the_interactive_option_decides_over_the_message_flag(bus, allowed, clients, project):

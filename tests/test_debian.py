@@ -19,6 +19,7 @@ import pytest
 
 from locald_admin import __version__
 from locald_admin import interface as i
+from locald_admin.mechanism import polkit
 from locald_admin.mechanism import audit
 from harness import ROOT
 from harness import machine as machines
@@ -66,7 +67,8 @@ def test_the_package_holds_the_installed_layout_and_nothing_it_must_not(deb):
                  "/usr/share/dbus-1/interfaces/org.locald.Admin1.xml",
                  "/usr/share/polkit-1/actions/org.locald.admin1.policy",
                  "/usr/share/man/man8/locald-admin-mechanism.8.gz", "/usr/share/man/man1/locald-shim.1.gz",
-                 "/usr/share/bash-completion/completions/locald-shim", "/etc/locald/admin.conf"):
+                 "/usr/share/bash-completion/completions/locald-shim", "/etc/locald/admin.conf",
+                 polkit.EXAMPLE_RULE):  # where polkit's refusals say the example rule is
         assert path in files, path
     assert any(f.endswith("/locald-admin.service") and "/systemd/system/" in f for f in files)
     assert not [f for f in files if f.endswith(".pyc") or "__pycache__" in f], "bytecode is made at install"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from locald_admin import __version__
+from locald_admin.mechanism import polkit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,6 +66,7 @@ def test_files_land_where_the_system_reads_them(staged):
                 "usr/share/man/man5/locald-admin.conf.5", "usr/share/man/man5/org.locald.Admin1.5",
                 f"{d['BASHCOMPDIR']}/locald-shim",
                 "usr/share/zsh/vendor-completions/_locald-shim",
+                polkit.EXAMPLE_RULE.lstrip("/"),  # where polkit's refusals say it is
                 "etc/locald/admin.conf"):
         assert (staged / _rel(rel)).exists(), rel
         assert (ROOT / "data").as_posix() not in (staged / _rel(rel)).read_text(errors="replace")

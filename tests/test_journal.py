@@ -76,6 +76,20 @@ def test_a_record_is_one_entry_whatever_its_path_holds():
     assert "\n" not in entry["MESSAGE"] and entry["MESSAGE"].startswith("audit sender=:1.7 ")
 
 
+def test_a_record_names_the_callers_pid_and_why_it_was_refused():
+    """OBJECT_PID, so that journald attaches the caller's uid, unit and
+    command line itself, and the refusal's reason as its own field; no
+    OBJECT_PID when the bus daemon did not know the pid."""
+    entry = journal.decode(journal.encode(audit.journal_fields(
+        sender=":1.7", uid=1000, pid=42, path="/p/.locald/x", result=i.ERROR_OUTSIDE_SCOPE, removed=0,
+        duration_ms=1.5, reason="/p/.locald/x: owned by uid 7")))
+    assert entry["OBJECT_PID"] == "42" and entry["LOCALD_REASON"] == "/p/.locald/x: owned by uid 7"
+    assert 'reason="/p/.locald/x: owned by uid 7"' in entry["MESSAGE"]
+    unknown = audit.journal_fields(sender=":1.7", uid=1000, pid="-", path="/p", result="ok", removed=0,
+                                   duration_ms=1.0)
+    assert "OBJECT_PID" not in unknown and "LOCALD_REASON" not in unknown
+
+
 # -- the real mechanism, its stderr counted as the journal --------------------------
 
 class FakeJournal:
