@@ -128,15 +128,11 @@ class _Count(traverse.Visitor):
         return False
 
     def on_enter(self, t, parent, child, st):
-        # The removal's own rule, asked the same way (removal._Removal): a
-        # directory it would not enter is not listed here either (the dry
-        # run names nothing inside it), and is reported with its reason.
-        if self.owners is None:
+        # The removal's own rule, asked the same way: a directory it would
+        # not enter is not listed here either (the dry run names nothing
+        # inside it), and is reported with its reason.
+        if traverse.trusted(self.owners, t, parent, child, st, self.count):
             return True
-        why = self.owners.refusal(parent.fd, st)
-        if why is None:
-            return True
-        self.count.fail(b"" if parent is t.stack[0] else lambda: t.rel(child), None, why)
         parent.incomplete = True
         return False
 

@@ -111,6 +111,22 @@ class Frame:
         self.done = False
 
 
+def trusted(owners, t, parent, name, st, findings):
+    """Whether a visitor may enter the directory ``name`` of ``parent``
+    (``st`` its ``fstat``) under ``owners`` (an ``owners.OwnerRule``; None:
+    every one): the one question both the removal and the dry run's count
+    ask in ``on_enter``.  A directory the rule refuses is reported into
+    ``findings`` with the rule's reason (the target as ``b""``) and is not
+    listed: the caller keeps it, and its parent, in place."""
+    if owners is None:
+        return True
+    why = owners.refusal(parent.fd, st)
+    if why is None:
+        return True
+    findings.fail(b"" if parent is t.stack[0] else lambda: t.rel(name), None, why)
+    return False
+
+
 class Visitor:
     """What is done per entry.  The traversal calls these hooks; ``t`` is the
     Traversal (``t.rel(name)`` names an entry of the current directory in
