@@ -27,6 +27,7 @@ from harness import IS_ROOT  # noqa: E402
 from harness import fsmode, syscalls  # noqa: E402
 from harness import mechanism as started_mechanisms  # noqa: E402
 from harness.buses import PolkitMock, PrivateBus  # noqa: E402
+from harness.mechanism import Mechanism  # noqa: E402
 from harness.trees import rm_rf, umount, world_tmpdir  # noqa: E402
 from harness.users import ClientRunner  # noqa: E402
 
@@ -151,6 +152,23 @@ def polkit(bus):
     """python-dbusmock's polkitd on ``bus``; denies everything until told."""
     with PolkitMock(bus) as p:
         yield p
+
+
+@pytest.fixture(scope="module")
+def mechanism(bus, polkit):
+    """The real mechanism on ``bus`` with the polkit mock (the dbusmock
+    tier's); modules that need another define their own ``mechanism``."""
+    with Mechanism(bus, "--polkit-timeout", "2") as m:
+        yield m
+
+
+@pytest.fixture
+def allowed(polkit, mechanism):
+    """The polkit mock allowing the action for one test, its calls cleared."""
+    polkit.allow(True)
+    polkit.clear()
+    yield polkit
+    polkit.allow(False)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -17,23 +17,8 @@ import pytest
 
 from harness import IS_ROOT
 from harness.buses import PrivateBus, terminate, wait_for_name
-from harness.mechanism import Mechanism
 from harness.trees import check_canary, count_entries, plant_canary, rm_rf, world_tmpdir
 from locald_admin import interface as i
-
-
-@pytest.fixture(scope="module")
-def mechanism(bus, polkit):
-    with Mechanism(bus, "--polkit-timeout", "2") as m:
-        yield m
-
-
-@pytest.fixture
-def allowed(polkit, mechanism):
-    polkit.allow(True)
-    polkit.clear()
-    yield polkit
-    polkit.allow(False)
 
 
 @pytest.fixture

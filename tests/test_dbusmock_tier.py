@@ -32,20 +32,6 @@ from harness.waiting import poll_until
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
-@pytest.fixture(scope="module")
-def mechanism(bus, polkit):
-    with Mechanism(bus, "--polkit-timeout", "2") as m:
-        yield m
-
-
-@pytest.fixture
-def allowed(polkit, mechanism):
-    polkit.allow(True)
-    polkit.clear()
-    yield polkit
-    polkit.allow(False)
-
-
 @pytest.fixture
 def project(clients):
     """<tmp>/proj/.locald owned by the client user, with leftovers and a
