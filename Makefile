@@ -39,6 +39,7 @@ ifeq ($(PREFIX),/usr)
 pkgvar      = $(shell $(PKG_CONFIG) --variable=$(2) $(1) 2>/dev/null)
 PC_UNITDIR := $(call pkgvar,systemd,systemdsystemunitdir)
 PC_GENDIR  := $(call pkgvar,systemd,systemdsystemgeneratordir)
+PC_CATALOGDIR := $(call pkgvar,systemd,catalogdir)
 PC_DBUSDATA := $(call pkgvar,dbus-1,datadir)
 PC_SERVICEDIR := $(call pkgvar,dbus-1,system_bus_services_dir)
 PC_IFACEDIR := $(call pkgvar,dbus-1,interfaces_dir)
@@ -50,12 +51,14 @@ BINDIR     ?= $(PREFIX)/bin
 DATADIR    ?= $(PREFIX)/share
 UNITDIR    ?= $(or $(PC_UNITDIR),$(PREFIX)/lib/systemd/system)
 GENDIR     ?= $(or $(PC_GENDIR),$(PREFIX)/lib/systemd/system-generators)
+CATALOGDIR ?= $(or $(PC_CATALOGDIR),$(PREFIX)/lib/systemd/catalog)
 DBUSCONFDIR ?= $(or $(PC_DBUSDATA),$(DATADIR))/dbus-1/system.d
 DBUSSERVICEDIR ?= $(or $(PC_SERVICEDIR),$(DATADIR)/dbus-1/system-services)
 DBUSIFACEDIR ?= $(or $(PC_IFACEDIR),$(DATADIR)/dbus-1/interfaces)
 POLKITACTIONDIR ?= $(or $(PC_ACTIONDIR),$(DATADIR)/polkit-1/actions)
 SYSCONFDIR ?= /etc
 MANDIR     ?= $(DATADIR)/man
+LOCALEDIR  ?= $(DATADIR)/locale
 BASHCOMPDIR ?= $(or $(PC_BASHCOMPDIR),$(DATADIR)/bash-completion/completions)
 ZSHCOMPDIR ?= $(DATADIR)/zsh/vendor-completions
 CWALK      ?= yes
@@ -83,20 +86,34 @@ ZSHCOMP    := $(ZSHCOMPDIR)/_locald-shim
 # The headless polkit rule, as an example the administrator copies (never
 # active by itself); polkit's refusals name it (mechanism/polkit.py).
 EXAMPLERULE := $(DATADIR)/doc/locald-admin/examples/50-locald-admin.rules.example
+# The journal catalog entry of the audit record (journalctl -x explains it).
+CATALOG    := $(CATALOGDIR)/locald-admin.catalog
+# The polkit action's translations: one .mo of the domain it declares
+# (gettext-domain) for each po/<lang>.po present, compiled by msgfmt.
+LANGUAGES  := $(patsubst po/%.po,%,$(wildcard po/*.po))
+MOFILES    := $(foreach l,$(LANGUAGES),$(LOCALEDIR)/$(l)/LC_MESSAGES/locald-admin.mo)
+MSGFMT     ?= msgfmt
+JOURNALCTL ?= journalctl
 INSTALLED  := $(BUSCONF) $(ACTIVATION) $(POLICY) $(UNIT) $(SHIM) $(GENERATOR) $(IFACEXML) $(MANPAGES) \
-              $(BASHCOMP) $(ZSHCOMP) $(EXAMPLERULE)
+              $(BASHCOMP) $(ZSHCOMP) $(EXAMPLERULE) $(CATALOG) $(MOFILES)
 # The package's modules, by where they go below $(SITE) (pyproject.toml's
 # package-dir): locald_admin/** as is, mechanism/** and client/** below it.
 PKG_FILES  := $(shell find locald_admin mechanism client -name '*.py' -o -name py.typed)
 
 .PHONY: all install uninstall print-dirs demo test
 
+# journalctl --update-catalog, when installing onto this system (no DESTDIR)
+# and journalctl is there.
+define update-catalog
+	if [ -z '$(DESTDIR)' ] && command -v $(JOURNALCTL) >/dev/null; then $(JOURNALCTL) --update-catalog; fi
+endef
+
 all:
 	@echo "targets: install, uninstall (DESTDIR=, PREFIX=), print-dirs, demo, test"
 
 print-dirs:
-	@$(foreach v,PREFIX LIBDIR BINDIR DATADIR UNITDIR GENDIR DBUSCONFDIR DBUSSERVICEDIR DBUSIFACEDIR \
-		POLKITACTIONDIR SYSCONFDIR MANDIR BASHCOMPDIR ZSHCOMPDIR,echo '$(v)=$($(v))';)
+	@$(foreach v,PREFIX LIBDIR BINDIR DATADIR UNITDIR GENDIR CATALOGDIR DBUSCONFDIR DBUSSERVICEDIR DBUSIFACEDIR \
+		POLKITACTIONDIR SYSCONFDIR MANDIR LOCALEDIR BASHCOMPDIR ZSHCOMPDIR,echo '$(v)=$($(v))';)
 
 demo:
 	scripts/demo
@@ -146,6 +163,13 @@ install:
 	install -D -m 644 data/completions/locald-shim.bash '$(DESTDIR)$(BASHCOMP)'
 	install -D -m 644 data/completions/_locald-shim '$(DESTDIR)$(ZSHCOMP)'
 	install -D -m 644 data/polkit-1/rules.d/50-locald-admin.rules.example '$(DESTDIR)$(EXAMPLERULE)'
+	install -D -m 644 data/catalog/locald-admin.catalog '$(DESTDIR)$(CATALOG)'
+	$(foreach l,$(LANGUAGES),install -d -m 755 '$(DESTDIR)$(LOCALEDIR)/$(l)/LC_MESSAGES' && \
+		umask 022 && $(MSGFMT) --check -o '$(DESTDIR)$(LOCALEDIR)/$(l)/LC_MESSAGES/locald-admin.mo' po/$(l).po && \
+		chmod 644 '$(DESTDIR)$(LOCALEDIR)/$(l)/LC_MESSAGES/locald-admin.mo' || exit 1;)
+	@# The catalog database, on the system itself (a staged install: the
+	@# package's trigger, or the administrator, runs journalctl --update-catalog).
+	$(update-catalog)
 	@# The commented defaults; an admin's own file is never overwritten.
 	if [ ! -e '$(DESTDIR)$(ADMINCONF)' ]; then \
 		install -D -m 644 data/locald/admin.conf '$(DESTDIR)$(ADMINCONF)'; fi
@@ -159,6 +183,7 @@ endif
 
 uninstall:
 	rm -f $(foreach f,$(INSTALLED),'$(DESTDIR)$(f)')
+	$(update-catalog)
 	rm -rf '$(DESTDIR)$(LIBDIR)'
 	@# The configuration goes only if the admin never changed it.
 	if cmp -s data/locald/admin.conf '$(DESTDIR)$(ADMINCONF)'; then \

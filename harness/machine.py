@@ -10,8 +10,9 @@ of its own under /sys/fs/cgroup/{systemd,unified}/.  Commands run inside
 with ``nsenter -t <its PID 1> -a``.
 
 The base image (debootstrap --variant=minbase with systemd, dbus, polkitd,
-libpam-systemd, python3 and man-db, from the configured Debian
-mirror) is cached in ``CACHE`` under a name made from the package list, so
+libpam-systemd, python3, man-db and locales, from the configured Debian
+mirror, with the locales of ``LOCALES`` generated) is cached in ``CACHE``
+under a name made from the package list and the locales, so
 that an image built for another list is never taken for it (about a minute
 to build on a fresh machine); each ``Machine`` boots a copy of it with the
 product staged in by ``make install DESTDIR=... PREFIX=/usr``: the installed
@@ -28,8 +29,11 @@ from pathlib import Path
 from . import ROOT
 
 CACHE = Path(os.environ.get("LOCALD_ADMIN_IMAGE_CACHE", "/var/cache/locald-admin-tests"))
-PACKAGES = "systemd,systemd-sysv,dbus,polkitd,libpam-systemd,python3,man-db"
-BASE = CACHE / f"bookworm-minbase-{hashlib.sha256(PACKAGES.encode()).hexdigest()[:12]}"
+PACKAGES = "systemd,systemd-sysv,dbus,polkitd,libpam-systemd,python3,man-db,locales"
+# Generated in the image beside C.UTF-8: a language polkitd can translate the
+# action into (po/), as on a system configured for it.
+LOCALES = ("de_DE.UTF-8",)
+BASE = CACHE / f"bookworm-minbase-{hashlib.sha256(repr((PACKAGES, LOCALES)).encode()).hexdigest()[:12]}"
 # How the product is installed into it.
 INSTALL_ARGS = ("DESTDIR={image}", "PREFIX=/usr")
 MIRROR = "http://deb.debian.org/debian"
@@ -68,6 +72,12 @@ def base_image():
                        capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         raise RuntimeError(f"debootstrap failed: {r.stdout[-2000:]}{r.stderr[-2000:]}")
+    for name in LOCALES:
+        lang, charset = name.split(".")
+        r = subprocess.run(["chroot", str(tmp), "localedef", "-i", lang, "-f", charset, name], capture_output=True,
+                           text=True, timeout=300)
+        if r.returncode != 0:
+            raise RuntimeError(f"localedef {name} failed: {r.stdout[-2000:]}{r.stderr[-2000:]}")
     tmp.rename(BASE)
     return BASE
 

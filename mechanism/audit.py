@@ -21,10 +21,34 @@ from locald_admin import interface as i
 from . import journal
 
 # The audit record's journal MESSAGE_ID (made once, for this record only).
+# data/catalog/locald-admin.catalog explains it to journalctl -x.
 MESSAGE_ID = "13a44aa9707e4642986da99ab5b39cc2"
 FIELD_PREFIX = "LOCALD_"
 RESULT_OK = "ok"
 RESULT_CANCELLED = "cancelled"
+
+# Every field a record may have, with what it says, in the order the docs
+# list them: the one list that the journal catalog entry and the man page are
+# made from (scripts/generate), and that tests/test_journal.py holds the
+# records to (a field written without its row here fails it).
+FIELDS = {
+    "sender": "the caller's unique bus name",
+    "uid": "the caller's uid, as the bus daemon gave it (\"-\" when the call was refused before it was asked)",
+    "pid": "the caller's pid, as the bus daemon gave it (\"-\" when not known); the journal entry also "
+           "has it as OBJECT_PID, to which journald attaches the caller's OBJECT_UID, OBJECT_COMM, "
+           "OBJECT_CMDLINE and unit",
+    "path": "the path asked for, as the caller sent it (empty when it was too long to keep)",
+    "path_bytes": "instead of the path: the length in bytes of a path over the limit",
+    "message_bytes": "instead of the path: the length in bytes of a call too big to be read",
+    "dry_run": "\"yes\" for a dry run (CleanupWithOptions with dry-run), which removed nothing",
+    "result": "\"ok\", \"cancelled\" (the caller left before the answer), or the D-Bus error it was answered",
+    "removed": "the entries removed, also by a call that failed or was cancelled part of the way",
+    "duration_ms": "milliseconds from the call's arrival to its answer",
+    "anchor_kept": "\"yes\" when the .locald directory was emptied and kept because others may write the "
+                   "directory that holds it",
+    "would_remove": "a dry run's count: the entries a real call would remove",
+    "reason": "the error's message, for a call that ended in one",
+}
 
 
 _SPECIAL = re.compile(r'[ "=\\]')  # what ends a value or starts a quoted one

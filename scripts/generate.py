@@ -17,7 +17,11 @@ test extra, pinned in constraints.txt, needed only to make the files.
 
 import argparse
 import os
+import re
+import subprocess
 import sys
+import tempfile
+import textwrap
 from pathlib import Path
 
 os.environ["COLUMNS"] = "100"  # argparse wraps usage lines to the terminal: the same width every time
@@ -121,6 +125,10 @@ def methods():
     return "\n".join(f".TP\n.BI \"{m.name}(\" \"{_args(m.in_args)}\" ){out(m)}\n{esc(m.doc)}" for m in i.METHODS)
 
 
+def audit_fields():
+    return "\n".join(f".TP\n.B {audit.FIELD_PREFIX}{name.upper()}\n{esc(text)}" for name, text in audit.FIELDS.items())
+
+
 def keys(table):
     """A table of option or result keys (interface.CLEANUP_OPTIONS, CLEANUP_RESULT)."""
     return "\n".join(f".TP\n.BI \"{k}\" \" {sig}\"\n{esc(text)}" for k, (sig, text) in table.items())
@@ -150,7 +158,8 @@ def man_pages():
         "locald-shim.1": {"@SYNOPSIS@": synopsis(cleanup, version_only(shim._parser())),
                           "@OPTIONS@": options(cleanup) + "\n" + options(version_only(shim._parser())),
                           "@EXIT_STATUS@": exit_status()},
-        "locald-admin-mechanism.8": {"@SYNOPSIS@": synopsis(mech), "@OPTIONS@": options(mech)},
+        "locald-admin-mechanism.8": {"@SYNOPSIS@": synopsis(mech), "@OPTIONS@": options(mech),
+                                     "@AUDIT_FIELDS@": audit_fields()},
         "locald-admin.conf.5": {"@EXAMPLE@": example_conf(), "@ALLOW@": esc(" ".join(config.DEFAULT_ALLOW)),
                                 "@DENY@": esc(" ".join(config.DEFAULT_DENY))},
         "org.locald.Admin1.5": {"@BUS_NAME@": i.BUS_NAME, "@OBJECT_PATH@": i.OBJECT_PATH,
@@ -225,6 +234,102 @@ def completions():
     return {COMPLETIONS / "locald-shim.bash": bash_completion(), COMPLETIONS / "_locald-shim": zsh_completion()}
 
 
+# -- the journal catalog -------------------------------------------------------------
+
+CATALOG = ROOT / "data" / "catalog" / "locald-admin.catalog"
+
+
+def _catalog_items(items):
+    """``(term, text)`` pairs as a catalog body shows them: the term, then
+    its text wrapped and indented below it (journalctl prints the lines as
+    they are)."""
+    out = []
+    for term, text in items:
+        out.append("  " + term)
+        out.extend(textwrap.wrap(text, 74, initial_indent="      ", subsequent_indent="      "))
+    return "\n".join(out)
+
+
+def catalog():
+    """The catalog entry of the audit record: its MESSAGE_ID and fields from
+    mechanism/audit.py, its results from the error table."""
+    results = [(audit.RESULT_OK, "the tree was removed, or there was nothing to remove"),
+               (audit.RESULT_CANCELLED, "the caller left the bus before the answer; the next call finishes "
+                                        "the job")]
+    results += [(spec.dbus_name, spec.meaning) for spec in i.ERRORS]
+    fills = {"@MESSAGE_ID@": audit.MESSAGE_ID,
+             "@RESULTS@": "The results a request can end with:\n\n" + _catalog_items(results),
+             "@FIELDS@": _catalog_items((audit.FIELD_PREFIX + name.upper(), text)
+                                        for name, text in audit.FIELDS.items())}
+    text = (CATALOG.parent / (CATALOG.name + ".in")).read_text()
+    for key, value in fills.items():
+        text = text.replace(key, value)
+    return {CATALOG: "# Made by scripts/generate from data/catalog/locald-admin.catalog.in and "
+                     "mechanism/audit.py: do not edit.\n" + text}
+
+
+# -- translations -----------------------------------------------------------------
+# The polkit action declares gettext-domain="locald-admin": polkitd shows its
+# description and message from $(LOCALEDIR)/<lang>/LC_MESSAGES/locald-admin.mo.
+# The template is what xgettext makes from the files po/POTFILES lists (the
+# action, through the ITS rules polkitd ships); each po/<lang>.po is merged
+# with it by msgmerge (a translation to update shows up as out of date).  The
+# Makefile compiles each .po present into its .mo.
+
+PO = ROOT / "po"
+DOMAIN = "locald-admin"
+POT = PO / f"{DOMAIN}.pot"
+# The one header line that says when, not what: not compared (see _same).
+_CREATION = re.compile(r'^"POT-Creation-Date: [^"]*"\n', re.M)
+
+
+def _gettext(*argv, **kw):
+    try:
+        cp = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, **kw)
+    except FileNotFoundError:
+        raise SystemExit(f"scripts/generate: the translation template is made by {argv[0]}, which is not "
+                         "installed (Debian package gettext; scripts/bootstrap installs it)") from None
+    if cp.returncode != 0:
+        raise SystemExit(f"scripts/generate: {' '.join(argv[:2])} failed: {cp.stderr.strip()}")
+    return cp.stdout
+
+
+def potfiles():
+    """The source files of the template, as po/POTFILES lists them."""
+    lines = (ln.strip() for ln in (PO / "POTFILES").read_text().splitlines())
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def pot():
+    text = _gettext("xgettext", "--from-code=UTF-8", f"--package-name={DOMAIN}", f"--package-version={__version__}",
+                    "--copyright-holder=the locald-admin authors", "--msgid-bugs-address=", "-o", "-",
+                    *potfiles())
+    if "msgid \"\"" not in text or text.count("msgid ") < 2:
+        raise SystemExit(f"scripts/generate: xgettext found no message in {potfiles()} (the polkit ITS rules, "
+                         "/usr/share/gettext/its/polkit.loc of the package polkitd, missing?)")
+    return text
+
+
+def translations():
+    """The template and every po/<lang>.po merged with it."""
+    template = pot()
+    out = {POT: template}
+    with tempfile.NamedTemporaryFile("w", suffix=".pot") as f:
+        f.write(template)
+        f.flush()
+        for po in sorted(PO.glob("*.po")):
+            out[po] = _gettext("msgmerge", "--quiet", "--no-fuzzy-matching", "-o", "-", str(po), f.name)
+    return out
+
+
+def _same(path, current, text):
+    """Whether ``current`` (the file's text) is what ``text`` says; a
+    template or translation made at another time is the same."""
+    if path.suffix in (".pot", ".po"):
+        return _CREATION.sub("", current) == _CREATION.sub("", text)
+    return current == text
+
+
 def interface_xml():
     """The interface alone, as /usr/share/dbus-1/interfaces/ holds it."""
     return {ROOT / "data" / "dbus-1" / "interfaces" / f"{i.INTERFACE}.xml":
@@ -234,7 +339,7 @@ def interface_xml():
 
 
 def outputs():
-    return {**man_pages(), **completions(), **interface_xml()}
+    return {**man_pages(), **completions(), **interface_xml(), **catalog(), **translations()}
 
 
 def main(argv=None):
@@ -244,7 +349,7 @@ def main(argv=None):
     stale = []
     for path, text in outputs().items():
         current = path.read_text() if path.exists() else None
-        if current == text:
+        if current is not None and _same(path, current, text):
             continue
         stale.append(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
         if not args.check:

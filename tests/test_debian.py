@@ -68,7 +68,9 @@ def test_the_package_holds_the_installed_layout_and_nothing_it_must_not(deb):
                  "/usr/share/polkit-1/actions/org.locald.admin1.policy",
                  "/usr/share/man/man8/locald-admin-mechanism.8.gz", "/usr/share/man/man1/locald-shim.1.gz",
                  "/usr/share/bash-completion/completions/locald-shim", "/etc/locald/admin.conf",
-                 polkit.EXAMPLE_RULE):  # where polkit's refusals say the example rule is
+                 polkit.EXAMPLE_RULE,  # where polkit's refusals say the example rule is
+                 "/usr/lib/systemd/catalog/locald-admin.catalog",  # systemd's dpkg trigger builds it in
+                 *(f"/usr/share/locale/{po.stem}/LC_MESSAGES/locald-admin.mo" for po in (ROOT / "po").glob("*.po"))):
         assert path in files, path
     assert any(f.endswith("/locald-admin.service") and "/systemd/system/" in f for f in files)
     assert not [f for f in files if f.endswith(".pyc") or "__pycache__" in f], "bytecode is made at install"
@@ -110,6 +112,11 @@ def test_the_installed_package_activates_and_cleans_up_under_systemd(deb, tmp_pa
             time.sleep(0.2)
         assert [(r["LOCALD_PATH"], r["LOCALD_RESULT"], r["LOCALD_UID"]) for r in records] == [
             ("/home/tester/p/.locald/svc", "ok", "0")], records
+        # Explained by the catalog entry, which systemd's dpkg trigger built
+        # into the database when the package was installed (nobody ran
+        # journalctl --update-catalog).
+        explained = m.run("journalctl", "-x", f"MESSAGE_ID={audit.MESSAGE_ID}", "--no-pager", check=True).stdout
+        assert "Subject: Cleanup of /home/tester/p/.locald/svc for uid 0 ended: ok" in explained, explained
         # Tab completion from the installed file, as bash-completion loads it.
         words = m.run("bash", "-c", "source /usr/share/bash-completion/completions/locald-shim; "
                       "COMP_WORDS=(locald-shim admin c); COMP_CWORD=2; _locald_shim; echo \"${COMPREPLY[@]}\"",

@@ -20,7 +20,7 @@ import pytest
 from locald_admin import __version__
 from locald_admin import interface as i
 from locald_admin.client import shim
-from locald_admin.mechanism import main as mechanism_main
+from locald_admin.mechanism import audit, main as mechanism_main
 from harness import ROOT
 from harness.buses import PrivateBus
 from harness.mechanism import Mechanism
@@ -31,6 +31,18 @@ PAGES = ["locald-shim.1", "locald-admin-mechanism.8", "locald-admin.conf.5", "or
 BASH = ROOT / "data" / "completions" / "locald-shim.bash"
 ZSH = ROOT / "data" / "completions" / "_locald-shim"
 INTERFACE_XML = ROOT / "data" / "dbus-1" / "interfaces" / "org.locald.Admin1.xml"
+CATALOG = ROOT / "data" / "catalog" / "locald-admin.catalog"
+POLICY = ROOT / "data" / "polkit-1" / "actions" / "org.locald.admin1.policy"
+
+
+def _generate():
+    """scripts/generate.py, as a module."""
+    sys.path.insert(0, str(GENERATE.parent))
+    try:
+        import generate
+    finally:
+        sys.path.remove(str(GENERATE.parent))
+    return generate
 
 
 def test_every_generated_file_is_current():
@@ -40,11 +52,7 @@ def test_every_generated_file_is_current():
 
 def test_the_check_notices_a_stale_page(tmp_path, monkeypatch):
     """--check is not a test that cannot fail: a page edited by hand is out of date."""
-    sys.path.insert(0, str(GENERATE.parent))
-    try:
-        import generate
-    finally:
-        sys.path.remove(str(GENERATE.parent))
+    generate = _generate()
     page = next(iter(generate.man_pages()))
     copy = tmp_path / page.name
     copy.write_text(page.read_text() + ".\\\" edited by hand\n")
@@ -58,14 +66,62 @@ def test_another_shtab_version_is_refused_not_reported_as_stale(monkeypatch):
     """The completions are what the pinned shtab makes; another version
     says so instead of rewriting them (docs/architecture.md)."""
     import shtab
-    sys.path.insert(0, str(GENERATE.parent))
-    try:
-        import generate
-    finally:
-        sys.path.remove(str(GENERATE.parent))
+    generate = _generate()
     monkeypatch.setattr(shtab, "__version__", "0.0.1")
     with pytest.raises(SystemExit, match=f"shtab 0.0.1 is installed.*{generate.SHTAB_VERSION}"):
         generate.completions()
+
+
+def test_the_catalog_entry_explains_the_audit_record():
+    """The entry journalctl -x shows below each audit record is the record's
+    (its MESSAGE_ID), and names every field a record may have, every result
+    it may end with, and in its subject only fields every record has."""
+    text = CATALOG.read_text()
+    ids = re.findall(r"^-- ([0-9a-f]{32})$", text, re.M)
+    assert ids == [audit.MESSAGE_ID], ids
+    for name in audit.FIELDS:
+        assert f"  {audit.FIELD_PREFIX}{name.upper()}\n" in text, name
+    for result in [audit.RESULT_OK, audit.RESULT_CANCELLED] + [spec.dbus_name for spec in i.ERRORS]:
+        assert f"  {result}\n" in text, result
+    [subject] = re.findall(r"^Subject: (.*)$", text, re.M)
+    every_record = {"sender", "uid", "pid", "path", "result", "removed", "duration_ms"}
+    used = {f[len(audit.FIELD_PREFIX):].lower() for f in re.findall(r"@([A-Z_]+)@", subject)}
+    assert used and used <= every_record, subject
+    # journalctl prints the body as it is: no line a terminal would wrap.
+    assert max(len(line) for line in text.split("\n\n", 2)[2].splitlines()) <= 80
+
+
+def test_the_template_is_current_whatever_its_date_and_stale_when_a_message_changes(tmp_path, monkeypatch):
+    """po/locald-admin.pot is what xgettext makes from the polkit action: a
+    template made at another time is current, one made before the action's
+    text changed is not."""
+    if shutil.which("xgettext") is None:
+        pytest.skip("xgettext is not installed (package gettext)")
+    generate = _generate()
+    committed = generate.POT.read_text()
+    later = re.sub(r'"POT-Creation-Date: [^"]*"', '"POT-Creation-Date: 2099-01-01 00:00+0000\\n"', committed)
+    assert later != committed and generate._same(generate.POT, later, generate.pot())
+    policy = tmp_path / "org.locald.admin1.policy"
+    policy.write_text(POLICY.read_text().replace("Remove root-owned leftovers", "Remove leftovers"))
+    monkeypatch.setattr(generate, "potfiles", lambda: [str(policy)])
+    changed = generate.pot()
+    assert "msgid \"Remove leftovers" in changed.replace('"\n"', "")
+    assert not generate._same(generate.POT, committed, changed)
+
+
+def test_each_translation_is_complete_and_compiles():
+    """Every po/<lang>.po compiles (msgfmt --check, as make install runs it)
+    with every message translated, none fuzzy."""
+    if shutil.which("msgfmt") is None:
+        pytest.skip("msgfmt is not installed (package gettext)")
+    pos = sorted((ROOT / "po").glob("*.po"))
+    template = (ROOT / "po" / "locald-admin.pot").read_text()
+    wanted = template.count("\nmsgid ")  # the header's is at the start of a line, after a comment
+    for po in pos:
+        cp = subprocess.run(["msgfmt", "--check", "--statistics", "-o", "/dev/null", str(po)],
+                            capture_output=True, text=True, env=dict(os.environ, LC_ALL="C"))
+        assert cp.returncode == 0, cp.stderr
+        assert cp.stderr.strip() == f"{wanted - 1} translated messages.", (po.name, cp.stderr)
 
 
 @pytest.mark.parametrize("page", PAGES)

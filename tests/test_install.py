@@ -4,20 +4,23 @@ ExecStart= lines name the mechanism's real installed path, the staged
 launchers run, and `make uninstall` removes exactly what install laid."""
 
 import configparser
+import gettext
 import marshal
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from locald_admin import __version__
-from locald_admin.mechanism import polkit
+from locald_admin.mechanism import audit, polkit
 
 ROOT = Path(__file__).resolve().parent.parent
+PO_FILES = sorted((ROOT / "po").glob("*.po"))
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
@@ -67,6 +70,8 @@ def test_files_land_where_the_system_reads_them(staged):
                 f"{d['BASHCOMPDIR']}/locald-shim",
                 "usr/share/zsh/vendor-completions/_locald-shim",
                 polkit.EXAMPLE_RULE.lstrip("/"),  # where polkit's refusals say it is
+                f"{d['CATALOGDIR']}/locald-admin.catalog",
+                *(f"{d['LOCALEDIR']}/{po.stem}/LC_MESSAGES/locald-admin.mo" for po in PO_FILES),
                 "etc/locald/admin.conf"):
         assert (staged / _rel(rel)).exists(), rel
         assert (ROOT / "data").as_posix() not in (staged / _rel(rel)).read_text(errors="replace")
@@ -82,6 +87,7 @@ def test_directories_come_from_pkg_config_with_fallbacks_and_overrides(tmp_path)
                     "case \"$2:$v\" in\n"
                     "systemd:systemdsystemunitdir) echo /pc/units;;\n"
                     "systemd:systemdsystemgeneratordir) echo /pc/generators;;\n"
+                    "systemd:catalogdir) echo /pc/catalog;;\n"
                     "dbus-1:datadir) echo /pc/share;;\n"
                     "dbus-1:system_bus_services_dir) echo /pc/services;;\n"
                     "dbus-1:interfaces_dir) echo /pc/interfaces;;\n"
@@ -91,13 +97,15 @@ def test_directories_come_from_pkg_config_with_fallbacks_and_overrides(tmp_path)
     fake.chmod(0o755)
     d = _dirs(f"PKG_CONFIG={fake}")
     assert (d["UNITDIR"], d["GENDIR"], d["DBUSCONFDIR"], d["DBUSSERVICEDIR"], d["DBUSIFACEDIR"],
-            d["POLKITACTIONDIR"], d["BASHCOMPDIR"]) == (
+            d["POLKITACTIONDIR"], d["BASHCOMPDIR"], d["CATALOGDIR"]) == (
         "/pc/units", "/pc/generators", "/pc/share/dbus-1/system.d", "/pc/services", "/pc/interfaces",
-        "/pc/actions", "/pc/completions")
+        "/pc/actions", "/pc/completions", "/pc/catalog")
     d = _dirs("PKG_CONFIG=false")
-    assert (d["UNITDIR"], d["GENDIR"], d["DBUSCONFDIR"], d["DBUSSERVICEDIR"], d["POLKITACTIONDIR"]) == (
+    assert (d["UNITDIR"], d["GENDIR"], d["DBUSCONFDIR"], d["DBUSSERVICEDIR"], d["POLKITACTIONDIR"],
+            d["CATALOGDIR"], d["LOCALEDIR"]) == (
         "/usr/lib/systemd/system", "/usr/lib/systemd/system-generators", "/usr/share/dbus-1/system.d",
-        "/usr/share/dbus-1/system-services", "/usr/share/polkit-1/actions")
+        "/usr/share/dbus-1/system-services", "/usr/share/polkit-1/actions", "/usr/lib/systemd/catalog",
+        "/usr/share/locale")
     assert _dirs(f"PKG_CONFIG={fake}", "UNITDIR=/mine")["UNITDIR"] == "/mine"
     d = _dirs(f"PKG_CONFIG={fake}", "PREFIX=/opt/l")
     assert d["UNITDIR"] == "/opt/l/lib/systemd/system" and d["DBUSSERVICEDIR"] == "/opt/l/share/dbus-1/system-services"
@@ -108,9 +116,45 @@ def test_directories_come_from_pkg_config_with_fallbacks_and_overrides(tmp_path)
     for rel in ("pc/units/locald-admin.service", "pc/generators/locald-admin-generator",
                 "pc/share/dbus-1/system.d/org.locald.Admin1.conf", "pc/services/org.locald.Admin1.service",
                 "pc/interfaces/org.locald.Admin1.xml", "pc/actions/org.locald.admin1.policy",
-                "pc/completions/locald-shim"):
+                "pc/completions/locald-shim", "pc/catalog/locald-admin.catalog"):
         assert (tmp_path / "stage" / rel).exists(), rel
     assert os.path.exists(tmp_path / "stage/pc/generators/locald-admin-generator")  # the relative link resolves
+
+
+def test_journalctl_reads_the_installed_catalog_entry(staged, tmp_path):
+    """The staged catalog file is one the real journalctl builds into its
+    database and lists under the audit record's MESSAGE_ID, with its
+    subject (journalctl -x on a booted system: tests/test_systemd.py)."""
+    if shutil.which("journalctl") is None:
+        pytest.skip("journalctl is not installed (package systemd)")
+    d = _dirs()
+    root = tmp_path / "root"
+    catalog = root / _rel(d["CATALOGDIR"]) / "locald-admin.catalog"
+    catalog.parent.mkdir(parents=True)
+    shutil.copy(staged / _rel(d["CATALOGDIR"]) / "locald-admin.catalog", catalog)
+    cp = subprocess.run(["journalctl", f"--root={root}", "--update-catalog"], capture_output=True, text=True)
+    assert cp.returncode == 0 and not cp.stderr, cp.stderr
+    listed = subprocess.run(["journalctl", f"--root={root}", "--list-catalog", audit.MESSAGE_ID],
+                            capture_output=True, text=True, check=True).stdout
+    assert listed.startswith(f"{audit.MESSAGE_ID} locald-admin: Cleanup of @LOCALD_PATH@"), listed
+    text = subprocess.run(["journalctl", f"--root={root}", "--dump-catalog", audit.MESSAGE_ID],
+                          capture_output=True, text=True, check=True).stdout
+    assert "LOCALD_REASON" in text and "org.locald.Admin1.Error.InUse" in text, text
+
+
+@pytest.mark.skipif(not PO_FILES, reason="no translation in po/")
+def test_each_translation_is_installed_as_the_domain_the_action_declares(staged):
+    """One .mo per po/<lang>.po, in the domain the installed action names
+    (gettext-domain), translating its description and message: what polkitd
+    looks up for a caller's language."""
+    d = _dirs()
+    policy = ET.parse(staged / _rel(d["POLKITACTIONDIR"]) / "org.locald.admin1.policy")
+    texts = [(e.get("gettext-domain"), e.text) for e in policy.iter() if e.tag in ("description", "message")]
+    assert texts and all(domain == "locald-admin" for domain, _ in texts), texts
+    for po in PO_FILES:
+        t = gettext.translation("locald-admin", localedir=staged / _rel(d["LOCALEDIR"]), languages=[po.stem])
+        for _, text in texts:
+            assert t.gettext(text) != text and t.gettext(text).strip(), (po.stem, text)
 
 
 def test_exec_paths_name_the_installed_mechanism(staged):

@@ -20,6 +20,7 @@ import pytest
 
 from locald_admin import interface as i
 from locald_admin.mechanism import audit, journal
+from harness import calls
 from harness.mechanism import Mechanism
 from harness.trees import rm_rf, world_tmpdir
 
@@ -184,3 +185,36 @@ def test_an_internal_error_is_one_err_entry_with_its_traceback(bus, polkit, fake
     [record] = fake_journal.audits()
     assert record["LOCALD_RESULT"] == i.ERROR_FAILED and record["PRIORITY"] == "3"
     assert "Traceback" not in log
+
+
+def test_every_field_a_record_has_is_in_the_table(bus, polkit, fake_journal, project, clients):
+    """audit.FIELDS, from which the journal catalog entry and the man page
+    are made, names every field these records have, and they have every
+    field it names: a field added to the record without its row (or a row
+    no record writes) fails here.  The requests: a dry run (dry_run,
+    would_remove), a path over the limit (path_bytes) and a call too big to
+    read (message_bytes) sent raw, a refusal (reason), and the anchor in a
+    directory others may write, emptied and kept (anchor_kept)."""
+    os.chown(project.parent, 0, 0)
+    os.chmod(project.parent, 0o777)  # anyone may rename entries here (not sticky): threat model R8
+    polkit.allow(True)
+    try:
+        with Mechanism(bus, journal=fake_journal.path):
+            dry = clients.api("options", str(project / "run"), bus.address, dry_run=True)
+            assert dry["ok"] and dry["result"]["would-remove"] == 2, dry
+            long = calls.cleanup(bus, "/" + "x" * i.MAX_PATH_BYTES)
+            big = calls.cleanup(bus, "/" + "x" * 8_000_000)
+            assert long.error == big.error == i.ERROR_INVALID_PATH, (long, big)
+            outside = clients.api("request", "/etc/passwd", bus.address)
+            kept = clients.api("request", str(project), bus.address)
+            assert outside["type"] == "OutsideScopeError" and kept["ok"], (outside, kept)
+            fake_journal.read(lambda _: len(fake_journal.audits()) >= 5)
+    finally:
+        polkit.allow(False)
+    records = fake_journal.audits()
+    assert len(records) == 5, records
+    assert records[-1]["LOCALD_ANCHOR_KEPT"] == "yes" and project.is_dir(), records[-1]
+    written = {k for r in records for k in r if k.startswith(audit.FIELD_PREFIX)}
+    assert written == {audit.FIELD_PREFIX + name.upper() for name in audit.FIELDS}
+    # The caller's pid as journald takes it, on every record whose pid is known.
+    assert all(r["OBJECT_PID"] == r["LOCALD_PID"] for r in records if r["LOCALD_PID"] != "-")

@@ -15,10 +15,10 @@ import pytest
 from locald_admin import __version__
 from harness import ROOT
 
-BUILD_PREREQUISITES = "sudo apt-get install debhelper dh-python python3-dev lintian"
+BUILD_PREREQUISITES = "sudo apt-get install debhelper dh-python python3-dev gettext lintian"
 BUILD = "DEB_BUILD_OPTIONS=nocheck dpkg-buildpackage -us -uc -b"
 INSTALL_DEB = f"sudo apt-get install ../locald-admin_{__version__}_*.deb"
-MAKE_PREREQUISITES = "sudo apt-get install gcc python3-dev"
+MAKE_PREREQUISITES = "sudo apt-get install gcc python3-dev gettext"
 MAKE_INSTALL = "sudo make install"
 MAKE_UNINSTALL = "sudo make uninstall"
 
@@ -70,11 +70,12 @@ def _packages(line):
 def test_the_build_prerequisites_are_the_packages_build_depends_and_tests_need():
     """The README's list holds every Build-Depends (python3 comes with
     python3-dev) and lintian, which the package test runs; make install
-    needs a compiler and Python's headers (for the compiled walk and scan)."""
+    needs a compiler and Python's headers (for the compiled walk and scan)
+    and msgfmt (the translations of the polkit action)."""
     listed = _packages(BUILD_PREREQUISITES)
     assert _build_depends() - {"python3"} <= listed
     assert "lintian" in listed
-    assert {"gcc", "python3-dev"} <= _packages(MAKE_PREREQUISITES)
+    assert {"gcc", "python3-dev", "gettext"} <= _packages(MAKE_PREREQUISITES)
 
 
 def test_the_listed_packages_are_installed_where_the_tests_ran():

@@ -247,6 +247,49 @@ def test_audit_records_are_journal_entries_with_their_own_fields(machine):
     assert not any(ln.startswith("audit ") for ln in stream.splitlines()), stream[-2000:]
 
 
+def test_journalctl_x_explains_a_record_and_journald_attaches_the_caller(machine):
+    """The installed catalog entry, once built into the database (what make
+    install runs on the system itself), is what journalctl -x shows below
+    an audit record, with the record's own path, uid and result; and from
+    OBJECT_PID journald attaches the caller's uid and command itself (the
+    caller stays a moment after its answer: journald reads /proc/<pid>)."""
+    machine.run("journalctl", "--update-catalog", check=True)
+    path = "/home/tester/none/.locald/catalog"
+    script = ("import os, sys, time; sys.path.insert(0, '/usr/lib/locald-admin/site'); "
+              "from locald_admin.client import blocking; blocking.cleanup(sys.argv[1]); "
+              "print(os.getpid(), flush=True); time.sleep(3)")
+    r = machine.run("setpriv", "--reuid=tester", "--regid=tester", "--init-groups", "python3", "-I", "-c", script,
+                    path, check=True)
+    pid, uid = r.stdout.strip(), machine.run("id", "-u", "tester", check=True).stdout.strip()
+    out = machine.run("journalctl", f"MESSAGE_ID={audit.MESSAGE_ID}", f"LOCALD_PATH={path}", "-o", "json",
+                      "--no-pager", check=True).stdout
+    [entry] = [json.loads(line) for line in out.splitlines()]
+    assert entry["OBJECT_PID"] == pid == entry["LOCALD_PID"], entry
+    assert entry["OBJECT_UID"] == uid and entry["OBJECT_COMM"] == "python3", entry
+    text = machine.run("journalctl", "-x", f"MESSAGE_ID={audit.MESSAGE_ID}", f"LOCALD_PATH={path}", "--no-pager",
+                       check=True).stdout
+    assert f"Subject: Cleanup of {path} for uid {uid} ended: ok" in text, text
+    assert "Documentation: man:locald-admin-mechanism(8)" in text and "LOCALD_REASON" in text, text
+
+
+def test_polkitd_shows_the_action_in_the_callers_language(machine):
+    """The installed .mo of po/de.po is what the real polkitd reads for the
+    action's declared gettext-domain: asked for the actions in a German
+    locale (generated in the image, harness.machine.LOCALES), it gives the
+    German description; in the C locale, the English one."""
+    def described(locale):
+        out = machine.run("busctl", "--json=short", "call", "org.freedesktop.PolicyKit1",
+                          "/org/freedesktop/PolicyKit1/Authority", "org.freedesktop.PolicyKit1.Authority",
+                          "EnumerateActions", "s", locale, check=True).stdout
+        [action] = [a for a in json.loads(out)["data"][0] if a[0] == i.POLKIT_ACTION]
+        return action[1]
+    english = described("C")
+    assert english.startswith("Remove root-owned leftovers"), english
+    if not (ROOT / "po" / "de.po").exists():
+        pytest.skip("no German translation in po/")
+    assert described("de_DE.UTF-8").startswith("Überreste des Benutzers root"), described("de_DE.UTF-8")
+
+
 def test_what_an_administrator_meets_version_property_man_pages_and_docs(machine):
     """busctl reads the Version (activating the service as a user's call
     would), --version says the same, and the unit's Documentation= pages
