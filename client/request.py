@@ -59,6 +59,10 @@ class Busy:
     (the caller's: the event loop's time, or ``time.monotonic``)."""
 
     def __init__(self, timeout, clock):
+        # Not "<= 0" alone: a nan deadline compares false with every time
+        # (no attempt would ever be past it), and an infinite one never ends.
+        if not 0 < timeout < float("inf"):
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         self._clock = clock
         self.deadline = clock() + timeout
         self._attempt = 0

@@ -178,8 +178,10 @@ def main(argv=None):
         print(f"{PROG} {__version__}")
         return i.EXIT_OK
     args = _quick(argv) or _parser().parse_args(argv)
-    if args.timeout <= 0:
-        return _fail(i.EXIT_USAGE, "--timeout must be positive")
+    # Not "<= 0": nan compares false with everything and infinity never
+    # ends; neither is a number of seconds to wait.
+    if not 0 < args.timeout < float("inf"):
+        return _fail(i.EXIT_USAGE, f"--timeout must be a positive number of seconds, not {args.timeout}")
     if not args.path.startswith("/"):
         return _fail(i.EXIT_INVALID_PATH, f"path must be absolute: {display(args.path)}")
     try:

@@ -20,7 +20,7 @@ import pytest
 from locald_admin import busio
 from locald_admin import interface as i
 from locald_admin import messages as m
-from locald_admin.client import blocking
+from locald_admin.client import AdminClient, blocking
 from locald_admin.client.errors import InvalidPathError, MechanismUnavailable, OutsideScopeError
 from harness import IS_ROOT
 from harness.buses import PolkitMock, PrivateBus
@@ -398,6 +398,16 @@ def test_blocking_success_and_answers_in_process(bus, allowed, clients, project)
 def test_blocking_without_a_bus_is_mechanism_unavailable(address):
     with pytest.raises(MechanismUnavailable, match="cannot connect to the system bus"):
         blocking.cleanup("/x/.locald/y", address=address)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf")])
+def test_a_timeout_that_is_no_positive_number_of_seconds_is_refused_before_the_bus(timeout):
+    """Both clients refuse it before connecting (the address would fail
+    otherwise): a nan deadline is never past, an infinite one never ends."""
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+        blocking.cleanup("/x/.locald/y", address="unix:path=/nonexistent/socket", timeout=timeout)
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+        asyncio.run(AdminClient().cleanup("/x/.locald/y", timeout=timeout))  # never connected
 
 
 def test_blocking_on_a_bus_without_the_mechanism_is_mechanism_unavailable():

@@ -77,3 +77,11 @@ def test_version_is_what_argparse_prints(capsys):
     with pytest.raises(SystemExit) as e:
         shim._parser().parse_args(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out == ours
+
+
+@pytest.mark.parametrize("value", ["0", "-0", "nan", "inf", "1e999", "-1"])
+def test_a_timeout_that_is_no_positive_number_of_seconds_is_a_usage_error(value, capsys):
+    """Refused before anything is asked: nan passed a "<= 0" check and
+    then waited for nothing; infinity (1e999 too) never ends."""
+    assert shim.main(["admin", "cleanup", "--timeout", value, "/p/.locald/x"]) == i.EXIT_USAGE
+    assert "--timeout must be a positive number of seconds" in capsys.readouterr().err
