@@ -10,6 +10,7 @@ as they cross the bus.  The whole way over a bus is
 test_cleanup_with_options.py's.
 """
 
+import json
 import os
 import socket
 
@@ -19,7 +20,6 @@ from harness import IS_ROOT, trees
 from harness.users import LOGIN_USER, OTHER_USER, TEST_USER, ensure_login_user, ensure_user
 from locald_admin import interface as i
 from locald_admin import busproto, messages, wire
-from locald_admin.fs import count, fsops
 from locald_admin.mechanism import engine
 from locald_admin.mechanism.config import Config
 from locald_admin.mechanism.errors import InvalidArgs, MountPoint, OutsideScope
@@ -149,22 +149,41 @@ def test_every_check_refuses_a_dry_run_as_it_refuses_the_cleanup(mode, top, moun
     assert (theirs / "x").exists()
 
 
-def test_the_count_agrees_with_the_removal_when_something_cannot_be_listed(tmp_path):
-    """A directory the walk cannot list keeps itself and its ancestors: as
-    non-root, a mode-000 directory of our own (root lists it anyway, so
-    this runs as a user only)."""
+COUNT_AS_USER = """
+import json, os, sys
+from pathlib import Path
+from locald_admin.fs import count, fsops, walk
+from locald_admin.fs import remove
+t = Path(sys.argv[1]) / "proj" / ".locald" / "svc"
+for d in ("ok", "closed"):
+    (t / d).mkdir(parents=True)
+    (t / d / "f").write_text("x")
+os.chmod(t / "closed", 0)
+parent = os.open(t.parent, os.O_RDONLY)
+plan = count.count_tree(parent, b"svc", os.open(t, os.O_RDONLY), fsops.default(), limits=walk.DEFAULT_LIMITS)
+try:
+    removed = remove.remove_entry(parent, b"svc", str(t), os.getuid())
+except remove.RemoveError as e:
+    removed = e.removed
+os.chmod(t / "closed", 0o700)
+print(json.dumps({"left_behind": plan.left_behind, "would_remove": plan.would_remove, "removed": removed,
+                  "left": sorted(str(p.relative_to(t)) for p in t.rglob("*"))}))
+"""
+
+
+def test_the_count_agrees_with_the_removal_when_something_cannot_be_listed(clients, top):
+    """A directory the walk cannot list keeps itself and its ancestors, in
+    the count as in the removal that follows: a mode-000 directory of the
+    caller's own, counted then removed as the test user (root would list
+    it; run as that user, the root tier runs it too)."""
     if IS_ROOT:
-        pytest.skip("root lists a mode-000 directory; the root tier's trust-rule test covers what is kept")
-    t = tmp_path / "proj" / ".locald" / "svc"
-    write(t / "ok" / "f")
-    write(t / "closed" / "g")
-    os.chmod(t / "closed", 0)
-    try:
-        plan = count.count_tree(os.open(t.parent, os.O_RDONLY), b"svc", os.open(t, os.O_RDONLY), fsops.default(),
-                                limits=engine.walk.DEFAULT_LIMITS)
-    finally:
-        os.chmod(t / "closed", 0o700)
-    assert plan.left_behind and plan.would_remove == 3  # ok/f, ok, closed's failure keeps closed and svc
+        os.chown(top, clients.uid, clients.gid)
+    cp = clients.run(["-c", COUNT_AS_USER, str(top)], None, text=True)
+    assert cp.returncode == 0, cp.stderr
+    plan = json.loads(cp.stdout)
+    # ok/f and ok go; closed (unlistable) stays, with what is in it, and so
+    # does svc, which holds it.
+    assert plan == {"left_behind": True, "would_remove": 2, "removed": 2, "left": ["closed", "closed/f"]}, plan
 
 
 # -- the options and the result as they cross the bus ------------------------------------------
