@@ -10,7 +10,7 @@ from locald_admin import __version__
 from locald_admin import interface as i
 from locald_admin.busio import BusError, Connection
 from . import config as configuration
-from . import journal, memory
+from . import fdlimit, journal, memory
 from .audit import Recorder
 from .service import CleanupService
 from .settings import Settings
@@ -60,8 +60,9 @@ def _whole_number_from(low, high):
 # bound, so 1 is enough to walk any tree (fewer held: more reopening through
 # ".."; the race tests run with 1).  Every walk thread of every deletion
 # holds that many: 256 keeps one to a quarter of the 1024 fds a systemd
-# service gets (the default soft RLIMIT_NOFILE), so that a deep chain cannot
-# take the descriptors the bus connection and the other walks need (V1).
+# service gets (the default soft RLIMIT_NOFILE, which fdlimit raises to the
+# hard limit at start), so that a deep chain cannot take the descriptors the
+# bus connection and the other walks need (V1).
 HELD_FDS_RANGE = (1, 256)
 # --max-depth: at least the target's own subdirectories; at most 2**20
 # levels, since a walk keeps some state per level (V13: a chain a million
@@ -234,6 +235,7 @@ def main(argv=None):
     else:
         logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                             format="locald-admin-mechanism: %(levelname)s: %(message)s")
+    fdlimit.raise_to_hard()  # every walk thread holds up to --max-held-fds
     try:
         return asyncio.run(serve(settings, sink))
     except KeyboardInterrupt:

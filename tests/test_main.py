@@ -14,9 +14,10 @@ import resource
 import pytest
 
 from harness import fsmode
+from harness.mechanism import Mechanism
 from harness.trees import make_chain, rm_rf, write
 from locald_admin.fs import walk
-from locald_admin.mechanism import main
+from locald_admin.mechanism import fdlimit, main
 from locald_admin.mechanism.config import Config
 from locald_admin.mechanism.engine import Progress
 from locald_admin.mechanism.errors import Failed
@@ -145,3 +146,34 @@ def test_max_held_fds_reaches_the_walk(mode, anchor):
     assert outcomes["4"] == depth + 2
     assert isinstance(outcomes[None], Failed), outcomes[None]
     assert os.strerror(errno.EMFILE) in outcomes[None].message
+
+
+def _max_open_files(pid):
+    """(soft, hard) of RLIMIT_NOFILE of the process ``pid``, from /proc."""
+    for line in open(f"/proc/{pid}/limits"):
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no Max open files in /proc/<pid>/limits")
+
+
+def test_the_service_raises_its_descriptor_limit_to_the_hard_one(bus):
+    """Started with systemd's 1024-like soft limit (here 256), the service
+    may hold as many descriptors as its hard limit allows: five deletions of
+    four walk threads at the default 48 held fds would take 960 (fdlimit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        with Mechanism(bus) as mech:
+            assert _max_open_files(mech.proc.pid) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_limit_that_cannot_be_raised_is_logged_and_kept(monkeypatch, caplog):
+    def refuse(*_):
+        raise ValueError("not allowed")
+    monkeypatch.setattr(fdlimit.resource, "getrlimit", lambda _: (256, 4096))
+    monkeypatch.setattr(fdlimit.resource, "setrlimit", refuse)
+    assert fdlimit.raise_to_hard() == (256, 256)
+    assert "could not raise the descriptor limit from 256 to 4096: not allowed" in caplog.text

@@ -272,6 +272,20 @@ def test_journalctl_x_explains_a_record_and_journald_attaches_the_caller(machine
     assert "Documentation: man:locald-admin-mechanism(8)" in text and "LOCALD_REASON" in text, text
 
 
+def test_the_unit_may_hold_as_many_descriptors_as_its_hard_limit(machine):
+    """systemd starts the unit with 1024 descriptors (soft) of its hard
+    limit; the service raises its own soft limit to the hard one
+    (mechanism/fdlimit.py, threat model V1)."""
+    assert shim_as(machine, "tester", "/home/tester/none/.locald/fds").returncode == 0
+    pid = machine.run("systemctl", "show", "-p", "MainPID", "--value", "locald-admin.service",
+                      check=True).stdout.strip()
+    assert pid not in ("", "0"), pid
+    limits = machine.run("cat", f"/proc/{pid}/limits", check=True).stdout
+    [line] = [ln for ln in limits.splitlines() if ln.startswith("Max open files")]
+    soft, hard = line.split()[3:5]
+    assert soft == hard and int(hard) > 1024, line
+
+
 def test_polkitd_shows_the_action_in_the_callers_language(machine):
     """The installed .mo of po/de.po is what the real polkitd reads for the
     action's declared gettext-domain: asked for the actions in a German
