@@ -54,6 +54,18 @@ class ParsedPath:
     def display(self) -> str:
         return display(self.normalized)
 
+    def project_anchor(self) -> "ParsedPath | None":
+        """For a data-directory anchor: the same path split at the first
+        '.locald' below it instead, or None when there is none.  What
+        scope.resolve falls back to where the part before '.local/share/locald'
+        is not the caller's home (locald run with another HOME): a '.locald'
+        anchor is taken on any path, so this path gets exactly the rules of
+        that anchor and no more."""
+        if self.kind != KIND_DATA or ANCHOR not in self.below:
+            return None
+        k = self.below.index(ANCHOR)
+        return ParsedPath(prefix=self.prefix + (self.anchor,) + self.below[:k], below=self.below[k + 1:])
+
 
 def display(raw) -> str:
     """A path as one line of valid UTF-8 text for messages: undecodable

@@ -66,6 +66,11 @@ def _is_symlink(fs, dirfd, name):
         return False
 
 
+class _NotTheCallersHome(OutsideScope):
+    """The part before a data directory is not the caller's home: the
+    path's '.locald' below it, if any, is the anchor instead (resolve)."""
+
+
 def _open_data_dir_prefix(fs, parsed, caller_uid, shown):
     """For a ~/.local/share/locald anchor: open <home>/.local/share after
     checking, by identity, that <home> is the caller's home directory (from
@@ -86,8 +91,8 @@ def _open_data_dir_prefix(fs, parsed, caller_uid, shown):
     try:
         st = os.fstat(home_fd)
         if (st.st_dev, st.st_ino) != (want.st_dev, want.st_ino):
-            raise OutsideScope(f"{shown}: not below the caller's own home directory ({home}); "
-                               "another user's data directory is out of scope")
+            raise _NotTheCallersHome(f"{shown}: not below the caller's own home directory ({home}); "
+                                     "another user's data directory is out of scope")
         try:
             return fs.open_path_at(home_fd, b".local/share")
         except OSError as e:
@@ -201,7 +206,17 @@ def resolve(parsed: pathrules.ParsedPath, caller_uid: int, config: Config = Conf
         # 1. The prefix, from /.  Magic links (/proc/<pid>/root, .../cwd)
         #    would reach into other processes' views of the file system.
         if parsed.kind == pathrules.KIND_DATA:
-            prefix_fd = _open_data_dir_prefix(fs, parsed, caller_uid, shown)
+            try:
+                prefix_fd = _open_data_dir_prefix(fs, parsed, caller_uid, shown)
+            except _NotTheCallersHome as e:
+                # Not this caller's data directory (locald run with another
+                # HOME): a '.locald' below it is an anchor as on any other
+                # path, with all of that anchor's rules; without one, out.
+                fallback = parsed.project_anchor()
+                if fallback is None:
+                    raise OutsideScope(e.message) from None
+                t.close()
+                return resolve(fallback, caller_uid, config, fs)
             if prefix_fd is None:
                 return None
             t.fds.append(prefix_fd)

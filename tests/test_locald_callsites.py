@@ -435,21 +435,28 @@ def test_data_dir_outside_the_home_is_outside_scope(locald, mechanism, project, 
 
 
 @needs_root
-def test_a_home_other_than_the_password_databases_is_outside_scope(locald, mechanism, project, top):
-    """locald run with another ``HOME``: its data directory, and with it the
-    project's state directory, is ``<HOME>/.local/share/locald``, which the
-    mechanism anchors at ``.local/share/locald`` (it comes before the
-    ``.locald``) and finds not below the user's home in the password
-    database: exit 5, even for the build directory, nothing removed."""
+def test_a_home_other_than_the_password_databases_keeps_the_projects_and_loses_the_bundles(locald, mechanism,
+                                                                                          project, top):
+    """locald run with another ``HOME``: its data directory is
+    ``<HOME>/.local/share/locald``, not below the user's home in the
+    password database.  A path there with a ``.locald`` (the project's
+    state directory: sites 1 to 3) is anchored at that ``.locald`` instead,
+    with its rules, and removed; a bundle (site 4, no ``.locald``) is under
+    no anchor: exit 5, "not below the caller's own home directory", nothing
+    removed."""
     other_home = user_dirs(locald.pw, top / "other-home")
     elsewhere = Locald(locald.pw, other_home, locald.shim, locald.env["DBUS_SYSTEM_BUS_ADDRESS"])
     target = cnb_build_dir(elsewhere, project)
     assert target.is_relative_to(other_home / ".local/share/locald") and ".locald" in target.parts
-    before = snapshot(target, full)
     cp = elsewhere.cleanup(target)
+    assert cp.returncode == 0, (cp.returncode, cp.stderr)
+    assert not target.exists() and target.parent.is_dir()
+    bundle = adhoc_bundle(elsewhere, project)
+    before = snapshot(bundle, full)
+    cp = elsewhere.cleanup(bundle)
     assert cp.returncode == i.EXIT_OUTSIDE_SCOPE, (cp.returncode, cp.stderr)
     assert "not below the caller's own home directory" in cp.stderr and cp.stderr.count("\n") == 1, cp.stderr
-    assert snapshot(target, full) == before
+    assert snapshot(bundle, full) == before
 
 
 # -- the guide's tables (anywhere) -----------------------------------------------------------

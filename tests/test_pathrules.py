@@ -283,3 +283,16 @@ def test_engine_parse_maps_no_anchor_to_OutsideScope():
     for p in ("/etc/passwd", "/home/u/.localdx/x", "/home/u/x.locald"):
         with pytest.raises(OutsideScope):
             engine.parse(p)
+
+
+def test_a_data_dir_path_knows_its_project_anchor_and_nothing_else_has_one():
+    """What scope.resolve falls back to where the data directory is not the
+    caller's: the first '.locald' below it, split as any '.locald' path is."""
+    data = pathrules.parse("/srv/me/.local/share/locald/projects/p/.locald/build/rootfs")
+    assert data.kind == pathrules.KIND_DATA
+    assert data.project_anchor() == pathrules.ParsedPath(
+        prefix=(b"srv", b"me", b".local", b"share", b"locald", b"projects", b"p"), below=(b"build", b"rootfs"),
+        anchor=pathrules.ANCHOR, kind=pathrules.KIND_PROJECT)
+    assert pathrules.parse("/srv/me/.local/share/locald/bundles/c").project_anchor() is None
+    assert pathrules.parse("/home/me/p/.locald/x").project_anchor() is None  # already a .locald anchor
+    assert pathrules.parse("/srv/me/.local/share/locald/p/.locald").project_anchor().below == ()

@@ -320,15 +320,21 @@ def expected_region(target, caller_uid):
     """What the target really is, by this test's own reading of the README:
     the real path of the entry the request may remove (with everything below
     it), or None when nothing at all may change (lexically invalid, no
-    anchor, a data-directory anchor -- never the caller's home here --, an
-    anchor that is not a real directory owned by the caller, a symlink or a
-    non-directory below the anchor, or simply nothing there)."""
+    anchor, a data-directory anchor with no '.locald' below it -- never the
+    caller's home here, so one with a '.locald' below has that as its anchor
+    --, an anchor that is not a real directory owned by the caller, a
+    symlink or a non-directory below the anchor, or simply nothing there)."""
     try:
         parsed = pathrules.parse(target)
     except pathrules.PathRuleError:
         return None
     if parsed.kind != pathrules.KIND_PROJECT:
-        return None
+        comps = parsed.prefix + (parsed.anchor,) + parsed.below
+        first = len(parsed.prefix) + 1  # the first '.locald' below the data directory's 'locald'
+        if ANCHOR not in comps[first:]:
+            return None
+        j = comps.index(ANCHOR, first)
+        parsed = pathrules.ParsedPath(prefix=comps[:j], below=comps[j + 1:])
     prefix = b"/" + b"/".join(parsed.prefix)
     try:
         cur = os.path.realpath(prefix, strict=True)  # ordinary symlinks above the anchor are fine

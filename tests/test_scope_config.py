@@ -160,6 +160,51 @@ def test_symlink_below_the_data_dir_is_refused(homes):
     assert (victim / "images" / "rootfs" / "f").exists()
 
 
+def _project_in(pw, data_dir, owner):
+    """<data_dir>/projects/p/.locald/build owned by ``owner`` (the .locald
+    and what leads to it), holding a root-owned 0700 directory with a file,
+    as runc leaves it; returns build."""
+    build = data_dir / "projects" / "p" / ".locald" / "build"
+    (build / "rootfs").mkdir(parents=True)
+    for q in (data_dir / "projects", data_dir / "projects" / "p", build.parent, build):
+        os.chown(q, owner.pw_uid, owner.pw_gid)
+    os.chmod(build / "rootfs", 0o700)
+    (build / "rootfs" / "f").write_text("x")
+    return build
+
+
+@needs_root
+def test_a_data_dir_outside_the_callers_home_falls_back_to_its_own_locald(homes):
+    """locald run with another HOME keeps its projects' state in
+    <HOME>/.local/share/locald/projects/<p>/.locald: that data directory is
+    not the caller's (its home is the password database's), so the path's
+    .locald is the anchor, with that anchor's rules; a path there with no
+    .locald is still refused as not below the caller's home."""
+    (pw, home), _ = homes
+    elsewhere = HOMES / "elsewhere"
+    elsewhere.mkdir()
+    os.chown(elsewhere, pw.pw_uid, pw.pw_gid)
+    d = make_data_dir(pw, elsewhere)
+    build = _project_in(pw, d, pw)
+    assert engine.cleanup(str(build), pw.pw_uid) == 3
+    assert not build.exists() and build.parent.is_dir()
+    with pytest.raises(OutsideScope, match="not below the caller's own home directory"):
+        engine.cleanup(str(d / "images"), pw.pw_uid)
+    assert (d / "images" / "rootfs" / "f").exists()
+
+
+@needs_root
+def test_the_fallback_to_locald_gives_no_way_into_another_users_data_dir(homes):
+    """Another user's data directory, with a .locald of theirs below it: the
+    fallback is that .locald, which is not the caller's: refused, nothing
+    removed."""
+    (pw, _), (other, home2) = homes
+    build = _project_in(other, make_data_dir(other, home2), other)
+    with pytest.raises(OutsideScope, match="the anchor is owned by uid"):
+        engine.cleanup(str(build), pw.pw_uid)
+    assert (build / "rootfs" / "f").exists()
+
+
 @needs_root
 def test_the_first_anchor_on_the_path_is_used(homes):
     """A project inside the data dir: the data dir (first) is the anchor,
