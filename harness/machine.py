@@ -10,7 +10,8 @@ of its own under /sys/fs/cgroup/{systemd,unified}/.  Commands run inside
 with ``nsenter -t <its PID 1> -a``.
 
 The base image (debootstrap --variant=minbase with systemd, dbus, polkitd,
-libpam-systemd, python3, man-db and locales, from the configured Debian
+libpam-systemd, python3, man-db, locales and dbus-broker (not enabled),
+from the configured Debian
 mirror, with the locales of ``LOCALES`` generated) is cached in ``CACHE``
 under a name made from the package list and the locales, so
 that an image built for another list is never taken for it (about a minute
@@ -29,7 +30,7 @@ from pathlib import Path
 from . import ROOT
 
 CACHE = Path(os.environ.get("LOCALD_ADMIN_IMAGE_CACHE", "/var/cache/locald-admin-tests"))
-PACKAGES = "systemd,systemd-sysv,dbus,polkitd,libpam-systemd,python3,man-db,locales"
+PACKAGES = "systemd,systemd-sysv,dbus,dbus-broker,polkitd,libpam-systemd,python3,man-db,locales"
 # Generated in the image beside C.UTF-8: a language polkitd can translate the
 # action into (po/), as on a system configured for it.
 LOCALES = ("de_DE.UTF-8",)
@@ -38,6 +39,10 @@ BASE = CACHE / f"bookworm-minbase-{hashlib.sha256(repr((PACKAGES, LOCALES)).enco
 INSTALL_ARGS = ("DESTDIR={image}", "PREFIX=/usr")
 MIRROR = "http://deb.debian.org/debian"
 TOOLS = ("systemd-nspawn", "debootstrap", "unshare", "nsenter")
+# The system buses a Machine can boot with: Debian's default, and the one
+# Fedora and Arch use (its own strictness, its own limits, activation
+# through systemd alone).
+DAEMON, BROKER = "dbus-daemon", "dbus-broker"
 
 BOOT = r"""
 set -e
@@ -72,6 +77,12 @@ def base_image():
                        capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         raise RuntimeError(f"debootstrap failed: {r.stdout[-2000:]}{r.stderr[-2000:]}")
+    # Installing dbus-broker makes it the system bus (its unit's
+    # Alias=dbus.service, enabled by its postinst); the image keeps Debian's
+    # default, dbus-daemon, and a Machine(bus=BROKER) switches.
+    for alias in (tmp / "etc/systemd/system/dbus.service", tmp / "etc/systemd/user/dbus.service"):
+        if alias.is_symlink():
+            alias.unlink()
     for name in LOCALES:
         lang, charset = name.split(".")
         r = subprocess.run(["chroot", str(tmp), "localedef", "-i", lang, "-f", charset, name], capture_output=True,
@@ -87,11 +98,17 @@ class Machine:
     ``make install`` into the image, or, with ``deb=PATH``, by ``apt-get
     install`` of that package file inside the booted machine, the README's
     command (its maintainer scripts run under the machine's systemd, as on
-    a real system; the image already holds every dependency)."""
+    a real system; the image already holds every dependency).  ``bus``:
+    the system bus it boots with, DAEMON (Debian's default) or BROKER."""
 
-    def __init__(self, workdir, prepare=None, deb=None):
+    def __init__(self, workdir, prepare=None, deb=None, bus=DAEMON):
         self.image = Path(workdir) / "image"
+        self.bus = bus
         subprocess.run(["cp", "-a", str(base_image()), str(self.image)], check=True)
+        if bus == BROKER:  # what `systemctl enable dbus-broker` does
+            os.symlink("/lib/systemd/system/dbus-broker.service", self.image / "etc/systemd/system/dbus.service")
+        elif bus != DAEMON:
+            raise ValueError(f"no such system bus: {bus}")
         if deb is None:
             r = subprocess.run(["make", "-C", str(ROOT), "install",
                                 *(a.format(image=self.image) for a in INSTALL_ARGS)],
@@ -145,15 +162,17 @@ class Machine:
     def sh(self, script, **kw):
         return self.run("sh", "-c", script, **kw)
 
-    def wait_running(self, timeout=90):
+    def wait_running(self, timeout=180):
         deadline = time.monotonic() + timeout
         state = ""
         while time.monotonic() < deadline:
-            state = self.run("systemctl", "is-system-running").stdout.strip()
+            r = self.run("systemctl", "is-system-running")
+            state = r.stdout.strip() or r.stderr.strip()
             if state in ("running", "degraded"):
                 return state
             time.sleep(0.2)
-        raise RuntimeError(f"the machine did not finish booting ({state})")
+        raise RuntimeError(f"the machine did not finish booting ({state}); its console:\n"
+                           f"{self.log_path.read_text(errors='replace')[-3000:]}")
 
     def journal(self, unit):
         return self.run("journalctl", "-u", unit, "--no-pager", "-o", "cat").stdout

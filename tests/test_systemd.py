@@ -1,5 +1,6 @@
 """The installed product under a real systemd (issue 9): Debian 12 booted
-with systemd-nspawn (harness/machine.py), the product staged in with
+with systemd-nspawn (harness/machine.py), once with dbus-daemon as the
+system bus and once with dbus-broker, the product staged in with
 ``make install DESTDIR=<image> PREFIX=/usr``, met as a distribution user
 meets it: bus activation through ``SystemdService=``, the hardened unit
 really running, the real polkitd with the shipped headless rule, deletions
@@ -35,14 +36,16 @@ RULE = ROOT / "data" / "polkit-1" / "rules.d" / "50-locald-admin.rules.example"
 SUBORDINATE = 300000
 
 
-@pytest.fixture(scope="module")
-def machine(tmp_path_factory):
+@pytest.fixture(scope="module", params=[machines.DAEMON, machines.BROKER])
+def machine(request, tmp_path_factory):
+    """The installed product, booted once with each system bus: every test
+    here runs on dbus-daemon and on dbus-broker."""
     def prepare(image):
         rules = image / "etc" / "polkit-1" / "rules.d"
         rules.mkdir(parents=True, exist_ok=True)
         (rules / "50-locald-admin.rules").write_text(RULE.read_text())
 
-    m = machines.Machine(tmp_path_factory.mktemp("machine"), prepare)
+    m = machines.Machine(tmp_path_factory.mktemp("machine"), prepare, bus=request.param)
     try:
         m.sh("groupadd -r locald && useradd -m -G locald tester && useradd -m stranger"
              f" && echo tester:{SUBORDINATE}:65536 >> /etc/subuid", check=True)
@@ -72,6 +75,15 @@ def exists(m, path):
 
 def audits(m):
     return [ln for ln in m.journal("locald-admin.service").splitlines() if ln.startswith("audit ")]
+
+
+def test_the_system_bus_is_the_one_asked_for(machine):
+    """dbus.service is dbus-daemon or dbus-broker, as the fixture asked."""
+    unit = machine.run("systemctl", "show", "-p", "Id", "--value", "dbus.service", check=True).stdout.strip()
+    assert unit == {machines.DAEMON: "dbus.service", machines.BROKER: "dbus-broker.service"}[machine.bus], unit
+    pid = machine.run("systemctl", "show", "-p", "MainPID", "--value", "dbus.service", check=True).stdout.strip()
+    exe = machine.run("readlink", f"/proc/{pid}/exe", check=True).stdout.strip()
+    assert exe.endswith({machines.DAEMON: "/dbus-daemon", machines.BROKER: "/dbus-broker-launch"}[machine.bus]), exe
 
 
 def test_the_first_call_activates_the_hardened_unit_which_uses_openat2(machine):
