@@ -54,17 +54,23 @@ def absolute_path(path) -> str:
     return path
 
 
+def seconds(timeout):
+    """``timeout``, a call's time limit, if it is a positive number of
+    seconds; else ValueError.  Not "<= 0" alone: a nan deadline compares
+    false with every time (no attempt would ever be past it), and an
+    infinite one never ends."""
+    if not 0 < timeout < float("inf"):
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return timeout
+
+
 class Busy:
     """The attempts of one call within ``timeout`` seconds of ``clock``
     (the caller's: the event loop's time, or ``time.monotonic``)."""
 
     def __init__(self, timeout, clock):
-        # Not "<= 0" alone: a nan deadline compares false with every time
-        # (no attempt would ever be past it), and an infinite one never ends.
-        if not 0 < timeout < float("inf"):
-            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         self._clock = clock
-        self.deadline = clock() + timeout
+        self.deadline = clock() + seconds(timeout)
         self._attempt = 0
 
     def remaining(self):

@@ -25,7 +25,7 @@ from locald_admin import interface as i
 from locald_admin.pathrules import display
 from . import blocking
 from .errors import CleanupError, InvalidPathError, MechanismUnavailable
-from .request import absolute_path
+from .request import absolute_path, seconds
 
 PROG = "locald-shim"
 
@@ -178,10 +178,10 @@ def main(argv=None):
         print(f"{PROG} {__version__}")
         return i.EXIT_OK
     args = _quick(argv) or _parser().parse_args(argv)
-    # Not "<= 0": nan compares false with everything and infinity never
-    # ends; neither is a number of seconds to wait.
-    if not 0 < args.timeout < float("inf"):
-        return _fail(i.EXIT_USAGE, f"--timeout must be a positive number of seconds, not {args.timeout}")
+    try:
+        seconds(args.timeout)
+    except ValueError as e:
+        return _fail(i.EXIT_USAGE, f"--{e}")
     if not args.path.startswith("/"):
         return _fail(i.EXIT_INVALID_PATH, f"path must be absolute: {display(args.path)}")
     try:
