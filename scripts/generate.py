@@ -253,7 +253,7 @@ def _catalog_items(items):
 def catalog():
     """The catalog entry of the audit record: its MESSAGE_ID and fields from
     mechanism/audit.py, its results from the error table."""
-    results = [(audit.RESULT_OK, "the tree was removed, or there was nothing to remove"),
+    results = [(audit.RESULT_OK, "the tree was removed (a dry run: counted), or there was nothing to remove"),
                (audit.RESULT_CANCELLED, "the caller left the bus before the answer; the next call finishes "
                                         "the job")]
     results += [(spec.dbus_name, spec.meaning) for spec in i.ERRORS]
