@@ -126,8 +126,16 @@ class Machine:
             self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", BOOT],
                                          env=dict(os.environ, IMAGE=str(self.image), CG=self.cgroup),
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        self.leader = self._wait_for_leader()
-        self.wait_running()
+        self.leader = None
+        try:
+            self.leader = self._wait_for_leader()
+            self.wait_running()
+        except BaseException:
+            # Nobody holds this object to stop it: a machine that did not
+            # boot in time would run on, unseen, taking a core from what
+            # comes next (it did, for 25 minutes of a CI run and an A/B).
+            self.stop()
+            raise
         if deb is not None:
             # From a directory apt's unprivileged helper (_apt) may read (not
             # /root, 0700).  Not --no-download: apt then skips fetching the
@@ -178,10 +186,13 @@ class Machine:
         return self.run("journalctl", "-u", unit, "--no-pager", "-o", "cat").stdout
 
     def stop(self):
+        """Power the machine off (killed if it does not go within a minute,
+        or never had a PID 1 to ask)."""
         if self.proc.poll() is None:
-            self.run("systemctl", "poweroff", timeout=30)
             try:
-                self.proc.wait(60)
+                if self.leader is not None:
+                    self.run("systemctl", "poweroff", timeout=30)
+                self.proc.wait(60 if self.leader is not None else 0)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
