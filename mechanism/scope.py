@@ -67,8 +67,9 @@ def _is_symlink(fs, dirfd, name):
 
 
 class _NotTheCallersHome(OutsideScope):
-    """The part before a data directory is not the caller's home: the
-    path's '.locald' below it, if any, is the anchor instead (resolve)."""
+    """The part before a data directory is not the caller's home (or the
+    caller has none): the path's '.locald' below it, if any, is the anchor
+    instead (resolve)."""
 
 
 def _open_data_dir_prefix(fs, parsed, caller_uid, shown):
@@ -80,8 +81,8 @@ def _open_data_dir_prefix(fs, parsed, caller_uid, shown):
         home = pwd.getpwuid(caller_uid).pw_dir
         want = os.stat(home)
     except (KeyError, OSError):
-        raise OutsideScope(f"{shown}: uid {caller_uid} has no home directory, "
-                           f"so no ~/{pathrules.DATA_DIR_NAME}") from None
+        raise _NotTheCallersHome(f"{shown}: uid {caller_uid} has no home directory, "
+                                 f"so no ~/{pathrules.DATA_DIR_NAME}") from None
     try:
         home_fd = fs.open_prefix(parsed.home)
     except OSError as e:

@@ -185,6 +185,10 @@ WORLD = st.fixed_dictionaries({
 })
 
 
+# Below base: .local/share/locald, a symlink to base itself (build_world).
+DATA_ALIAS = b"dd/.local/share/locald"
+
+
 def _link_text(spec, base, depth):
     if spec[0] == "abs":
         return os.path.join(base, spec[1].encode())
@@ -244,6 +248,10 @@ def build_world(world):
     _build(outside, world["outside"], base, 1, chmods)
     os.symlink(b"proj", os.path.join(base, b"lp"))  # ordinary symlinks above the anchor
     os.symlink(proj, os.path.join(base, b"la"))
+    # A data directory that is nobody's home's, leading back to base: a path
+    # through it has a '.locald' below it as its anchor, if any.
+    os.makedirs(os.path.join(base, DATA_ALIAS[:-len(b"/locald")]))
+    os.symlink(base, os.path.join(base, DATA_ALIAS))
     for p, mode in chmods:
         os.chmod(p, mode)
     return base
@@ -382,6 +390,8 @@ def candidates(base):
             for alias in (b"lp", b"la"):
                 if p.startswith(base + b"/proj/"):
                     out.append(base + b"/" + alias + p[len(base) + len(b"/proj"):])
+            if p.startswith(base + b"/proj/"):
+                out.append(base + b"/" + DATA_ALIAS + p[len(base):])
     out.append(base.replace(b"/", b"//", 1) + b"/proj/.locald//a///")
     out = sorted(set(out))
     anchored = [p for p in out if ANCHOR in p.split(b"/")] or out

@@ -21,7 +21,7 @@ from harness.buses import PolkitMock, PrivateBus
 from harness.calls import cleanup
 from harness.mechanism import Mechanism
 from harness.trees import rm_rf, world_tmpdir
-from harness.users import OTHER_USER, ensure_user
+from harness.users import OTHER_USER, TEST_USER, ensure_user
 from harness.waiting import wait_until
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="root tier: needs other users' homes and "
@@ -76,6 +76,7 @@ def test_shipped_example_is_the_defaults():
 
 HOMES = Path("/var/tmp/locald-admin-test-homes")
 HOME_USERS = ("locald-home1", "locald-home2")  # used by no other test: no stray processes
+HOMELESS_USER = TEST_USER  # made by ensure_user without a home directory
 
 
 @pytest.fixture
@@ -191,6 +192,19 @@ def test_a_data_dir_outside_the_callers_home_falls_back_to_its_own_locald(homes)
     with pytest.raises(OutsideScope, match="not below the caller's own home directory"):
         engine.cleanup(str(d / "images"), pw.pw_uid)
     assert (d / "images" / "rootfs" / "f").exists()
+
+
+@needs_root
+def test_a_caller_without_a_home_directory_falls_back_to_its_own_locald_too(top):
+    """No home at all is not this data directory's home either: its '.locald'
+    is the anchor (found by the property test's data-directory alias)."""
+    pw = ensure_user(HOMELESS_USER)
+    if os.path.exists(pw.pw_dir):
+        pytest.skip(f"{HOMELESS_USER} has a home directory here ({pw.pw_dir})")
+    os.chown(top, pw.pw_uid, pw.pw_gid)
+    build = _project_in(pw, top / ".local" / "share" / "locald", pw)
+    assert engine.cleanup(str(build), pw.pw_uid) == 3
+    assert not build.exists()
 
 
 @needs_root
